@@ -1,0 +1,5 @@
+"""``python -m facerecon`` runs the command line."""
+
+from facerecon.cli import main
+
+main()

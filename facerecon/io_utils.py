@@ -42,6 +42,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     try:
         yield tmp_path
         _fsync(tmp_path)
+        # mkstemp creates files 0600; give the result the permissions a plain open() would have.
+        with contextlib.suppress(OSError):
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -64,6 +67,12 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     with atomic_open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

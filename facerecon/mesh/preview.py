@@ -1,0 +1,105 @@
+"""Look at a template: an Open3D window when a display exists, offscreen PNG renders otherwise.
+
+Open3D is imported inside the functions (it is slow to import). Without a display, Open3D's
+legacy ``Visualizer`` falls back to EGL offscreen rendering (Mesa), which works on headless
+servers; it needs the system library ``libusb-1.0-0``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from facerecon.errors import DependencyError, FaceReconError
+from facerecon.io_utils import atomic_path
+from facerecon.mesh.templates import MeshLevel
+
+__all__ = ["has_display", "render_png", "show_window"]
+
+
+def has_display() -> bool:
+    """True when an X11 or Wayland display is available for a window."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _o3d():  # type: ignore[no-untyped-def]
+    try:
+        import open3d as o3d
+    except (ImportError, OSError) as exc:  # OSError: a missing system library such as libusb
+        raise DependencyError(f"open3d cannot be imported ({exc}); install open3d and libusb-1.0-0") from None
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)  # no INFO lines about EGL fallbacks
+    return o3d
+
+
+def _geometries(level: MeshLevel):  # type: ignore[no-untyped-def]
+    """A shaded surface (both sides lit) and its wireframe, as Open3D geometries."""
+    o3d = _o3d()
+    v = o3d.utility.Vector3dVector(level.vertices.astype(np.float64))
+    mesh = o3d.geometry.TriangleMesh(v, o3d.utility.Vector3iVector(level.faces.astype(np.int32)))
+    mesh.compute_vertex_normals()
+    mesh.paint_uniform_color([0.75, 0.78, 0.85])
+    lines = o3d.geometry.LineSet(v, o3d.utility.Vector2iVector(level.edges.astype(np.int32)))
+    lines.paint_uniform_color([0.1, 0.1, 0.3])
+    return [mesh, lines]
+
+
+def _front_view(vis) -> None:  # type: ignore[no-untyped-def]
+    """A three-quarter view from the camera side (-z, where the hemisphere's dome faces), y down."""
+    ctl = vis.get_view_control()
+    ctl.set_front([0.9, -0.5, -0.8])
+    ctl.set_up([0.0, -1.0, 0.0])
+    ctl.set_zoom(0.8)
+    opt = vis.get_render_option()
+    opt.mesh_show_back_face = True
+    opt.background_color = np.array([1.0, 1.0, 1.0])
+
+
+def render_png(level: MeshLevel, path: str | os.PathLike[str], width: int = 800, height: int = 600) -> np.ndarray:
+    """Render one mesh level offscreen to a PNG, viewed from the camera side.
+
+    Args:
+        level: the mesh level to draw.
+        path: output ``.png`` (written atomically).
+        width, height: image size in pixels.
+
+    Returns:
+        (height, width, 3) float32 RGB in [0, 1], the rendered image.
+
+    Raises:
+        DependencyError: Open3D is missing or cannot create a (offscreen) window.
+    """
+    o3d = _o3d()
+    vis = o3d.visualization.Visualizer()
+    if not vis.create_window(window_name="facerecon", width=width, height=height, visible=False):
+        raise DependencyError("Open3D could not create an offscreen render context (EGL/Mesa missing?)")
+    try:
+        for g in _geometries(level):
+            vis.add_geometry(g)
+        _front_view(vis)
+        vis.poll_events()
+        vis.update_renderer()
+        image = np.asarray(vis.capture_screen_float_buffer(True), dtype=np.float32)
+    finally:
+        vis.destroy_window()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if not o3d.io.write_image(str(tmp), o3d.geometry.Image((np.clip(image, 0, 1) * 255).astype(np.uint8))):
+            raise FaceReconError(f"{path}: could not write the PNG")
+    return image
+
+
+def show_window(level: MeshLevel, title: str = "facerecon template") -> None:
+    """Open an interactive Open3D window on ``level`` (blocks until it is closed)."""
+    o3d = _o3d()
+    vis = o3d.visualization.Visualizer()
+    if not vis.create_window(window_name=title, width=1024, height=768):
+        raise DependencyError("Open3D could not open a window on this display")
+    try:
+        for g in _geometries(level):
+            vis.add_geometry(g)
+        _front_view(vis)
+        vis.run()
+    finally:
+        vis.destroy_window()

@@ -46,7 +46,7 @@ def make_initial_mesh(
     check: bool = typer.Option(False, "--check", help="Write nothing: verify the files in --out regenerate identically."),
     show: bool = typer.Option(False, "--show", help="Look at the result: a window with a display, else PNGs (see --screenshot)."),
     screenshot: Optional[Path] = typer.Option(
-        None, "--screenshot", help="Folder for offscreen PNG renders (<name>_level<l>.png). [default with --show and no display: --out]",
+        None, "--screenshot", help="Folder for offscreen PNG renders (<name>_level<l>.png). (default with --show and no display: --out)",
         show_default=False,
     ),
 ) -> None:

@@ -24,7 +24,7 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _o3d():  # type: ignore[no-untyped-def]
+def open3d_module():  # type: ignore[no-untyped-def]
     try:
         import open3d as o3d
     except (ImportError, OSError) as exc:  # OSError: a missing system library such as libusb
@@ -35,7 +35,7 @@ def _o3d():  # type: ignore[no-untyped-def]
 
 def _geometries(level: MeshLevel):  # type: ignore[no-untyped-def]
     """A shaded surface (both sides lit) and its wireframe, as Open3D geometries."""
-    o3d = _o3d()
+    o3d = open3d_module()
     v = o3d.utility.Vector3dVector(level.vertices.astype(np.float64))
     mesh = o3d.geometry.TriangleMesh(v, o3d.utility.Vector3iVector(level.faces.astype(np.int32)))
     mesh.compute_vertex_normals()
@@ -70,7 +70,7 @@ def render_png(level: MeshLevel, path: str | os.PathLike[str], width: int = 800,
     Raises:
         DependencyError: Open3D is missing or cannot create a (offscreen) window.
     """
-    o3d = _o3d()
+    o3d = open3d_module()
     vis = o3d.visualization.Visualizer()
     if not vis.create_window(window_name="facerecon", width=width, height=height, visible=False):
         raise DependencyError("Open3D could not create an offscreen render context (EGL/Mesa missing?)")
@@ -92,7 +92,7 @@ def render_png(level: MeshLevel, path: str | os.PathLike[str], width: int = 800,
 
 def show_window(level: MeshLevel, title: str = "facerecon template") -> None:
     """Open an interactive Open3D window on ``level`` (blocks until it is closed)."""
-    o3d = _o3d()
+    o3d = open3d_module()
     vis = o3d.visualization.Visualizer()
     if not vis.create_window(window_name=title, width=1024, height=768):
         raise DependencyError("Open3D could not open a window on this display")

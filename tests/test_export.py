@@ -1,0 +1,259 @@
+"""Mesh and point-cloud export: round trips through trimesh and Open3D, errors, atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from scipy.spatial import cKDTree
+
+from facerecon.errors import InputError
+from facerecon.mesh.export import MESH_FORMATS, export_mesh, export_points, load_geometry
+from facerecon.mesh.templates import load_template
+
+COLOUR_FORMATS = (".obj", ".ply", ".glb")
+
+
+@pytest.fixture(scope="module")
+def hemisphere() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The finest hemisphere level placed like a face in a 640 px photo, with random colours."""
+    level = load_template("hemisphere").levels[-1]
+    vertices = level.vertices.astype(np.float64) * 150.0 + np.array([320.0, 240.0, 0.0])  # image px
+    colors = np.random.default_rng(0).integers(0, 256, size=(len(vertices), 3), dtype=np.uint8)
+    return vertices, level.faces.astype(np.int64), colors
+
+
+def _o3d():  # type: ignore[no-untyped-def]
+    return pytest.importorskip("open3d")
+
+
+def _stray_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
+
+
+def _match(reference: np.ndarray, other: np.ndarray, tol: float) -> np.ndarray:
+    """Index into ``reference`` of each row of ``other`` (a bijection within ``tol``)."""
+    dist, idx = cKDTree(reference).query(other)
+    assert dist.max() <= tol, dist.max()
+    assert len(np.unique(idx)) == len(reference) == len(other)
+    return idx
+
+
+@pytest.mark.parametrize("suffix", MESH_FORMATS)
+def test_round_trip_trimesh(tmp_path: Path, hemisphere, suffix: str) -> None:
+    v, f, c = hemisphere
+    path = tmp_path / f"face{suffix}"
+    export_mesh(path, v, f, colors=c)
+    loaded = trimesh.load(path, process=False, force="mesh")
+    if suffix == ".stl":  # a triangle soup: three vertices per face until merged
+        assert len(loaded.vertices) == 3 * len(f)
+        loaded.merge_vertices()
+        idx = _match(v, np.asarray(loaded.vertices), tol=1e-3)
+        np.testing.assert_array_equal(idx[loaded.faces], f)
+    else:
+        assert loaded.vertices.shape == v.shape and loaded.faces.shape == f.shape
+        np.testing.assert_allclose(loaded.vertices, v, rtol=0, atol=1e-7 * 640)  # float32 precision
+        np.testing.assert_array_equal(loaded.faces, f)
+    assert loaded.is_winding_consistent
+    if suffix in COLOUR_FORMATS:
+        np.testing.assert_array_equal(np.asarray(loaded.visual.vertex_colors)[:, :3], c)
+
+
+@pytest.mark.parametrize("suffix", MESH_FORMATS)
+def test_round_trip_open3d(tmp_path: Path, hemisphere, suffix: str) -> None:
+    o3d = _o3d()
+    v, f, c = hemisphere
+    path = tmp_path / f"face{suffix}"
+    export_mesh(path, v, f, colors=c)
+    mesh = o3d.io.read_triangle_mesh(str(path))
+    if suffix == ".stl":
+        mesh.remove_duplicated_vertices()
+    ov, of = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    assert ov.shape == v.shape and of.shape == f.shape
+    # Open3D renumbers .obj/.glb vertices in the order the faces use them: compare through the match
+    idx = _match(v, ov, tol=1e-7 * 640)
+    np.testing.assert_array_equal(idx[of], f)  # same triangles, same corner order (winding)
+    if suffix in COLOUR_FORMATS:
+        assert mesh.has_vertex_colors()
+        np.testing.assert_array_equal(np.round(np.asarray(mesh.vertex_colors) * 255).astype(np.uint8), c[idx])
+
+
+@pytest.mark.parametrize("suffix", MESH_FORMATS)
+def test_load_geometry_reads_what_export_wrote(tmp_path: Path, hemisphere, suffix: str) -> None:
+    v, f, c = hemisphere
+    path = tmp_path / f"face{suffix}"
+    export_mesh(path, v, f, colors=c)
+    g = load_geometry(path)
+    assert g.is_mesh and g.num_vertices == len(v) and g.faces.shape == f.shape
+    if suffix == ".stl":
+        idx = _match(v, g.vertices, tol=1e-3)
+        np.testing.assert_array_equal(idx[g.faces], f)
+    else:
+        np.testing.assert_allclose(g.vertices, v, atol=1e-7 * 640)
+        np.testing.assert_array_equal(g.faces, f)
+    if suffix in COLOUR_FORMATS:
+        np.testing.assert_array_equal(g.colors, c)
+    else:
+        assert g.colors is None
+
+
+def test_mesh_without_colours_loads_without_colours(tmp_path: Path, hemisphere) -> None:
+    v, f, _ = hemisphere
+    for suffix in (".obj", ".ply"):
+        export_mesh(tmp_path / f"plain{suffix}", v, f)
+        assert load_geometry(tmp_path / f"plain{suffix}").colors is None
+
+
+def test_float_colours_are_scaled_to_bytes(tmp_path: Path) -> None:
+    v = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    colours = np.array([[0.0, 0.5, 1.0], [1.0, 0.0, 0.0], [0.2, 0.4, 0.6]])
+    export_mesh(tmp_path / "t.ply", v, np.array([[0, 1, 2]]), colors=colours)
+    expected = np.array([[0, 128, 255], [255, 0, 0], [51, 102, 153]], dtype=np.uint8)  # round(255 x)
+    np.testing.assert_array_equal(load_geometry(tmp_path / "t.ply").colors, expected)
+
+
+def test_unknown_extension_lists_supported(tmp_path: Path, hemisphere) -> None:
+    v, f, _ = hemisphere
+    with pytest.raises(InputError) as err:
+        export_mesh(tmp_path / "face.xyz", v, f)
+    for suffix in MESH_FORMATS:
+        assert suffix in str(err.value)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "vertices, faces",
+    [
+        (np.zeros((3, 2)), np.array([[0, 1, 2]])),  # not (V, 3)
+        (np.array([[0, 0, 0], [1, 0, 0], [np.nan, 1, 0]]), np.array([[0, 1, 2]])),  # NaN
+        (np.eye(3), np.array([[0, 1, 3]])),  # index out of range
+        (np.eye(3), np.array([[0.0, 1.0, 2.0]])),  # float faces
+        (np.eye(3), np.zeros((0, 3), dtype=np.int64)),  # no faces
+    ],
+)
+def test_malformed_arrays_raise(tmp_path: Path, vertices, faces) -> None:
+    with pytest.raises(InputError):
+        export_mesh(tmp_path / "bad.obj", vertices, faces)
+    assert not list(tmp_path.iterdir())
+
+
+def test_folder_that_cannot_be_created(tmp_path: Path, hemisphere) -> None:
+    v, f, _ = hemisphere
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InputError, match="cannot create the output folder"):
+        export_mesh(blocker / "sub" / "face.obj", v, f)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_folder(tmp_path: Path, hemisphere) -> None:
+    v, f, _ = hemisphere
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(InputError):
+            export_mesh(ro / "missing" / "face.obj", v, f)
+        with pytest.raises(InputError):
+            export_mesh(ro / "face.obj", v, f)
+        assert not list(ro.iterdir())
+    finally:
+        ro.chmod(0o700)
+
+
+def test_failed_export_leaves_nothing_half_written(tmp_path: Path, hemisphere, monkeypatch) -> None:
+    v, f, _ = hemisphere
+    target = tmp_path / "face.obj"
+    target.write_text("the previous file\n")
+
+    def broken_export(self, file_obj=None, file_type=None, **kwargs):  # type: ignore[no-untyped-def]
+        Path(file_obj).write_text("v 1 2")  # half a file, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trimesh.Trimesh, "export", broken_export)
+    with pytest.raises(OSError):
+        export_mesh(target, v, f)
+    assert target.read_text() == "the previous file\n"
+    assert _stray_files(tmp_path) == []
+
+
+def test_points_ply_round_trip(tmp_path: Path) -> None:
+    o3d = _o3d()
+    rng = np.random.default_rng(1)
+    p = rng.normal(size=(500, 3)) * 40.0
+    n = rng.normal(size=(500, 3))
+    c = rng.integers(0, 256, size=(500, 3), dtype=np.uint8)
+    export_points(tmp_path / "gt.ply", p, colors=c, normals=n)
+    g = load_geometry(tmp_path / "gt.ply")
+    assert not g.is_mesh
+    np.testing.assert_array_equal(g.vertices, p)  # float64 in the file
+    np.testing.assert_array_equal(g.colors, c)
+    np.testing.assert_allclose(g.normals, n.astype(np.float32))
+    cloud = o3d.io.read_point_cloud(str(tmp_path / "gt.ply"))
+    np.testing.assert_array_equal(np.asarray(cloud.points), p)
+    np.testing.assert_allclose(np.asarray(cloud.normals), n, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.round(np.asarray(cloud.colors) * 255).astype(np.uint8), c)
+    tm = trimesh.load(tmp_path / "gt.ply")
+    assert isinstance(tm, trimesh.PointCloud) and len(tm.vertices) == 500
+
+
+def test_points_npy(tmp_path: Path) -> None:
+    p = np.arange(12, dtype=np.float64).reshape(4, 3)
+    n = np.tile([0.0, 0.0, -1.0], (4, 1))
+    export_points(tmp_path / "xyz.npy", p)
+    export_points(tmp_path / "xyzn.npy", p, normals=n)
+    assert np.load(tmp_path / "xyz.npy").shape == (4, 3)
+    np.testing.assert_array_equal(np.load(tmp_path / "xyzn.npy"), np.concatenate([p, n], axis=1))
+    g = load_geometry(tmp_path / "xyzn.npy")
+    np.testing.assert_array_equal(g.vertices, p)
+    np.testing.assert_array_equal(g.normals, n)
+    with pytest.raises(InputError, match="colours"):
+        export_points(tmp_path / "c.npy", p, colors=np.zeros((4, 3), np.uint8))
+    assert not (tmp_path / "c.npy").exists() and _stray_files(tmp_path) == []
+
+
+def test_obj_with_vertices_only_is_a_point_cloud(tmp_path: Path) -> None:
+    (tmp_path / "pts.obj").write_text("v 0 0 0\nv 1 2 3\nv 4 5 6\n")
+    g = load_geometry(tmp_path / "pts.obj")
+    assert not g.is_mesh
+    np.testing.assert_array_equal(g.vertices, [[0, 0, 0], [1, 2, 3], [4, 5, 6]])
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.obj", None, "no such file"),
+        ("empty.ply", b"", "empty"),
+        ("garbage.obj", b"this is not a mesh\n", "no vertices"),
+        ("garbage.ply", b"ply\nnonsense\n", "cannot read"),
+        ("garbage.glb", b"\x00\x01\x02 not gltf", "cannot read"),
+        ("bad.npy", None, r"\(N, 3\) or \(N, 6\)"),
+        ("empty.npy", None, "empty"),
+        ("nan.npy", None, "finite"),
+        ("mesh.xyz", b"1 2 3\n", "unknown"),
+    ],
+)
+def test_load_geometry_errors_name_the_file(tmp_path: Path, name: str, content, message: str) -> None:
+    path = tmp_path / name
+    if name == "bad.npy":
+        np.save(path, np.zeros((5, 4)))
+    elif name == "empty.npy":
+        np.save(path, np.zeros((0, 3)))
+    elif name == "nan.npy":
+        np.save(path, np.array([[0.0, np.nan, 1.0]]))
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        load_geometry(path)
+    assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_load_geometry_folder(tmp_path: Path) -> None:
+    (tmp_path / "dir.obj").mkdir()
+    with pytest.raises(InputError, match="not a file"):
+        load_geometry(tmp_path / "dir.obj")

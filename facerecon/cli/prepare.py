@@ -1,0 +1,103 @@
+"""``facerecon prepare``: a raw dataset into one HDF5 cache (crops + dense ground truth)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from facerecon.cli._common import console, display_path, info, make_progress
+from facerecon.errors import InputError
+
+ORDER = 10
+
+
+def prepare(
+    dataset: Optional[Path] = typer.Argument(
+        None, help="Dataset folder: AFLW2000-3D (NAME.jpg + NAME.mat), 300W-LP (AFW/ HELEN/ IBUG/ LFPW/ and *_Flip) or scans (NAME.jpg + NAME.ply/.obj/.npy).",
+        show_default=False,
+    ),
+    output: Optional[Path] = typer.Argument(None, help="The cache to write (.h5). Written as OUTPUT.partial and renamed when complete.", show_default=False),
+    face_model: Optional[Path] = typer.Option(
+        None, "--face-model", "-m",
+        help="Face model for 3DMM datasets: a folder (reduced 3DDFA u_shp.npy...; or 01_MorphableModel.mat + Model_Expression.mat), face3d's BFM.mat, or a converted .npz. See docs/datasets.md.",
+        show_default=False,
+    ),
+    fmt: str = typer.Option("auto", "--format", help="Dataset layout: auto, aflw2000, 300wlp or scans."),
+    crop_from: str = typer.Option("detector", "--crop-from", help="detector: MTCNN boxes as at inference (no face: running mean box of the faces so far). landmarks: the ground-truth landmark box enlarged 1.1x (fast, no detector)."),
+    workers: int = typer.Option(0, "--workers", "-j", min=0, help="Processes computing samples (0: in this process). The main process alone writes."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for MTCNN."),
+    min_probability: float = typer.Option(0.9, "--min-probability", min=0.0, max=1.0, help="Ignore MTCNN faces below this probability."),
+    compression: str = typer.Option("gzip", "--compression", help="Compression of the crop images: gzip, lzf or none (point arrays stay uncompressed for fast loading)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split (80/10/10 %: 1600/200/200 for AFLW2000-3D)."),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="Text file of '<id> <train|val|test>' lines instead of the seeded split.", show_default=False),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N samples (sorted order).", show_default=False),
+    flush_every: int = typer.Option(32, "--flush-every", min=1, help="Samples between progress markers (what a resumed run keeps)."),
+    save_face_model_to: Optional[Path] = typer.Option(
+        None, "--convert-face-model", metavar="OUT.npz",
+        help="Convert --face-model to our .npz (fast to load) and exit; DATASET and OUTPUT are then not needed.",
+        show_default=False,
+    ),
+) -> None:
+    """Turn a raw dataset into one HDF5 cache for training.
+
+    Per image: the 224x224 crop (MTCNN box enlarged 1.1x, or the landmark box), the dense ground
+    truth in the crop frame (points, outward normals, region labels 0/1/2 by distance to the
+    nearest landmark in mm, colours), 68 landmarks, pose, box, detection probability and a
+    train/val/test split. Resumable: stopped at any point (Ctrl-C, kill), the same command
+    continues from OUTPUT.partial. Bad samples are reported and skipped.
+    """
+    from facerecon.data.cache import PrepareOptions, prepare_cache
+    from facerecon.data.face_model import load_face_model, save_face_model
+    from facerecon.data.readers import detect_format, list_samples
+
+    if save_face_model_to is not None:
+        if face_model is None:
+            raise InputError("--convert-face-model needs --face-model (the model to convert)")
+        model = load_face_model(face_model)
+        save_face_model(model, save_face_model_to)
+        console.print(f"wrote {display_path(save_face_model_to)}: {model.name}, {model.n_vertices} vertices, sha256 {model.sha256[:12]}")
+        return
+    if dataset is None or output is None:
+        raise InputError("give DATASET and OUTPUT (or --convert-face-model)")
+    if crop_from not in ("detector", "landmarks"):
+        raise InputError(f"--crop-from must be detector or landmarks, got {crop_from!r}")
+    fmt = detect_format(dataset) if fmt == "auto" else fmt
+    refs = list_samples(dataset, fmt)
+    options = PrepareOptions(
+        crop_from=crop_from, workers=workers, device=device, min_probability=min_probability,
+        compression=compression, split_seed=seed, split_file=split_file, limit=limit, flush_every=flush_every,
+    )
+    total = min(len(refs), limit) if limit else len(refs)
+    info(f"{display_path(dataset)}: {fmt}, {total} samples -> {display_path(output)}")
+    command = shlex.join(["facerecon", *sys.argv[1:]]) if sys.argv else "facerecon prepare"
+    with make_progress() as progress:
+        task = progress.add_task("prepare", total=total, unit="samples")
+
+        def on_progress(done: int, n: int, skipped: int) -> None:
+            progress.update(task, completed=done, description=f"prepare ({skipped} skipped)" if skipped else "prepare")
+
+        summary = prepare_cache(
+            refs, output, face_model, options, dataset=str(dataset.resolve()), fmt=fmt, command=command, on_progress=on_progress,
+        )
+    if summary.resumed_from:
+        info(f"resumed after {summary.resumed_from} samples")
+    train, val, test = summary.split_counts
+    console.print(
+        f"wrote {display_path(summary.path)}: {summary.n_written} samples "
+        f"(train {train}, val {val}, test {test}; {summary.n_fallback} fallback crops), "
+        f"{summary.file_bytes / 1e6:.1f} MB in {summary.seconds:.1f} s"
+    )
+    if summary.skipped:
+        console.print(f"[yellow]skipped {len(summary.skipped)} bad sample(s):[/yellow]")
+        for sid, reason in summary.skipped[:20]:
+            console.print(f"  {sid}: {reason}", highlight=False, markup=False)
+        if len(summary.skipped) > 20:
+            console.print(f"  ... and {len(summary.skipped) - 20} more (stored in the cache under skipped/)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prepare", help="Turn a raw dataset (AFLW2000-3D, 300W-LP, scans) into one HDF5 training cache.", rich_help_panel="Data")(prepare)

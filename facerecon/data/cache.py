@@ -1,0 +1,719 @@
+"""``prepare``: a raw dataset into one HDF5 cache, resumably, in parallel.
+
+Writing protocol (crash safety):
+
+* Everything is written to ``OUT.partial`` (an HDF5 file in SWMR-write mode, so the file stays
+  readable whatever happens to the writer), one sample after the other in the sorted source
+  order. After every ``flush_every`` samples (or ``flush_seconds``) the data is flushed, then the
+  progress marker ``_progress = [sources done, rows, points, skipped]`` is written and flushed
+  again: everything up to the marker is on disk.
+* On Ctrl-C the writer flushes, closes the partial file cleanly and raises
+  :class:`PrepareInterrupted`. A run killed outright (``kill -9``, power loss of the process)
+  leaves a partial file whose SWMR flag is still set; the next run reads it in SWMR-read mode and
+  copies the rows up to the marker into a fresh partial file. Either way the rerun continues from
+  the marker (rows after it are discarded) and the finished file equals an uninterrupted run.
+* When every source is processed the split, the vlen ``ids`` and the attributes are written and
+  ``OUT.partial`` is renamed to ``OUT``; a half-written ``OUT`` never exists.
+
+Bad samples (unreadable image, corrupt ``.mat``, missing fields) are recorded in
+``skipped/ids`` / ``skipped/reasons`` and reported; they do not stop the run.
+The cache schema is in docs/formats-cache.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from facerecon import __version__
+from facerecon.data.face_model import FaceModel, load_face_model
+from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px, landmark_box
+from facerecon.data.readers import SampleRef, read_sample
+from facerecon.errors import FaceReconError, InputError
+
+SCHEMA_VERSION = 1
+CROP_SIZE = 224
+SPLIT_NAMES = ("train", "val", "test")
+#: Fraction of the samples in (train, val, test) by default: 1600/200/200 for AFLW2000-3D.
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+_ID_BYTES = 512
+_POINT_CHUNK = 65536
+
+# name: (trailing shape, dtype) of the per-row datasets
+_ROW_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
+    "images": ((CROP_SIZE, CROP_SIZE, 3), "u1"),
+    "landmarks": ((68, 3), "f4"),
+    "boxes": ((3,), "f8"),
+    "probabilities": ((), "f4"),
+    "fallback": ((), "u1"),
+    "pose": ((3,), "f4"),
+    "mm_per_unit": ((), "f4"),
+    "image_sizes": ((2,), "i4"),
+    "_ids": ((), f"S{_ID_BYTES}"),
+}
+# name: (trailing shape, dtype) of the per-point datasets
+_POINT_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
+    "points": ((3,), "f4"),
+    "normals": ((3,), "f2"),
+    "regions": ((), "u1"),
+    "colors": ((3,), "u1"),
+}
+
+
+class PrepareInterrupted(FaceReconError):
+    """Ctrl-C during ``prepare``: the partial file is flushed and closed; rerun to resume."""
+
+    exit_code = 130
+
+
+@dataclass
+class PrepareOptions:
+    """What ``prepare`` does (everything that changes the file's content, plus speed knobs).
+
+    Attributes:
+        crop_from: ``"detector"`` (MTCNN, as at inference) or ``"landmarks"`` (the ground-truth
+            landmark box enlarged 1.1x, made square: fast, no detector).
+        workers: processes computing samples (0: in this process).
+        device: torch device for MTCNN.
+        min_probability: MTCNN faces below it are ignored.
+        compression: ``"gzip"`` (level 4), ``"lzf"`` or ``"none"`` for the crop images (point arrays are stored uncompressed).
+        split_seed: seed of the deterministic train/val/test permutation.
+        split_file: optional text file of ``<id> <train|val|test>`` lines instead.
+        limit: only the first ``limit`` sources (sorted order).
+        flush_every: samples between progress markers.
+        flush_seconds: at most this long between progress markers.
+    """
+
+    crop_from: str = "detector"
+    workers: int = 0
+    device: str = "cpu"
+    min_probability: float = 0.9
+    compression: str = "gzip"
+    split_seed: int = 0
+    split_file: Path | None = None
+    limit: int | None = None
+    flush_every: int = 32
+    flush_seconds: float = 10.0
+
+    def content_key(self) -> dict:
+        """The options that change the file's content (checked when resuming)."""
+        return {
+            "crop_from": self.crop_from,
+            "min_probability": self.min_probability if self.crop_from == "detector" else None,
+            "compression": self.compression,
+        }
+
+
+@dataclass
+class PrepareSummary:
+    """The outcome of :func:`prepare_cache`."""
+
+    path: Path
+    n_sources: int
+    n_written: int
+    n_fallback: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    split_counts: tuple[int, int, int] = (0, 0, 0)
+    resumed_from: int = 0
+    seconds: float = 0.0
+    file_bytes: int = 0
+
+
+@dataclass
+class _Result:
+    index: int
+    id: str
+    error: str | None = None
+    needs_fallback: bool = False
+    row: dict | None = None
+    cloud: dict | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# per-sample computation (runs in worker processes)
+
+
+@dataclass
+class _Context:
+    model: FaceModel | None
+    options: PrepareOptions
+    detector: object | None = None
+
+
+_WORKER_CTX: _Context | None = None
+
+
+def _make_context(model_path: str | None, options: PrepareOptions, model: FaceModel | None = None) -> _Context:
+    if model is None and model_path is not None:
+        model = load_face_model(model_path)
+    detector = None
+    if options.crop_from == "detector":
+        from facerecon.detect import FaceDetector
+
+        detector = FaceDetector(device=options.device, min_probability=options.min_probability)
+    return _Context(model=model, options=options, detector=detector)
+
+
+def _worker_init(model_path: str | None, options: PrepareOptions) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent alone handles Ctrl-C
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    global _WORKER_CTX
+    _WORKER_CTX = _make_context(model_path, options)
+
+
+def _worker_process(job: tuple[int, SampleRef]) -> _Result:
+    assert _WORKER_CTX is not None
+    return compute_sample(job[0], job[1], _WORKER_CTX)
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
+    iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
+    ih = max(0.0, min(ay1, by1) - max(ay0, by0))
+    inter = iw * ih
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _pick_face(faces: list, landmarks_px: np.ndarray | None):  # noqa: ANN202
+    """The detection of the annotated face: the largest IoU with the landmark box (most confident
+    without landmarks); None when no detection overlaps the annotated face."""
+    if not faces:
+        return None
+    if landmarks_px is None:
+        return faces[0]
+    lo, hi = landmarks_px[:, :2].min(axis=0), landmarks_px[:, :2].max(axis=0)
+    ref = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+    ious = [_box_iou(tuple(float(v) for v in f.detection), ref) for f in faces]
+    best = int(np.argmax(ious))
+    return faces[best] if ious[best] > 0 else None
+
+
+def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequence[float] | None = None) -> _Result:
+    """Read, crop and build the ground truth of one source sample.
+
+    Returns a :class:`_Result` with the row and point arrays, or ``error`` (a bad sample), or
+    ``needs_fallback`` (no face detected: the caller supplies the fallback box).
+    """
+    from facerecon.detect import crop_image, relative_to_box
+
+    try:
+        sample = read_sample(ref, ctx.model)
+        width, height = sample.image_size
+        lm = gt_landmarks_px(sample, ctx.model)
+        probability, fallback = float("nan"), False
+        if fallback_rel is not None:
+            box, fallback = relative_to_box(fallback_rel, (width, height)), True
+        elif ctx.options.crop_from == "landmarks":
+            if lm is None:
+                raise InputError(f"{ref.id}: no landmarks for --crop-from landmarks")
+            box = landmark_box(lm)
+        else:
+            face = _pick_face(ctx.detector.detect(sample.image), lm)  # type: ignore[union-attr]
+            if face is None:
+                return _Result(index, ref.id, needs_fallback=True)
+            box, probability = tuple(float(v) for v in face.box), float(face.probability)
+        crop = crop_image(sample.image, box, CROP_SIZE)
+        gt = build_ground_truth(sample, box, ctx.model)
+        if len(ref.id.encode()) > _ID_BYTES:
+            raise InputError(f"{ref.id}: sample id longer than {_ID_BYTES} bytes")
+    except FaceReconError as exc:
+        return _Result(index, ref.id, error=str(exc))
+    except Exception as exc:  # a bad file must not stop a 60k-sample run; the reason is reported
+        return _Result(index, ref.id, error=f"{ref.id}: {type(exc).__name__}: {exc}")
+    row = {
+        "images": crop,
+        "landmarks": gt.landmarks,
+        "boxes": np.asarray(box, dtype=np.float64),
+        "probabilities": np.float32(probability),
+        "fallback": np.uint8(fallback),
+        "pose": gt.pose,
+        "mm_per_unit": np.float32(gt.mm_per_unit),
+        "image_sizes": np.array([width, height], dtype=np.int32),
+        "_ids": ref.id.encode(),
+    }
+    cloud = {"points": gt.points, "normals": gt.normals, "regions": gt.regions, "colors": gt.colors}
+    return _Result(index, ref.id, row=row, cloud=cloud)
+
+
+# ----------------------------------------------------------------------------------------------
+# the partial file
+
+
+def partial_path(out: str | os.PathLike[str]) -> Path:
+    """Where the unfinished cache for ``out`` lives."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _compression_kwargs(name: str) -> dict:
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if name == "none":
+        return {}
+    raise InputError(f"unknown compression {name!r} (use lzf, gzip or none)")
+
+
+def _create_partial(path: Path, config: dict) -> "h5py.File":  # noqa: F821
+    import h5py
+
+    f = h5py.File(path, "w", libver="latest")
+    comp = _compression_kwargs(config["options"]["compression"])
+    for name, (shape, dtype) in _ROW_FIELDS.items():
+        chunks = (1, *shape) if name == "images" else (256, *shape)
+        kw = comp if name == "images" else {}
+        f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks, **kw)
+    for name, (shape, dtype) in _POINT_FIELDS.items():
+        # uncompressed: appending re-writes the last partly filled chunk, and a compressed chunk
+        # re-written under SWMR takes new file space each time (measured: lzf files ended up
+        # larger than uncompressed ones); uncompressed, the loader also reads at ~1 GB/s.
+        f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(_POINT_CHUNK, *shape))
+    f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,))
+    f.create_dataset("_skipped_ids", shape=(0,), maxshape=(None,), dtype=f"S{_ID_BYTES}", chunks=(64,))
+    f.create_dataset("_skipped_reasons", shape=(0,), maxshape=(None,), dtype="S1024", chunks=(64,))
+    f.create_dataset("_progress", data=np.zeros(4, np.int64))
+    f.attrs["_config"] = json.dumps(config, sort_keys=True)
+    f.swmr_mode = True
+    return f
+
+
+def _read_marker(f) -> tuple[int, int, int, int]:  # noqa: ANN001
+    src, rows, pts, skipped = (int(v) for v in f["_progress"][:])
+    return src, rows, pts, skipped
+
+
+def _truncate(f, rows: int, pts: int, skipped: int) -> None:  # noqa: ANN001
+    for name in _ROW_FIELDS:
+        f[name].resize(rows, axis=0)
+    for name in _POINT_FIELDS:
+        f[name].resize(pts, axis=0)
+    f["offsets"].resize(rows + 1, axis=0)
+    f["_skipped_ids"].resize(skipped, axis=0)
+    f["_skipped_reasons"].resize(skipped, axis=0)
+
+
+def _copy_partial(src_path: Path, dst_path: Path, config: dict) -> "h5py.File":  # noqa: F821
+    """A partial file whose writer was killed: copy its rows up to the marker into a fresh one."""
+    import h5py
+
+    with h5py.File(src_path, "r", libver="latest", swmr=True) as src:
+        _check_config(src, config, src_path)
+        n_src, rows, pts, skipped = _read_marker(src)
+        dst = _create_partial(dst_path, config)
+        _truncate(dst, rows, pts, skipped)
+        for name in _ROW_FIELDS:
+            for a in range(0, rows, 64):
+                dst[name][a : min(rows, a + 64)] = src[name][a : min(rows, a + 64)]
+        step = 4 * _POINT_CHUNK
+        for name in _POINT_FIELDS:
+            for a in range(0, pts, step):
+                dst[name][a : min(pts, a + step)] = src[name][a : min(pts, a + step)]
+        dst["offsets"][:] = src["offsets"][: rows + 1]
+        dst["_skipped_ids"][:] = src["_skipped_ids"][:skipped]
+        dst["_skipped_reasons"][:] = src["_skipped_reasons"][:skipped]
+        dst.flush()
+        dst["_progress"][:] = [n_src, rows, pts, skipped]
+        dst.flush()
+    return dst
+
+
+def _check_config(f, config: dict, path: Path) -> None:  # noqa: ANN001
+    old = json.loads(f.attrs.get("_config", "{}"))
+    if old != config:
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise InputError(
+            f"{path}: this unfinished cache was made with other inputs or options ({', '.join(diff)}); "
+            f"rerun with the same ones to resume, or delete it to start over"
+        )
+
+
+def _open_partial(path: Path, config: dict) -> tuple["h5py.File", bool]:  # noqa: F821
+    """Open (resume) or create the partial file; returns (file, resumed)."""
+    import h5py
+
+    if not path.exists():
+        return _create_partial(path, config), False
+    try:
+        f = h5py.File(path, "r+", libver="latest")
+    except OSError:
+        f = None
+    if f is not None:  # closed cleanly (Ctrl-C): continue in place
+        try:
+            _check_config(f, config, path)
+            _truncate(f, *_read_marker(f)[1:])
+            f.flush()
+            f.swmr_mode = True
+        except BaseException:
+            f.close()
+            raise
+        return f, True
+    # the writer was killed: its SWMR flag is still set; rebuild from what the marker covers
+    fresh = path.with_name(path.name + ".resume")
+    try:
+        dst = _copy_partial(path, fresh, config)
+    except OSError as exc:
+        raise FaceReconError(f"{path}: the unfinished cache cannot be read ({exc}); delete it to start over") from None
+    dst.close()
+    os.replace(fresh, path)
+    f = h5py.File(path, "r+", libver="latest")
+    f.swmr_mode = True
+    return f, True
+
+
+class _Writer:
+    """Appends rows to the partial file and maintains the progress marker."""
+
+    def __init__(self, f, options: PrepareOptions) -> None:  # noqa: ANN001
+        self.f = f
+        self.options = options
+        self.n_src, self.rows, self.pts, self.skipped = _read_marker(f)
+        self._buf: list[_Result] = []
+        self._skip_buf: list[tuple[bytes, bytes]] = []
+        self._pending_src = 0
+        self._last_flush = time.monotonic()
+        boxes = f["boxes"][: self.rows]
+        sizes = f["image_sizes"][: self.rows]
+        fallback = f["fallback"][: self.rows].astype(bool)
+        rel = _relative_boxes(boxes[~fallback], sizes[~fallback])
+        self._rel_sum = rel.sum(axis=0) if len(rel) else np.zeros(3)
+        self._rel_count = int(len(rel))
+        self.n_fallback = int(fallback.sum())
+
+    def fallback_box(self) -> tuple[float, float, float]:
+        """Running mean of the detected boxes so far, relative to image size (deterministic)."""
+        from facerecon.detect import DEFAULT_FALLBACK_BOX
+
+        if self._rel_count == 0:
+            return DEFAULT_FALLBACK_BOX
+        m = self._rel_sum / self._rel_count
+        return float(m[0]), float(m[1]), float(m[2])
+
+    def add(self, res: _Result) -> None:
+        """Queue one result; rows are written in blocks by :meth:`mark`."""
+        if res.error is not None:
+            self._skip_buf.append((res.id.encode()[:_ID_BYTES], res.error.encode()[:1024]))
+        else:
+            assert res.row is not None and res.cloud is not None
+            self._buf.append(res)
+            if res.row["fallback"]:
+                self.n_fallback += 1
+            else:
+                w, h = (int(v) for v in res.row["image_sizes"])
+                self._rel_sum = self._rel_sum + _relative_boxes(res.row["boxes"][None], np.array([[w, h]]))[0]
+                self._rel_count += 1
+        self._pending_src += 1
+        if len(self._buf) + len(self._skip_buf) >= self.options.flush_every or (
+            time.monotonic() - self._last_flush > self.options.flush_seconds
+        ):
+            self.mark()
+
+    def _write_block(self) -> None:
+        f = self.f
+        if self._skip_buf:
+            k = len(self._skip_buf)
+            for j, name in enumerate(("_skipped_ids", "_skipped_reasons")):
+                f[name].resize(self.skipped + k, axis=0)
+                f[name][self.skipped :] = np.array([item[j] for item in self._skip_buf], dtype=f[name].dtype)
+            self.skipped += k
+        if self._buf:
+            r, k = self.rows, len(self._buf)
+            for name in _ROW_FIELDS:
+                f[name].resize(r + k, axis=0)
+                f[name][r:] = np.stack([np.asarray(res.row[name]) for res in self._buf]).astype(f[name].dtype)  # type: ignore[index]
+            counts = np.array([res.cloud["points"].shape[0] for res in self._buf], dtype=np.int64)  # type: ignore[index]
+            total = int(counts.sum())
+            for name in _POINT_FIELDS:
+                f[name].resize(self.pts + total, axis=0)
+                f[name][self.pts :] = np.concatenate([res.cloud[name] for res in self._buf]).astype(f[name].dtype)  # type: ignore[index]
+            f["offsets"].resize(r + k + 1, axis=0)
+            f["offsets"][r + 1 :] = self.pts + np.cumsum(counts)
+            self.rows += k
+            self.pts += total
+        self.n_src += self._pending_src
+        self._buf, self._skip_buf, self._pending_src = [], [], 0
+
+    def mark(self) -> None:
+        """Write the queued rows, flush, then write and flush the progress marker (so the marker
+        never runs ahead of the data on disk)."""
+        self._write_block()
+        self.f.flush()
+        self.f["_progress"][:] = [self.n_src, self.rows, self.pts, self.skipped]
+        self.f.flush()
+        self._last_flush = time.monotonic()
+
+    @property
+    def done(self) -> int:
+        """Sources processed, queued ones included."""
+        return self.n_src + self._pending_src
+
+    @property
+    def n_skipped(self) -> int:
+        """Skipped sources, queued ones included."""
+        return self.skipped + len(self._skip_buf)
+
+
+def _relative_boxes(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(K, 3) boxes (x0, y0, side) px and (K, 2) sizes (W, H) -> (K, 3) (cx/W, cy/H, side/min(W, H))."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 3)
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    half = boxes[:, 2] / 2
+    return np.stack(
+        [(boxes[:, 0] + half) / sizes[:, 0], (boxes[:, 1] + half) / sizes[:, 1], boxes[:, 2] / sizes.min(axis=1)], axis=1
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# splits and finishing
+
+
+def assign_splits(ids: Sequence[str], seed: int = 0, split_file: Path | None = None) -> np.ndarray:
+    """Train/val/test labels (0/1/2) for the rows.
+
+    Without a split file: a permutation seeded by ``seed``; the first ``round(0.1 N)`` rows of it
+    are test, the next ``round(0.1 N)`` validation, the rest training (1600/200/200 for the 2000
+    AFLW2000-3D images, proportional for other sizes). With a split file: each id's label from it.
+    """
+    n = len(ids)
+    if split_file is not None:
+        table = read_split_file(split_file)
+        missing = [i for i in ids if i not in table]
+        if missing:
+            raise InputError(f"{split_file}: {len(missing)} sample(s) not listed, e.g. {', '.join(missing[:3])}")
+        return np.array([table[i] for i in ids], dtype=np.uint8)
+    n_test = int(round(SPLIT_FRACTIONS[2] * n))
+    n_val = int(round(SPLIT_FRACTIONS[1] * n))
+    perm = np.random.default_rng(seed).permutation(n)
+    split = np.zeros(n, dtype=np.uint8)
+    split[perm[:n_test]] = 2
+    split[perm[n_test : n_test + n_val]] = 1
+    return split
+
+
+def read_split_file(path: Path) -> dict[str, int]:
+    """Parse ``<id> <train|val|test>`` lines (whitespace or comma separated, ``#`` comments)."""
+    table: dict[str, int] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read split file ({exc.strerror})") from None
+    for k, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.replace(",", " ").split()
+        if len(parts) != 2 or parts[1] not in SPLIT_NAMES:
+            raise InputError(f"{path}:{k}: expected '<id> <train|val|test>', got {line!r}")
+        table[parts[0]] = SPLIT_NAMES.index(parts[1])
+    return table
+
+
+def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, command: str) -> tuple[int, int, int]:  # noqa: ANN001
+    import h5py
+
+    rows = int(f["offsets"].shape[0] - 1)
+    ids = [b.decode() for b in f["_ids"][:rows]]
+    split = assign_splits(ids, options.split_seed, options.split_file)
+    f.create_dataset("split", data=split)
+    f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+    skipped = f.create_group("skipped")
+    sk = int(f["_skipped_ids"].shape[0])
+    skipped.create_dataset("ids", data=np.array([b.decode() for b in f["_skipped_ids"][:sk]], dtype=object), dtype=h5py.string_dtype())
+    skipped.create_dataset(
+        "reasons", data=np.array([b.decode() for b in f["_skipped_reasons"][:sk]], dtype=object), dtype=h5py.string_dtype()
+    )
+    for name in ("_ids", "_skipped_ids", "_skipped_reasons", "_progress"):
+        del f[name]
+    attrs = f.attrs
+    attrs["schema_version"] = SCHEMA_VERSION
+    attrs["created_by"] = f"facerecon {__version__}"
+    attrs["command"] = command
+    attrs["units"] = "crop"  # points and landmarks in crop units (docs/conventions.md)
+    attrs["crop_size"] = CROP_SIZE
+    attrs["dataset"] = config["dataset"]
+    attrs["dataset_format"] = config["format"]
+    attrs["face_model"] = model.name if model is not None else ""
+    attrs["face_model_sha256"] = model.sha256 if model is not None else ""
+    attrs["face_model_units"] = model.units if model is not None else ""
+    attrs["crop_from"] = options.crop_from
+    attrs["split_names"] = ",".join(SPLIT_NAMES)
+    attrs["split_seed"] = options.split_seed if options.split_file is None else -1
+    attrs["region_thresholds_mm"] = np.array([10.0, 17.0])
+    del attrs["_config"]
+    return tuple(int((split == k).sum()) for k in range(3))  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver
+
+
+def _results(
+    refs: Sequence[SampleRef], start: int, model_path: str | None, options: PrepareOptions, ctx: _Context
+) -> Iterator[_Result]:
+    jobs = ((i, refs[i]) for i in range(start, len(refs)))
+    if options.workers <= 0:
+        for job in jobs:
+            yield compute_sample(job[0], job[1], ctx)
+        return
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(options.workers, initializer=_worker_init, initargs=(model_path, options))
+    try:
+        yield from pool.imap(_worker_process, jobs, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def prepare_cache(
+    refs: Sequence[SampleRef],
+    out: str | os.PathLike[str],
+    model_path: str | os.PathLike[str] | None,
+    options: PrepareOptions,
+    dataset: str = "",
+    fmt: str = "",
+    command: str = "",
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> PrepareSummary:
+    """Build the cache ``out`` from the samples ``refs`` (resuming ``out.partial`` if present).
+
+    Args:
+        refs: the source samples in their deterministic order (from ``list_samples``).
+        out: the ``.h5`` to write; it must not exist.
+        model_path: face model for 3DMM datasets (None for scans).
+        options: see :class:`PrepareOptions`.
+        dataset, fmt, command: recorded in the file's attributes.
+        on_progress: called as ``on_progress(sources_done, total, skipped)`` after each sample.
+
+    Raises:
+        PrepareInterrupted: on Ctrl-C (the partial file is flushed; run again to resume).
+        InputError: ``out`` exists, or the partial file was made with other inputs.
+    """
+    t0 = time.monotonic()
+    out = Path(out)
+    if out.exists():
+        raise InputError(f"{out}: already exists (delete it or choose another output)")
+    if options.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {options.workers}")
+    if options.crop_from not in ("detector", "landmarks"):
+        raise InputError(f"--crop-from must be detector or landmarks, got {options.crop_from!r}")
+    _compression_kwargs(options.compression)
+    if options.limit is not None:
+        refs = list(refs)[: max(0, options.limit)]
+    if not refs:
+        raise InputError("no samples to prepare")
+    if options.split_file is not None:
+        read_split_file(options.split_file)  # fail early on a malformed file
+    model = load_face_model(model_path) if model_path is not None else None
+    if model is None and any(r.format != "scans" for r in refs):
+        raise InputError("3DMM datasets (AFLW2000-3D, 300W-LP) need --face-model")
+    config = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset,
+        "format": fmt,
+        "sources_sha256": hashlib.sha256("\n".join(r.id for r in refs).encode()).hexdigest(),
+        "n_sources": len(refs),
+        "face_model_sha256": model.sha256 if model is not None else "",
+        "options": options.content_key(),
+    }
+    from facerecon.io_utils import ensure_parent
+
+    ensure_parent(out)
+    part = partial_path(out)
+    f, resumed = _open_partial(part, config)
+    writer = _Writer(f, options)
+    resumed_from = writer.n_src if resumed else 0
+    ctx = _make_context(None, options, model)
+    mp_path = str(model_path) if model_path is not None else None
+    results = _results(refs, writer.n_src, mp_path, options, ctx)
+    try:
+        for res in results:
+            if res.needs_fallback:
+                res = compute_sample(res.index, refs[res.index], ctx, fallback_rel=writer.fallback_box())
+            writer.add(res)
+            if on_progress is not None:
+                on_progress(writer.done, len(refs), writer.n_skipped)
+        writer.mark()
+    except KeyboardInterrupt:
+        results.close()  # stops the worker pool
+        writer.mark()
+        f.close()
+        raise PrepareInterrupted(
+            f"interrupted after {writer.done} of {len(refs)} samples; {part} keeps them: "
+            f"run the same command again to resume"
+        ) from None
+    except BaseException:
+        results.close()
+        try:
+            writer.mark()
+        finally:
+            f.close()
+        raise
+    skipped = [(a.decode(), b.decode()) for a, b in zip(f["_skipped_ids"][:], f["_skipped_reasons"][:])]
+    n_written, n_fallback = writer.rows, writer.n_fallback
+    f.close()
+    import h5py
+
+    with h5py.File(part, "r+", libver="latest") as f:
+        counts = _finish(f, config, options, model, command)
+    os.replace(part, out)
+    return PrepareSummary(
+        path=out,
+        n_sources=len(refs),
+        n_written=n_written,
+        n_fallback=n_fallback,
+        skipped=skipped,
+        split_counts=counts,
+        resumed_from=resumed_from,
+        seconds=time.monotonic() - t0,
+        file_bytes=out.stat().st_size,
+    )
+
+
+def read_cache_info(path: str | os.PathLike[str]) -> dict:
+    """The attributes and sizes of a finished cache (for ``prepare --info`` and checks)."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            info = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
+            info["n_samples"] = int(f["offsets"].shape[0] - 1)
+            info["n_points"] = int(f["points"].shape[0])
+            info["split_counts"] = [int(x) for x in np.bincount(f["split"][:], minlength=3)]
+    except (OSError, KeyError) as exc:
+        raise InputError(f"{path}: not a facerecon cache ({exc})") from None
+    if int(info.get("schema_version", -1)) != SCHEMA_VERSION:
+        raise InputError(f"{path}: cache schema {info.get('schema_version')} is not {SCHEMA_VERSION}; run prepare again")
+    return info
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PrepareInterrupted",
+    "PrepareOptions",
+    "PrepareSummary",
+    "assign_splits",
+    "compute_sample",
+    "partial_path",
+    "prepare_cache",
+    "read_cache_info",
+    "read_split_file",
+]

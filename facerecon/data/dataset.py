@@ -1,0 +1,200 @@
+"""The training-side reader: a torch ``Dataset`` over a ``prepare`` cache, and the batch collate.
+
+Per sample it returns the crop image and the dense ground truth, either all points with per-point
+region weights, or a fixed number of points drawn per region (the face paper's landmark-weighted
+sampling: 11000 / 4000 / 3000 for boundary / sub-priority / key, 18000 in all). Draws are
+without replacement; a region with fewer points than asked gives each of its points once and
+the shortfall drawn with replacement; an empty region's draws come
+from the whole cloud, so every sample has the same total. The generator is seeded by
+``(seed, epoch, index)``: the same sample gets the same draw in any worker process, and a new
+one each epoch (:meth:`FaceCacheDataset.set_epoch`).
+
+The HDF5 file is opened lazily in each process that reads (h5py handles must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from facerecon.errors import InputError
+
+#: Points drawn per region (boundary 0, sub-priority 1, key 2): the face paper's best setting.
+DEFAULT_POINTS_PER_REGION = (11000, 4000, 3000)
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+class FaceCacheDataset(torch.utils.data.Dataset):
+    """Samples of one split of a cache written by ``facerecon prepare``.
+
+    Args:
+        path: the ``.h5`` cache.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+        points_per_region: draws per region ``(boundary, sub, key)``; None returns every point.
+        weights: per-region loss weights ``(boundary, sub, key)`` put on each point
+            (e.g. ``(0.5, 1.5, 2.0)`` for TPAMI-style weighting); None gives 1 everywhere.
+        seed: base seed of the draws.
+        return_image_float: image as float32 in [0, 1] (else uint8), ``(3, 224, 224)`` either way.
+
+    Each item is a dict:
+        ``image`` (3, 224, 224); ``points``, ``normals`` (P, 3) float32 crop units / unit vectors;
+        ``regions`` (P,) int64; ``weights`` (P,) float32; ``colors`` (P, 3) float32 in [0, 1];
+        ``landmarks`` (68, 3) float32 crop units; ``pose`` (3,) float32 yaw, pitch, roll degrees;
+        ``mm_per_unit`` () float32; ``index`` () int64 (row in the cache); ``id`` str.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        split: str = "train",
+        points_per_region: Sequence[int] | None = DEFAULT_POINTS_PER_REGION,
+        weights: Sequence[float] | None = None,
+        seed: int = 0,
+        return_image_float: bool = True,
+    ) -> None:
+        import h5py
+
+        from facerecon.data.cache import SCHEMA_VERSION
+
+        self.path = Path(path)
+        if split != "all" and split not in SPLITS:
+            raise InputError(f"split must be one of train, val, test, all; got {split!r}")
+        if points_per_region is not None:
+            points_per_region = tuple(int(c) for c in points_per_region)
+            if len(points_per_region) != 3 or min(points_per_region) < 0 or sum(points_per_region) == 0:
+                raise InputError(f"points_per_region must be 3 counts >= 0 (boundary, sub, key), got {points_per_region}")
+        if weights is not None and len(weights) != 3:
+            raise InputError(f"weights must be 3 numbers (boundary, sub, key), got {weights}")
+        self.points_per_region = points_per_region
+        self.weights = np.asarray(weights if weights is not None else (1.0, 1.0, 1.0), dtype=np.float32)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.return_image_float = return_image_float
+        try:
+            with h5py.File(self.path, "r") as f:
+                version = int(f.attrs.get("schema_version", -1))
+                if version != SCHEMA_VERSION:
+                    raise InputError(f"{self.path}: cache schema {version} is not {SCHEMA_VERSION}; run facerecon prepare again")
+                split_arr = f["split"][:]
+                self.offsets = f["offsets"][:].astype(np.int64)
+                self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot open cache ({exc})") from None
+        except KeyError as exc:
+            raise InputError(f"{self.path}: not a facerecon cache (missing {exc})") from None
+        self.rows = np.arange(split_arr.shape[0]) if split == "all" else np.flatnonzero(split_arr == SPLITS[split])
+        self.split = split
+        self._file: Any = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the draws (call at the start of each epoch; DataLoader workers pick it up when
+        they are re-created per epoch, i.e. without ``persistent_workers``)."""
+        self.epoch = int(epoch)
+
+    def _h5(self) -> Any:
+        if self._file is None or self._pid != os.getpid():
+            import h5py
+
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=16 << 20)
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"], state["_pid"] = None, None  # never pickle an open handle into a worker
+        return state
+
+    def draw(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Indices of the points to keep for one sample.
+
+        Args:
+            regions: ``(P,)`` region labels of the sample.
+            rng: the sample's generator.
+
+        Returns:
+            ``(sum(points_per_region),)`` int64 indices into the sample's points.
+        """
+        assert self.points_per_region is not None
+        picks = []
+        for region, count in enumerate(self.points_per_region):
+            if count == 0:
+                continue
+            pool = np.flatnonzero(regions == region)
+            if pool.shape[0] == 0:
+                pool = np.arange(regions.shape[0])
+            if pool.shape[0] >= count:
+                picks.append(pool[rng.permutation(pool.shape[0])[:count]])
+            else:  # every point once, the shortfall drawn with replacement
+                extra = pool[rng.integers(0, pool.shape[0], count - pool.shape[0])]
+                picks.append(np.concatenate([pool[rng.permutation(pool.shape[0])], extra]))
+        return np.concatenate(picks)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        row = int(self.rows[item])
+        f = self._h5()
+        a, b = int(self.offsets[row]), int(self.offsets[row + 1])
+        regions = f["regions"][a:b]
+        points = f["points"][a:b]
+        normals = f["normals"][a:b]
+        colors = f["colors"][a:b]
+        if self.points_per_region is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, row])
+            idx = self.draw(regions, rng)
+            regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
+        image = torch.from_numpy(np.ascontiguousarray(f["images"][row].transpose(2, 0, 1)))
+        if self.return_image_float:
+            image = image.float().div_(255.0)
+        regions_t = torch.from_numpy(regions.astype(np.int64))
+        return {
+            "image": image,
+            "points": torch.from_numpy(points.astype(np.float32, copy=False)),
+            "normals": torch.from_numpy(normals.astype(np.float32)),
+            "regions": regions_t,
+            "weights": torch.from_numpy(self.weights[regions]),
+            "colors": torch.from_numpy(colors.astype(np.float32) / 255.0),
+            "landmarks": torch.from_numpy(f["landmarks"][row].astype(np.float32)),
+            "pose": torch.from_numpy(f["pose"][row].astype(np.float32)),
+            "mm_per_unit": torch.tensor(float(f["mm_per_unit"][row]), dtype=torch.float32),
+            "index": torch.tensor(row, dtype=torch.int64),
+            "id": self._all_ids[row],
+        }
+
+
+_POINT_KEYS = ("points", "normals", "regions", "weights", "colors")
+
+
+def collate_faces(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of :class:`FaceCacheDataset` items into a batch.
+
+    Per-point tensors are padded to the longest cloud of the batch: ``points``, ``normals``,
+    ``colors`` with 0, ``weights`` with 0 (padding never counts in a weighted loss), ``regions``
+    with -1. ``lengths`` ``(B,)`` int64 gives each cloud's true size; everything else is stacked,
+    ``id`` becomes a list of str.
+    """
+    if not batch:
+        raise InputError("collate_faces needs at least one sample")
+    lengths = torch.tensor([int(s["points"].shape[0]) for s in batch], dtype=torch.int64)
+    longest = int(lengths.max())
+    out: dict[str, Any] = {"lengths": lengths}
+    for key in batch[0]:
+        values = [s[key] for s in batch]
+        if key in _POINT_KEYS:
+            fill = -1 if key == "regions" else 0
+            shape = (len(batch), longest, *values[0].shape[1:])
+            padded = torch.full(shape, fill, dtype=values[0].dtype)
+            for i, v in enumerate(values):
+                padded[i, : v.shape[0]] = v
+            out[key] = padded
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        else:
+            out[key] = list(values)
+    return out

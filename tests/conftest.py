@@ -25,3 +25,31 @@ def shared_subdir(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data {path} not found")
     return path
+
+
+# A small network configuration for tests: the real hemisphere template and four blocks, with
+# narrow G-ResNets so a CPU step takes about a second.
+TINY_MODEL = {
+    "model.backbone": "resnet18",
+    "model.hidden": 32,
+    "model.layers_per_block": 4,
+    "train.points_per_region": [300, 100, 100],
+    "train.num_workers": 0,
+    "train.batch_size": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny synthetic cache (shared topology, so the mean baseline works) and a checkpoint
+    trained on it for one short epoch: {'cache': Path, 'checkpoint': Path, 'run': Path}."""
+    from cachefix import make_tiny_cache
+
+    from facerecon.config import Config
+    from facerecon.engine.train import TrainOptions, run_training
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    cache = make_tiny_cache(root / "cache.h5", n=8, points=500, same_topology=True)
+    cfg = Config().replace({**TINY_MODEL, "train.epochs": 1})
+    run_training(cfg, TrainOptions(cache=cache, out=root / "run", quiet=True))
+    return {"cache": cache, "checkpoint": root / "run" / "best.pt", "run": root / "run"}

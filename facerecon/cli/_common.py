@@ -34,7 +34,7 @@ state = _State()
 def info(message: str) -> None:
     """An informational line on stderr, silenced by --quiet."""
     if not state.quiet:
-        err_console.print(message, highlight=False)
+        err_console.print(message, highlight=False, soft_wrap=True)
 
 
 class RateColumn(ProgressColumn):

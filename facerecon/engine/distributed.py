@@ -1,0 +1,98 @@
+"""Process-group set-up for ``facerecon train``: one process, ``--gpus N`` on one machine
+(``mp.spawn``), several CPU processes (gloo), or several machines through ``torchrun``.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+when they are present the process joins that group and ignores ``--gpus``' spawning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from facerecon.errors import InputError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, validates and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment of ``torchrun`` (or another launcher) describes a process group."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a single-machine rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check_gpus(gpus: int) -> None:
+    """Fail clearly when more GPUs are requested than this machine has."""
+    if gpus < 0:
+        raise InputError(f"--gpus {gpus}: must be 0 (CPU) or a positive number of GPUs")
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > available:
+        where = "no CUDA device is available" if available == 0 else f"only {available} CUDA device(s) are available"
+        raise InputError(f"--gpus {gpus}: {where} (use --gpus 0 to train on the CPU)")
+
+
+@contextlib.contextmanager
+def process_group(rank: int, world_size: int, use_cuda: bool, local_rank: int | None = None) -> Iterator[DistInfo]:
+    """Join (and on exit leave) the default process group; a no-op for a single process.
+
+    NCCL on CUDA, gloo on the CPU. The rendezvous comes from ``MASTER_ADDR``/``MASTER_PORT``.
+    """
+    local_rank = rank if local_rank is None else local_rank
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size <= 1:
+        yield DistInfo(0, 1, 0, device)
+        return
+    backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    try:
+        yield DistInfo(rank, world_size, local_rank, device)
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_object(info: DistInfo, obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.distributed:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -1,0 +1,546 @@
+"""The training loop of ``facerecon train``: readable top to bottom.
+
+One function, ``train_worker``, runs in every process: it builds the network, the optimizer, the
+schedule and the data loaders, resumes from ``last.pt`` when asked, and loops over epochs. Rank 0
+validates after every epoch, appends the metrics to ``metrics.jsonl``, and writes ``last.pt`` and
+``best.pt`` atomically. ``run_training`` decides how many processes to start.
+
+Checkpoints are plain dicts of tensors and Python values, loadable with
+``torch.load(path, weights_only=True)``:
+
+    format, version, facerecon_version, config (nested dict), epoch (completed epochs),
+    step_in_epoch (batches of the current epoch already done; 0 at an epoch boundary),
+    global_step, model (state dict), optimizer, scheduler, scaler, best (best val Chamfer),
+    rng (torch CPU state, CUDA states), metrics (last validation summary)
+
+Resuming is exact on the CPU: the sampler order, the ground-truth draws (seeded by seed, epoch
+and sample index) and the RNG state are restored, so 2 epochs in one run equal 1 epoch + resume
++ 1 epoch. A Ctrl-C saves ``last.pt`` mid-epoch (with ``step_in_epoch``) and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from facerecon import __version__
+from facerecon.config import Config
+from facerecon.engine.distributed import (
+    DistInfo,
+    barrier,
+    check_gpus,
+    free_port,
+    launched_by_torchrun,
+    process_group,
+)
+from facerecon.engine.evaluate import EvalSettings, batch_metrics, summarise
+from facerecon.errors import FaceReconError, InputError
+from facerecon.io_utils import atomic_path, ensure_parent
+
+CHECKPOINT_FORMAT = "facerecon-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainOptions:
+    """How to run (not what to learn: that is the ``Config``)."""
+
+    cache: Path
+    out: Path
+    gpus: int = 0  # 0: CPU
+    nproc: int = 1  # CPU processes (gloo) when gpus == 0
+    resume: bool = False
+    max_steps: int | None = None  # stop after this many optimizer steps in this run (tests, smoke runs)
+    validate: bool = True
+    val_limit: int | None = None  # validate on the first N val samples only
+    eval_settings: EvalSettings = field(default_factory=EvalSettings)
+    quiet: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    global_step: int
+    best: float
+    last_metrics: dict[str, float]
+    interrupted: bool = False
+    #: one parameter checksum per rank (sum and sum of squares, float64): equal when ranks agree
+    rank_checksums: list[float] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------- launch
+def run_training(cfg: Config, opts: TrainOptions, reporter: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``cfg`` on ``opts.cache`` into ``opts.out``, in the processes ``opts`` asks for.
+
+    ``torchrun`` launches (RANK/WORLD_SIZE in the environment) join their process group;
+    ``gpus > 1`` or ``nproc > 1`` spawn that many processes on this machine; otherwise this process
+    trains alone.
+    """
+    check_train_inputs(cfg, opts)
+    if launched_by_torchrun():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        use_cuda = torch.cuda.is_available() and opts.gpus != 0
+        return train_worker(rank, world, cfg.to_dict(), opts, use_cuda, local, reporter)
+    check_gpus(opts.gpus)
+    world = opts.gpus if opts.gpus > 0 else max(1, opts.nproc)
+    use_cuda = opts.gpus > 0
+    if world == 1:
+        return train_worker(0, 1, cfg.to_dict(), opts, use_cuda, 0, reporter)
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    ctx = mp.get_context("spawn")
+    result_queue = ctx.SimpleQueue()
+    mp.start_processes(
+        _spawned_worker, args=(world, cfg.to_dict(), opts, use_cuda, result_queue), nprocs=world, start_method="spawn"
+    )
+    result = result_queue.get()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _spawned_worker(
+    rank: int, world: int, cfg_dict: dict, opts: TrainOptions, use_cuda: bool, queue: Any
+) -> None:
+    try:
+        result = train_worker(rank, world, cfg_dict, opts, use_cuda, rank, None)
+    except FaceReconError as exc:
+        if rank == 0:
+            queue.put(exc)
+        raise
+    if rank == 0:
+        queue.put(result)
+
+
+def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
+    """Refuse what cannot work before anything is started (InputError)."""
+    if not Path(opts.cache).is_file():
+        raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
+    if opts.resume and not (Path(opts.out) / "last.pt").is_file():
+        raise InputError(f"{opts.out}: nothing to resume (no last.pt in the run folder)")
+    if not opts.resume and (Path(opts.out) / "last.pt").is_file():
+        raise InputError(f"{opts.out}: already holds a run (last.pt); use --resume to continue it or another --out")
+    if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
+        raise InputError("train.batch_size and train.epochs must be at least 1")
+
+
+# ------------------------------------------------------------------------------------- worker
+def train_worker(
+    rank: int,
+    world: int,
+    cfg_dict: dict,
+    opts: TrainOptions,
+    use_cuda: bool,
+    local_rank: int,
+    reporter: Callable[[str], None] | None,
+) -> TrainResult:
+    """Everything one process does (see the module docstring)."""
+    from facerecon.data.dataset import FaceCacheDataset, collate_faces
+    from facerecon.losses import MeshLoss
+    from facerecon.model.network import build_network
+
+    cfg = Config.from_dict(cfg_dict)
+    tc = cfg.train
+    say = reporter if (reporter is not None and rank == 0 and not opts.quiet) else (lambda _m: None)
+    with process_group(rank, world, use_cuda, local_rank) as info:
+        device = info.device
+        torch.manual_seed(tc.seed)
+        model = build_network(cfg.model, device=device)
+        loss_fn = MeshLoss(cfg.loss).to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
+        use_amp = bool(tc.amp and device.type == "cuda")
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+        reference = landmark_reference_from_cache(opts.cache)
+        out = Path(opts.out)
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": math.inf, "metrics": {}}
+        if opts.resume:
+            ckpt = load_checkpoint(out / "last.pt", map_location=device)
+            _check_resumable(cfg, ckpt, out / "last.pt")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            for key in state:
+                state[key] = ckpt.get(key, state[key])
+            _set_rng(ckpt.get("rng", {}))
+            say(f"resuming {out / 'last.pt'}: epoch {state['epoch'] + 1}, batch {state['step_in_epoch'] + 1}")
+        elif info.is_main:
+            ensure_parent(out / "config.json")
+            _write_json(out / "config.json", cfg.to_dict())
+            with contextlib.suppress(FileNotFoundError):
+                (out / "metrics.jsonl").unlink()
+
+        ddp_model: nn.Module = model
+        if info.distributed:
+            ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+        train_set = FaceCacheDataset(opts.cache, split="train", points_per_region=tuple(tc.points_per_region), seed=tc.seed)
+        if len(train_set) == 0:
+            raise InputError(f"{opts.cache}: the train split is empty")
+        val_set = None
+        if opts.validate and info.is_main:
+            val_set = FaceCacheDataset(opts.cache, split="val", points_per_region=None, seed=tc.seed)
+            if len(val_set) == 0:
+                val_set = None
+                say("no val split in the cache: skipping validation")
+        per_rank = math.ceil(len(train_set) / world)
+        steps_per_epoch = math.ceil(per_rank / tc.batch_size)
+
+        interrupted = False
+        stop = False
+        run_steps = 0
+        with _sigterm_as_interrupt(), _progress(opts, info, tc.epochs, steps_per_epoch) as progress:
+            try:
+                for epoch in range(state["epoch"], tc.epochs):
+                    train_set.set_epoch(epoch)
+                    sampler = _EpochSampler(len(train_set), info, tc.seed, epoch, state["step_in_epoch"] * tc.batch_size)
+                    loader = DataLoader(
+                        train_set,
+                        batch_size=tc.batch_size,
+                        sampler=sampler,
+                        num_workers=tc.num_workers,
+                        collate_fn=collate_faces,
+                        pin_memory=device.type == "cuda",
+                        drop_last=False,
+                    )
+                    model.train()
+                    progress.start_epoch(epoch, state["step_in_epoch"])
+                    for batch in loader:
+                        batch = _to_device(batch, device)
+                        with torch.autocast(device_type=device.type, enabled=use_amp):
+                            pred = ddp_model(batch["image"])
+                        losses = loss_fn(pred, batch, epoch=epoch + state["step_in_epoch"] / steps_per_epoch)
+                        total, terms = losses.total, losses.terms
+                        if not torch.isfinite(total):
+                            raise FaceReconError(
+                                f"training diverged: the loss is {float(total)} at epoch {epoch + 1}, "
+                                f"step {state['global_step'] + 1} (lower --lr or set train.grad_clip)"
+                            )
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(total).backward()
+                        if tc.grad_clip > 0:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        state["step_in_epoch"] += 1
+                        state["global_step"] += 1
+                        run_steps += 1
+                        progress.step(batch["image"].shape[0] * world, float(total.detach()), {k: float(v) for k, v in terms.items()})
+                        if opts.max_steps is not None and run_steps >= opts.max_steps:
+                            stop = True
+                            break
+                    if stop and state["step_in_epoch"] < steps_per_epoch:
+                        break  # mid-epoch stop: last.pt below records the position
+                    scheduler.step()
+                    state["epoch"] = epoch + 1
+                    state["step_in_epoch"] = 0
+                    metrics: dict[str, float] = {}
+                    if val_set is not None:
+                        metrics = validate(model, val_set, device, opts.eval_settings, tc.batch_size, opts.val_limit)
+                        state["metrics"] = metrics
+                        if metrics["chamfer"] < state["best"]:
+                            state["best"] = metrics["chamfer"]
+                            if info.is_main:
+                                save_checkpoint(out / "best.pt", _checkpoint(cfg, model, optimizer, scheduler, scaler, state, reference))
+                    if info.is_main:
+                        save_checkpoint(out / "last.pt", _checkpoint(cfg, model, optimizer, scheduler, scaler, state, reference))
+                        record = {"epoch": epoch + 1, "global_step": state["global_step"], "lr": scheduler.get_last_lr()[0]}
+                        record.update(progress.epoch_means())
+                        record.update({f"val_{k}": v for k, v in metrics.items()})
+                        _append_jsonl(out / "metrics.jsonl", record)
+                        say(_epoch_line(record))
+                    barrier(info)
+                    if stop:
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted or (stop and state["step_in_epoch"] > 0):
+            if info.is_main:
+                save_checkpoint(out / "last.pt", _checkpoint(cfg, model, optimizer, scheduler, scaler, state, reference))
+            if interrupted:
+                say(f"interrupted: saved {out / 'last.pt'}; continue with --resume")
+        checksums = _rank_checksums(model, info)
+        return TrainResult(state["epoch"], state["global_step"], state["best"], state["metrics"], interrupted, checksums)
+
+
+def _rank_checksums(model: nn.Module, info: DistInfo) -> list[float]:
+    """Every rank's parameter checksum (all ranks must hold the same parameters under DDP)."""
+    with torch.no_grad():
+        value = sum(float(p.double().sum() + p.double().square().sum()) for p in model.parameters())
+    if not info.distributed:
+        return [value]
+    gathered: list[object] = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return [float(v) for v in gathered]
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device,
+    settings: EvalSettings,
+    batch_size: int,
+    limit: int | None = None,
+) -> dict[str, float]:
+    """Mean Chamfer, F-scores and NME of ``model`` over ``dataset`` (see ``engine.evaluate``)."""
+    from facerecon.data.dataset import collate_faces
+
+    was_training = model.training
+    model.eval()
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    subset = torch.utils.data.Subset(dataset, range(n))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_faces)
+    records: dict[str, list[float]] = {}
+    for batch in loader:
+        batch = _to_device(batch, device)
+        pred = model(batch["image"])
+        metrics = batch_metrics(
+            pred.vertices,
+            pred.faces[-1],
+            batch["points"],
+            batch["lengths"],
+            [int(i) for i in batch["index"]],
+            settings,
+            pred.landmarks,
+            batch.get("landmarks"),
+        )
+        for key, value in metrics.items():
+            records.setdefault(key, []).extend(value.tolist())
+    model.train(was_training)
+    return summarise(records)
+
+
+# ------------------------------------------------------------------------------------- sampler
+class _EpochSampler(Sampler[int]):
+    """The epoch's shuffled order (seeded by seed + epoch, identical on every rank), this rank's
+    share of it (``order[rank::world]``, padded by wrapping like DistributedSampler), minus the
+    first ``skip`` items already consumed before a resume."""
+
+    def __init__(self, n: int, info: DistInfo, seed: int, epoch: int, skip: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=gen).tolist()
+        total = math.ceil(n / info.world_size) * info.world_size
+        order += order[: total - n]
+        self.indices = order[info.rank :: info.world_size][skip:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def _checkpoint(
+    cfg: Config, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: dict, reference: torch.Tensor | None
+) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "facerecon_version": __version__,
+        "config": cfg.to_dict(),
+        "epoch": state["epoch"],
+        "step_in_epoch": state["step_in_epoch"],
+        "global_step": state["global_step"],
+        "best": state["best"],
+        "metrics": dict(state["metrics"]),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "rng": rng,
+        "landmark_reference": reference,
+    }
+
+
+def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor | None:
+    """The frontal 68-landmark layout of the training split: each training sample's ground-truth
+    landmarks with its pose undone (``frames.frontalise``), averaged. ``predict`` fits it to the
+    predicted landmarks to report the head pose. None when the cache has no poses/landmarks.
+
+    Returns:
+        (68, 3) float32, centred, unit RMS radius, our axes (x right, y down, z away).
+    """
+    import h5py
+    import numpy as np
+
+    from facerecon.frames import frontalise
+
+    with h5py.File(cache, "r") as f:
+        train = np.flatnonzero(f["split"][:] == 0)
+        if train.size == 0 or "pose" not in f or "landmarks" not in f:
+            return None
+        landmarks = f["landmarks"][train.tolist()] if train.size < 4096 else f["landmarks"][:][train]
+        poses = f["pose"][:][train]
+    ok = np.isfinite(landmarks).all(axis=(1, 2)) & np.isfinite(poses).all(axis=1)
+    if not ok.any():
+        return None
+    frontal = np.stack([frontalise(lm, *pose) for lm, pose in zip(landmarks[ok], poses[ok])])
+    mean = frontal.mean(axis=0)
+    mean = (mean - mean.mean(0)) / np.sqrt(((mean - mean.mean(0)) ** 2).sum(1).mean())
+    return torch.from_numpy(mean.astype(np.float32))
+
+
+def save_checkpoint(path: Path, checkpoint: dict) -> None:
+    """``torch.save`` to a temporary file, renamed into place (never a half-written checkpoint)."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict:
+    """Load a facerecon checkpoint with ``weights_only=True``; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip, wrong file type
+        raise InputError(f"{path}: not a readable facerecon checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a facerecon checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise InputError(f"{path}: checkpoint format {ckpt.get('version')} is newer than this facerecon understands")
+    return ckpt
+
+
+def _check_resumable(cfg: Config, ckpt: dict, path: Path) -> None:
+    saved = Config.from_dict(ckpt["config"])
+    if saved.model != cfg.model:
+        raise InputError(f"{path}: the run was made with another model configuration; resume without changing model.*")
+    if saved.loss != cfg.loss or saved.train.batch_size != cfg.train.batch_size or saved.train.seed != cfg.train.seed:
+        raise InputError(f"{path}: resume with the run's loss settings, batch size and seed (see config.json)")
+
+
+def _set_rng(rng: dict) -> None:
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from facerecon.io_utils import write_json
+
+    write_json(path, obj)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    """Append one line; on resume, lines of epochs at or after ``record['epoch']`` are dropped first."""
+    lines: list[str] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("epoch", 0) < record["epoch"]:
+                    lines.append(line)
+            except json.JSONDecodeError:
+                continue
+    lines.append(json.dumps(record))
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _epoch_line(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}", f"loss {record.get('loss', float('nan')):.4g}"]
+    for key in ("val_chamfer", "val_fscore@tau", "val_fscore@2tau", "val_nme"):
+        if key in record:
+            parts.append(f"{key[4:]} {record[key]:.4g}")
+    return " | ".join(parts)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop) behaves like Ctrl-C: save and exit cleanly."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Progress:
+    """A rich progress bar on rank 0 with the loss terms, samples/s and ETA; running means per epoch."""
+
+    def __init__(self, bar: Any, epochs: int, steps_per_epoch: int) -> None:
+        self.bar = bar
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.task = None
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def start_epoch(self, epoch: int, done: int) -> None:
+        self.sums, self.count, self.samples, self.t0 = {}, 0, 0, time.perf_counter()
+        if self.bar is not None:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps, completed=done, unit="batch", terms="")
+
+    def step(self, samples: int, loss: float, terms: dict[str, float]) -> None:
+        self.count += 1
+        self.samples += samples
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        if self.bar is not None and self.task is not None:
+            rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+            shown = " ".join(f"{k} {v / self.count:.3g}" for k, v in self.sums.items())
+            self.bar.update(self.task, advance=1, terms=f"{shown} | {rate:.2f} samples/s")
+
+    def epoch_means(self) -> dict[str, float]:
+        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        out["samples_per_s"] = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+        return out
+
+
+@contextlib.contextmanager
+def _progress(opts: TrainOptions, info: DistInfo, epochs: int, steps: int) -> Iterator[_Progress]:
+    if not info.is_main or opts.quiet or not opts.progress:
+        yield _Progress(None, epochs, steps)
+        return
+    from rich.progress import TextColumn
+
+    from facerecon.cli._common import make_progress
+
+    bar = make_progress(TextColumn("{task.fields[terms]}"))
+    with bar:
+        yield _Progress(bar, epochs, steps)

@@ -1,0 +1,274 @@
+"""The full network: backbone -> (perceptual pooling -> G-ResNet -> unpooling) x blocks -> heads.
+
+Block ``l`` works on template level ``l``. Its input per vertex is
+``[pooled image features | coordinates (3) | previous block's hidden features (H, from block 1)]``;
+its first graph convolution is fused with the pooling (``PerceptualGraphConv``), then a G-ResNet
+(12 more graph convolutions with a shortcut every two, and a 3-channel coordinate head) gives
+the new coordinates: input + offsets (``coord_mode="offset"``, default) or absolute positions
+(``"absolute"``, as Pixel2Mesh). Between blocks, ``Unpool`` adds one vertex per edge, to the
+coordinates and the hidden features alike.
+
+Heads on the last block: a per-vertex colour branch (two graph convolutions, sigmoid), and 68
+landmarks as learned soft assignments ``softmax_v(logits[j]) @ vertices``.
+
+Everything is in the crop frame (docs/conventions.md): the template is placed there by
+``template * template_scale + template_offset``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from facerecon.config import ModelConfig
+from facerecon.errors import InputError
+from facerecon.model.backbones import Backbone, build_backbone
+from facerecon.model.graph import GraphConv, GResNet, MeshHierarchy
+from facerecon.model.pooling import PerceptualGraphConv, project
+from facerecon.model.unpool import Unpool
+
+__all__ = ["MeshPrediction", "LandmarkHead", "ColourHead", "DeformBlock", "FaceReconNet", "build_network"]
+
+
+@dataclass
+class MeshPrediction:
+    """What ``FaceReconNet.forward`` returns (one entry per block, coarse to fine).
+
+    Attributes:
+        coords: per block (B, V_l, 3) float32 vertex positions, crop units.
+        input_coords: per block (B, V_l, 3) the block's input positions (after unpooling), for the
+            Laplacian and move losses.
+        features: per block (B, V_l, H) float hidden features (a strided view, not a copy).
+        faces: per block (F_l, 3) int64 triangles (shared by the batch).
+        edges: per block (E_l, 2) int64 undirected edges (shared by the batch).
+        colors: (B, V_L, 3) RGB in (0, 1) of the last block's vertices, or None.
+        landmarks: (B, K, 3) crop units (K = 68), or None.
+    """
+
+    coords: list[Tensor]
+    input_coords: list[Tensor]
+    features: list[Tensor]
+    faces: list[Tensor]
+    edges: list[Tensor]
+    colors: Tensor | None = None
+    landmarks: Tensor | None = None
+
+    @property
+    def vertices(self) -> Tensor:
+        """(B, V_L, 3) the final mesh's vertices, crop units."""
+        return self.coords[-1]
+
+
+class LandmarkHead(nn.Module):
+    """K landmarks as convex combinations of the vertices: ``softmax_v(logits)`` (K, V) @ (B, V, 3)."""
+
+    def __init__(self, num_landmarks: int, num_vertices: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_landmarks, num_vertices))
+
+    @torch.no_grad()
+    def init_from_layout(self, vertices: Tensor, layout: Tensor, sigma: float = 0.05) -> None:
+        """Start each landmark as a Gaussian blend of the template vertices near a mean position.
+
+        Args:
+            vertices: (V, 3) template vertices in the crop frame (``FaceReconNet.template_vertices``).
+            layout: (K, 3) mean landmark positions in the crop frame (e.g. the training mean).
+            sigma: width of the blend, crop units.
+        """
+        layout = torch.as_tensor(layout, dtype=torch.float32, device=self.logits.device)
+        if layout.shape != (self.logits.shape[0], 3):
+            raise InputError(f"landmark layout must be ({self.logits.shape[0]}, 3), got {tuple(layout.shape)}")
+        d2 = torch.cdist(layout, vertices.to(layout)) ** 2
+        self.logits.copy_(-d2 / (2.0 * sigma * sigma))
+
+    def weights(self) -> Tensor:
+        """(K, V) float32 soft assignments, each row sums to 1."""
+        return torch.softmax(self.logits.float(), dim=1)
+
+    def forward(self, vertices: Tensor) -> Tensor:
+        """(B, V, 3) -> (B, K, 3)."""
+        return torch.einsum("kv,bvc->bkc", self.weights(), vertices.float())
+
+
+class ColourHead(nn.Module):
+    """Per-vertex RGB from the last block's features: GraphConv(H, H) - ReLU - GraphConv(H, 3) - sigmoid."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = GraphConv(hidden, hidden)
+        self.conv2 = GraphConv(hidden, 3)
+
+    def forward_vertex_major(self, features: Tensor, adjacency: Tensor) -> Tensor:
+        """(V, B, H) -> (V, B, 3) in (0, 1)."""
+        x = torch.relu(self.conv1.forward_vertex_major(features, adjacency))
+        return torch.sigmoid(self.conv2.forward_vertex_major(x, adjacency))
+
+
+class DeformBlock(nn.Module):
+    """Perceptual pooling fused with the first graph convolution, then the rest of a G-ResNet."""
+
+    def __init__(
+        self,
+        image_channels: Sequence[int],
+        extra_channels: int,
+        hidden: int,
+        num_layers: int,
+        project_mode: str = "auto",
+        out_gain: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.pool_conv = PerceptualGraphConv(image_channels, extra_channels, hidden, mode=project_mode)  # type: ignore[arg-type]
+        self.gresnet = GResNet(None, hidden, num_layers, out_channels=3, out_gain=out_gain)
+
+    def forward(
+        self, feature_maps: Sequence[Tensor], grid: Tensor, extra: Tensor, adjacency: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+            feature_maps: list of (B, C_i, H_i, W_i).
+            grid: (B, V, 2) sampling locations.
+            extra: (V, B, C_x) coordinates (+ previous features), vertex-major.
+            adjacency: (V, V) sparse CSR.
+
+        Returns:
+            ``(out (V, B, 3), hidden (V, B, H))``.
+        """
+        h = self.pool_conv(feature_maps, grid, extra, adjacency)
+        return self.gresnet.forward_vertex_major(h, adjacency)
+
+
+class FaceReconNet(nn.Module):
+    """Pixel2Mesh for faces (see the module docstring). Build with ``build_network(cfg)``."""
+
+    def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
+        """
+        Args:
+            cfg: the model section of the configuration.
+            hierarchy: the template levels (``MeshHierarchy.from_template``).
+            backbone: a prebuilt backbone; default ``build_backbone(cfg.backbone, cfg.backbone_weights)``.
+        """
+        super().__init__()
+        blocks = hierarchy.num_levels if cfg.blocks is None else cfg.blocks
+        if not 1 <= blocks <= hierarchy.num_levels:
+            raise InputError(f"model.blocks = {blocks}: the template has {hierarchy.num_levels} levels")
+        if cfg.coord_mode not in ("offset", "absolute"):
+            raise InputError(f"model.coord_mode = {cfg.coord_mode!r}: use 'offset' or 'absolute'")
+        self.cfg = cfg
+        self.num_blocks = blocks
+        self.hierarchy = hierarchy
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone, cfg.backbone_weights)
+        if cfg.freeze_backbone:
+            self.backbone.requires_grad_(False)
+        scale = torch.tensor(cfg.template_scale, dtype=torch.float32)
+        offset = torch.tensor(cfg.template_offset, dtype=torch.float32)
+        self.register_buffer("template_scale", scale, persistent=False)
+        self.register_buffer("template_offset", offset, persistent=False)
+        # Offsets start small so the first prediction is close to the placed template.
+        out_gain = 0.02 if cfg.coord_mode == "offset" else 1.0
+        self.blocks = nn.ModuleList(
+            DeformBlock(
+                self.backbone.channels,
+                3 + (cfg.hidden if l > 0 else 0),
+                cfg.hidden,
+                cfg.layers_per_block,
+                cfg.project_mode,
+                out_gain,
+            )
+            for l in range(blocks)
+        )
+        self.unpools = nn.ModuleList(
+            Unpool(hierarchy.unpool_edges(l), adaptive=cfg.adaptive_unpool) for l in range(blocks - 1)
+        )
+        self.colour_head = ColourHead(cfg.hidden) if cfg.colour else None
+        last_v = hierarchy.num_vertices(blocks - 1)
+        self.landmark_head = LandmarkHead(cfg.num_landmarks, last_v) if cfg.landmarks else None
+
+    # ------------------------------------------------------------------------------ helpers
+    def train(self, mode: bool = True) -> "FaceReconNet":
+        super().train(mode)
+        if self.cfg.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    @property
+    def num_vertices(self) -> int:
+        """V of the final mesh."""
+        return self.hierarchy.num_vertices(self.num_blocks - 1)
+
+    def faces(self, level: int | None = None) -> Tensor:
+        """(F, 3) int64 triangles of a block's mesh (default: the final one)."""
+        return self.hierarchy.faces(self.num_blocks - 1 if level is None else level)
+
+    def initial_coords(self) -> Tensor:
+        """(V_0, 3) float32 the level-0 template placed in the crop frame."""
+        return self.hierarchy.vertices * self.template_scale + self.template_offset
+
+    def template_vertices(self, level: int | None = None) -> Tensor:
+        """(V_l, 3) the placed template subdivided (midpoints) to ``level`` (default: final)."""
+        level = self.num_blocks - 1 if level is None else level
+        return self.hierarchy.template_vertices(level) * self.template_scale + self.template_offset
+
+    def _project(self, coords: Tensor) -> Tensor:
+        cfg = self.cfg
+        if cfg.projection == "pinhole":
+            return project(coords, "pinhole", focal=cfg.focal, principal=cfg.principal, ref_size=cfg.ref_size)
+        return project(coords, cfg.projection)
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, image: Tensor) -> MeshPrediction:
+        """
+        Args:
+            image: (B, 3, H, W) float32 RGB in [0, 1], the crop (224 px by default; any size >= 32).
+
+        Returns:
+            ``MeshPrediction`` with per-block coordinates in crop units.
+        """
+        maps = self.backbone(image)
+        b = image.shape[0]
+        coords = self.initial_coords().unsqueeze(0).expand(b, -1, -1)
+        feats: Tensor | None = None  # (V, B, H) vertex-major
+        out_coords, in_coords, out_feats, faces, edges = [], [], [], [], []
+        for level, block in enumerate(self.blocks):
+            if level > 0:
+                unpool = self.unpools[level - 1]
+                coords = unpool(coords, dim=1)
+                feats = unpool(feats, dim=0)
+            in_coords.append(coords)
+            extra = coords.transpose(0, 1)
+            if feats is not None:
+                extra = torch.cat([extra.to(feats.dtype), feats], dim=2)
+            adjacency = self.hierarchy.adjacency(level)
+            out, feats = block(maps, self._project(coords), extra, adjacency)
+            out = out.transpose(0, 1).float()
+            coords = coords + out if self.cfg.coord_mode == "offset" else out
+            out_coords.append(coords)
+            out_feats.append(feats.transpose(0, 1))
+            faces.append(self.hierarchy.faces(level))
+            edges.append(self.hierarchy.edges(level))
+        colors = None
+        if self.colour_head is not None:
+            adjacency = self.hierarchy.adjacency(self.num_blocks - 1)
+            colors = self.colour_head.forward_vertex_major(feats, adjacency).transpose(0, 1).float()
+        landmarks = self.landmark_head(coords) if self.landmark_head is not None else None
+        return MeshPrediction(out_coords, in_coords, out_feats, faces, edges, colors, landmarks)
+
+
+def build_network(cfg: ModelConfig, template: Any = None, device: torch.device | str | None = None) -> FaceReconNet:
+    """The network of ``cfg`` on ``device``.
+
+    Args:
+        cfg: model configuration.
+        template: a ``facerecon.mesh.templates.Template`` or a ``MeshHierarchy``; default
+            ``load_template(cfg.template)``.
+        device: where to put it (default CPU).
+    """
+    if template is None:
+        from facerecon.mesh.templates import load_template
+
+        template = load_template(cfg.template)
+    hierarchy = template if isinstance(template, MeshHierarchy) else MeshHierarchy.from_template(template)
+    net = FaceReconNet(cfg, hierarchy)
+    return net.to(device) if device is not None else net

@@ -1,0 +1,178 @@
+"""Perceptual feature pooling: project vertices onto the image, sample every feature map there.
+
+Projection (see docs/conventions.md):
+
+- ``orthographic`` (faces): a vertex's (x, y) in crop units *is* its sampling location; the crop
+  spans [-1, 1] edge to edge, which is ``grid_sample(..., align_corners=False)``'s convention.
+- ``pinhole`` (general objects, Pixel2Mesh): OpenCV axes, ``u = f x / z + c`` in pixels of a
+  reference image of ``ref_size`` px (f = 248, c = 111.5 for 224 px), pixel centres at integers;
+  the sampling location is ``(2 u + 1) / ref_size - 1``, independent of the feature map size.
+
+Sampling is bilinear with ``align_corners=False`` and ``padding_mode="border"`` (a vertex that
+leaves the crop reads the nearest edge feature instead of zeros).
+
+``PerceptualGraphConv`` fuses pooling with the first graph convolution of a block. Because
+sampling is linear, ``W sample(F, p) = sample(W F, p)``: the image part of W0 / W1 can be applied
+either to the sampled features (``post``: V x C_i x 2H multiply-adds per map) or as a 1x1
+convolution to the feature map before sampling (``pre``: H_i W_i x C_i x 2H, then only 2H channels
+to sample). ``auto`` picks, per map and per block, the cheaper by that count.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from facerecon.errors import InputError
+from facerecon.model.graph import NEIGHBOUR_GAIN, neighbour_sum
+
+__all__ = [
+    "project_orthographic",
+    "project_pinhole",
+    "project",
+    "sample_vertex_features",
+    "PerceptualGraphConv",
+]
+
+Projection = Literal["orthographic", "pinhole"]
+ProjectMode = Literal["auto", "pre", "post"]
+
+
+def project_orthographic(coords: Tensor) -> Tensor:
+    """Sampling locations of crop-frame vertices.
+
+    Args:
+        coords: (B, V, 3) float, crop units (x right, y down, z away from the camera).
+
+    Returns:
+        (B, V, 2) float, ``grid_sample`` locations (align_corners=False): simply (x, y).
+    """
+    return coords[..., :2]
+
+
+def project_pinhole(
+    coords: Tensor, focal: float = 248.0, principal: float = 111.5, ref_size: float = 224.0, min_depth: float = 1e-3
+) -> Tensor:
+    """Pinhole projection (OpenCV axes) to ``grid_sample`` locations.
+
+    Args:
+        coords: (B, V, 3) float camera coordinates (x right, y down, z forward; any unit).
+        focal: focal length in px of the ``ref_size`` image.
+        principal: principal point in px (same for u and v), pixel centres at integers.
+        ref_size: width = height in px of the image the intrinsics refer to.
+        min_depth: z is clamped to at least this (same unit as coords) before dividing.
+
+    Returns:
+        (B, V, 2) float, ``(2 u + 1) / ref_size - 1`` with ``u = focal x / z + principal``.
+    """
+    z = coords[..., 2:3].clamp(min=min_depth)
+    uv = focal * coords[..., :2] / z + principal
+    return (2.0 * uv + 1.0) / ref_size - 1.0
+
+
+def project(coords: Tensor, projection: Projection = "orthographic", **pinhole: float) -> Tensor:
+    """Dispatch to ``project_orthographic`` / ``project_pinhole``; (B, V, 3) -> (B, V, 2)."""
+    if projection == "orthographic":
+        return project_orthographic(coords)
+    if projection == "pinhole":
+        return project_pinhole(coords, **pinhole)
+    raise InputError(f"unknown projection {projection!r}: use 'orthographic' or 'pinhole'")
+
+
+def _sample(fmap: Tensor, grid: Tensor) -> Tensor:
+    """(B, C, H, W), (B, V, 2) -> (V, B, C) bilinear samples (vertex-major)."""
+    out = F.grid_sample(
+        fmap, grid.to(fmap.dtype).unsqueeze(2), mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.squeeze(3).permute(2, 0, 1)
+
+
+def sample_vertex_features(feature_maps: Sequence[Tensor], grid: Tensor) -> Tensor:
+    """Bilinear samples of every map at every vertex's projection, concatenated.
+
+    Args:
+        feature_maps: list of (B, C_i, H_i, W_i) float maps covering the crop edge to edge.
+        grid: (B, V, 2) float sampling locations in [-1, 1] (align_corners=False), x then y.
+
+    Returns:
+        (B, V, sum C_i) float.
+    """
+    return torch.cat([_sample(m, grid) for m in feature_maps], dim=2).transpose(0, 1)
+
+
+class PerceptualGraphConv(nn.Module):
+    """The first graph convolution of a block, with perceptual pooling fused in.
+
+    Input per vertex: ``[pooled image features (sum C_i) | extra (C_x)]`` where extra is the
+    coordinates and, after the first block, the previous block's features. Output
+    ``W0 f_p + sum_{q in N(p)} W1 f_q + b`` (pre-activation), like ``GraphConv``.
+    """
+
+    def __init__(
+        self, image_channels: Sequence[int], extra_channels: int, out_channels: int, mode: ProjectMode = "auto"
+    ) -> None:
+        super().__init__()
+        if mode not in ("auto", "pre", "post"):
+            raise InputError(f"unknown projection mode {mode!r}: use 'auto', 'pre' or 'post'")
+        self.image_channels = [int(c) for c in image_channels]
+        self.extra_channels = extra_channels
+        self.out_channels = out_channels
+        self.mode: ProjectMode = mode
+        total = sum(self.image_channels) + extra_channels
+        self.weight0 = nn.Parameter(torch.empty(out_channels, total))
+        self.weight1 = nn.Parameter(torch.empty(out_channels, total))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        nn.init.xavier_uniform_(self.weight0)
+        nn.init.xavier_uniform_(self.weight1, gain=NEIGHBOUR_GAIN)
+
+    def _image_weights(self, i: int) -> tuple[Tensor, Tensor]:
+        start = sum(self.image_channels[:i])
+        stop = start + self.image_channels[i]
+        return self.weight0[:, start:stop], self.weight1[:, start:stop]
+
+    def use_pre(self, fmap_shape: Sequence[int], num_vertices: int) -> bool:
+        """Whether projecting the map before sampling is cheaper (multiply-adds + samples)."""
+        if self.mode != "auto":
+            return self.mode == "pre"
+        _, c, h, w = fmap_shape
+        two_h = 2 * self.out_channels
+        pre = h * w * c * two_h + 4 * num_vertices * two_h
+        post = num_vertices * c * two_h + 4 * num_vertices * c
+        return pre < post
+
+    def forward(self, feature_maps: Sequence[Tensor], grid: Tensor, extra: Tensor, adjacency: Tensor) -> Tensor:
+        """
+        Args:
+            feature_maps: list of (B, C_i, H_i, W_i) float, channels as ``image_channels``.
+            grid: (B, V, 2) float sampling locations (see ``project``).
+            extra: (V, B, C_x) float vertex-major extra features (coordinates first).
+            adjacency: (V, V) sparse CSR 0/1 of this level.
+
+        Returns:
+            (V, B, out_channels) float, pre-activation.
+        """
+        if len(feature_maps) != len(self.image_channels):
+            raise InputError(f"expected {len(self.image_channels)} feature maps, got {len(feature_maps)}")
+        c_img = sum(self.image_channels)
+        h = self.out_channels
+        num_v = grid.shape[1]
+        self_term = F.linear(extra, self.weight0[:, c_img:], self.bias)
+        nbr_term = F.linear(extra, self.weight1[:, c_img:])
+        for i, fmap in enumerate(feature_maps):
+            w0, w1 = self._image_weights(i)
+            if self.use_pre(fmap.shape, num_v):
+                both = torch.cat([w0, w1], 0)[:, :, None, None]
+                sampled = _sample(F.conv2d(fmap, both.to(fmap.dtype)), grid)  # (V, B, 2H)
+                self_term = self_term + sampled[..., :h]
+                nbr_term = nbr_term + sampled[..., h:]
+            else:
+                sampled = _sample(fmap, grid)  # (V, B, C_i)
+                self_term = self_term + F.linear(sampled, w0)
+                nbr_term = nbr_term + F.linear(sampled, w1)
+        return self_term + neighbour_sum(adjacency, nbr_term).to(self_term.dtype)
+
+    def extra_repr(self) -> str:
+        return f"image={self.image_channels}, extra={self.extra_channels}, out={self.out_channels}, mode={self.mode}"

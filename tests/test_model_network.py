@@ -1,0 +1,124 @@
+"""The full network on the real templates: shapes, wiring, heads, options, gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from facerecon.config import LossConfig, ModelConfig
+from facerecon.losses import MeshLoss
+from facerecon.mesh.templates import load_template
+from facerecon.model import build_network
+
+
+@pytest.fixture(scope="module")
+def hemisphere():
+    return load_template("hemisphere")
+
+
+def _cfg(**kw) -> ModelConfig:
+    return dataclasses.replace(ModelConfig(backbone="resnet18", hidden=32), **kw)
+
+
+def test_forward_real_hemisphere_batch2(hemisphere) -> None:
+    torch.manual_seed(0)
+    net = build_network(_cfg(colour=True), hemisphere)
+    image = torch.rand(2, 3, 64, 64)
+    out = net(image)
+    sizes = [141, 491, 1821, 7001]
+    assert [tuple(c.shape) for c in out.coords] == [(2, v, 3) for v in sizes]
+    assert [tuple(c.shape) for c in out.input_coords] == [(2, v, 3) for v in sizes]
+    assert [tuple(f.shape) for f in out.features] == [(2, v, 32) for v in sizes]
+    assert [tuple(f.shape) for f in out.faces] == [(210, 3), (840, 3), (3360, 3), (13440, 3)]
+    assert out.landmarks.shape == (2, 68, 3) and out.colors.shape == (2, 7001, 3)
+    assert torch.all((out.colors > 0) & (out.colors < 1))
+    # block 0 starts from the template placed in the crop frame: x, y scaled by 0.85, z + 0.4
+    placed = torch.from_numpy(hemisphere.levels[0].vertices) * 0.85 + torch.tensor([0.0, 0.0, 0.4])
+    torch.testing.assert_close(out.input_coords[0][1], placed)
+    # block l+1 starts from block l's output, unpooled at the edge midpoints (t = 0.5 at init)
+    for level in range(3):
+        prev = out.coords[level]
+        e = torch.from_numpy(hemisphere.unpool_edges[level])
+        mid = 0.5 * (prev[:, e[:, 0]] + prev[:, e[:, 1]])
+        torch.testing.assert_close(out.input_coords[level + 1], torch.cat([prev, mid], 1))
+    # offsets start small: the first prediction stays near the template
+    assert (out.coords[-1] - out.input_coords[-1]).abs().max() < 0.5
+    # the landmark head starts uniform: every landmark is the mean vertex
+    torch.testing.assert_close(out.landmarks[:, 0], out.vertices.mean(1))
+
+
+def test_gradients_reach_every_parameter(hemisphere) -> None:
+    torch.manual_seed(0)
+    net = build_network(_cfg(colour=True), hemisphere)
+    out = net(torch.rand(2, 3, 64, 64))
+    loss = sum(c.square().mean() for c in out.coords) + out.landmarks.square().mean() + out.colors.mean()
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    assert net.unpools[0].logit.grad.abs().sum() > 0
+    assert net.backbone.net.conv1.weight.grad.abs().sum() > 0
+
+
+def test_pre_and_post_projection_give_the_same_network(hemisphere) -> None:
+    image = torch.rand(1, 3, 96, 96)
+    outs = []
+    for mode in ("pre", "post", "auto"):
+        torch.manual_seed(3)
+        net = build_network(_cfg(project_mode=mode, blocks=3), hemisphere).eval()
+        with torch.no_grad():
+            outs.append(net(image))
+    for other in outs[1:]:
+        for a, b in zip(outs[0].coords, other.coords):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_ellipsoid_three_blocks_pinhole() -> None:
+    cfg = _cfg(
+        template="ellipsoid", projection="pinhole", template_scale=(1.0, 1.0, 1.0), template_offset=(0.0, 0.0, 0.0),
+        landmarks=False, adaptive_unpool=False, coord_mode="absolute",
+    )
+    net = build_network(cfg)
+    out = net(torch.rand(1, 3, 64, 64))
+    assert [c.shape[1] for c in out.coords] == [156, 618, 2466] and out.landmarks is None
+
+
+def test_landmark_head_init_from_layout(hemisphere) -> None:
+    net = build_network(_cfg(blocks=2), hemisphere)
+    verts = net.template_vertices()
+    layout = verts[torch.arange(0, 68 * 7, 7)]  # 68 vertices of the level-1 template
+    net.landmark_head.init_from_layout(verts, layout, sigma=0.01)
+    lm = net.landmark_head(verts[None])
+    torch.testing.assert_close(lm[0], layout, atol=1e-3, rtol=0)
+    torch.testing.assert_close(net.landmark_head.weights().sum(1), torch.ones(68))
+
+
+def test_freeze_backbone(hemisphere) -> None:
+    net = build_network(_cfg(freeze_backbone=True, blocks=1), hemisphere).train()
+    assert not net.backbone.training and net.blocks[0].training
+    assert all(not p.requires_grad for p in net.backbone.parameters())
+
+
+@pytest.mark.slow
+def test_chamfer_falls_when_overfitting_one_target(hemisphere) -> None:
+    torch.manual_seed(0)
+    net = build_network(_cfg(blocks=2, landmarks=False), hemisphere)
+    image = torch.rand(1, 3, 64, 64)
+    # target: a flatter, shifted dome (the template's vertices, squashed and moved)
+    target = net.template_vertices(0) * torch.tensor([0.6, 0.7, 0.3]) + torch.tensor([0.1, -0.05, 0.2])
+    batch = {
+        "points": target[None],
+        "lengths": torch.tensor([target.shape[0]]),
+        "normals": torch.zeros(1, target.shape[0], 3),
+    }
+    loss_fn = MeshLoss(LossConfig(normal=0.0, laplace=0.0, move=0.0, edge=0.0))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+    first = None
+    for _ in range(25):
+        res = loss_fn(net(image), batch)
+        first = first if first is not None else res.terms["chamfer"].item()
+        opt.zero_grad()
+        res.total.backward()
+        opt.step()
+    assert res.terms["chamfer"].item() < first / 5

@@ -1,0 +1,111 @@
+"""Perceptual pooling: projections land on the right pixels; pre- and post-sampling projection agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import trimesh
+
+from facerecon.errors import InputError
+from facerecon.model.graph import MeshHierarchy
+from facerecon.model.pooling import (
+    PerceptualGraphConv,
+    project,
+    project_orthographic,
+    project_pinhole,
+    sample_vertex_features,
+)
+
+
+def _dot_image(landmarks_xy: np.ndarray, size: int, values: np.ndarray) -> torch.Tensor:
+    """A black (1, 3, size, size) image with a 3x3 patch of ``values[k]`` around each landmark.
+
+    The pixel is found with docs/conventions.md directly: x_px = (x + 1) / 2 * size (continuous,
+    pixel i spans [i, i + 1)), independently of grid_sample.
+    """
+    img = np.zeros((3, size, size), dtype=np.float32)
+    for (x, y), val in zip(landmarks_xy, values):
+        i, j = int(np.floor((y + 1) / 2 * size)), int(np.floor((x + 1) / 2 * size))
+        img[:, i - 1 : i + 2, j - 1 : j + 2] = val[:, None, None]
+    return torch.from_numpy(img)[None]
+
+
+def test_ground_truth_landmarks_land_on_image_landmarks() -> None:
+    rng = np.random.default_rng(0)
+    # 68 landmarks spread like a face in the crop, at sub-pixel positions, 3D (z ignored)
+    lm = np.concatenate([rng.uniform(-0.8, 0.8, (68, 2)), rng.uniform(-0.3, 0.3, (68, 1))], 1).astype(np.float32)
+    size = 224
+    # keep the dots apart so patches do not overlap
+    cells = np.floor((lm[:, :2] + 1) / 2 * size).astype(int)
+    keep = [k for k in range(68) if all(np.abs(cells[k] - cells[m]).max() > 6 for m in range(k))]
+    lm = lm[keep]
+    values = rng.uniform(0.2, 1.0, (len(lm), 3)).astype(np.float32)
+    image = _dot_image(lm[:, :2], size, values)
+    # features = the image itself, at full and at double resolution (nearest upsampling)
+    maps = [image, F.interpolate(image, scale_factor=2, mode="nearest")]
+    grid = project_orthographic(torch.from_numpy(lm)[None])
+    pooled = sample_vertex_features(maps, grid)  # (1, K, 6)
+    np.testing.assert_allclose(pooled[0, :, :3].numpy(), values, atol=1e-5)
+    np.testing.assert_allclose(pooled[0, :, 3:].numpy(), values, atol=1e-5)
+    # three pixels to the right of every dot the image is black (dots are > 6 px apart)
+    off = torch.from_numpy(lm)[None].clone()
+    off[..., 0] += 3 * 2.0 / size
+    outside = sample_vertex_features([image], project_orthographic(off))
+    assert torch.all(outside == 0)
+
+
+def test_pinhole_projection_hand_values() -> None:
+    pts = torch.tensor([[[0.0, 0.0, 1.0], [0.1, -0.05, 0.8]]])
+    g = project_pinhole(pts, focal=248.0, principal=111.5, ref_size=224.0)
+    u = 248 * 0.1 / 0.8 + 111.5
+    v = 248 * -0.05 / 0.8 + 111.5
+    torch.testing.assert_close(g[0, 0], torch.tensor([0.0, 0.0]))
+    torch.testing.assert_close(g[0, 1], torch.tensor([(2 * u + 1) / 224 - 1, (2 * v + 1) / 224 - 1]))
+
+
+def test_pinhole_lands_on_opencv_pixel() -> None:
+    # OpenCV: pixel (row 60, col 142) has its centre at u = 142, v = 60
+    img = torch.zeros(1, 1, 224, 224)
+    img[0, 0, 60, 142] = 1.0
+    z = 0.9
+    pt = torch.tensor([[[(142 - 111.5) * z / 248, (60 - 111.5) * z / 248, z]]])
+    out = sample_vertex_features([img], project(pt, "pinhole"))
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor(1.0))
+    with pytest.raises(InputError):
+        project(pt, "fisheye")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shapes", [[(8, 12, 12), (16, 6, 6)], [(5, 30, 30)]])
+def test_pre_and_post_sampling_projection_agree(shapes: list[tuple[int, int, int]]) -> None:
+    torch.manual_seed(0)
+    m = trimesh.creation.icosphere(subdivisions=2)
+    h = MeshHierarchy.from_mesh(m.vertices, m.faces, 1)
+    v = h.num_vertices(0)
+    maps = [torch.randn(2, c, s1, s2, requires_grad=True) for c, s1, s2 in shapes]
+    coords = torch.rand(2, v, 3) * 1.8 - 0.9
+    extra = coords.transpose(0, 1).contiguous()
+    pre = PerceptualGraphConv([s[0] for s in shapes], 3, 10, mode="pre")
+    post = PerceptualGraphConv([s[0] for s in shapes], 3, 10, mode="post")
+    post.load_state_dict(pre.state_dict())
+    grid = project_orthographic(coords)
+    a = pre(maps, grid, extra, h.adjacency(0))
+    b = post(maps, grid, extra, h.adjacency(0))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    ga = torch.autograd.grad(a.sum(), maps + [pre.weight0])
+    gb = torch.autograd.grad(b.sum(), maps + [post.weight0])
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    # and the post result equals the plain formula W0 f_p + sum_q W1 f_q on concatenated inputs
+    f = torch.cat([sample_vertex_features(maps, grid), coords], 2)
+    adj = h.adjacency(0).to_dense()
+    ref = f @ post.weight0.T + adj @ (f @ post.weight1.T) + post.bias
+    torch.testing.assert_close(b.transpose(0, 1), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_mode_picks_the_cheaper_side() -> None:
+    conv = PerceptualGraphConv([2048], 3, 128, mode="auto")
+    assert conv.use_pre((1, 2048, 7, 7), 141)  # 49 pixels, 2048 channels: project first
+    assert not conv.use_pre((1, 64, 56, 56), 141)  # 3136 pixels for 141 vertices: sample first
+    assert conv.use_pre((1, 64, 56, 56), 7001)

@@ -61,8 +61,9 @@ class ModelConfig:
     #: Where the first graph convolution applies W0/W1 to image features: "auto" (cheaper per map),
     #: "pre" (1x1 conv on the map, then sample), "post" (sample, then multiply). Same result.
     project_mode: Literal["auto", "pre", "post"] = "auto"
-    #: Input crop side in px (the network accepts any size; this is what the data pipeline makes).
-    image_size: int = 224
+    #: Resize the crops to this side (px) before the backbone; None keeps them as given (224 from
+    #: the data pipeline). Smaller inputs (e.g. 128) make CPU training and inference faster.
+    image_size: int | None = None
 
 
 @dataclass
@@ -108,8 +109,14 @@ class TrainConfig:
     #: Mixed precision (CUDA only; ignored on CPU).
     amp: bool = True
     num_workers: int = 2
-    #: Ground-truth points drawn per region (key < 10 mm, sub-priority 10-17 mm, boundary).
+    #: Ground-truth points drawn per region (boundary, sub-priority 10-17 mm, key < 10 mm).
     points_per_region: tuple[int, int, int] = (11000, 4000, 3000)
+    #: At the start of a run, place the template on the training split's mean face (axis-aligned
+    #: bounding-box fit); the fitted model.template_scale / template_offset are saved in the run's
+    #: config. Needs ground truth with one shared topology (3DMM caches); skipped otherwise.
+    fit_template: bool = True
+    #: At the start of a run, start the landmark head around the mean training landmarks.
+    init_landmarks: bool = True
 
 
 @dataclass

@@ -136,7 +136,9 @@ class Predictor:
         from facerecon.detect import crop_image
         from facerecon.frames import crop_to_image_3d, head_pose
 
-        size = int(self.model.config.model.image_size)
+        from facerecon.detect import CROP_SIZE
+
+        size = CROP_SIZE  # as the cache's crops; the network resizes to model.image_size itself
         net = self.model.network
         results: list[FaceResult] = []
         for start in range(0, len(items), self.batch_size):

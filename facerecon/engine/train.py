@@ -155,12 +155,24 @@ def train_worker(
     from facerecon.model.network import build_network
 
     cfg = Config.from_dict(cfg_dict)
+    ckpt = None
+    if opts.resume:
+        ckpt = load_checkpoint(Path(opts.out) / "last.pt", map_location="cpu")
+        if cfg.train.fit_template:  # the placement fitted when the run started
+            saved = Config.from_dict(ckpt["config"]).model
+            cfg = cfg.replace({"model.template_scale": list(saved.template_scale), "model.template_offset": list(saved.template_offset)})
+    elif cfg.train.fit_template:
+        cfg = fit_template_placement(cfg, opts.cache)
     tc = cfg.train
     say = reporter if (reporter is not None and rank == 0 and not opts.quiet) else (lambda _m: None)
     with process_group(rank, world, use_cuda, local_rank) as info:
         device = info.device
         torch.manual_seed(tc.seed)
         model = build_network(cfg.model, device=device)
+        if not opts.resume and tc.init_landmarks and model.landmark_head is not None:
+            mean_lms = _mean_train_landmarks(opts.cache)
+            if mean_lms is not None:
+                model.landmark_head.init_from_layout(model.template_vertices(), mean_lms.to(device))
         loss_fn = MeshLoss(cfg.loss).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -171,8 +183,7 @@ def train_worker(
         reference = landmark_reference_from_cache(opts.cache)
         out = Path(opts.out)
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": math.inf, "metrics": {}}
-        if opts.resume:
-            ckpt = load_checkpoint(out / "last.pt", map_location=device)
+        if ckpt is not None:
             _check_resumable(cfg, ckpt, out / "last.pt")
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -210,7 +221,7 @@ def train_worker(
         interrupted = False
         stop = False
         run_steps = 0
-        with _sigterm_as_interrupt(), _progress(opts, info, tc.epochs, steps_per_epoch) as progress:
+        with _sigterm_as_interrupt(), _progress(opts, info, tc.epochs, steps_per_epoch, say) as progress:
             try:
                 for epoch in range(state["epoch"], tc.epochs):
                     train_set.set_epoch(epoch)
@@ -379,6 +390,38 @@ def _checkpoint(
     }
 
 
+def fit_template_placement(cfg: Config, cache: str | os.PathLike[str]) -> Config:
+    """``cfg`` with ``model.template_scale`` / ``template_offset`` fitted so the template's
+    bounding box matches the training mean face's (crop frame). Unchanged when the cache's ground
+    truth has no shared topology (no per-point mean face)."""
+    from facerecon.engine.evaluate import mean_face
+
+    try:
+        points, _ = mean_face(str(cache), "train")
+    except InputError:
+        return cfg
+    if cfg.model.template != "hemisphere":
+        return cfg
+    lo, hi = points.min(0).values.double(), points.max(0).values.double()
+    # canonical hemisphere: x, y in [-1, 1], dome tip at z = -1 (camera side), rim at z = 0
+    scale = [float((hi[0] - lo[0]) / 2), float((hi[1] - lo[1]) / 2), float(hi[2] - lo[2])]
+    offset = [float((hi[0] + lo[0]) / 2), float((hi[1] + lo[1]) / 2), float(hi[2])]
+    return cfg.replace({"model.template_scale": scale, "model.template_offset": offset})
+
+
+def _mean_train_landmarks(cache: str | os.PathLike[str]) -> torch.Tensor | None:
+    import h5py
+    import numpy as np
+
+    with h5py.File(cache, "r") as f:
+        train = np.flatnonzero(f["split"][:] == 0)
+        if train.size == 0 or "landmarks" not in f:
+            return None
+        lms = f["landmarks"][:][train]
+    ok = np.isfinite(lms).all(axis=(1, 2))
+    return torch.from_numpy(lms[ok].mean(axis=0).astype(np.float32)) if ok.any() else None
+
+
 def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor | None:
     """The frontal 68-landmark layout of the training split: each training sample's ground-truth
     landmarks with its pose undone (``frames.frontalise``), averaged. ``predict`` fits it to the
@@ -498,8 +541,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 class _Progress:
     """A rich progress bar on rank 0 with the loss terms, samples/s and ETA; running means per epoch."""
 
-    def __init__(self, bar: Any, epochs: int, steps_per_epoch: int) -> None:
+    def __init__(self, bar: Any, epochs: int, steps_per_epoch: int, log: Callable[[str], None] | None = None) -> None:
         self.bar = bar
+        self.log = log  # when stderr is not a terminal (a log file): a plain line every minute
+        self.last_log = time.perf_counter()
+        self.epoch = 0
         self.epochs = epochs
         self.steps = steps_per_epoch
         self.task = None
@@ -510,6 +556,7 @@ class _Progress:
 
     def start_epoch(self, epoch: int, done: int) -> None:
         self.sums, self.count, self.samples, self.t0 = {}, 0, 0, time.perf_counter()
+        self.epoch, self.done = epoch, done
         if self.bar is not None:
             if self.task is not None:
                 self.bar.remove_task(self.task)
@@ -521,10 +568,14 @@ class _Progress:
         self.sums["loss"] = self.sums.get("loss", 0.0) + loss
         for k, v in terms.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
+        rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+        shown = " ".join(f"{k} {v / self.count:.3g}" for k, v in self.sums.items())
         if self.bar is not None and self.task is not None:
-            rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
-            shown = " ".join(f"{k} {v / self.count:.3g}" for k, v in self.sums.items())
             self.bar.update(self.task, advance=1, terms=f"{shown} | {rate:.2f} samples/s")
+        if self.log is not None and time.perf_counter() - self.last_log > 60:
+            self.last_log = time.perf_counter()
+            step = self.done + self.count
+            self.log(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps}: {shown} | {rate:.2f} samples/s")
 
     def epoch_means(self) -> dict[str, float]:
         out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
@@ -533,14 +584,19 @@ class _Progress:
 
 
 @contextlib.contextmanager
-def _progress(opts: TrainOptions, info: DistInfo, epochs: int, steps: int) -> Iterator[_Progress]:
+def _progress(
+    opts: TrainOptions, info: DistInfo, epochs: int, steps: int, say: Callable[[str], None]
+) -> Iterator[_Progress]:
     if not info.is_main or opts.quiet or not opts.progress:
         yield _Progress(None, epochs, steps)
         return
     from rich.progress import TextColumn
 
-    from facerecon.cli._common import make_progress
+    from facerecon.cli._common import err_console, make_progress
 
+    if not err_console.is_terminal:  # a log file: plain periodic lines instead of a live bar
+        yield _Progress(None, epochs, steps, log=say)
+        return
     bar = make_progress(TextColumn("{task.fields[terms]}"))
     with bar:
         yield _Progress(bar, epochs, steps)

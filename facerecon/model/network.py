@@ -226,6 +226,11 @@ class FaceReconNet(nn.Module):
         Returns:
             ``MeshPrediction`` with per-block coordinates in crop units.
         """
+        size = self.cfg.image_size
+        if size is not None and tuple(image.shape[-2:]) != (size, size):
+            image = torch.nn.functional.interpolate(
+                image, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
         maps = self.backbone(image)
         b = image.shape[0]
         coords = self.initial_coords().unsqueeze(0).expand(b, -1, -1)

@@ -178,3 +178,18 @@ def test_sigint_saves_and_exits_cleanly(cache: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["epoch"] >= 1
     assert "Traceback" not in output
+
+
+def test_export_inference_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
+    from facerecon.engine.predict import load_model
+    from facerecon.engine.train import export_inference_checkpoint
+
+    slim_path = tmp_path / "slim.pt"
+    export_inference_checkpoint(tiny_run["checkpoint"], slim_path)
+    slim = torch.load(slim_path, weights_only=True)
+    assert "optimizer" not in slim and "rng" not in slim
+    assert slim_path.stat().st_size < 0.6 * Path(tiny_run["checkpoint"]).stat().st_size
+    full, small = load_model(tiny_run["checkpoint"]), load_model(slim_path)
+    image = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(full.network(image).vertices, small.network(image).vertices)

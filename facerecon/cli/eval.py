@@ -78,11 +78,12 @@ def eval_command(
         raise InputError(f"{cache}: cache file not found (make one with 'facerecon prepare')")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
-    if checkpoint is None and baseline is None:
+    if checkpoint is None:
         checkpoint = default_checkpoint()
-        if checkpoint is None:
+        if checkpoint is None and baseline is None:
             raise InputError("no --checkpoint given and no default model is installed (or use --baseline mean)")
-        info(f"using the default model shipped with facerecon: {checkpoint.name}")
+        if checkpoint is not None:
+            info(f"using the default model shipped with facerecon: {checkpoint.name}")
     settings = EvalSettings(tau=tau, surface_samples=samples, seed=seed)
     if csv_path is None and output is not None:
         csv_path = output.with_suffix(".csv")

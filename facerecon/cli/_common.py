@@ -47,8 +47,8 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.1f} {unit}/s", style="progress.data.speed")
 
 
-def make_progress(*extra_columns: object) -> Progress:
-    """A rich progress bar on stderr with rate and ETA; disabled by --quiet."""
+def make_progress(*extra_columns: object, disable: bool = False) -> Progress:
+    """A rich progress bar on stderr with rate and ETA; disabled by --quiet (or ``disable``)."""
     return Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -59,7 +59,7 @@ def make_progress(*extra_columns: object) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        disable=state.quiet,
+        disable=state.quiet or disable,
         transient=False,
     )
 

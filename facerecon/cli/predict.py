@@ -50,6 +50,9 @@ def predict(
     ext = "." + fmt.lower().lstrip(".")
     if ext not in MESH_FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(m.lstrip('.') for m in MESH_FORMATS)}")
+    for item in inputs:
+        if not any(ch in item for ch in "*?[") and not Path(item).exists():
+            raise InputError(f"{item}: no such file or folder")
     paths = expand_image_inputs(inputs, recursive=recursive)
     if not paths:
         raise InputError(f"no images found in {' '.join(inputs)}")
@@ -91,17 +94,14 @@ def predict(
         if not pending:
             return
         results = predictor.reconstruct(pending)
-        images = {id(item[1]): item[1] for item in pending}
         t0 = time.perf_counter()
-        for item, result in zip(pending, results):
-            mesh_path, ov_path = targets(item[0], item[3])
-            written.extend(
-                write_result(result, mesh_path, ov_path, stages=stages, image=images[id(item[1])], overlay_mode=overlay_mode)
-            )
+        for (source, image, _, k), result in zip(pending, results):
+            mesh_path, ov_path = targets(source, k)
+            written.extend(write_result(result, mesh_path, ov_path, stages=stages, image=image, overlay_mode=overlay_mode))
         predictor.timings.export += time.perf_counter() - t0
         pending.clear()
 
-    with make_progress() as bar:
+    with make_progress(disable=single) as bar:
         task = bar.add_task("predict", total=len(paths), unit="img")
         for path in paths:
             try:

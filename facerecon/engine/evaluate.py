@@ -72,6 +72,31 @@ def sample_batch_surfaces(
 
 
 @torch.no_grad()
+def point_metrics(samples: Tensor, gt_points: Tensor, gt_lengths: Tensor, settings: EvalSettings) -> dict[str, Tensor]:
+    """Chamfer and F-scores at tau and 2 tau of predicted point sets against padded ground truth.
+
+    Args:
+        samples: (B, N, 3) predicted points, crop units.
+        gt_points: (B, P, 3) padded ground truth; ``gt_lengths`` (B,) int64.
+
+    Returns:
+        dict of (B,) float64 CPU tensors (see ``batch_metrics``).
+    """
+    from facerecon.metrics import fscore
+    from facerecon.ops import chamfer_distance
+
+    gt = gt_points.to(samples.device, samples.dtype)
+    lengths = gt_lengths.to(samples.device)
+    out: dict[str, Tensor] = {"chamfer": chamfer_distance(samples, gt, None, lengths, reduction="none").double().cpu()}
+    for name, tau in (("tau", settings.tau), ("2tau", 2 * settings.tau)):
+        p, r, f = fscore(samples, gt, tau=tau, gt_lengths=lengths)
+        out[f"precision@{name}"] = torch.as_tensor(p).double().cpu()
+        out[f"recall@{name}"] = torch.as_tensor(r).double().cpu()
+        out[f"fscore@{name}"] = torch.as_tensor(f).double().cpu()
+    return out
+
+
+@torch.no_grad()
 def batch_metrics(
     pred_vertices: Tensor,
     faces: Tensor,
@@ -97,20 +122,10 @@ def batch_metrics(
         ``recall@tau``, ``fscore@tau``, the same at ``2tau`` (fractions in [0, 1]) and, with
         landmarks, ``nme`` (percent).
     """
-    from facerecon.metrics import fscore, landmark_nme
-    from facerecon.ops import chamfer_distance
+    from facerecon.metrics import landmark_nme
 
     samples = sample_batch_surfaces(pred_vertices.float(), faces, indices, settings)
-    gt = gt_points.to(samples.device, samples.dtype)
-    lengths = gt_lengths.to(samples.device)
-    out: dict[str, Tensor] = {
-        "chamfer": chamfer_distance(samples, gt, None, lengths, reduction="none").double().cpu()
-    }
-    for name, tau in (("tau", settings.tau), ("2tau", 2 * settings.tau)):
-        p, r, f = fscore(samples, gt, tau=tau, gt_lengths=lengths)
-        out[f"precision@{name}"] = torch.as_tensor(p).double().cpu()
-        out[f"recall@{name}"] = torch.as_tensor(r).double().cpu()
-        out[f"fscore@{name}"] = torch.as_tensor(f).double().cpu()
+    out = point_metrics(samples, gt_points, gt_lengths, settings)
     if pred_landmarks is not None and gt_landmarks is not None:
         nme = landmark_nme(pred_landmarks.detach().float().cpu(), gt_landmarks.float().cpu())
         out["nme"] = torch.as_tensor(nme).double().cpu() * 100.0
@@ -219,8 +234,7 @@ def evaluate_cache(
 
     from facerecon.data.dataset import FaceCacheDataset, collate_faces
     from facerecon.errors import InputError
-    from facerecon.metrics import fscore, landmark_nme
-    from facerecon.ops import chamfer_distance
+    from facerecon.metrics import landmark_nme
 
     if (network is None) == (baseline is None):
         raise InputError("evaluate a network or a baseline (one of them)")
@@ -252,12 +266,7 @@ def evaluate_cache(
             )
         else:
             samples = mean_pts.unsqueeze(0).expand(b, -1, -1).contiguous()
-            metrics = {"chamfer": chamfer_distance(samples, gt, None, lengths, reduction="none").double().cpu()}
-            for name, tau in (("tau", settings.tau), ("2tau", 2 * settings.tau)):
-                p, r, fs = fscore(samples, gt, tau=tau, gt_lengths=lengths)
-                metrics[f"precision@{name}"] = torch.as_tensor(p).double().cpu()
-                metrics[f"recall@{name}"] = torch.as_tensor(r).double().cpu()
-                metrics[f"fscore@{name}"] = torch.as_tensor(fs).double().cpu()
+            metrics = point_metrics(samples, gt, lengths, settings)
             lm = mean_lms.unsqueeze(0).expand(b, -1, -1).cpu()
             metrics["nme"] = torch.as_tensor(landmark_nme(lm, batch["landmarks"].float())).double() * 100.0
         for i in range(b):

@@ -131,6 +131,14 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
     """Refuse what cannot work before anything is started (InputError)."""
     if not Path(opts.cache).is_file():
         raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
+    import h5py
+
+    try:
+        with h5py.File(opts.cache, "r") as f:
+            if "split" not in f or "offsets" not in f:
+                raise InputError(f"{opts.cache}: not a facerecon cache (no split/offsets datasets)")
+    except OSError as exc:
+        raise InputError(f"{opts.cache}: cannot open cache ({exc})") from None
     if opts.resume and not (Path(opts.out) / "last.pt").is_file():
         raise InputError(f"{opts.out}: nothing to resume (no last.pt in the run folder)")
     if not opts.resume and (Path(opts.out) / "last.pt").is_file():
@@ -439,7 +447,7 @@ def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor
         train = np.flatnonzero(f["split"][:] == 0)
         if train.size == 0 or "pose" not in f or "landmarks" not in f:
             return None
-        landmarks = f["landmarks"][train.tolist()] if train.size < 4096 else f["landmarks"][:][train]
+        landmarks = f["landmarks"][:][train]
         poses = f["pose"][:][train]
     ok = np.isfinite(landmarks).all(axis=(1, 2)) & np.isfinite(poses).all(axis=1)
     if not ok.any():

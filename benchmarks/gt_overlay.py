@@ -7,7 +7,8 @@ with the landmark box (``--crop-from landmarks``); dots are every 75th (at --sca
 region (blue boundary, yellow sub-priority, red key), green crosses the 68 annotated landmarks
 (``pt3d_68``, or 300W-LP's re-ordered ``pt2d``), and the numbers 36 / 45 mark the two outer eye
 corners so a left/right mix-up shows. The crop frame is inverted with
-``facerecon.data.ground_truth.crop_to_image``, independently of how the cache is written.
+``facerecon.frames.crop_to_image_3d`` (crop units -> image px), independently of how the cache is
+written, then image px go to the panel's px like ``detect.crop_image`` samples them.
 """
 
 from __future__ import annotations
@@ -24,19 +25,24 @@ REGION_BGR = {0: (255, 120, 0), 1: (0, 220, 255), 2: (0, 0, 255)}
 def panel(sample, model, scale: int = 2) -> np.ndarray:  # noqa: ANN001
     import cv2
 
-    from facerecon.data.ground_truth import build_ground_truth, crop_to_image, gt_landmarks_px, landmark_box
+    from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px, landmark_box
     from facerecon.detect import crop_image
+    from facerecon.frames import crop_to_image_3d
 
     box = landmark_box(gt_landmarks_px(sample, model))
     gt = build_ground_truth(sample, box, model)
     size = 224 * scale
     crop = cv2.cvtColor(crop_image(sample.image, box, size), cv2.COLOR_RGB2BGR)
-    pix = crop_to_image(gt.points, box, size)
+
+    def panel_px(xy_px: np.ndarray) -> np.ndarray:  # image px -> px of the size x size crop
+        return (np.asarray(xy_px, dtype=np.float64)[:, :2] - box[:2]) * size / box[2]
+
+    pix = panel_px(crop_to_image_3d(gt.points, box))
     step = 25 * 3 // scale  # fewer dots on small panels
     for (x, y), r in zip(pix[::step], gt.regions[::step]):
         cv2.circle(crop, (int(x), int(y)), 1, REGION_BGR[int(r)], -1)
     ann = sample.landmarks2d if sample.landmarks68 is None or sample.flipped else None
-    lm = crop_to_image(gt.landmarks, box, size) if ann is None else (np.asarray(ann) - box[:2]) * size / box[2]
+    lm = panel_px(crop_to_image_3d(gt.landmarks, box) if ann is None else ann)
     for x, y in lm:
         cv2.drawMarker(crop, (int(round(x)), int(round(y))), (0, 255, 0), cv2.MARKER_CROSS, 7, 1)
     for k in (36, 45):

@@ -64,6 +64,37 @@ class ModelConfig:
     #: Resize the crops to this side (px) before the backbone; None keeps them as given (224 from
     #: the data pipeline). Smaller inputs (e.g. 128) make CPU training and inference faster.
     image_size: int | None = None
+    #: Where block 1 starts. "template": the fixed template placement (Pixel2Mesh, model v1).
+    #: "prior" (model v2): a global head regresses a scaled-orthographic pose and the
+    #: coefficients of a shape basis learned from the training faces (facerecon.model.face_prior),
+    #: so block 1 starts from a posed, plausible face and the graph blocks refine it. Needs
+    #: ground truth in the face model's vertex order to learn the basis (3DMM caches).
+    start: Literal["template", "prior"] = "template"
+    #: PCA modes of the shape basis (``start = "prior"``).
+    prior_components: int = 40
+    #: Use MTCNN's five points (``start = "prior"``): align the crop to their mean position
+    #: before the backbone, and start the pose from the mean face's five-point fit.
+    five_point: bool = True
+    #: Hidden channels of the global pose/shape head (``start = "prior"``).
+    head_hidden: int = 256
+    #: The head's view of the deepest map: "mean" (global average) or "grid" (average-pooled to
+    #: 4 x 4 and flattened, keeping the spatial layout that pose needs).
+    head_pool: Literal["mean", "grid"] = "mean"
+    #: Also feed the head the 256-d features of MTCNN's pretrained output network (ONet, the
+    #: weights that ship with facenet-pytorch; frozen) on the aligned crop at 48 px.
+    onet_features: bool = False
+    #: Per-block G-ResNet widths, coarse to fine (empty: ``hidden`` everywhere); e.g.
+    #: (96, 64, 32, 16) so the 7,001-vertex level stops dominating the cost.
+    hidden_per_block: tuple[int, ...] = ()
+    #: Per-block graph convolution counts (empty: ``layers_per_block`` everywhere).
+    layers_per_block_list: tuple[int, ...] = ()
+    #: The refinement after the prior face (``start = "prior"``): "graph" (Pixel2Mesh blocks,
+    #: perceptual pooling + G-ResNet per level) or "spiral" (the coarse spiral-convolution decoder
+    #: from the head's embedding plus the spiral refinement network; facerecon.model.spiral).
+    decoder: Literal["graph", "spiral"] = "graph"
+    #: Spiral decoder widths per template level, coarse to fine, and spiral hops per level.
+    spiral_widths: tuple[int, ...] = (64, 64, 32, 16)
+    spiral_hops: tuple[int, ...] = (1, 1, 2, 2)
 
 
 @dataclass
@@ -91,6 +122,19 @@ class LossConfig:
     laplace_schedule: Literal["constant", "linear", "step"] = "constant"
     laplace_start: float = 5.0
     laplace_epochs: int = 20
+    #: Per-vertex correspondence loss (mean Euclidean distance to the template-topology ground
+    #: truth, crop units) per block, with ``chamfer_block_weights``; needs ground truth in the
+    #: face model's order (the batch's ``vertices``). 0 disables.
+    vertex: float = 0.0
+    #: The same distance for the posed prior face before refinement (``model.start = "prior"``).
+    base: float = 0.0
+    #: Normal consistency on the final mesh: ``mean over interior edges of 1 - cos`` between
+    #: the two faces' normals (folds cost most). 0 disables.
+    normal_consistency: float = 0.0
+    #: Face-normal agreement with the template-topology ground truth, ``mean_f 1 - cos``. 0 disables.
+    gt_normal: float = 0.0
+    #: "squared": ``mean_k |l_k - g_k|^2``; "euclidean": ``mean_k |l_k - g_k|`` (like the NME).
+    landmark_norm: Literal["squared", "euclidean"] = "squared"
 
 
 @dataclass
@@ -117,6 +161,22 @@ class TrainConfig:
     fit_template: bool = True
     #: At the start of a run, start the landmark head around the mean training landmarks.
     init_landmarks: bool = True
+    #: On-the-fly augmentation of the training crops (facerecon.data.augment), applied
+    #: consistently to the image, points, normals, landmarks and five points.
+    augment: bool = False
+    #: Max in-plane rotation (degrees), crop-box scale jitter (fraction) and shift (crop units).
+    aug_rotation: float = 30.0
+    aug_scale: float = 0.1
+    aug_shift: float = 0.06
+    #: Std of the noise added to the five points (crop units), as MTCNN's own error.
+    aug_five_noise: float = 0.01
+    #: Probabilities: horizontal flip, colour jitter, grey-scale, blur, noise, occlusion patch.
+    aug_flip: float = 0.5
+    aug_colour: float = 0.8
+    aug_grey: float = 0.1
+    aug_blur: float = 0.1
+    aug_noise: float = 0.1
+    aug_occlusion: float = 0.3
 
 
 @dataclass

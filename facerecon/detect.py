@@ -2,8 +2,10 @@
 
 The pipeline for one photo:
 
-1. :class:`FaceDetector` runs MTCNN on a copy downscaled so that its longer side is at most
-   ``max_detect_side`` px and maps the boxes and landmarks back to the original's image px.
+1. :class:`FaceDetector` runs MTCNN (:mod:`facerecon.mtcnn`) on a copy downscaled so that its
+   longer side is at most ``max_detect_side`` px and maps the boxes and landmarks back to the
+   original's image px; for the most confident face only, it searches faces of at least
+   ``min_face_fraction`` of the shorter side first, with a second chance before the fallback.
 2. :func:`square_box` turns a detection ``(x0, y0, x1, y1)`` into the square crop box
    ``(x0, y0, side)``: enlarged ``CROP_ENLARGE`` = 1.1x about its centre, ``side = 1.1 max(w, h)``.
 3. :func:`crop_image` resamples the box of the **original** image to ``CROP_SIZE`` x
@@ -29,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facerecon.errors import DependencyError, InputError
+from facerecon.errors import InputError
 
 #: The detection box is enlarged by this factor about its centre (and made square).
 CROP_ENLARGE = 1.1
@@ -307,7 +309,19 @@ def _reduced_span(start: float, side: float, factor: int, extent: int) -> tuple[
 
 
 class FaceDetector:
-    """MTCNN (facenet-pytorch; weights ship with the package) plus the crop policy.
+    """MTCNN (:mod:`facerecon.mtcnn`, facenet-pytorch's weights) plus the crop policy.
+
+    Two ways to search:
+
+    * :meth:`detect` (and :meth:`detect_batch`, :meth:`crop` with ``all_faces=True``): every face
+      of at least ``min_face_size`` px of the detection copy, exactly the cascade facenet-pytorch
+      runs (boxes within IoU 0.9 of it, tested).
+    * :meth:`crop` for the most confident face (``facerecon predict``'s default): the pyramid
+      starts at faces of ``min_face_fraction`` of the image's shorter side, so the fine levels
+      (the costly ones) are skipped; the levels kept are the same as the full search's, so a face
+      found there has the same box. When that finds nothing, a *second chance* before the
+      average-crop fallback: the full search, then lower stage thresholds, then copies rotated by
+      +-30 and +-45 degrees (strongly rolled faces), each with the same ``min_probability``.
 
     Args:
         device: torch device for MTCNN ("cpu", "cuda", "cuda:1", ...).
@@ -316,8 +330,16 @@ class FaceDetector:
         max_detect_side: detection runs on a copy whose longer side is at most this many px
             (area-downscaled); boxes and landmarks are mapped back to the original.
         thresholds: MTCNN's three stage thresholds (default ``[0.6, 0.7, 0.7]``).
-        min_face_size: MTCNN's smallest face, px of the detection copy.
+        min_face_size: MTCNN's smallest face, px of the detection copy (full search).
+        min_face_fraction: the smallest face of the fast search, as a fraction of the detection
+            copy's shorter side (never below ``min_face_size``); 0 makes it the full search.
+        second_chance: try the full search, lower thresholds and rotated copies before giving up.
     """
+
+    #: The stage thresholds of the second chance.
+    LOW_THRESHOLDS = (0.5, 0.6, 0.6)
+    #: The roll angles (degrees) of the rotated copies of the second chance.
+    ROTATIONS = (-30.0, 30.0, -45.0, 45.0)
 
     def __init__(
         self,
@@ -326,6 +348,8 @@ class FaceDetector:
         max_detect_side: int = 1024,
         thresholds: Sequence[float] | None = None,
         min_face_size: int = 20,
+        min_face_fraction: float = 0.1,
+        second_chance: bool = True,
     ) -> None:
         if not 0.0 <= float(min_probability) <= 1.0:
             raise InputError(f"min_probability must be in [0, 1], got {min_probability}")
@@ -333,53 +357,52 @@ class FaceDetector:
             raise InputError(f"max_detect_side must be >= 32 px, got {max_detect_side}")
         if thresholds is not None and len(thresholds) != 3:
             raise InputError(f"MTCNN thresholds are three numbers, got {list(thresholds)}")
+        if not 0.0 <= float(min_face_fraction) < 1.0:
+            raise InputError(f"min_face_fraction must be in [0, 1), got {min_face_fraction}")
+        if int(min_face_size) < 12:
+            raise InputError(f"min_face_size must be >= 12 px (MTCNN's cell), got {min_face_size}")
         self.device = str(device)
         self.min_probability = float(min_probability)
         self.max_detect_side = int(max_detect_side)
         self.thresholds = [0.6, 0.7, 0.7] if thresholds is None else [float(t) for t in thresholds]
         self.min_face_size = int(min_face_size)
-        self._mtcnn: Any = None
+        self.min_face_fraction = float(min_face_fraction)
+        self.second_chance = bool(second_chance)
+        self._nets: Any = None
         self._lock = threading.Lock()
+        #: How the last :meth:`crop` found its face: "fast", "full", "low-thresholds",
+        #: "rotated", "none" (fallback) or "all" (all faces).
+        self.last_search = ""
 
     @property
-    def mtcnn(self) -> Any:
-        """The facenet_pytorch.MTCNN, built on first use (no download: weights ship in the package)."""
-        if self._mtcnn is None:
+    def nets(self) -> Any:
+        """The three MTCNN networks (:func:`facerecon.mtcnn.load_nets`), loaded on first use."""
+        if self._nets is None:
             with self._lock:
-                if self._mtcnn is None:
-                    self._mtcnn = self._build_mtcnn()
-        return self._mtcnn
+                if self._nets is None:
+                    self._nets = self._load_nets()
+        return self._nets
 
-    def _build_mtcnn(self) -> Any:
-        try:
-            import torch
-            from facenet_pytorch import MTCNN
-        except ImportError as exc:
-            raise DependencyError(
-                f"face detection needs facenet-pytorch ({exc}); install it with 'pip install facenet-pytorch==2.5.3'"
-            ) from None
+    def _load_nets(self) -> Any:
+        import cv2  # noqa: F401  (detection needs it: imported with the weights, not on the first photo)
+        import torch
+
+        from facerecon.mtcnn import load_nets
+
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
             raise InputError(f"invalid device {self.device!r} ({exc})") from None
         try:
-            mtcnn = MTCNN(
-                keep_all=True,
-                device=device,
-                select_largest=False,
-                post_process=False,
-                thresholds=list(self.thresholds),
-                min_face_size=self.min_face_size,
-            )
+            return load_nets(device)
         except (RuntimeError, AssertionError) as exc:  # e.g. "cuda" without a usable GPU
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise InputError(f"cannot run face detection on device {self.device!r} ({reason})") from None
-        return mtcnn.eval()
 
     # ---- detection ---------------------------------------------------------------------------
 
     def detect(self, image: np.ndarray) -> list[FaceCrop]:
-        """All faces with probability >= ``min_probability``, most confident first.
+        """All faces with probability >= ``min_probability``, most confident first (full search).
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB.
@@ -388,31 +411,47 @@ class FaceDetector:
             One :class:`FaceCrop` per face (``fallback=False``), coordinates in image px of
             ``image``; empty when there is none.
         """
-        return self.detect_batch([image])[0]
+        _check_image(image)
+        small, sx, sy = self._downscale(image)
+        return self._to_crops(self._search(small, self.min_face_size, self.thresholds), sx, sy)
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[FaceCrop]]:
-        """:meth:`detect` for several images; images of equal size run as one MTCNN batch.
-
-        Args:
-            images: each ``(H, W, 3)`` uint8 RGB.
-
-        Returns:
-            One list of faces per image, in order.
-        """
-        results: list[list[FaceCrop]] = [[] for _ in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
+        """:meth:`detect` for several images, in order."""
+        for image in images:
             _check_image(image)
-            groups.setdefault(tuple(image.shape[:2]), []).append(i)
-        for (h, w), indices in groups.items():
-            small, sx, sy = zip(*(self._downscale(images[i]) for i in indices))
-            if min(small[0].shape[:2]) < self.min_face_size:  # MTCNN's pyramid would be empty
-                continue
-            batch = np.stack(small) if len(small) > 1 else small[0][None]
-            boxes, probs, points = self._run_mtcnn(batch)
-            for j, i in enumerate(indices):
-                results[i] = self._to_crops(boxes[j], probs[j], points[j], sx[j], sy[j])
-        return results
+        return [self.detect(image) for image in images]
+
+    def detect_best(self, image: np.ndarray) -> list[FaceCrop]:
+        """The faces for :meth:`crop`'s most-confident-face policy: the fast search, then the
+        second chance (see the class docstring). Most confident first; empty when none."""
+        _check_image(image)
+        small, sx, sy = self._downscale(image)
+        min_face = max(float(self.min_face_size), self.min_face_fraction * min(small.shape[:2]))
+        faces = self._to_crops(self._search(small, min_face, self.thresholds), sx, sy)
+        if faces:
+            self.last_search = "fast"
+            return faces
+        if not self.second_chance:
+            self.last_search = "none"
+            return []
+        if min_face > self.min_face_size:
+            faces = self._to_crops(self._search(small, self.min_face_size, self.thresholds), sx, sy)
+            if faces:
+                self.last_search = "full"
+                return faces
+        low = [min(a, b) for a, b in zip(self.thresholds, self.LOW_THRESHOLDS)]
+        if low != list(self.thresholds):
+            faces = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)
+            if faces:
+                self.last_search = "low-thresholds"
+                return faces
+        for angle in self.ROTATIONS:
+            faces = self._rotated_search(small, angle, min_face, sx, sy)
+            if faces:
+                self.last_search = "rotated"
+                return faces
+        self.last_search = "none"
+        return []
 
     def crop(
         self,
@@ -424,7 +463,8 @@ class FaceDetector:
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB.
-            all_faces: keep every face (most confident first) instead of only the most confident.
+            all_faces: keep every face (most confident first; the full search) instead of only
+                the most confident (the fast search and its second chance, :meth:`detect_best`).
             fallback_box: relative ``(cx / W, cy / H, side / min(W, H))`` used when no face is
                 found (e.g. :func:`mean_relative_box` of a dataset); default
                 :data:`DEFAULT_FALLBACK_BOX`, the largest centred square.
@@ -432,8 +472,37 @@ class FaceDetector:
         Returns:
             At least one :class:`FaceCrop`; a single ``fallback=True`` one when no face is found.
         """
-        faces = self.detect(image)
+        if all_faces:
+            faces = self.detect(image)
+            self.last_search = "all" if faces else "none"
+        else:
+            faces = self.detect_best(image)
         return self.select(faces, image.shape[1], image.shape[0], all_faces, fallback_box)
+
+    def track(self, image: np.ndarray, previous: FaceCrop) -> FaceCrop | None:
+        """The face of the previous video frame, found again without a search.
+
+        MTCNN's last stage (O-Net) alone on the previous frame's detection box: when it still
+        scores the region a face (probability >= ``min_probability``) and its regressed box has
+        not drifted off the previous one (IoU >= 0.5), that is this frame's face, with its box and
+        five landmarks exactly as the full cascade's last stage gives them. None otherwise (the
+        caller then runs :meth:`crop`). About 1 ms instead of a pyramid search.
+        """
+        from facerecon.mtcnn import refine
+
+        _check_image(image)
+        if previous.fallback or previous.detection is None:
+            return None
+        small, sx, sy = self._downscale(image)
+        det = np.asarray(previous.detection, dtype=np.float32).reshape(2, 2) * np.array([sx, sy], np.float32)
+        found = refine(small, self.nets, det.reshape(1, 4))
+        faces = self._to_crops(found, sx, sy)
+        if not faces:
+            return None
+        face = faces[0]
+        if _box_iou(face.detection, previous.detection) < 0.5:
+            return None
+        return face
 
     @staticmethod
     def select(
@@ -465,22 +534,52 @@ class FaceDetector:
         small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
         return small, nw / w, nh / h
 
-    def _run_mtcnn(self, batch: np.ndarray) -> tuple[list[Any], list[Any], list[Any]]:
-        """MTCNN on a (B, h, w, 3) uint8 batch; per image: boxes, probabilities, landmarks or None."""
-        import torch
+    def _search(self, small: np.ndarray, min_face: float, thresholds: Sequence[float]) -> Any:
+        """MTCNN on the detection copy (:func:`facerecon.mtcnn.detect_faces`)."""
+        from facerecon.mtcnn import detect_faces
 
-        with torch.inference_mode():
-            boxes, probs, points = self.mtcnn.detect(np.ascontiguousarray(batch), landmarks=True)
-        return list(boxes), list(probs), list(points)
+        if min(small.shape[:2]) < self.min_face_size:  # MTCNN's pyramid would be empty
+            from facerecon.mtcnn import Detections
 
-    def _to_crops(self, boxes: Any, probs: Any, points: Any, sx: float, sy: float) -> list[FaceCrop]:
-        """Filter by probability, sort most confident first, map back to the original's image px."""
-        if boxes is None or len(boxes) == 0:
+            return Detections.empty()
+        return detect_faces(small, self.nets, min_face=min_face, thresholds=thresholds, base_min_face=self.min_face_size)
+
+    def _rotated_search(self, small: np.ndarray, angle: float, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
+        """Search a copy rotated by ``angle`` degrees (counter-clockwise on screen, canvas grown
+        to hold it); boxes and landmarks are rotated back (a box keeps its size about its
+        rotated-back centre)."""
+        import cv2
+
+        h, w = small.shape[:2]
+        rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+        c, s = abs(rot[0, 0]), abs(rot[0, 1])
+        nw, nh = int(math.ceil(h * s + w * c)), int(math.ceil(h * c + w * s))
+        rot[0, 2] += nw / 2.0 - w / 2.0
+        rot[1, 2] += nh / 2.0 - h / 2.0
+        # cv2's matrices act on pixel indices; ours are continuous px (centres at +0.5)
+        shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+        unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+        forward = shift @ np.vstack([rot, [0.0, 0.0, 1.0]]) @ unshift  # continuous px -> rotated
+        inverse = np.linalg.inv(forward)[:2]
+        rotated = cv2.warpAffine(small, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        found = self._search(rotated, min_face, self.thresholds)
+        if len(found) == 0:
             return []
-        # facenet-pytorch 2.5.3 returns dtype=object arrays: cast before arithmetic.
-        boxes = np.asarray(boxes).astype(np.float32).reshape(-1, 4)
-        probs = np.asarray(probs).astype(np.float32).reshape(-1)
-        points = np.asarray(points).astype(np.float32).reshape(-1, 5, 2)
+        boxes = found.boxes.astype(np.float64)
+        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+        half = np.stack([(boxes[:, 2] - boxes[:, 0]) / 2, (boxes[:, 3] - boxes[:, 1]) / 2], axis=1)
+        back = centres @ inverse[:, :2].T + inverse[:, 2]
+        found.boxes = np.concatenate([back - half, back + half], axis=1).astype(np.float32)
+        found.points = (found.points.astype(np.float64) @ inverse[:, :2].T + inverse[:, 2]).astype(np.float32)
+        return self._to_crops(found, sx, sy)
+
+    def _to_crops(self, found: Any, sx: float, sy: float) -> list[FaceCrop]:
+        """Filter by probability, most confident first, map back to the original's image px."""
+        if len(found) == 0:
+            return []
+        boxes = np.asarray(found.boxes, dtype=np.float32).reshape(-1, 4)
+        probs = np.asarray(found.probs, dtype=np.float32).reshape(-1)
+        points = np.asarray(found.points, dtype=np.float32).reshape(-1, 5, 2)
         scale = np.array([sx, sy], dtype=np.float32)
         order = np.argsort(-probs, kind="stable")
         crops = []
@@ -494,6 +593,15 @@ class FaceDetector:
                 continue
             crops.append(FaceCrop(box=square_box(det), probability=p, landmarks5=lm, detection=det, fallback=False))
         return crops
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``x0, y0, x1, y1`` boxes."""
+    ix = max(0.0, min(float(a[2]), float(b[2])) - max(float(a[0]), float(b[0])))
+    iy = max(0.0, min(float(a[3]), float(b[3])) - max(float(a[1]), float(b[1])))
+    inter = ix * iy
+    union = (float(a[2]) - float(a[0])) * (float(a[3]) - float(a[1])) + (float(b[2]) - float(b[0])) * (float(b[3]) - float(b[1])) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _check_image(image: np.ndarray) -> None:

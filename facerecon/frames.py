@@ -35,7 +35,7 @@ def crop_to_image_3d(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
 
 # The dataset convention (AFLW2000-3D / 300W-LP Pose_Para): P = s * R V + t in the face model's
 # frame (x right, y up, z towards the viewer), R = Rx(pitch) Ry(yaw) Rz(roll) with the matrices
-# of ../shared/data/README.md. Our frames flip y and z: F = diag(1, -1, -1).
+# written out in ``euler_from_rotation`` (docs/datasets.md). Our frames flip y and z: F = diag(1, -1, -1).
 _FLIP = np.diag([1.0, -1.0, -1.0])
 
 

@@ -1,5 +1,7 @@
 """Crash-safe file writing: everything the toolkit writes goes to a temporary file beside the
-target and is renamed into place, so an interrupted run never leaves a half-written file."""
+target and is renamed into place, so an interrupted run never leaves a half-written file.
+A failed write (a full disk) removes the temporary file and raises an ``OSError`` that names the
+target. :func:`folder_lock` keeps a second process out of an output folder."""
 
 from __future__ import annotations
 
@@ -46,6 +48,12 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         with contextlib.suppress(OSError):
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        if exc.filename is None or str(exc.filename) == str(tmp_path):  # name the target, not our temporary
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -82,3 +90,63 @@ def _fsync(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], what: str, name: str = ".facerecon.lock") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (a lock file in it) while the block runs.
+
+    A second process asking for the same folder is refused at once with a ``FaceReconError``
+    that names the folder and the holder's pid. The lock is an ``flock`` on ``folder/name``,
+    released by the kernel when the process ends however it ends (``kill -9`` included); the
+    file is removed on the way out. Where ``fcntl`` is missing (Windows) nothing is locked.
+
+    Args:
+        folder: the folder to lock (created if missing).
+        what: what holds it, for the message (e.g. ``"detect-crop"``).
+    """
+    from facerecon.errors import FaceReconError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield Path(folder) / name
+        return
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create the output folder ({exc.strerror})") from None
+    path = folder / name
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot create the lock file ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            except OSError:
+                holder = "?"
+            os.close(fd)
+            raise FaceReconError(
+                f"{folder}: another facerecon {what} is writing into this folder (pid {holder}); "
+                f"wait for it to finish or choose another output folder"
+            ) from None
+        try:  # the holder before us may have removed the file after we opened it: start over
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked: a waiting process then sees another inode and retries
+        os.close(fd)

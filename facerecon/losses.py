@@ -169,6 +169,13 @@ def landmark_loss(pred: Tensor, gt: Tensor) -> Tensor:
     return (pred - gt.to(pred.dtype)).square().sum(-1).mean()
 
 
+def landmark_distance_loss(pred: Tensor, gt: Tensor) -> Tensor:
+    """``mean_k |l_k - g_k|`` (Euclidean) over landmarks and batch; (B, K, 3) each."""
+    if pred.shape != gt.shape:
+        raise InputError(f"landmarks: prediction {tuple(pred.shape)} vs ground truth {tuple(gt.shape)}")
+    return (pred - gt.to(pred.dtype)).norm(dim=-1).mean()
+
+
 def colour_loss(colors: Tensor, gt_colors: Tensor, idx_xy: Tensor) -> Tensor:
     """``mean_p |P_p - P_q|^2``, q the nearest gt point of vertex p.
 
@@ -179,6 +186,46 @@ def colour_loss(colors: Tensor, gt_colors: Tensor, idx_xy: Tensor) -> Tensor:
     """
     target = _gather(gt_colors.to(colors.dtype), idx_xy)
     return (colors - target).square().sum(-1).mean()
+
+
+def face_normals(coords: Tensor, faces: Tensor) -> Tensor:
+    """(B, V, 3), (F, 3) -> (B, F, 3) unit face normals (right-hand rule over the face's order)."""
+    a, b, c = coords[:, faces[:, 0]], coords[:, faces[:, 1]], coords[:, faces[:, 2]]
+    return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a, dim=-1), dim=-1, eps=1e-12)
+
+
+_ADJACENCY_CACHE: dict[tuple[int, int, str], Tensor] = {}
+
+
+def face_adjacency(faces: Tensor) -> Tensor:
+    """(F, 3) -> (A, 2) int64 pairs of faces that share an edge (interior edges, each once)."""
+    key = (faces.data_ptr(), faces.shape[0], str(faces.device))
+    cached = _ADJACENCY_CACHE.get(key)
+    if cached is not None:
+        return cached
+    f = faces.detach().cpu()
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1).values
+    owner = torch.arange(f.shape[0]).repeat(3)
+    code = e[:, 0] * (int(f.max()) + 1) + e[:, 1]
+    order = torch.argsort(code)
+    code, owner = code[order], owner[order]
+    same = code[1:] == code[:-1]
+    pairs = torch.stack([owner[:-1][same], owner[1:][same]], dim=1).to(faces.device)
+    _ADJACENCY_CACHE[key] = pairs
+    return pairs
+
+
+def normal_consistency_loss(coords: Tensor, faces: Tensor) -> Tensor:
+    """``mean over interior edges of 1 - cos(n_f, n_g)`` for the two faces f, g of each edge."""
+    n = face_normals(coords, faces)
+    pairs = face_adjacency(faces)
+    return (1.0 - (n[:, pairs[:, 0]] * n[:, pairs[:, 1]]).sum(-1)).mean()
+
+
+def vertex_loss(coords: Tensor, gt: Tensor) -> Tensor:
+    """``mean_v |p_v - g_v|`` (Euclidean, crop units) over vertices and batch; gt may have more
+    vertices (a finer level): its first V rows are used."""
+    return (coords - gt[:, : coords.shape[1]].to(coords.dtype)).norm(dim=-1).mean()
 
 
 def laplace_weight(cfg: LossConfig, epoch: float) -> float:
@@ -234,16 +281,29 @@ class MeshLoss(nn.Module):
             raise InputError("the weighted Chamfer / edge loss needs per-point 'weights' in the batch")
         zero = points.new_zeros(())
         sums = {"chamfer": zero, "normal": zero, "laplace": zero, "move": zero, "edge": zero}
+        gt_vertices = batch.get("vertices")
+        use_vertex = cfg.vertex > 0 and gt_vertices is not None
+        # the nearest-neighbour search only when a term needs it (the per-vertex losses do not)
+        need_nn = cfg.chamfer > 0 or cfg.normal > 0 or cfg.weighted_edge or (
+            getattr(pred, "colors", None) is not None and "colors" in batch
+        )
+        if use_vertex:
+            sums["vertex"] = zero
         idx_last = None
         for level in range(blocks):
             coords, before, edges = pred.coords[level], pred.input_coords[level], pred.edges[level]
             coords32 = coords.float()
-            nn_res = nearest_neighbors(coords32, points.float(), None, lengths)
-            per_sample = chamfer_from_nn(
-                nn_res.dist_xy, nn_res.idx_xy, nn_res.dist_yx, lengths, weights if cfg.weighted_chamfer else None
-            )
-            sums["chamfer"] = sums["chamfer"] + cfg.chamfer_block_weights[level] * per_sample.mean()
-            sums["normal"] = sums["normal"] + normal_loss(coords32, edges, batch["normals"], nn_res.idx_xy)
+            nn_res = None
+            if need_nn:
+                nn_res = nearest_neighbors(coords32, points.float(), None, lengths)
+                per_sample = chamfer_from_nn(
+                    nn_res.dist_xy, nn_res.idx_xy, nn_res.dist_yx, lengths, weights if cfg.weighted_chamfer else None
+                )
+                sums["chamfer"] = sums["chamfer"] + cfg.chamfer_block_weights[level] * per_sample.mean()
+                sums["normal"] = sums["normal"] + normal_loss(coords32, edges, batch["normals"], nn_res.idx_xy)
+                idx_last = nn_res.idx_xy
+            if use_vertex:
+                sums["vertex"] = sums["vertex"] + cfg.chamfer_block_weights[level] * vertex_loss(coords32, gt_vertices)
             sums["laplace"] = sums["laplace"] + laplacian_loss(before.float(), coords32, edges)
             if level > 0 or not cfg.move_skip_first:
                 sums["move"] = sums["move"] + move_loss(before.float(), coords32)
@@ -252,7 +312,6 @@ class MeshLoss(nn.Module):
                 w_v = _gather(weights.float(), nn_res.idx_xy)  # (B, V)
                 edge_w = 0.5 * (w_v[:, edges[:, 0]] + w_v[:, edges[:, 1]])
             sums["edge"] = sums["edge"] + edge_loss(coords32, edges, edge_w)
-            idx_last = nn_res.idx_xy
         weight = {
             "chamfer": cfg.chamfer,
             "normal": cfg.normal,
@@ -260,8 +319,25 @@ class MeshLoss(nn.Module):
             "move": cfg.move,
             "edge": cfg.edge,
         }
+        if use_vertex:
+            weight["vertex"] = cfg.vertex
+            base = getattr(pred, "base", None)
+            if cfg.base > 0 and base is not None:
+                sums["base"] = vertex_loss(base.float(), gt_vertices)
+                weight["base"] = cfg.base
+            if cfg.gt_normal > 0:
+                final = pred.coords[-1].float()
+                faces = pred.faces[-1]
+                n_pred = face_normals(final, faces)
+                n_gt = face_normals(gt_vertices[:, : final.shape[1]].float(), faces)
+                sums["gt_normal"] = (1.0 - (n_pred * n_gt).sum(-1)).mean()
+                weight["gt_normal"] = cfg.gt_normal
+        if cfg.normal_consistency > 0:
+            sums["normal_consistency"] = normal_consistency_loss(pred.coords[-1].float(), pred.faces[-1])
+            weight["normal_consistency"] = cfg.normal_consistency
         if getattr(pred, "landmarks", None) is not None and "landmarks" in batch:
-            sums["landmark"] = landmark_loss(pred.landmarks.float(), batch["landmarks"])
+            lm_fn = landmark_distance_loss if cfg.landmark_norm == "euclidean" else landmark_loss
+            sums["landmark"] = lm_fn(pred.landmarks.float(), batch["landmarks"])
             weight["landmark"] = cfg.landmark
         if getattr(pred, "colors", None) is not None and "colors" in batch and idx_last is not None:
             sums["colour"] = colour_loss(pred.colors.float(), batch["colors"], idx_last)

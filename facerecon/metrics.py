@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from facerecon.errors import InputError
-from facerecon.ops.knn import LengthsLike, nearest_neighbors
+from facerecon.ops.knn import LengthsLike, NNResult, nearest_neighbors
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -47,9 +47,18 @@ def fscore(pred: torch.Tensor, gt: torch.Tensor, tau: Optional[float] = None, ta
         raise InputError(f"the F-score threshold must be a positive finite number, got tau={tau}, tau_sq={tau_sq}")
     with torch.no_grad():
         nn = nearest_neighbors(pred.detach(), gt.detach(), pred_lengths, gt_lengths)
+    return fscore_from_neighbours(nn, threshold)
+
+
+def fscore_from_neighbours(nn: NNResult, tau_sq: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fscore` from a nearest-neighbour result already computed, at the SQUARED threshold
+    ``tau_sq`` (one search feeds Chamfer and every threshold)."""
+    threshold = float(tau_sq)
+    with torch.no_grad():
+        dtype = nn.dist_xy.dtype
         valid_p, valid_g = nn.idx_xy >= 0, nn.idx_yx >= 0
-        precision = ((nn.dist_xy < threshold) & valid_p).sum(1).to(pred.dtype) / valid_p.sum(1).to(pred.dtype)
-        recall = ((nn.dist_yx < threshold) & valid_g).sum(1).to(pred.dtype) / valid_g.sum(1).to(pred.dtype)
+        precision = ((nn.dist_xy < threshold) & valid_p).sum(1).to(dtype) / valid_p.sum(1).to(dtype)
+        recall = ((nn.dist_yx < threshold) & valid_g).sum(1).to(dtype) / valid_g.sum(1).to(dtype)
         total = precision + recall
         f = torch.where(total > 0, 2 * precision * recall / total.clamp_min(torch.finfo(total.dtype).tiny),
                         torch.zeros_like(total))

@@ -77,7 +77,7 @@ def make_tiny_cache(
     regions[::5] = 2
     path = Path(path)
     with h5py.File(path, "w") as f:
-        f.attrs["schema_version"] = 1
+        f.attrs["schema_version"] = 2
         f.attrs["units"] = "crop"
         f.attrs["crop_size"] = size
         f.create_dataset("images", data=images, chunks=(1, size, size, 3))
@@ -95,4 +95,20 @@ def make_tiny_cache(
         f.create_dataset("mm_per_unit", data=np.full(n, 100.0, dtype=np.float32))
         f.create_dataset("ids", data=np.array([f"tiny/{i:03d}" for i in range(n)], dtype=h5py.string_dtype()))
         f.create_dataset("split", data=split)
+        lms = np.stack(landmarks).astype(np.float32)
+        five = np.stack([lms[:, list(ids), :2].mean(1) for ids in _FIVE]).transpose(1, 0, 2)
+        f.create_dataset("landmarks5", data=five.astype(np.float32))
+        f.attrs["points_in_model_order"] = bool(same_topology)
+        if same_topology:
+            from scipy.spatial import Delaunay
+
+            # the "face model": the unit cap, stored in model axes (y up, z toward the camera)
+            fm = f.create_group("face_model")
+            fm.create_dataset("mean", data=(base_pts * np.array([1.0, -1.0, -1.0])).astype(np.float32))
+            fm.create_dataset("triangles", data=Delaunay(base_pts[:, :2]).simplices.astype(np.int32))
+            fm.create_dataset("landmark_ids", data=np.arange(68, dtype=np.int32))
     return path
+
+
+#: iBUG-68 ids of MTCNN's five points (eye centres, nose tip, mouth corners).
+_FIVE = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))

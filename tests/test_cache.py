@@ -86,7 +86,12 @@ def test_schema_and_contents(tmp_path: Path, fixture_set: tuple[Path, Path]) -> 
     s = prepare_cache(list_samples(data), out, model, PrepareOptions(crop_from="landmarks", flush_every=5), dataset=str(data), fmt="aflw2000", command="x")
     assert s.n_written == 12 and not s.skipped and not partial_path(out).exists()
     with h5py.File(out, "r") as f:
-        assert f.attrs["schema_version"] == 1 and f.attrs["face_model_units"] == "um"
+        assert f.attrs["schema_version"] == 2 and f.attrs["face_model_units"] == "um"
+        # schema 2: the face model's arrays, points in its vertex order, no five points for
+        # landmark-box crops
+        assert bool(f.attrs["points_in_model_order"])
+        assert f["face_model/mean"].shape == (16 * 16, 3) and f["face_model/landmark_ids"].shape == (68,)
+        assert f["landmarks5"].shape == (12, 5, 2) and np.isnan(f["landmarks5"][:]).all()
         assert len(f.attrs["face_model_sha256"]) == 64
         n = 16 * 16
         assert f["images"].shape == (12, 224, 224, 3) and f["images"].chunks == (1, 224, 224, 3)
@@ -101,10 +106,6 @@ def test_schema_and_contents(tmp_path: Path, fixture_set: tuple[Path, Path]) -> 
         np.testing.assert_allclose(lm[:, :, 2].mean(axis=1), 0, atol=1e-5)
         assert np.abs(lm[:, :, :2]).max() <= 1 / 1.1 + 1e-4
         assert sorted(np.bincount(f["split"][:], minlength=3)) == [1, 1, 10]
-    from facerecon.data.cache import read_cache_info
-
-    info = read_cache_info(out)
-    assert info["n_samples"] == 12 and info["n_points"] == 12 * 256 and sum(info["split_counts"]) == 12
 
 
 def test_bad_samples_are_skipped_and_reported(tmp_path: Path, fixture_set: tuple[Path, Path]) -> None:

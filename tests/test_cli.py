@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
+
+try:  # typer >= 0.20 vendors its own copy of click
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click  # type: ignore[no-redef]
 
 import facerecon
 from facerecon.cli import app
@@ -16,11 +23,21 @@ from facerecon.errors import FaceReconError, InputError
 runner = CliRunner()
 
 
+#: The subcommands in pipeline order (docs/index.md), one per non-private module of facerecon/cli/.
+SUBCOMMANDS = ["prepare", "detect-crop", "make-initial-mesh", "train", "eval", "predict", "view", "info"]
+
+
 def test_help_lists_subcommands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "Usage" in result.output
     assert "--version" in result.output
+    # the command rows of the rich help panels: "│ name   help text"
+    listed = re.findall(r"^│ ([a-z][a-z-]*)  +\S", result.output, flags=re.MULTILINE)
+    assert listed == SUBCOMMANDS, result.output
+    registered = typer.main.get_command(app).list_commands(click.Context(typer.main.get_command(app)))
+    assert sorted(registered) == sorted(SUBCOMMANDS)
+    modules = sorted(p.stem.replace("_", "-") for p in (Path(facerecon.__file__).parent / "cli").glob("[!_]*.py"))
+    assert modules == sorted(SUBCOMMANDS)
 
 
 def test_version_prints_package_version() -> None:

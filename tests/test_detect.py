@@ -189,6 +189,10 @@ def test_detector_argument_checks() -> None:
         FaceDetector(thresholds=[0.5, 0.5])
     with pytest.raises(InputError, match="uint8"):
         FaceDetector().detect(np.zeros((100, 100), np.uint8))
+    with pytest.raises(InputError, match="min_face_fraction"):
+        FaceDetector(min_face_fraction=1.5)
+    with pytest.raises(InputError, match="min_face_size"):
+        FaceDetector(min_face_size=5)
 
 
 # ---- MTCNN on the shared photos -------------------------------------------------------------
@@ -274,8 +278,8 @@ def test_large_photo_detects_downscaled_and_crops_the_original(
     h, w = image.shape[:2]
     assert (w, h) == (3913, 1901)
     seen_shapes: list[tuple[int, ...]] = []
-    run = detector._run_mtcnn
-    monkeypatch.setattr(detector, "_run_mtcnn", lambda batch: (seen_shapes.append(batch.shape), run(batch))[1])
+    run = detector._search
+    monkeypatch.setattr(detector, "_search", lambda small, *a: (seen_shapes.append(small.shape), run(small, *a))[1])
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     tracemalloc.start()
@@ -285,7 +289,7 @@ def test_large_photo_detects_downscaled_and_crops_the_original(
     tracemalloc.stop()
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
 
-    assert seen_shapes and max(seen_shapes[0][1:3]) == 1024  # detection ran on the downscaled copy
+    assert seen_shapes and max(seen_shapes[0][:2]) == 1024  # detection ran on the downscaled copy
     assert len(faces) == 3
     panels = sorted(int((f.box[0] + f.box[2] / 2) // (w / 3)) for f in faces)
     assert panels == [0, 1, 2]  # mapped back to the original: one face in each third

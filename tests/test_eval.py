@@ -108,3 +108,62 @@ def test_cli_bad_inputs(tiny_run: dict, tmp_path: Path) -> None:
         lines = [l for l in result.output.splitlines() if l.strip() and "━" not in l]
         assert len(lines) == 1 and "error" in lines[0], (name, result.output)
     assert not (tmp_path / "report.json").exists()
+
+
+def test_five_point_baseline_recovers_an_exactly_posed_face(tmp_path: Path) -> None:
+    """The tiny cache's faces are its "face model" (a unit cap) scaled and shifted, and its five
+    points are exact means of landmark subsets, so the five-point fit must pose the model mean
+    onto every face: landmark NME ~ 0 and the posed vertices on the ground truth in x-y."""
+    from cachefix import make_tiny_cache
+
+    from facerecon.engine.evaluate import FivePointBaseline
+
+    cache = make_tiny_cache(tmp_path / "c.h5", n=6, points=300, same_topology=True)
+    rep = evaluate_cache(str(cache), "all", EvalSettings(surface_samples=500), baseline="five-point")
+    assert rep.summary["nme"] < 1e-3
+    base = FivePointBaseline(str(cache))
+    with h5py.File(cache) as f:
+        five, off, pts = f["landmarks5"][:], f["offsets"][:], f["points"][:]
+    verts, _ = base.predict(torch.from_numpy(five))
+    for i in range(5):
+        np.testing.assert_allclose(verts[i, :, :2].numpy(), pts[off[i] : off[i + 1], :2], atol=1e-4)
+
+
+def test_cli_all_baselines_and_folds(tiny_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = runner.invoke(
+        app,
+        ["-q", "eval", "--cache", str(tiny_run["cache"]), "--checkpoint", str(tiny_run["checkpoint"]),
+         "--split", "test", "--baseline", "all", "--samples", "500", "-o", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"model", "mean-face baseline", "five-point baseline"}
+    assert 0.0 <= doc["results"]["model"]["folds"] <= 100.0
+    bad = runner.invoke(app, ["eval", "--cache", str(tiny_run["cache"]), "--baseline", "median"])
+    assert bad.exit_code == 2 and "median" in bad.output
+
+
+def test_point_metrics_search_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chamfer and both F-scores come from one nearest-neighbour search (both directions)."""
+    import facerecon.ops as ops
+    from facerecon.engine.evaluate import point_metrics
+
+    calls = []
+    real = ops.nearest_neighbors
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "nearest_neighbors", counting)
+    gen = torch.Generator().manual_seed(0)
+    pred, gt = torch.rand(2, 50, 3, generator=gen), torch.rand(2, 80, 3, generator=gen)
+    out = point_metrics(pred, gt, torch.tensor([80, 60]), EvalSettings(tau=0.1))
+    assert len(calls) == 1
+    # against scipy: F-score at tau for the first sample
+    d_p, _ = cKDTree(gt[0].numpy()).query(pred[0].numpy())
+    d_g, _ = cKDTree(pred[0].numpy()).query(gt[0].numpy())
+    p, r = (d_p < 0.1).mean(), (d_g < 0.1).mean()
+    assert float(out["fscore@tau"][0]) == pytest.approx(2 * p * r / (p + r))
+    assert float(out["chamfer"][0]) == pytest.approx((d_p**2).mean() + (d_g**2).mean(), rel=1e-5)

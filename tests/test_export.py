@@ -11,6 +11,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from facerecon.errors import InputError
+from facerecon.mesh import export as export_module
 from facerecon.mesh.export import MESH_FORMATS, export_mesh, export_points, load_geometry
 from facerecon.mesh.templates import load_template
 
@@ -170,11 +171,11 @@ def test_failed_export_leaves_nothing_half_written(tmp_path: Path, hemisphere, m
     target = tmp_path / "face.obj"
     target.write_text("the previous file\n")
 
-    def broken_export(self, file_obj=None, file_type=None, **kwargs):  # type: ignore[no-untyped-def]
-        Path(file_obj).write_text("v 1 2")  # half a file, then the disk fills up
+    def broken_write(path, data):  # type: ignore[no-untyped-def]
+        Path(path).write_bytes(data[: len(data) // 2])  # half a file, then the disk fills up
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trimesh.Trimesh, "export", broken_export)
+    monkeypatch.setattr(export_module, "_write_bytes", broken_write)
     with pytest.raises(OSError):
         export_mesh(target, v, f)
     assert target.read_text() == "the previous file\n"
@@ -257,3 +258,99 @@ def test_load_geometry_folder(tmp_path: Path) -> None:
     (tmp_path / "dir.obj").mkdir()
     with pytest.raises(InputError, match="not a file"):
         load_geometry(tmp_path / "dir.obj")
+
+
+# ---- the vectorised writers against independent references ------------------------------------
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 4, 5, 8])
+def test_format_fixed_equals_python_formatting(decimals: int) -> None:
+    from facerecon.mesh.export import format_fixed
+
+    rng = np.random.default_rng(decimals)
+    values = np.concatenate(
+        [rng.normal(0, 400, 300), rng.uniform(-1, 1, 300), [0.0, -0.0, 1e-12, -1e-12, 9999.99999, -10000.0, 123456.0, 0.5, -0.5]]
+    ).reshape(-1, 3)
+    fields = format_fixed(values, decimals).tobytes().decode("ascii").split()
+    expected = [f"{round(float(x) * 10**decimals) / 10**decimals:.{decimals}f}" for x in values.ravel()]
+    # Python's formatting of the same rounded numbers (the only difference allowed: "-0" vs "0")
+    got = [float(t) for t in fields]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray([float(e) for e in expected]))
+    widths = {len(line) for line in np.asarray(format_fixed(values, decimals)).view(f"S{format_fixed(values, decimals).shape[1]}").ravel()}
+    assert len(widths) == 1  # fixed width: every row of fields has the same length
+
+
+def test_obj_vertices_exact_within_formatting(tmp_path: Path, hemisphere) -> None:
+    from facerecon.mesh.export import decimals_for
+
+    v, f, c = hemisphere
+    v = v + np.random.default_rng(3).normal(0, 1e-3, v.shape)  # not on a grid
+    path = tmp_path / "face.obj"
+    export_mesh(path, v, f, colors=c)
+    d = decimals_for(v)
+    assert d == 5  # 8 significant digits of a coordinate of a few hundred px
+    loaded = trimesh.load(path, process=False, force="mesh")
+    # what trimesh read is exactly Python's rounding of each coordinate to d decimals
+    expected = np.array([float(f"{x:.{d}f}") for x in v.ravel()]).reshape(v.shape)
+    np.testing.assert_allclose(loaded.vertices, expected, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(loaded.faces, f)
+    np.testing.assert_array_equal(np.asarray(loaded.visual.vertex_colors)[:, :3], c)
+    o3d = _o3d()
+    mesh = o3d.io.read_triangle_mesh(str(path))  # tinyobjloader reads float32
+    idx = _match(expected, np.asarray(mesh.vertices), tol=1e-7 * 640)
+    np.testing.assert_array_equal(np.round(np.asarray(mesh.vertex_colors) * 255).astype(np.uint8), c[idx])
+
+
+def test_binary_ply_is_bit_exact(tmp_path: Path, hemisphere) -> None:
+    v, f, c = hemisphere
+    v = v + np.random.default_rng(4).normal(0, 1e-3, v.shape)
+    path = tmp_path / "face.ply"
+    export_mesh(path, v, f, colors=c)
+    assert path.read_bytes()[:40].startswith(b"ply\nformat binary_little_endian 1.0\n")
+    loaded = trimesh.load(path, process=False, force="mesh")
+    np.testing.assert_array_equal(loaded.vertices, v)  # float64 stored: bit-exact
+    np.testing.assert_array_equal(loaded.faces, f)
+    np.testing.assert_array_equal(np.asarray(loaded.visual.vertex_colors)[:, :3], c)
+    o3d = _o3d()
+    mesh = o3d.io.read_triangle_mesh(str(path))
+    np.testing.assert_array_equal(np.asarray(mesh.vertices), v)
+    np.testing.assert_array_equal(np.asarray(mesh.triangles), f)
+    np.testing.assert_array_equal(np.round(np.asarray(mesh.vertex_colors) * 255).astype(np.uint8), c)
+
+
+def test_stl_normals_match_trimesh(tmp_path: Path, hemisphere) -> None:
+    v, f, _ = hemisphere
+    path = tmp_path / "face.stl"
+    export_mesh(path, v, f)
+    stored = np.frombuffer(path.read_bytes()[84:], dtype=[("n", "<f4", (3,)), ("v", "<f4", (3, 3)), ("a", "<u2")])
+    reference = trimesh.Trimesh(vertices=v, faces=f, process=False).face_normals
+    np.testing.assert_allclose(stored["n"], reference, atol=1e-5)
+    np.testing.assert_allclose(stored["v"], v[f], rtol=1e-6)
+
+
+def test_face_lines_follow_the_faces_given(tmp_path: Path, hemisphere) -> None:
+    """The face text is cached per topology: a different topology of the same size is not
+    written with the previous one's lines."""
+    v, f, _ = hemisphere
+    export_mesh(tmp_path / "a.obj", v, f)
+    flipped = f[:, ::-1].copy()
+    export_mesh(tmp_path / "b.obj", v, flipped)
+    export_mesh(tmp_path / "c.off", v, flipped)
+    np.testing.assert_array_equal(trimesh.load(tmp_path / "a.obj", process=False).faces, f)
+    np.testing.assert_array_equal(trimesh.load(tmp_path / "b.obj", process=False).faces, flipped)
+    np.testing.assert_array_equal(trimesh.load(tmp_path / "c.off", process=False).faces, flipped)
+
+
+def test_export_does_not_import_trimesh_for_formats_written_directly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from facerecon.mesh.export import export_mesh\n"
+        "v = np.array([[0., 0, 0], [1, 0, 0], [0, 1, 0]]); f = np.array([[0, 1, 2]])\n"
+        f"for s in ('.obj', '.ply', '.off', '.stl'): export_mesh(r'{tmp_path}/m' + s, v, f)\n"
+        "print('trimesh' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "False"

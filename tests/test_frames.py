@@ -1,4 +1,5 @@
-"""Frame conversions and head pose: hand-worked values, and the datasets' own poses."""
+"""Frame conversions and head pose against independent references: hand-worked values, scipy's
+rotations and alignment, landmarks posed with the data README's formula, the datasets' own poses."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from facerecon.frames import crop_to_image_3d, euler_from_rotation, frontalise, head_pose, rotation_from_euler, similarity_fit
 
@@ -17,20 +19,47 @@ def test_crop_to_image_by_hand() -> None:
     np.testing.assert_allclose(out, [[10, 20, 0], [210, 220, 50], [110, 120, -20]])
 
 
-def test_euler_round_trip_and_dataset_matrices() -> None:
-    for pitch, yaw, roll in [(0.1, -0.4, 0.3), (-0.7, 1.2, -2.0), (0.0, 0.0, 0.0)]:
-        r = rotation_from_euler(pitch, yaw, roll)
-        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
-        assert euler_from_rotation(r) == pytest.approx((pitch, yaw, roll), abs=1e-9)
-    # the data README's Ry(a) = [[c,0,-s],[0,1,0],[s,0,c]]
-    c, s = math.cos(0.3), math.sin(0.3)
-    np.testing.assert_allclose(rotation_from_euler(0, 0.3, 0), [[c, 0, -s], [0, 1, 0], [s, 0, c]], atol=1e-12)
+def _dataset_rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """The data README's ``R = Rx(pitch) Ry(yaw) Rz(roll)`` built with scipy, not with facerecon.
+
+    The README's matrices (``Rx(a) = [[1,0,0],[0,c,s],[0,-s,c]]``, ...) are the right-handed
+    rotations by ``-a``, so R is scipy's intrinsic ``XYZ`` rotation by the negated angles."""
+    return Rotation.from_euler("XYZ", [-pitch, -yaw, -roll]).as_matrix()
+
+
+def _dataset_landmarks(reference: np.ndarray, pitch: float, yaw: float, roll: float, s: float, t: np.ndarray) -> np.ndarray:
+    """Landmarks posed as the README does (``P = s V R^T + t``, model frame: y up, z to the viewer),
+    then written in our axes (docs/conventions.md: y down, z away from the camera)."""
+    p = s * reference @ _dataset_rotation(pitch, yaw, roll).T + t
+    return p * np.array([1.0, -1.0, -1.0])
+
+
+@pytest.mark.parametrize("angle", [0.3, -1.2, math.pi / 2])
+def test_single_axis_rotations_by_hand(angle: float) -> None:
+    c, s = math.cos(angle), math.sin(angle)
+    np.testing.assert_allclose(rotation_from_euler(angle, 0, 0), [[1, 0, 0], [0, c, s], [0, -s, c]], atol=1e-12)
+    np.testing.assert_allclose(rotation_from_euler(0, angle, 0), [[c, 0, -s], [0, 1, 0], [s, 0, c]], atol=1e-12)
+    np.testing.assert_allclose(rotation_from_euler(0, 0, angle), [[c, s, 0], [-s, c, 0], [0, 0, 1]], atol=1e-12)
+
+
+def test_yaw_of_90_degrees_turns_the_x_axis_to_the_viewer() -> None:
+    # worked by hand from the README's Ry: Ry(pi/2) (1, 0, 0) = (0, 0, 1), +z being towards the viewer
+    np.testing.assert_allclose(rotation_from_euler(0, math.pi / 2, 0) @ [1.0, 0.0, 0.0], [0, 0, 1], atol=1e-12)
+    np.testing.assert_allclose(rotation_from_euler(math.pi / 2, 0, 0) @ [0.0, 1.0, 0.0], [0, 0, -1], atol=1e-12)
+
+
+def test_euler_matches_scipy_both_ways() -> None:
+    rng = np.random.default_rng(3)
+    for pitch, yaw, roll in [(0.1, -0.4, 0.3), (-0.7, 1.2, -2.0), (0.0, 0.0, 0.0), *rng.uniform(-1.5, 1.5, (20, 3))]:
+        ref = _dataset_rotation(pitch, yaw, roll)
+        np.testing.assert_allclose(rotation_from_euler(pitch, yaw, roll), ref, atol=1e-12)
+        assert euler_from_rotation(ref) == pytest.approx((pitch, yaw, roll), abs=1e-9)
 
 
 def test_similarity_fit_recovers_a_known_transform() -> None:
     rng = np.random.default_rng(0)
     src = rng.normal(size=(68, 3))
-    rot = rotation_from_euler(0.2, -0.5, 0.1)
+    rot = Rotation.random(random_state=7).as_matrix()
     dst = 2.5 * src @ rot.T + np.array([1.0, -2.0, 3.0])
     s, r, t = similarity_fit(src, dst)
     assert s == pytest.approx(2.5)
@@ -38,18 +67,34 @@ def test_similarity_fit_recovers_a_known_transform() -> None:
     np.testing.assert_allclose(t, [1, -2, 3], atol=1e-9)
 
 
-def test_head_pose_recovers_a_rotation_in_our_axes() -> None:
+def test_similarity_fit_with_noise_is_the_least_squares_fit() -> None:
+    """Noisy and mirrored targets: R is scipy's optimal rotation (``align_vectors``, Kabsch), always
+    proper; s and t are the least-squares values for that R, worked out in closed form."""
     rng = np.random.default_rng(1)
-    reference = rng.normal(size=(68, 3))
-    yaw, pitch, roll = 35.0, -12.0, 8.0
-    # the dataset applies R in the model frame (y up, z to the viewer); ours flips y and z
-    flip = np.diag([1.0, -1.0, -1.0])
-    rot = flip @ rotation_from_euler(math.radians(pitch), math.radians(yaw), math.radians(roll)) @ flip
-    landmarks = 3.0 * reference @ rot.T + 0.5
-    assert head_pose(landmarks, reference) == pytest.approx((yaw, pitch, roll), abs=1e-6)
-    front = frontalise(landmarks, yaw, pitch, roll)
-    ref = (reference - reference.mean(0)) / np.sqrt(((reference - reference.mean(0)) ** 2).sum(1).mean())
-    np.testing.assert_allclose(front, ref, atol=1e-9)
+    src = rng.normal(size=(68, 3))
+    for mirror in (1.0, -1.0):
+        dst = 0.7 * src @ Rotation.random(random_state=2).as_matrix().T + [5.0, 0.0, -1.0]
+        dst = dst * [mirror, 1.0, 1.0] + rng.normal(scale=0.05, size=dst.shape)
+        s, r, t = similarity_fit(src, dst)
+        a, b = src - src.mean(0), dst - dst.mean(0)
+        ref_rot = Rotation.align_vectors(b, a)[0].as_matrix()
+        np.testing.assert_allclose(r, ref_rot, atol=1e-9)
+        assert np.linalg.det(r) == pytest.approx(1.0)
+        assert s == pytest.approx(float((b * (a @ ref_rot.T)).sum() / (a**2).sum()), rel=1e-9)
+        np.testing.assert_allclose(t, dst.mean(0) - s * ref_rot @ src.mean(0), atol=1e-9)
+
+
+def test_head_pose_recovers_the_dataset_pose() -> None:
+    rng = np.random.default_rng(1)
+    reference_model = rng.normal(size=(68, 3))  # a frontal layout in the model frame
+    reference = reference_model * np.array([1.0, -1.0, -1.0])  # the same layout in our axes
+    for yaw, pitch, roll in [(35.0, -12.0, 8.0), (-70.0, 20.0, -15.0), (0.0, 0.0, 0.0)]:
+        landmarks = _dataset_landmarks(reference_model, math.radians(pitch), math.radians(yaw), math.radians(roll),
+                                       3.0, np.array([100.0, 200.0, 5.0]))
+        assert head_pose(landmarks, reference) == pytest.approx((yaw, pitch, roll), abs=1e-6)
+        front = frontalise(landmarks, yaw, pitch, roll)
+        centred = reference - reference.mean(0)
+        np.testing.assert_allclose(front, centred / np.sqrt((centred**2).sum(1).mean()), atol=1e-9)
 
 
 @pytest.mark.slow

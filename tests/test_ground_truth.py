@@ -14,7 +14,7 @@ from facerecon.data.ground_truth import (
     REGION_KEY,
     REGION_SUB,
     build_ground_truth,
-    crop_to_image,
+    estimate_normals,
     image_to_crop,
     landmark_box,
     region_labels,
@@ -34,13 +34,20 @@ def nme_xy(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.linalg.norm(pred[:, :2] - gt[:, :2], axis=1).mean() / np.sqrt(wh[0] * wh[1]))
 
 
+def crop_to_px(points: np.ndarray, box: tuple[float, float, float], size: int | None = None) -> np.ndarray:
+    """docs/conventions.md inverted by hand: crop units -> image px, or px of a ``size`` crop."""
+    x0, y0, side = box
+    xy = (np.asarray(points, dtype=np.float64)[:, :2] + 1.0) / 2.0
+    return xy * size if size is not None else xy * side + [x0, y0]
+
+
 def test_crop_frame_hand_worked_values() -> None:
     box = (10.0, 20.0, 100.0)
     pts = np.array([[10.0, 20.0, 7.0], [110.0, 120.0, 57.0], [60.0, 70.0, 7.0]])
     out = image_to_crop(pts, box, z0_px=7.0)
     np.testing.assert_allclose(out, [[-1, -1, 0], [1, 1, 1], [0, 0, 0]], atol=1e-6)
-    np.testing.assert_allclose(crop_to_image(out, box), pts[:, :2], atol=1e-4)
-    np.testing.assert_allclose(crop_to_image(out, box, size=224), [[0, 0], [224, 224], [112, 112]], atol=1e-4)
+    np.testing.assert_allclose(crop_to_px(out, box), pts[:, :2], atol=1e-4)
+    np.testing.assert_allclose(crop_to_px(out, box, size=224), [[0, 0], [224, 224], [112, 112]], atol=1e-4)
     assert landmark_box(np.array([[0.0, 0.0], [10.0, 20.0]])) == pytest.approx((5 - 11, 10 - 11, 22.0))
 
 
@@ -129,7 +136,7 @@ def test_aflw_landmark_vertices_match_pt3d(shared_data: Path) -> None:
         gt = build_ground_truth(s, box, model)
         nmes.append(nme_xy(gt.points[model.landmark_ids], gt.landmarks))
         # crop frame inverted: the stored landmarks land back on pt3d_68 - 0.5 in image px
-        np.testing.assert_allclose(crop_to_image(gt.landmarks, box), s.landmarks68[:, :2], atol=2e-3)
+        np.testing.assert_allclose(crop_to_px(gt.landmarks, box), s.landmarks68[:, :2], atol=2e-3)
         assert gt.points.shape == (53215, 3) and abs(float(gt.landmarks[:, 2].mean())) < 1e-5
     assert np.mean(nmes) < 0.015, np.mean(nmes)
 
@@ -146,8 +153,36 @@ def test_aflw_ground_truth_lands_on_the_crop_image(shared_data: Path) -> None:
         box = landmark_box(s.landmarks68)
         gt = build_ground_truth(s, box, model)
         crop = crop_image(s.image, box, 224)
-        uv = crop_to_image(gt.points, box, size=224)
+        uv = crop_to_px(gt.points, box, size=224)
         front = (gt.normals[:, 2] < -0.5) & (np.abs(gt.points[:, :2]) < 0.9).all(1)
         errs = [np.abs(sample_colors(crop, uv[front] + shift).astype(float) - gt.colors[front]).mean()
                 for shift in (np.zeros(2), np.array([3.0, 0]), np.array([0, 3.0]))]
         assert errs[0] < 6.0 and errs[0] < 0.7 * min(errs[1:]), (r.id, errs)
+
+
+def test_estimate_normals_of_a_plane_are_the_analytic_normal() -> None:
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-1, 1, (500, 2))
+    pts = np.column_stack([xy, 0.2 * xy[:, 0] - 0.5 * xy[:, 1] + 1.0])  # z = 0.2 x - 0.5 y + 1
+    n = estimate_normals(pts)
+    assert n.shape == (500, 3) and n.dtype == np.float32
+    expected = np.array([0.2, -0.5, -1.0]) / np.linalg.norm([0.2, -0.5, -1.0])  # towards the camera (-z)
+    np.testing.assert_allclose(n, np.broadcast_to(expected, n.shape), atol=1e-5)
+
+
+def test_estimate_normals_of_a_sphere_are_radial_and_face_the_camera() -> None:
+    """Points on a sphere (a Fibonacci lattice): the normal is the radial direction, flipped where
+    needed so it points towards the camera (n_z <= 0), within the curvature's few-degree bias."""
+    k = np.arange(4000) + 0.5
+    z = 1 - 2 * k / k.size
+    phi = np.pi * (1 + 5**0.5) * k
+    radial = np.column_stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z])
+    centre = np.array([0.3, -0.2, 4.0])
+    n = estimate_normals(centre + 2.0 * radial, k=16).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-5)
+    cos = np.abs((n * radial).sum(1))
+    assert cos.min() > np.cos(np.radians(3.0)), np.degrees(np.arccos(cos.min()))
+    assert np.all(n[:, 2] <= 1e-6)
+    front, back = radial[:, 2] < -0.1, radial[:, 2] > 0.1
+    np.testing.assert_allclose(n[front], radial[front], atol=np.radians(3.0))  # outward on the camera side
+    np.testing.assert_allclose(n[back], -radial[back], atol=np.radians(3.0))  # turned towards the camera

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +17,29 @@ from facerecon.model.pooling import (
     project,
     project_orthographic,
     project_pinhole,
-    sample_vertex_features,
 )
+
+
+def _pooled(feature_maps: list[torch.Tensor], grid: torch.Tensor, mode: str = "post") -> torch.Tensor:
+    """The image features ``PerceptualGraphConv`` pools at each vertex, read out through the layer
+    itself: W0 the identity on the image channels, W1 and the bias zero, no extra channels.
+
+    Returns:
+        (B, V, sum C_i).
+    """
+    channels = [m.shape[1] for m in feature_maps]
+    c, b, v = sum(channels), grid.shape[0], grid.shape[1]
+    conv = PerceptualGraphConv(channels, 0, c, mode=mode)  # type: ignore[arg-type]
+    with torch.no_grad():
+        conv.weight0.copy_(torch.eye(c))
+        conv.weight1.zero_()
+        conv.bias.zero_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        no_edges = torch.sparse_csr_tensor(torch.zeros(v + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                                           torch.zeros(0), (v, v), check_invariants=True)
+    with torch.no_grad():
+        return conv(feature_maps, grid, torch.zeros(v, b, 0), no_edges).transpose(0, 1)
 
 
 def _dot_image(landmarks_xy: np.ndarray, size: int, values: np.ndarray) -> torch.Tensor:
@@ -32,7 +55,8 @@ def _dot_image(landmarks_xy: np.ndarray, size: int, values: np.ndarray) -> torch
     return torch.from_numpy(img)[None]
 
 
-def test_ground_truth_landmarks_land_on_image_landmarks() -> None:
+@pytest.mark.parametrize("mode", ["pre", "post"])
+def test_ground_truth_landmarks_land_on_image_landmarks(mode: str) -> None:
     rng = np.random.default_rng(0)
     # 68 landmarks spread like a face in the crop, at sub-pixel positions, 3D (z ignored)
     lm = np.concatenate([rng.uniform(-0.8, 0.8, (68, 2)), rng.uniform(-0.3, 0.3, (68, 1))], 1).astype(np.float32)
@@ -46,14 +70,14 @@ def test_ground_truth_landmarks_land_on_image_landmarks() -> None:
     # features = the image itself, at full and at double resolution (nearest upsampling)
     maps = [image, F.interpolate(image, scale_factor=2, mode="nearest")]
     grid = project_orthographic(torch.from_numpy(lm)[None])
-    pooled = sample_vertex_features(maps, grid)  # (1, K, 6)
+    pooled = _pooled(maps, grid, mode)  # (1, K, 6)
     np.testing.assert_allclose(pooled[0, :, :3].numpy(), values, atol=1e-5)
     np.testing.assert_allclose(pooled[0, :, 3:].numpy(), values, atol=1e-5)
     # three pixels to the right of every dot the image is black (dots are > 6 px apart)
     off = torch.from_numpy(lm)[None].clone()
     off[..., 0] += 3 * 2.0 / size
-    outside = sample_vertex_features([image], project_orthographic(off))
-    assert torch.all(outside == 0)
+    outside = _pooled([image], project_orthographic(off), mode)
+    assert torch.all(outside.abs() < 1e-6)
 
 
 def test_pinhole_projection_hand_values() -> None:
@@ -71,7 +95,7 @@ def test_pinhole_lands_on_opencv_pixel() -> None:
     img[0, 0, 60, 142] = 1.0
     z = 0.9
     pt = torch.tensor([[[(142 - 111.5) * z / 248, (60 - 111.5) * z / 248, z]]])
-    out = sample_vertex_features([img], project(pt, "pinhole"))
+    out = _pooled([img], project(pt, "pinhole"))
     torch.testing.assert_close(out[0, 0, 0], torch.tensor(1.0))
     with pytest.raises(InputError):
         project(pt, "fisheye")  # type: ignore[arg-type]
@@ -98,7 +122,9 @@ def test_pre_and_post_sampling_projection_agree(shapes: list[tuple[int, int, int
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
     # and the post result equals the plain formula W0 f_p + sum_q W1 f_q on concatenated inputs
-    f = torch.cat([sample_vertex_features(maps, grid), coords], 2)
+    sampled = [F.grid_sample(m, grid[:, :, None], mode="bilinear", padding_mode="border", align_corners=False)
+               for m in maps]  # torch directly: (B, C_i, V, 1) each
+    f = torch.cat([s.squeeze(3).transpose(1, 2) for s in sampled] + [coords], 2)
     adj = h.adjacency(0).to_dense()
     ref = f @ post.weight0.T + adj @ (f @ post.weight1.T) + post.bias
     torch.testing.assert_close(b.transpose(0, 1), ref, rtol=1e-4, atol=1e-4)
@@ -109,3 +135,19 @@ def test_auto_mode_picks_the_cheaper_side() -> None:
     assert conv.use_pre((1, 2048, 7, 7), 141)  # 49 pixels, 2048 channels: project first
     assert not conv.use_pre((1, 64, 56, 56), 141)  # 3136 pixels for 141 vertices: sample first
     assert conv.use_pre((1, 64, 56, 56), 7001)
+
+
+def test_contiguous_grid_layout_gives_the_previous_samples() -> None:
+    """The (B, 1, V, 2) contiguous grid (fast CPU path) samples exactly what the earlier strided
+    (B, V, 1, 2) view of the projected coordinates did."""
+    from torch.nn import functional as F
+
+    from facerecon.model.pooling import _sample, project_orthographic
+
+    gen = torch.Generator().manual_seed(0)
+    fmap = torch.randn(2, 7, 9, 11, generator=gen)
+    coords = torch.rand(2, 300, 3, generator=gen) * 2.4 - 1.2
+    grid = project_orthographic(coords)  # a strided view
+    old = F.grid_sample(fmap, grid.unsqueeze(2), mode="bilinear", padding_mode="border", align_corners=False)
+    old = old.squeeze(3).permute(2, 0, 1)
+    torch.testing.assert_close(_sample(fmap, grid), old, atol=1e-6, rtol=0)

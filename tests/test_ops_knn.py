@@ -12,7 +12,7 @@ import torch
 
 from facerecon.errors import DependencyError, InputError
 from facerecon.ops import backend, nearest_neighbors
-from facerecon.ops import knn as knn_module
+from facerecon.ops import build as build_module
 from scipy.spatial import cKDTree
 
 
@@ -51,7 +51,7 @@ def nn_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 def test_compiled_backend_is_active_when_a_compiler_exists() -> None:
     if not HAS_COMPILER:
         pytest.skip("no C++ compiler")
-    assert backend("cpu") == "cpp", knn_module.failure_reason()
+    assert backend("cpu") == "cpp", build_module.failure_reason()
 
 
 def _check_against_scipy(x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> None:
@@ -217,9 +217,9 @@ def test_unknown_forced_backend_is_rejected(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_fallback_warns_once_when_extension_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    state = knn_module._State()
+    state = build_module._State()
     state.tried, state.failure = True, "no compiler (simulated)"
-    monkeypatch.setattr(knn_module, "_state", state)
+    monkeypatch.setattr(build_module, "_state", state)
     monkeypatch.setenv("FACERECON_NN_BACKEND", "auto")
     x, y = torch.zeros(1, 2, 3), torch.ones(1, 3, 3)
     with warnings.catch_warnings(record=True) as caught:

@@ -143,3 +143,86 @@ def test_predict_bad_inputs(tiny_run: dict, tmp_path: Path) -> None:
         assert len(lines) == 1 and needle in lines[0], (name, result.output)
     leftovers = [p.name for p in tmp_path.iterdir() if p.suffix in (".obj", ".json") or ".tmp" in p.name]
     assert leftovers == [], leftovers
+
+
+def test_predict_imports_only_what_it_needs(tmp_path: Path) -> None:
+    """Start-up: ``facerecon predict photo -o face.obj`` with the shipped model never imports
+    torchvision (seconds: it pulls in torch's compiler stack), facenet-pytorch (its MTCNN weights
+    are read from its folder), trimesh (the .obj is written directly), Open3D or h5py; and
+    ``predict --help`` does not even import torch."""
+    import subprocess
+    import sys
+
+    from facerecon.engine.predict import default_checkpoint
+
+    heavy = ("torchvision", "facenet_pytorch", "trimesh", "open3d", "h5py", "scipy")
+    report = "import atexit, sys\natexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    help_run = subprocess.run(
+        [sys.executable, "-c", report + "sys.argv = ['facerecon', 'predict', '--help']\nfrom facerecon.cli import main\nmain()"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    loaded = eval(help_run.stdout.strip().splitlines()[-1])  # noqa: S307  (our own printout)
+    assert help_run.returncode == 0 and "torch" not in loaded and "numpy" not in loaded, loaded
+    if default_checkpoint() is None:
+        pytest.skip("this installation ships no default model")
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes((Path(__file__).resolve().parents[1] / "facerecon" / "assets" / "astronaut.png").read_bytes())
+    argv = ["facerecon", "-q", "predict", str(photo), "-o", str(tmp_path / "face.obj")]
+    run = subprocess.run(
+        [sys.executable, "-c", report + f"sys.argv = {argv!r}\nfrom facerecon.cli import main\nmain()"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    loaded = eval(run.stdout.strip().splitlines()[-1])  # noqa: S307
+    assert "torch" in loaded and not set(heavy) & set(loaded), sorted(set(heavy) & set(loaded))
+    assert _check_mesh(tmp_path / "face.obj") is not None
+
+
+def test_landmarks5_in_crop_units_by_hand() -> None:
+    from facerecon.detect import FaceCrop
+    from facerecon.engine.predict import landmarks5_crop_units
+
+    lm = np.array([[110, 120], [150, 120], [130, 140], [115, 160], [145, 160]], np.float32)
+    face = FaceCrop(box=(100.0, 100.0, 80.0), probability=0.99, landmarks5=lm, detection=None, fallback=False)
+    fallback = FaceCrop(box=(0.0, 0.0, 50.0), probability=float("nan"), landmarks5=None, detection=None, fallback=True)
+    out = landmarks5_crop_units([face, fallback])
+    assert out.shape == (2, 5, 2) and out.dtype == np.float32
+    # x = 2 (x_px - x0) / side - 1: 110 -> 2 * 10 / 80 - 1 = -0.75; y 120 -> -0.5; 160 -> 0.5
+    np.testing.assert_allclose(out[0, 0], [-0.75, -0.5])
+    np.testing.assert_allclose(out[0, 4], [2 * 45 / 80 - 1, 0.5])
+    assert np.isnan(out[1]).all()
+
+
+def test_predict_passes_landmarks5_to_a_network_that_takes_them(tiny_run: dict, tmp_path: Path) -> None:
+    """A network whose forward takes ``landmarks5`` (model v2) gets MTCNN's five points in crop
+    units; one that does not is called with the image only (both go through the same Predictor)."""
+    from facerecon.detect import FaceCrop
+    from facerecon.engine.predict import Predictor, load_model
+
+    model = load_model(tiny_run["checkpoint"])
+    inner = model.network
+    seen: list = []
+
+    class TakesFivePoints(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image, landmarks5=None):  # type: ignore[no-untyped-def]
+            seen.append(None if landmarks5 is None else landmarks5.clone())
+            return self.inner(image)
+
+    image = np.full((200, 200, 3), 120, np.uint8)
+    lm = np.array([[80, 90], [120, 90], [100, 110], [85, 130], [115, 130]], np.float32)
+    crops = [FaceCrop(box=(50.0, 50.0, 100.0), probability=0.99, landmarks5=lm, detection=None, fallback=False),
+             FaceCrop(box=(0.0, 0.0, 200.0), probability=float("nan"), landmarks5=None, detection=None, fallback=True)]
+    model.network = TakesFivePoints().eval()
+    predictor = Predictor(model, detector=None, batch_size=2)
+    assert predictor.takes_landmarks5
+    results = predictor.reconstruct(predictor.prepare(tmp_path / "x.png", image, crops))
+    assert len(results) == 2 and len(seen) == 1
+    five = seen[0].numpy()
+    np.testing.assert_allclose(five[0], 2 * (lm - 50) / 100 - 1, atol=1e-6)
+    assert np.isnan(five[1]).all()
+    model.network = inner
+    assert not Predictor(model, detector=None).takes_landmarks5

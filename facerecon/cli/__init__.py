@@ -76,12 +76,28 @@ def _error_line(message: str) -> None:
 
 
 def _report(exc: BaseException, prefix: str = "") -> None:
-    if state.verbose:
-        err_console.print_exception(show_locals=False)
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
-        text = f"{exc.filename}: {exc.strerror or text}"
-    _error_line(f"{prefix}{text}" + ("" if state.verbose or not prefix else " (run with --verbose for the traceback)"))
+    """One line for ``exc``; never raises (a failing report must not hide the error)."""
+    try:
+        if state.verbose:
+            err_console.print_exception(show_locals=False)
+        text = _exception_text(exc)
+        _error_line(f"{prefix}{text}" + ("" if state.verbose or not prefix else " (run with --verbose for the traceback)"))
+    except Exception:  # pragma: no cover - the last resort: plain stderr
+        sys.stderr.write(f"error: {prefix}{type(exc).__name__}\n")
+
+
+def _exception_text(exc: BaseException) -> str:
+    """The exception's message, whole, with the file an ``OSError`` names (its type when empty)."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = ""
+    if isinstance(exc, OSError):
+        names = [str(n) for n in (exc.filename, getattr(exc, "filename2", None)) if n]
+        reason = exc.strerror or text
+        if names and not any(n in text for n in names):
+            text = f"{' -> '.join(names)}: {reason}" if reason else " -> ".join(names)
+    return text or type(exc).__name__
 
 
 app = typer.Typer(

@@ -6,20 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    ProgressColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from rich.progress import Progress
+
+from facerecon import progress as _progress
+from facerecon.progress import err_console  # noqa: F401  (the subcommands import it from here)
 
 console = Console()  # results (tables, summaries) go to stdout
-err_console = Console(stderr=True)  # logs, progress and errors go to stderr
 
 
 @dataclass
@@ -37,31 +29,9 @@ def info(message: str) -> None:
         err_console.print(message, highlight=False, soft_wrap=True)
 
 
-class RateColumn(ProgressColumn):
-    """Items per second; the unit comes from the task's ``unit`` field (default "it")."""
-
-    def render(self, task) -> Text:  # type: ignore[no-untyped-def]
-        unit = task.fields.get("unit", "it")
-        if task.speed is None:
-            return Text(f"- {unit}/s", style="progress.data.speed")
-        return Text(f"{task.speed:.1f} {unit}/s", style="progress.data.speed")
-
-
 def make_progress(*extra_columns: object, disable: bool = False) -> Progress:
     """A rich progress bar on stderr with rate and ETA; disabled by --quiet (or ``disable``)."""
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        *extra_columns,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=state.quiet or disable,
-        transient=False,
-    )
+    return _progress.make_progress(*extra_columns, disable=state.quiet or disable)
 
 
 def display_path(path: str | Path) -> str:

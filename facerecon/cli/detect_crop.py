@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -73,8 +75,8 @@ def detect_crop(
     Images without a face get the fallback crop, flagged in the record. Unreadable files are
     reported and skipped; the exit code is then 1.
     """
-    from facerecon.detect import FaceDetector
     from facerecon.imageio import expand_image_inputs
+    from facerecon.io_utils import folder_lock
 
     fmt = fmt.lower().lstrip(".")
     fmt = {"jpeg": "jpg"}.get(fmt, fmt)
@@ -91,9 +93,36 @@ def detect_crop(
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: exists and is not a folder")
 
+    created = not outdir.exists()
+    try:
+        with folder_lock(outdir, "detect-crop"):  # one run at a time per folder: records are merged
+            summary = _detect_crop_locked(
+                paths, outdir, records_path, device, min_probability, max_detect_side, size, fmt, quality,
+                all_faces, fallback_box, fallback_mean, as_csv,
+            )
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                outdir.rmdir()  # only when this run left it empty
+    if summary.unreadable:
+        n = len(summary.unreadable)
+        named = "; ".join(f"{name}: {reason}" for name, reason in summary.unreadable[:3])
+        more = f"; and {n - 3} more (listed above)" if n > 3 else ""
+        if n == summary.images:  # nothing at all could be read: bad input
+            raise InputError(f"{named}{more}" if n == 1 else f"none of the {n} inputs could be read: {named}{more}")
+        raise FaceReconError(f"{n} of {summary.images} inputs could not be read: {named}{more}")
+
+
+def _detect_crop_locked(
+    paths: list[Path], outdir: Path, records_path: Path, device: str, min_probability: float, max_detect_side: int,
+    size: int, fmt: str, quality: int, all_faces: bool, fallback_box: Any, fallback_mean: bool, as_csv: bool,
+) -> _Summary:
+    """The run itself, with OUTDIR locked: detect, crop, merge the records."""
+    from facerecon.detect import FaceDetector
+
+    old_records = _read_records(records_path)
     detector = FaceDetector(device=device, min_probability=min_probability, max_detect_side=max_detect_side)
     names = _output_names(paths, fmt)
-    old_records = _read_records(records_path)
     summary = _Summary()
     new_records: list[dict[str, Any]] = []
     deferred: list[tuple[Path, str]] = []
@@ -111,12 +140,10 @@ def detect_crop(
         if deferred:
             new_records += _crop_deferred(deferred, outdir, new_records, size, fmt, quality, summary)
     finally:
-        if new_records or not old_records:
+        if new_records:  # never an empty records file when nothing was cropped
             _write_records(records_path, _merge_records(old_records, new_records, outdir), as_csv)
-    _print_summary(summary, records_path)
-    if summary.unreadable:
-        n = len(summary.unreadable)
-        raise FaceReconError(f"{n} of {summary.images} input{'s' if summary.images != 1 else ''} could not be read (listed above)")
+    _print_summary(summary, records_path if (new_records or old_records) else None)
+    return summary
 
 
 def _process(
@@ -227,22 +254,50 @@ def _merge_records(old: list[dict[str, Any]], new: list[dict[str, Any]], outdir:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of an earlier run in OUTDIR (JSONL or CSV); unparsable lines are ignored."""
+    """Records of an earlier run in OUTDIR (JSONL or CSV), to merge this run's into.
+
+    Raises:
+        InputError: the file is not a records file (binary garbage, a line that is not a
+            record, numbers that do not parse): it is named with the line, and left untouched.
+    """
     if not path.is_file():
         return []
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            return [_from_csv_row(row) for row in csv.DictReader(fh)]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a records file (not UTF-8 text at byte {exc.start}); fix or delete it") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the records file ({exc.strerror})") from None
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "source" in rec and "output" in rec:
-                records.append(rec)
+    if path.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if text.strip() and not {"source", "output"} <= set(reader.fieldnames or ()):
+            raise InputError(f"{path}: not a crops.csv (its header has no 'source' and 'output' columns); fix or delete it")
+        try:
+            for row in reader:
+                records.append(_check_record(_from_csv_row(row), path, reader.line_num))
+        except (ValueError, TypeError, csv.Error) as exc:
+            raise InputError(f"{path}:{reader.line_num}: not a crops record ({exc}); fix or delete the file") from None
+        return records
+    for k, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{k}: not a JSON record ({exc.msg}); fix or delete the file") from None
+        records.append(_check_record(rec, path, k))
     return records
+
+
+def _check_record(rec: Any, path: Path, line: int) -> dict[str, Any]:
+    """A record as merging needs it: a dict with a string source and output and a whole face_index."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("source"), str) or not isinstance(rec.get("output"), str):
+        raise InputError(f"{path}:{line}: not a crops record (no 'source' and 'output' strings); fix or delete the file")
+    index = rec.get("face_index", 0)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise InputError(f"{path}:{line}: not a crops record ('face_index' is {index!r}); fix or delete the file")
+    return rec
 
 
 def _write_records(path: Path, records: list[dict[str, Any]], as_csv: bool) -> None:
@@ -305,7 +360,7 @@ def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:
 # ---- report ----------------------------------------------------------------------------------
 
 
-def _print_summary(summary: _Summary, records_path: Path) -> None:
+def _print_summary(summary: _Summary, records_path: Path | None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -326,7 +381,10 @@ def _print_summary(summary: _Summary, records_path: Path) -> None:
         console.print(f"[bold red]unreadable, skipped ({bad}):[/bold red]")
         for name, reason in summary.unreadable:
             console.print(f"  {escape(name)}: {escape(reason)}", highlight=False, soft_wrap=True)
-    console.print(f"records: {escape(display_path(records_path))}", highlight=False, soft_wrap=True)
+    if records_path is not None:
+        console.print(f"records: {escape(display_path(records_path))}", highlight=False, soft_wrap=True)
+    else:
+        console.print("records: none written (nothing was cropped)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,7 @@ _METRICS = (
     ("nme_yaw_30_60", "  NME |yaw| 30-60 (%)", 1.0),
     ("nme_yaw_60_90", "  NME |yaw| 60-90 (%)", 1.0),
     ("nme_yaw_mean", "  NME mean of yaw bins (%)", 1.0),
+    ("folds", "folded interior edges, > 60 deg (%)", 1.0),
 )
 
 
@@ -48,7 +49,7 @@ def eval_command(
     split: str = typer.Option("test", "--split", help="train | val | test | all."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSON summary; the per-sample CSV goes beside it (same name, .csv)."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Per-sample CSV (default: beside --output)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="'mean': also evaluate the constant mean-face prediction (mean of the train ground truths)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Also evaluate baselines, comma-separated: 'mean' (the constant mean of the train ground truths), 'five-point' (the face model's mean face posed by a least-squares fit of its five points to MTCNN's five points of each crop), or 'all'."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Samples per forward pass (results do not depend on it)."),
     tau: float = typer.Option(0.01, "--tau", min=0.0, help="F-score threshold, a distance in crop units (0.01 = ~1.1 px of a 224 crop, ~1 mm on a face); also reported at 2 tau."),
     samples: int = typer.Option(10000, "--samples", min=100, help="Points sampled uniformly on each predicted surface before the point metrics."),
@@ -72,10 +73,17 @@ def eval_command(
 
     if split not in ("train", "val", "test", "all"):
         raise InputError(f"--split {split!r}: use train, val, test or all")
-    if baseline not in (None, "mean"):
-        raise InputError(f"--baseline {baseline!r}: the available baseline is 'mean'")
+    baselines: list[str] = []
+    if baseline is not None:
+        baselines = ["mean", "five-point"] if baseline.strip() == "all" else [b.strip() for b in baseline.split(",") if b.strip()]
+        for b in baselines:
+            if b not in ("mean", "five-point"):
+                raise InputError(f"--baseline {b!r}: use mean, five-point, or all")
     if not cache.is_file():
         raise InputError(f"{cache}: cache file not found (make one with 'facerecon prepare')")
+    from facerecon.data.validate import check_cache
+
+    check_cache(cache)  # a damaged cache: one line naming it and the sample, not an internal error
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
     if checkpoint is None:
@@ -94,8 +102,9 @@ def eval_command(
     runs: list[tuple[str, object]] = []
     if checkpoint is not None:
         runs.append(("model", load_model(checkpoint, device)))
-    if baseline is not None:
-        runs.append(("mean-face baseline", None))
+    labels = {"mean": "mean-face baseline", "five-point": "five-point baseline"}
+    for b in baselines:
+        runs.append((labels[b], b))
     for label, model in runs:
         from facerecon.data.dataset import FaceCacheDataset
 
@@ -107,8 +116,8 @@ def eval_command(
                 str(cache),
                 split,
                 settings,
-                network=None if model is None else model.network,
-                baseline="mean" if model is None else None,
+                network=None if isinstance(model, str) else model.network,
+                baseline=model if isinstance(model, str) else None,
                 batch_size=batch_size,
                 device=device,
                 limit=limit,
@@ -159,7 +168,7 @@ def _print_table(reports: dict, split: str, settings: object, cache: Path) -> No
     console.print(table)
     console.print(
         f"Predicted meshes were sampled uniformly on their surface ({settings.surface_samples} points) "
-        "before the point metrics; the baseline uses its mean-face points."
+        "before the point metrics (the five-point baseline too); the mean-face baseline uses its mean points."
     )
 
 

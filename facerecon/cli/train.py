@@ -76,7 +76,13 @@ def train(
 
         from facerecon.config import Config
 
-        cfg = Config.from_dict(json.loads((out / "config.json").read_text())).replace(overrides)
+        try:
+            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{out / 'config.json'}: cannot read the run's configuration ({exc}); give --config") from None
+        if not isinstance(saved, dict):
+            raise InputError(f"{out / 'config.json'}: not a configuration (a JSON object); give --config")
+        cfg = Config.from_dict(saved).replace(overrides)
     else:
         cfg = load_config(config, overrides)
     if gpus is None:

@@ -12,12 +12,18 @@ Writing protocol (crash safety):
   leaves a partial file whose SWMR flag is still set; the next run reads it in SWMR-read mode and
   copies the rows up to the marker into a fresh partial file. Either way the rerun continues from
   the marker (rows after it are discarded) and the finished file equals an uninterrupted run.
+* A full disk is caught *before* a block is written (free space against the block's
+  uncompressed size plus a margin): HDF5 cannot recover from a failed write (the file is damaged
+  and the process may segfault), so the writer closes the partial file cleanly instead and
+  raises :class:`PrepareDiskFull`; the same command resumes once space is freed.
 * When every source is processed the split, the vlen ``ids`` and the attributes are written and
-  ``OUT.partial`` is renamed to ``OUT``; a half-written ``OUT`` never exists.
+  ``OUT.partial`` is renamed to ``OUT``; a half-written ``OUT`` never exists. A run in which no
+  sample is usable deletes the partial file and fails.
 
-Bad samples (unreadable image, corrupt ``.mat``, missing fields) are recorded in
+Bad samples (unreadable image, corrupt ``.mat``, missing fields, NaN / inf face-model parameters
+or ground truth) are recorded in
 ``skipped/ids`` / ``skipped/reasons`` and reported; they do not stop the run.
-The cache schema is in docs/formats-cache.md.
+The cache schema is in docs/formats.md ("The training cache").
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +41,11 @@ import numpy as np
 
 from facerecon import __version__
 from facerecon.data.face_model import FaceModel, load_face_model
-from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px, landmark_box
+from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px, image_to_crop, landmark_box
 from facerecon.data.readers import SampleRef, read_sample
 from facerecon.errors import FaceReconError, InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CROP_SIZE = 224
 SPLIT_NAMES = ("train", "val", "test")
 #: Fraction of the samples in (train, val, test) by default: 1600/200/200 for AFLW2000-3D.
@@ -50,6 +57,9 @@ _POINT_CHUNK = 65536
 _ROW_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
     "images": ((CROP_SIZE, CROP_SIZE, 3), "u1"),
     "landmarks": ((68, 3), "f4"),
+    # MTCNN's five points (eyes, nose, mouth corners) of the detection that made the crop, crop
+    # units; NaN for fallback and landmark-box crops (schema 2).
+    "landmarks5": ((5, 2), "f4"),
     "boxes": ((3,), "f8"),
     "probabilities": ((), "f4"),
     "fallback": ((), "u1"),
@@ -214,9 +224,11 @@ def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequ
 
     try:
         sample = read_sample(ref, ctx.model)
+        _check_finite_params(sample, ref)
         width, height = sample.image_size
         lm = gt_landmarks_px(sample, ctx.model)
         probability, fallback = float("nan"), False
+        five = np.full((5, 2), np.nan, dtype=np.float32)
         if fallback_rel is not None:
             box, fallback = relative_to_box(fallback_rel, (width, height)), True
         elif ctx.options.crop_from == "landmarks":
@@ -228,8 +240,11 @@ def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequ
             if face is None:
                 return _Result(index, ref.id, needs_fallback=True)
             box, probability = tuple(float(v) for v in face.box), float(face.probability)
+            if face.landmarks5 is not None:
+                five = image_to_crop(np.asarray(face.landmarks5, dtype=np.float64), box)
         crop = crop_image(sample.image, box, CROP_SIZE)
         gt = build_ground_truth(sample, box, ctx.model)
+        _check_finite_ground_truth(gt, ref)
         if len(ref.id.encode()) > _ID_BYTES:
             raise InputError(f"{ref.id}: sample id longer than {_ID_BYTES} bytes")
     except FaceReconError as exc:
@@ -239,6 +254,7 @@ def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequ
     row = {
         "images": crop,
         "landmarks": gt.landmarks,
+        "landmarks5": five.astype(np.float32),
         "boxes": np.asarray(box, dtype=np.float64),
         "probabilities": np.float32(probability),
         "fallback": np.uint8(fallback),
@@ -251,8 +267,61 @@ def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequ
     return _Result(index, ref.id, row=row, cloud=cloud)
 
 
+def _check_finite_params(sample, ref: SampleRef) -> None:  # noqa: ANN001
+    """Refuse NaN / inf face-model parameters where they enter (else they become NaN points)."""
+    params = getattr(sample, "params", None)
+    if params is None:
+        return
+    where = ref.annotation_path or ref.id
+    for name, values in (("Shape_Para", params.shape), ("Exp_Para", params.exp)):
+        bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
+        if bad.any():
+            raise InputError(f"{where}: {name} holds {int(bad.sum())} non-finite value(s) (NaN or inf)")
+
+
+def _check_finite_ground_truth(gt, ref: SampleRef) -> None:  # noqa: ANN001
+    """Refuse a ground truth with non-finite values (e.g. parameters so large they overflow)."""
+    for name in ("points", "normals"):
+        values = np.asarray(getattr(gt, name))
+        if not np.isfinite(values).all():
+            raise InputError(f"{ref.id}: the ground truth has non-finite {name} (NaN or inf; check its annotation)")
+    lm = np.asarray(gt.landmarks, dtype=np.float64)
+    if not (np.isfinite(lm).all() or np.isnan(lm).all()):
+        raise InputError(f"{ref.id}: the ground-truth landmarks are partly non-finite (check its annotation)")
+
+
 # ----------------------------------------------------------------------------------------------
 # the partial file
+
+
+class PrepareDiskFull(FaceReconError):
+    """Not enough free space for the next block: nothing of it was written, the partial file is
+    closed cleanly and keeps every sample before it; rerun after freeing space to resume."""
+
+    exit_code = 1
+
+
+#: Free space kept beyond each block's estimated size (HDF5 metadata, the progress marker).
+_SPACE_MARGIN = 1 << 20
+
+
+def _ensure_space(path: Path, nbytes: int, done: str) -> None:
+    """Refuse to write ``nbytes`` more to ``path`` unless the disk has room for them.
+
+    The HDF5 library cannot recover from a failed write: the file is left damaged and the
+    process may crash on the next call. So a full disk is detected before anything is written,
+    with room to spare for the metadata, and the file is closed cleanly instead.
+    """
+    need = int(nbytes * 1.25) + _SPACE_MARGIN
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < need:
+        raise PrepareDiskFull(
+            f"{path}: no space left on the device ({free / 1e6:.1f} MB free, about {need / 1e6:.1f} MB needed "
+            f"for the next samples); {done}: free some space and run the same command again to resume"
+        )
 
 
 def partial_path(out: str | os.PathLike[str]) -> Path:
@@ -366,10 +435,15 @@ def _open_partial(path: Path, config: dict) -> tuple["h5py.File", bool]:  # noqa
         return f, True
     # the writer was killed: its SWMR flag is still set; rebuild from what the marker covers
     fresh = path.with_name(path.name + ".resume")
+    _ensure_space(fresh, path.stat().st_size, "nothing was changed (rebuilding the killed run's partial file needs a copy)")
     try:
         dst = _copy_partial(path, fresh, config)
-    except OSError as exc:
-        raise FaceReconError(f"{path}: the unfinished cache cannot be read ({exc}); delete it to start over") from None
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        fresh.unlink(missing_ok=True)
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise FaceReconError(
+            f"{path}: the unfinished cache is damaged and cannot be resumed ({reason}); delete it to start over"
+        ) from None
     dst.close()
     os.replace(fresh, path)
     f = h5py.File(path, "r+", libver="latest")
@@ -424,8 +498,18 @@ class _Writer:
         ):
             self.mark()
 
+    def _block_bytes(self) -> int:
+        """Bytes the queued block adds to the file (uncompressed: an upper bound)."""
+        total = len(self._skip_buf) * (_ID_BYTES + 1024)
+        for res in self._buf:
+            total += sum(np.asarray(v).nbytes for v in res.row.values())  # type: ignore[union-attr]
+            total += sum(np.asarray(v).nbytes for v in res.cloud.values()) + 8  # type: ignore[union-attr]
+        return total
+
     def _write_block(self) -> None:
         f = self.f
+        if self._buf or self._skip_buf:
+            _ensure_space(Path(f.filename), self._block_bytes(), f"it keeps the {self.rows} samples written before")
         if self._skip_buf:
             k = len(self._skip_buf)
             for j, name in enumerate(("_skipped_ids", "_skipped_reasons")):
@@ -524,10 +608,21 @@ def read_split_file(path: Path) -> dict[str, int]:
     return table
 
 
+def _finish_bytes(rows: int, skipped: int, model: FaceModel | None) -> int:
+    """What :func:`_finish` adds to the file, at most."""
+    total = rows * (_ID_BYTES + 32) + skipped * (_ID_BYTES + 1024 + 64)
+    if model is not None:
+        total += model.mean.nbytes + np.asarray(model.triangles).size * 4 + 68 * 4
+    return total
+
+
 def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, command: str) -> tuple[int, int, int]:  # noqa: ANN001
     import h5py
 
     rows = int(f["offsets"].shape[0] - 1)
+    for name in ("split", "ids", "skipped", "face_model"):  # an earlier finish stopped by Ctrl-C: redo it
+        if name in f:
+            del f[name]
     ids = [b.decode() for b in f["_ids"][:rows]]
     split = assign_splits(ids, options.split_seed, options.split_file)
     f.create_dataset("split", data=split)
@@ -538,8 +633,6 @@ def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, c
     skipped.create_dataset(
         "reasons", data=np.array([b.decode() for b in f["_skipped_reasons"][:sk]], dtype=object), dtype=h5py.string_dtype()
     )
-    for name in ("_ids", "_skipped_ids", "_skipped_reasons", "_progress"):
-        del f[name]
     attrs = f.attrs
     attrs["schema_version"] = SCHEMA_VERSION
     attrs["created_by"] = f"facerecon {__version__}"
@@ -555,6 +648,20 @@ def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, c
     attrs["split_names"] = ",".join(SPLIT_NAMES)
     attrs["split_seed"] = options.split_seed if options.split_file is None else -1
     attrs["region_thresholds_mm"] = np.array([10.0, 17.0])
+    if model is not None:
+        # The face model's mean, triangles and 68 landmark ids (schema 2): the rows of a 3DMM
+        # dataset store its vertices in this order, so a fixed template-to-model correspondence
+        # gives every sample a ground truth in the template's topology (per-vertex losses).
+        fm = f.create_group("face_model")
+        fm.create_dataset("mean", data=model.mean.reshape(-1, 3).astype(np.float32))
+        fm.create_dataset("triangles", data=np.asarray(model.triangles, dtype=np.int32))
+        fm.create_dataset("landmark_ids", data=np.asarray(model.landmark_ids, dtype=np.int32))
+        counts = np.diff(f["offsets"][:])
+        attrs["points_in_model_order"] = bool(rows > 0 and np.all(counts == model.n_vertices))
+    else:
+        attrs["points_in_model_order"] = False
+    for name in ("_ids", "_skipped_ids", "_skipped_reasons", "_progress"):  # last: until here a rerun can redo all
+        del f[name]
     del attrs["_config"]
     return tuple(int((split == k).sum()) for k in range(3))  # type: ignore[return-value]
 
@@ -637,6 +744,7 @@ def prepare_cache(
 
     ensure_parent(out)
     part = partial_path(out)
+    _ensure_space(part, 0, "nothing was changed")
     f, resumed = _open_partial(part, config)
     writer = _Writer(f, options)
     resumed_from = writer.n_src if resumed else 0
@@ -651,10 +759,16 @@ def prepare_cache(
             if on_progress is not None:
                 on_progress(writer.done, len(refs), writer.n_skipped)
         writer.mark()
+    except PrepareDiskFull:  # nothing of the block was written: close cleanly, keep the rest
+        results.close()
+        f.close()
+        raise
     except KeyboardInterrupt:
         results.close()  # stops the worker pool
-        writer.mark()
-        f.close()
+        try:
+            writer.mark()
+        finally:
+            f.close()
         raise PrepareInterrupted(
             f"interrupted after {writer.done} of {len(refs)} samples; {part} keeps them: "
             f"run the same command again to resume"
@@ -669,6 +783,13 @@ def prepare_cache(
     skipped = [(a.decode(), b.decode()) for a, b in zip(f["_skipped_ids"][:], f["_skipped_reasons"][:])]
     n_written, n_fallback = writer.rows, writer.n_fallback
     f.close()
+    if n_written == 0:  # a cache without samples is of no use: fail, and leave nothing to resume
+        part.unlink(missing_ok=True)
+        first = f" (the first: {skipped[0][1]})" if skipped else ""
+        raise InputError(
+            f"{out}: not written: none of the {len(refs)} samples could be used{first}"
+        )
+    _ensure_space(part, _finish_bytes(n_written, len(skipped), model), f"all {len(refs)} samples are in it; what is left is small")
     import h5py
 
     with h5py.File(part, "r+", libver="latest") as f:
@@ -687,26 +808,9 @@ def prepare_cache(
     )
 
 
-def read_cache_info(path: str | os.PathLike[str]) -> dict:
-    """The attributes and sizes of a finished cache (for ``prepare --info`` and checks)."""
-    import h5py
-
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            info = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
-            info["n_samples"] = int(f["offsets"].shape[0] - 1)
-            info["n_points"] = int(f["points"].shape[0])
-            info["split_counts"] = [int(x) for x in np.bincount(f["split"][:], minlength=3)]
-    except (OSError, KeyError) as exc:
-        raise InputError(f"{path}: not a facerecon cache ({exc})") from None
-    if int(info.get("schema_version", -1)) != SCHEMA_VERSION:
-        raise InputError(f"{path}: cache schema {info.get('schema_version')} is not {SCHEMA_VERSION}; run prepare again")
-    return info
-
-
 __all__ = [
     "SCHEMA_VERSION",
+    "PrepareDiskFull",
     "PrepareInterrupted",
     "PrepareOptions",
     "PrepareSummary",
@@ -714,6 +818,5 @@ __all__ = [
     "compute_sample",
     "partial_path",
     "prepare_cache",
-    "read_cache_info",
     "read_split_file",
 ]

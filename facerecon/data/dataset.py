@@ -39,12 +39,21 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             (e.g. ``(0.5, 1.5, 2.0)`` for TPAMI-style weighting); None gives 1 everywhere.
         seed: base seed of the draws.
         return_image_float: image as float32 in [0, 1] (else uint8), ``(3, 224, 224)`` either way.
+        correspondence: ``(ids, bary)`` or ``(ids, bary, ids_mirrored, bary_mirrored)``, each
+            (V, 3), from ``facerecon.model.face_prior.template_correspondence``: every item then
+            has ``vertices`` (V, 3), the ground truth in the template's topology (needs a cache
+            whose points are the face model's vertices in order). The mirrored pair is used for
+            flipped samples.
+        augment: a ``facerecon.data.augment.AugmentSettings`` to augment every item (training),
+            or None.
 
     Each item is a dict:
         ``image`` (3, 224, 224); ``points``, ``normals`` (P, 3) float32 crop units / unit vectors;
         ``regions`` (P,) int64; ``weights`` (P,) float32; ``colors`` (P, 3) float32 in [0, 1];
         ``landmarks`` (68, 3) float32 crop units; ``pose`` (3,) float32 yaw, pitch, roll degrees;
-        ``mm_per_unit`` () float32; ``index`` () int64 (row in the cache); ``id`` str.
+        ``mm_per_unit`` () float32; ``index`` () int64 (row in the cache); ``id`` str;
+        ``landmarks5`` (5, 2) float32 MTCNN's five points, crop units (NaN: none); ``vertices``
+        (V, 3) with a ``correspondence``.
     """
 
     def __init__(
@@ -55,6 +64,8 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         weights: Sequence[float] | None = None,
         seed: int = 0,
         return_image_float: bool = True,
+        correspondence: Any = None,
+        augment: Any = None,
     ) -> None:
         import h5py
 
@@ -74,6 +85,13 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.return_image_float = return_image_float
+        self.augment = augment
+        self.correspondence = None
+        if correspondence is not None:
+            parts = [np.asarray(c) for c in correspondence]
+            if len(parts) == 2:
+                parts = parts + parts
+            self.correspondence = (parts[0].astype(np.int64), parts[1].astype(np.float32), parts[2].astype(np.int64), parts[3].astype(np.float32))
         try:
             with h5py.File(self.path, "r") as f:
                 version = int(f.attrs.get("schema_version", -1))
@@ -82,6 +100,8 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                 split_arr = f["split"][:]
                 self.offsets = f["offsets"][:].astype(np.int64)
                 self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
+                if correspondence is not None and not bool(f.attrs.get("points_in_model_order", False)):
+                    raise InputError(f"{self.path}: per-vertex ground truth needs points in the face model's order (a 3DMM cache)")
         except OSError as exc:
             raise InputError(f"{self.path}: cannot open cache ({exc})") from None
         except KeyError as exc:
@@ -145,27 +165,60 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         points = f["points"][a:b]
         normals = f["normals"][a:b]
         colors = f["colors"][a:b]
+        aug_rng = np.random.default_rng([self.seed, self.epoch, row, 1]) if self.augment is not None else None
+        tf = None
+        if aug_rng is not None:
+            from facerecon.data.augment import draw_transform
+
+            tf = draw_transform(aug_rng, self.augment)
+        vertices = None
+        if self.correspondence is not None:
+            ids, bary, ids_m, bary_m = self.correspondence
+            if tf is not None and tf.flip:
+                ids, bary = ids_m, bary_m
+            vertices = (bary[:, :, None] * points[ids]).sum(1).astype(np.float32)
         if self.points_per_region is not None:
             rng = np.random.default_rng([self.seed, self.epoch, row])
             idx = self.draw(regions, rng)
             regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
-        image = torch.from_numpy(np.ascontiguousarray(f["images"][row].transpose(2, 0, 1)))
+        image_np = f["images"][row]
+        landmarks = f["landmarks"][row].astype(np.float32)
+        five = f["landmarks5"][row].astype(np.float32) if "landmarks5" in f else np.full((5, 2), np.nan, np.float32)
+        normals = normals.astype(np.float32)
+        if tf is not None:
+            from facerecon.data.augment import apply_geometry, apply_normals, flip_landmarks, photometric, warp_image
+
+            image_np = photometric(warp_image(tf, image_np), aug_rng, self.augment)
+            points = apply_geometry(tf, points)
+            normals = apply_normals(tf, normals)
+            landmarks = apply_geometry(tf, landmarks)
+            five = apply_geometry(tf, five) + aug_rng.normal(0.0, self.augment.five_noise, size=(5, 2)).astype(np.float32)
+            if vertices is not None:
+                vertices = apply_geometry(tf, vertices)
+            if tf.flip:
+                landmarks = flip_landmarks(landmarks)
+                five = flip_landmarks(five, five=True)
+        image = torch.from_numpy(np.ascontiguousarray(image_np.transpose(2, 0, 1)))
         if self.return_image_float:
             image = image.float().div_(255.0)
         regions_t = torch.from_numpy(regions.astype(np.int64))
-        return {
+        out = {
             "image": image,
-            "points": torch.from_numpy(points.astype(np.float32, copy=False)),
-            "normals": torch.from_numpy(normals.astype(np.float32)),
+            "points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
+            "normals": torch.from_numpy(normals),
             "regions": regions_t,
             "weights": torch.from_numpy(self.weights[regions]),
             "colors": torch.from_numpy(colors.astype(np.float32) / 255.0),
-            "landmarks": torch.from_numpy(f["landmarks"][row].astype(np.float32)),
+            "landmarks": torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)),
+            "landmarks5": torch.from_numpy(np.ascontiguousarray(five, dtype=np.float32)),
             "pose": torch.from_numpy(f["pose"][row].astype(np.float32)),
             "mm_per_unit": torch.tensor(float(f["mm_per_unit"][row]), dtype=torch.float32),
             "index": torch.tensor(row, dtype=torch.int64),
             "id": self._all_ids[row],
         }
+        if vertices is not None:
+            out["vertices"] = torch.from_numpy(vertices)
+        return out
 
 
 _POINT_KEYS = ("points", "normals", "regions", "weights", "colors")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,8 +242,9 @@ def _load_npz(path: Path) -> FaceModel:
                 sha256=str(z["sha256"]) if "sha256" in z else "",
                 sources=[path.name],
             )
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read face model ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise InputError(f"{path}: cannot read face model ({reason})") from None
 
 
 def _loadmat(path: Path) -> dict:
@@ -256,6 +258,13 @@ def _loadmat(path: Path) -> dict:
         raise InputError(f"{path}: cannot read .mat file ({type(exc).__name__}: {exc})") from None
 
 
+def _mat_field(path: Path, name: str) -> np.ndarray:
+    data = _loadmat(path)
+    if name not in data:
+        raise InputError(f"{path}: expected the array {name!r}")
+    return data[name]
+
+
 def _tri_rows(tri: np.ndarray, one_based: bool, where: Path) -> np.ndarray:
     tri = np.asarray(tri).astype(np.int64)
     if tri.ndim != 2 or 3 not in tri.shape:
@@ -265,28 +274,50 @@ def _tri_rows(tri: np.ndarray, one_based: bool, where: Path) -> np.ndarray:
     return np.ascontiguousarray(tri - (1 if one_based else 0))
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """``np.load`` of one array file, never pickles; a clear ``InputError`` naming a bad file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # truncated, not .npy, or an object array
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise InputError(f"{path}: cannot read this face-model array ({reason})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
+        raise InputError(f"{path}: expected a numeric array, got {getattr(arr, 'dtype', type(arr).__name__)}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"{path}: holds non-finite values (NaN or inf)")
+    return arr
+
+
 def _landmarks_beside(folder: Path) -> np.ndarray | None:
     if (folder / "landmark_ids.npy").is_file():
-        return np.load(folder / "landmark_ids.npy").reshape(-1).astype(np.int64)
+        return _load_npy(folder / "landmark_ids.npy").reshape(-1).astype(np.int64)
     if (folder / "landmark_ids.txt").is_file():
-        return np.loadtxt(folder / "landmark_ids.txt", dtype=np.int64).reshape(-1)
+        try:
+            return np.loadtxt(folder / "landmark_ids.txt", dtype=np.int64).reshape(-1)
+        except ValueError as exc:
+            raise InputError(f"{folder / 'landmark_ids.txt'}: expected 68 whole numbers ({exc})") from None
     if (folder / "keypoints_sim.npy").is_file():
-        return np.load(folder / "keypoints_sim.npy").reshape(-1)[0::3].astype(np.int64) // 3
+        return _load_npy(folder / "keypoints_sim.npy").reshape(-1)[0::3].astype(np.int64) // 3
     return None
 
 
 def _load_reduced(folder: Path) -> FaceModel:
     files = [folder / f for f in _REDUCED_FILES]
-    mean = np.load(files[0]).reshape(-1) + np.load(files[1]).reshape(-1)
-    w_shp, w_exp = np.load(files[2]), np.load(files[3])
-    landmark_ids = np.load(files[4]).reshape(-1)[0::3].astype(np.int64) // 3
+    u_shp, u_exp = _load_npy(files[0]).reshape(-1), _load_npy(files[1]).reshape(-1)
+    if u_shp.shape != u_exp.shape or u_shp.shape[0] % 3:
+        raise InputError(f"{folder}: u_shp.npy ({u_shp.shape[0]} values) and u_exp.npy ({u_exp.shape[0]}) must hold the same 3N values")
+    mean = u_shp + u_exp
+    w_shp, w_exp = _load_npy(files[2]), _load_npy(files[3])
+    if w_shp.ndim != 2 or w_exp.ndim != 2:
+        raise InputError(f"{folder}: w_shp_sim.npy and w_exp_sim.npy must be (3N, K) matrices, got {w_shp.shape} and {w_exp.shape}")
+    landmark_ids = _load_npy(files[4]).reshape(-1)[0::3].astype(np.int64) // 3
     tri_file = folder / "tri.mat"
     if tri_file.is_file():
         files.append(tri_file)
-        triangles = _tri_rows(_loadmat(tri_file)["tri"], one_based=True, where=tri_file)
+        triangles = _tri_rows(_mat_field(tri_file, "tri"), one_based=True, where=tri_file)
     elif (folder / "tri.npy").is_file():
         files.append(folder / "tri.npy")
-        triangles = _tri_rows(np.load(folder / "tri.npy"), one_based=False, where=folder / "tri.npy")
+        triangles = _tri_rows(_load_npy(folder / "tri.npy"), one_based=False, where=folder / "tri.npy")
     else:
         raise InputError(f"{folder}: the reduced 3DDFA model needs its triangles (tri.mat from 3DDFA's visualize/)")
     if w_shp.shape[0] != mean.shape[0] or w_exp.shape[0] != mean.shape[0]:
@@ -398,7 +429,7 @@ def _load_bfm_folder(folder: Path, shape_file: Path) -> FaceModel:
     tri_file = _find(folder, "tri.mat")
     if tri is None and tri_file is not None:
         files.append(tri_file)
-        tri = _tri_rows(_loadmat(tri_file)["tri"], one_based=True, where=tri_file)
+        tri = _tri_rows(_mat_field(tri_file, "tri"), one_based=True, where=tri_file)
     if tri is None:
         raise InputError(f"{folder}: no triangles found (tl, tri or a tri.mat beside the model)")
     if landmark_ids is None:

@@ -79,23 +79,6 @@ def image_to_crop(points_px: np.ndarray, box: tuple[float, float, float], z0_px:
     return out.astype(np.float32)
 
 
-def crop_to_image(points: np.ndarray, box: tuple[float, float, float], size: int | None = None) -> np.ndarray:
-    """Crop units -> image px (``size=None``) or crop-image px of a ``size`` x ``size`` crop.
-
-    Args:
-        points: ``(P, >=2)`` crop units (only x, y are used).
-        box: ``(x0, y0, side)`` image px.
-
-    Returns:
-        ``(P, 2)`` float64 pixel coordinates (0-based continuous).
-    """
-    x0, y0, side = (float(v) for v in box)
-    xy = (np.asarray(points, dtype=np.float64)[:, :2] + 1.0) * 0.5
-    if size is not None:
-        return xy * size
-    return xy * side + np.array([x0, y0])
-
-
 def landmark_box(landmarks_xy: np.ndarray, enlarge: float = BOX_ENLARGE) -> tuple[float, float, float]:
     """A square crop box from landmarks, like the detector's: the bounding box enlarged about its centre.
 

@@ -87,12 +87,3 @@ def process_group(rank: int, world_size: int, use_cuda: bool, local_rank: int | 
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
-
-
-def broadcast_object(info: DistInfo, obj: object) -> object:
-    """Rank 0's ``obj`` on every rank."""
-    if not info.distributed:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

@@ -82,14 +82,16 @@ def point_metrics(samples: Tensor, gt_points: Tensor, gt_lengths: Tensor, settin
     Returns:
         dict of (B,) float64 CPU tensors (see ``batch_metrics``).
     """
-    from facerecon.metrics import fscore
-    from facerecon.ops import chamfer_distance
+    from facerecon.metrics import fscore_from_neighbours
+    from facerecon.ops import nearest_neighbors
+    from facerecon.ops.chamfer import chamfer_from_neighbours
 
     gt = gt_points.to(samples.device, samples.dtype)
     lengths = gt_lengths.to(samples.device)
-    out: dict[str, Tensor] = {"chamfer": chamfer_distance(samples, gt, None, lengths, reduction="none").double().cpu()}
+    nn = nearest_neighbors(samples, gt, None, lengths)  # one search per direction feeds every metric
+    out: dict[str, Tensor] = {"chamfer": chamfer_from_neighbours(nn).double().cpu()}
     for name, tau in (("tau", settings.tau), ("2tau", 2 * settings.tau)):
-        p, r, f = fscore(samples, gt, tau=tau, gt_lengths=lengths)
+        p, r, f = fscore_from_neighbours(nn, tau * tau)
         out[f"precision@{name}"] = torch.as_tensor(p).double().cpu()
         out[f"recall@{name}"] = torch.as_tensor(r).double().cpu()
         out[f"fscore@{name}"] = torch.as_tensor(f).double().cpu()
@@ -188,6 +190,77 @@ def mean_face(cache: str, split: str = "train") -> tuple[Tensor, Tensor]:
     return torch.from_numpy((total / rows.size).astype(np.float32)), torch.from_numpy(landmarks.astype(np.float32))
 
 
+#: Interior edges whose two faces' normals differ by more than this are folds (degrees).
+FOLD_ANGLE_DEG = 60.0
+
+
+def fold_fraction(vertices: Tensor, faces: Tensor, angle_deg: float = FOLD_ANGLE_DEG) -> Tensor:
+    """Share of interior edges that are folds (the two faces' normals differ by more than
+    ``angle_deg``; trimesh's ``face_adjacency_angles`` measure), per mesh.
+
+    Args:
+        vertices: (B, V, 3) float. faces: (F, 3) int64 (shared).
+
+    Returns:
+        (B,) float64 fractions in [0, 1].
+    """
+    from facerecon.losses import face_adjacency, face_normals
+
+    n = face_normals(vertices.double(), faces)
+    pairs = face_adjacency(faces)
+    cos = (n[:, pairs[:, 0]] * n[:, pairs[:, 1]]).sum(-1)
+    return (cos < torch.cos(torch.deg2rad(torch.tensor(angle_deg, dtype=torch.float64)))).double().mean(1).cpu()
+
+
+class FivePointBaseline:
+    """The face model's mean face posed by a scaled-orthographic least-squares fit of its five
+    points (eye centres, nose tip, mouth corners, from its 68 landmark vertices) to MTCNN's five
+    points of each crop (``facerecon.model.face_prior.fit_scaled_orthographic``); depth origin at
+    its landmarks' mean depth, like the ground truth. A crop without five points (fallback) gets
+    the training crops' mean five points. The model-free baseline a network must beat."""
+
+    def __init__(self, cache: str) -> None:
+        import h5py
+        import numpy as np
+
+        from facerecon.errors import InputError
+        from facerecon.model.face_prior import five_points_from_68, model_mean_crop_axes
+
+        with h5py.File(cache, "r") as f:
+            if "face_model" not in f or "landmarks5" not in f:
+                raise InputError(f"{cache}: the five-point baseline needs a schema-2 cache of a 3DMM dataset (run prepare again)")
+            mean = model_mean_crop_axes(f["face_model/mean"][:])
+            self.faces = torch.from_numpy(f["face_model/triangles"][:].astype(np.int64))
+            lm_ids = f["face_model/landmark_ids"][:].astype(np.int64)
+            train = f["split"][:] == 0
+            five = f["landmarks5"][:][train]
+        ok = np.isfinite(five).all(axis=(1, 2))
+        self.five_ref = torch.from_numpy(five[ok].mean(0) if ok.any() else np.zeros((5, 2))).float()
+        scale = float(np.abs(mean[:, :2] - mean[:, :2].mean(0)).max())
+        self.vertices = torch.from_numpy((mean - mean.mean(0)) / scale).float()  # O(1) units for the fit
+        self.landmarks = self.vertices[torch.from_numpy(lm_ids)]
+        self.five3d = five_points_from_68(self.landmarks)
+
+    def predict(self, landmarks5: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 5, 2) crop units (NaN rows allowed) -> (vertices (B, N, 3), landmarks (B, 68, 3))."""
+        from facerecon.model.face_prior import fit_scaled_orthographic
+
+        five = landmarks5.float()
+        ok = torch.isfinite(five).all(-1).all(-1)
+        five = torch.where(ok[:, None, None], five, self.five_ref[None])
+        s, rot, t = fit_scaled_orthographic(self.five3d, five)
+
+        def pose(x: Tensor) -> Tensor:
+            p = s[:, None, None] * x[None] @ rot.transpose(1, 2)
+            return p + torch.cat([t, torch.zeros_like(t[:, :1])], 1)[:, None, :]
+
+        lms = pose(self.landmarks)
+        z0 = lms[..., 2].mean(1)
+        shift = torch.zeros(five.shape[0], 1, 3)
+        shift[..., 2] = -z0[:, None]
+        return pose(self.vertices) + shift, lms + shift
+
+
 def _baseline_points(points: Tensor, settings: EvalSettings) -> Tensor:
     """The baseline's point set for the point metrics: every mean point, or a seeded uniform
     subset of ``surface_samples`` of them (the mean face's vertices are its surface samples)."""
@@ -225,7 +298,8 @@ def evaluate_cache(
     limit: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Evaluate a network (or the ``baseline="mean"`` constant prediction) on a cache split.
+    """Evaluate a network (or a baseline: ``"mean"``, the constant mean face; ``"five-point"``,
+    the mean face posed by MTCNN's five points, see ``FivePointBaseline``) on a cache split.
 
     Ground truth: every point of each sample (no region draws). Each sample's metrics depend only
     on its own prediction and seed, so any ``batch_size`` gives the same numbers.
@@ -238,16 +312,18 @@ def evaluate_cache(
 
     if (network is None) == (baseline is None):
         raise InputError("evaluate a network or a baseline (one of them)")
-    if baseline not in (None, "mean"):
-        raise InputError(f"unknown baseline {baseline!r}: the available one is 'mean'")
+    if baseline not in (None, "mean", "five-point"):
+        raise InputError(f"unknown baseline {baseline!r}: use 'mean' or 'five-point'")
     device = torch.device(device)
     dataset = FaceCacheDataset(cache, split=split, points_per_region=None, seed=settings.seed)
     if len(dataset) == 0:
         raise InputError(f"{cache}: the {split} split is empty")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_faces)
-    mean_pts = mean_lms = None
-    if baseline == "mean":
+    mean_pts = mean_lms = five_point = None
+    if baseline == "five-point":
+        five_point = FivePointBaseline(cache)
+    elif baseline == "mean":
         mean_pts, mean_lms = mean_face(cache, "train")
         mean_pts = _baseline_points(mean_pts, settings).to(device)
         mean_lms = mean_lms.to(device)
@@ -260,10 +336,17 @@ def evaluate_cache(
         lengths = batch["lengths"].to(device)
         indices = [int(i) for i in batch["index"]]
         if network is not None:
-            pred = network(batch["image"].to(device))
+            from facerecon.model.network import forward_batch
+
+            pred = forward_batch(network, {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()})
             metrics = batch_metrics(
                 pred.vertices, pred.faces[-1], gt, lengths, indices, settings, pred.landmarks, batch["landmarks"]
             )
+            metrics["folds"] = fold_fraction(pred.vertices, pred.faces[-1]) * 100.0
+        elif five_point is not None:
+            verts, lms = five_point.predict(batch["landmarks5"])
+            metrics = batch_metrics(verts.to(device), five_point.faces.to(device), gt, lengths, indices, settings, lms, batch["landmarks"])
+            metrics["folds"] = fold_fraction(verts, five_point.faces) * 100.0
         else:
             samples = mean_pts.unsqueeze(0).expand(b, -1, -1).contiguous()
             metrics = point_metrics(samples, gt, lengths, settings)

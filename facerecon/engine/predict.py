@@ -9,6 +9,7 @@ z away from the camera, in px; docs/conventions.md), so the mesh overlays the ph
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
             configuration (another template or backbone), with both named.
     """
     from facerecon.config import Config
-    from facerecon.engine.train import load_checkpoint
+    from facerecon.engine.checkpoint import load_checkpoint
     from facerecon.model.network import build_network
 
     path = Path(checkpoint)
@@ -71,6 +72,11 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
     return LoadedModel(network, cfg, path, reference, device, info)
 
 
+def _round_list(values: Any, decimals: int) -> Any:
+    """A float array as nested lists rounded to ``decimals`` (plain floats, JSON-ready)."""
+    return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
+
+
 @dataclass
 class FaceResult:
     """One reconstructed face, everything in the original photo's pixel frame."""
@@ -84,33 +90,170 @@ class FaceResult:
     colors: np.ndarray  # (V, 3) uint8
     landmarks_px: np.ndarray | None  # (68, 3)
     pose: tuple[float, float, float] | None  # yaw, pitch, roll degrees
-    stages_px: list[np.ndarray]  # per block (V_l, 3)
+    stages_crop: list[np.ndarray]  # per block (V_l, 3), crop units
     stage_faces: list[np.ndarray]
 
+    @property
+    def stages_px(self) -> list[np.ndarray]:
+        """The mesh after each block in image px (computed when asked: only ``--stages`` needs it)."""
+        from facerecon.frames import crop_to_image_3d
+
+        return [crop_to_image_3d(s, self.crop.box) for s in self.stages_crop]
+
     def record(self) -> dict:
-        """The JSON record written beside the mesh."""
+        """The JSON record written beside the mesh.
+
+        Rounded to what the numbers mean: image px to 0.01 px (MTCNN's boxes are good to a few
+        px, the landmarks to about 1), the probability to 1e-6, angles to 0.01 degree.
+        """
+        crop = self.crop
+        prob = crop.probability
         return {
             "source": str(self.source),
             "face_index": self.face_index,
             "image_size": list(self.image_size),
-            "frame": "image px of the source photo: x right, y down, z away from the camera (px)",
-            **self.crop.to_dict(),
+            "frame": "image px: x right, y down, z away from the camera",
+            "box": _round_list(crop.box, 2),
+            "probability": None if not math.isfinite(prob) else round(float(prob), 6),
+            "landmarks5": None if crop.landmarks5 is None else _round_list(crop.landmarks5, 2),
+            "detection": None if crop.detection is None else _round_list(crop.detection, 2),
+            "fallback": bool(crop.fallback),
             "num_vertices": int(self.vertices_px.shape[0]),
             "num_faces": int(self.faces.shape[0]),
-            "landmarks68": None if self.landmarks_px is None else np.round(self.landmarks_px, 3).tolist(),
+            "landmarks68": None if self.landmarks_px is None else _round_list(self.landmarks_px, 2),
             "pose_degrees": None
             if self.pose is None
-            else {"yaw": round(self.pose[0], 3), "pitch": round(self.pose[1], 3), "roll": round(self.pose[2], 3)},
+            else {"yaw": round(self.pose[0], 2), "pitch": round(self.pose[1], 2), "roll": round(self.pose[2], 2)},
         }
 
 
 @dataclass
 class Timings:
+    decode: float = 0.0
     detect: float = 0.0
     network: float = 0.0
     export: float = 0.0
     images: int = 0
     faces: int = 0
+
+
+#: The colour source kept per face: the crop box enlarged by this factor (vertices can lie a
+#: little outside the box), resampled to COLOUR_SIZE px.
+COLOUR_ENLARGE = 1.5
+COLOUR_SIZE = 384
+
+
+@dataclass
+class PreparedFace:
+    """What the network and the export need of one face, without the photo itself.
+
+    A folder of huge photos then costs one decoded photo at a time, whatever the batch size:
+    the crop (the network's input), a colour source (the box region, enlarged, at a fixed
+    resolution) and the photo's size.
+    """
+
+    source: Path
+    face_index: int
+    image_size: tuple[int, int]  # (W, H)
+    crop: Any  # facerecon.detect.FaceCrop
+    pixels: np.ndarray  # (S, S, 3) uint8 network input crop
+    colour_box: tuple[float, float, float]
+    colour_pixels: np.ndarray  # (COLOUR_SIZE, COLOUR_SIZE, 3) uint8
+
+    def sample_colors(self, xy_px: np.ndarray) -> np.ndarray:
+        """Bilinear colours at image px (as sampling the photo, through the colour source)."""
+        from facerecon.data.ground_truth import sample_colors
+
+        x0, y0, side = self.colour_box
+        k = COLOUR_SIZE / side
+        return sample_colors(self.colour_pixels, (np.asarray(xy_px, dtype=np.float64) - [x0, y0]) * k)
+
+
+def prepare_face(source: Path, image: np.ndarray, crop: Any, face_index: int, size: int) -> PreparedFace:
+    """Cut what :class:`Predictor` needs from the photo (see :class:`PreparedFace`)."""
+    from facerecon.detect import crop_image
+
+    x0, y0, side = crop.box
+    big = side * COLOUR_ENLARGE
+    colour_box = (x0 + 0.5 * side - 0.5 * big, y0 + 0.5 * side - 0.5 * big, big)
+    return PreparedFace(
+        source=Path(source),
+        face_index=face_index,
+        image_size=(int(image.shape[1]), int(image.shape[0])),
+        crop=crop,
+        pixels=crop_image(image, crop.box, size=size),
+        colour_box=colour_box,
+        colour_pixels=crop_image(image, colour_box, size=COLOUR_SIZE),
+    )
+
+
+#: Photos of at least this many pixels are decoded by :func:`load_photo`'s lean path.
+LEAN_DECODE_PIXELS = 16_000_000
+
+
+def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
+    """:func:`facerecon.imageio.load_image`, with less memory for huge PNGs.
+
+    Pillow holds an RGB image as 4 bytes a pixel and ``load_image`` then copies it into numpy:
+    a 100 MP PNG peaks at ~1.3 GB. For a plain 8-bit RGB or grayscale PNG of at least
+    :data:`LEAN_DECODE_PIXELS` pixels with no EXIF rotation, OpenCV decodes straight into the
+    array (converted to RGB in place): the same pixels, one copy. Everything else (and every
+    error) goes through ``load_image``.
+    """
+    from facerecon.imageio import MAX_PIXELS, load_image
+
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            lean = (
+                im.format == "PNG"
+                and im.mode in ("RGB", "L")
+                and LEAN_DECODE_PIXELS <= im.size[0] * im.size[1] <= MAX_PIXELS
+                and "transparency" not in im.info
+                and im.getexif().get(0x0112, 1) == 1
+            )
+            size = im.size
+    except Exception:  # noqa: BLE001  (load_image reports the problem with its own words)
+        lean = False
+    if lean:
+        import cv2
+
+        flags = cv2.IMREAD_COLOR | getattr(cv2, "IMREAD_IGNORE_ORIENTATION", 0)
+        try:
+            bgr = cv2.imread(os.fspath(path), flags)
+        except cv2.error:
+            bgr = None
+        if bgr is not None and bgr.shape[:2] == (size[1], size[0]) and bgr.dtype == np.uint8:
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+    return load_image(path)
+
+
+def landmarks5_crop_units(crops: Sequence[Any]) -> np.ndarray:
+    """MTCNN's five points of each crop in crop units, ``(B, 5, 2)`` float32 (NaN rows: none).
+
+    ``x = 2 (x_px - x0) / side - 1`` and likewise y (``image_to_crop`` of
+    facerecon.data.ground_truth), in ``FaceCrop.landmarks5``'s order: left eye, right eye,
+    nose, left and right mouth corner.
+    """
+    out = np.full((len(crops), 5, 2), np.nan, np.float32)
+    for b, crop in enumerate(crops):
+        if crop.landmarks5 is None:
+            continue
+        x0, y0, side = (float(v) for v in crop.box)
+        lm = np.asarray(crop.landmarks5, dtype=np.float64).reshape(5, 2)
+        out[b] = 2.0 * (lm - [x0, y0]) / side - 1.0
+    return out
+
+
+def _accepts_landmarks5(network: torch.nn.Module) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(network.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "landmarks5" in params
 
 
 class Predictor:
@@ -122,6 +265,14 @@ class Predictor:
         self.all_faces = all_faces
         self.batch_size = max(1, batch_size)
         self.timings = Timings()
+        self.takes_landmarks5 = _accepts_landmarks5(model.network)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the crops cut for the network (the cache's crop size; the network resizes)."""
+        from facerecon.detect import CROP_SIZE
+
+        return CROP_SIZE
 
     def crops_of(self, image: np.ndarray) -> list[Any]:
         t0 = time.perf_counter()
@@ -129,58 +280,83 @@ class Predictor:
         self.timings.detect += time.perf_counter() - t0
         return crops
 
-    @torch.no_grad()
-    def reconstruct(self, items: Sequence[tuple[Path, np.ndarray, Any, int]]) -> list[FaceResult]:
-        """Run the network on (source, image, crop, face index) items, ``batch_size`` at a time."""
-        from facerecon.data.ground_truth import sample_colors
-        from facerecon.detect import crop_image
+    def prepare(self, source: Path, image: np.ndarray, crops: Sequence[Any]) -> list[PreparedFace]:
+        """The :class:`PreparedFace` of each crop of one photo (the photo can be released after)."""
+        return [prepare_face(source, image, crop, k, self.input_size) for k, crop in enumerate(crops)]
+
+    def run_network(self, pixels: np.ndarray, crops: Sequence[Any]) -> Any:
+        """The network on ``(B, S, S, 3)`` uint8 crops; MTCNN's five points go along when the
+        network's ``forward`` takes ``landmarks5`` (model v2). Returns its MeshPrediction."""
+        device = self.model.device
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float() / 255.0
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if self.takes_landmarks5:
+                five = torch.from_numpy(landmarks5_crop_units(crops)).to(device)
+                pred = self.model.network(batch, landmarks5=five)
+            else:
+                pred = self.model.network(batch)
+        self.timings.network += time.perf_counter() - t0
+        return pred
+
+    def reconstruct(self, items: Sequence[Any]) -> list[FaceResult]:
+        """Run the network on faces, ``batch_size`` at a time.
+
+        Args:
+            items: :class:`PreparedFace` objects, or ``(source, image, crop, face index)``
+                tuples (prepared here).
+        """
         from facerecon.frames import crop_to_image_3d, head_pose
 
-        from facerecon.detect import CROP_SIZE
-
-        size = CROP_SIZE  # as the cache's crops; the network resizes to model.image_size itself
-        net = self.model.network
+        prepared = [it if isinstance(it, PreparedFace) else prepare_face(it[0], it[1], it[2], it[3], self.input_size) for it in items]
         results: list[FaceResult] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            crops = np.stack([crop_image(img, crop.box, size=size) for _, img, crop, _ in chunk])
-            batch = torch.from_numpy(crops).to(self.model.device).permute(0, 3, 1, 2).float() / 255.0
-            t0 = time.perf_counter()
-            pred = net(batch)
-            self.timings.network += time.perf_counter() - t0
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start : start + self.batch_size]
+            pred = self.run_network(np.stack([p.pixels for p in chunk]), [p.crop for p in chunk])
             verts = pred.vertices.float().cpu().numpy()
             lms = None if pred.landmarks is None else pred.landmarks.float().cpu().numpy()
             cols = None if pred.colors is None else pred.colors.float().cpu().numpy()
             stages = [c.float().cpu().numpy() for c in pred.coords]
             stage_faces = [f.cpu().numpy().astype(np.int64) for f in pred.faces]
             faces = stage_faces[-1]
-            for b, (source, image, crop, k) in enumerate(chunk):
-                v_px = crop_to_image_3d(verts[b], crop.box)
+            for b, face in enumerate(chunk):
+                v_px = crop_to_image_3d(verts[b], face.crop.box)
                 if cols is not None:
                     colors = np.clip(cols[b] * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 else:
-                    colors = sample_colors(image, v_px[:, :2])
-                lm_px = None if lms is None else crop_to_image_3d(lms[b], crop.box)
+                    colors = face.sample_colors(v_px[:, :2])
+                lm_px = None if lms is None else crop_to_image_3d(lms[b], face.crop.box)
                 pose = None
                 if lms is not None and self.model.landmark_reference is not None:
                     pose = head_pose(lms[b], self.model.landmark_reference)
                 results.append(
                     FaceResult(
-                        source=source,
-                        face_index=k,
-                        image_size=(int(image.shape[1]), int(image.shape[0])),
-                        crop=crop,
+                        source=face.source,
+                        face_index=face.face_index,
+                        image_size=face.image_size,
+                        crop=face.crop,
                         vertices_px=v_px,
                         faces=faces,
                         colors=colors,
                         landmarks_px=lm_px,
                         pose=pose,
-                        stages_px=[crop_to_image_3d(s[b], crop.box) for s in stages],
+                        stages_crop=[s[b] for s in stages],
                         stage_faces=stage_faces,
                     )
                 )
-        self.timings.faces += len(items)
+        self.timings.faces += len(prepared)
         return results
+
+
+def write_record(path: Path, record: dict) -> None:
+    """The JSON record, compact (no indentation), atomically."""
+    import json
+
+    from facerecon.io_utils import atomic_open
+
+    text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
 
 
 def write_result(
@@ -191,9 +367,9 @@ def write_result(
     image: np.ndarray | None = None,
     overlay_mode: str = "shaded",
 ) -> list[Path]:
-    """Write the mesh, its JSON record (``<mesh>.json``), optionally the overlay PNG and the
-    per-block meshes (``<stem>.stage<l><suffix>``); each file atomically. Returns the paths."""
-    from facerecon.io_utils import write_json
+    """Write the mesh, its JSON record (``<mesh>.json``), optionally the overlay PNG (over
+    ``image``, the photo) and the per-block meshes (``<stem>.stage<l><suffix>``); each file
+    atomically. Returns the paths."""
     from facerecon.mesh.export import export_mesh
 
     written = []
@@ -216,7 +392,7 @@ def write_result(
         save_image(overlay_path, picture)
         record["overlay"] = overlay_path.name
         written.append(overlay_path)
-    write_json(json_path, record)
+    write_record(json_path, record)
     written.append(json_path)
     return written
 
@@ -255,5 +431,10 @@ __all__ = [
     "default_checkpoint",
     "resolve_checkpoint",
     "Timings",
+    "PreparedFace",
+    "prepare_face",
+    "landmarks5_crop_units",
+    "write_record",
+    "load_photo",
     "FaceReconError",
 ]

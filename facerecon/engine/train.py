@@ -15,7 +15,8 @@ Checkpoints are plain dicts of tensors and Python values, loadable with
 
 Resuming is exact on the CPU: the sampler order, the ground-truth draws (seeded by seed, epoch
 and sample index) and the RNG state are restored, so 2 epochs in one run equal 1 epoch + resume
-+ 1 epoch. A Ctrl-C saves ``last.pt`` mid-epoch (with ``step_in_epoch``) and exits cleanly.
++ 1 epoch. Ctrl-C or SIGTERM lets the step under way finish, then saves ``last.pt`` mid-epoch (with
+``step_in_epoch`` and the epoch's loss sums) and exits cleanly: resuming from it is bit-identical too.
 """
 
 from __future__ import annotations
@@ -47,9 +48,17 @@ from facerecon.engine.distributed import (
 from facerecon.engine.evaluate import EvalSettings, batch_metrics, summarise
 from facerecon.errors import FaceReconError, InputError
 from facerecon.io_utils import atomic_path, ensure_parent
+from facerecon.model.network import forward_batch
 
-CHECKPOINT_FORMAT = "facerecon-checkpoint"
-CHECKPOINT_VERSION = 1
+# Checkpoint I/O lives in engine.checkpoint; the names stay importable from here.
+from facerecon.engine.checkpoint import (  # noqa: E402,F401
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    clean_stale_temps,
+    export_inference_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -128,17 +137,19 @@ def _spawned_worker(
 
 
 def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
-    """Refuse what cannot work before anything is started (InputError)."""
+    """Refuse what cannot work before anything is started (InputError), and remove the
+    temporary checkpoint files a killed run left in the run folder.
+
+    The cache is checked whole (``facerecon.data.validate.check_cache``: its datasets, offsets
+    and every value training reads, once per file), so a damaged cache is named with the
+    sample at fault instead of failing, or silently training, later.
+    """
     if not Path(opts.cache).is_file():
         raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
-    import h5py
+    from facerecon.data.validate import check_cache
 
-    try:
-        with h5py.File(opts.cache, "r") as f:
-            if "split" not in f or "offsets" not in f:
-                raise InputError(f"{opts.cache}: not a facerecon cache (no split/offsets datasets)")
-    except OSError as exc:
-        raise InputError(f"{opts.cache}: cannot open cache ({exc})") from None
+    check_cache(opts.cache)
+    clean_stale_temps(opts.out)
     if opts.resume and not (Path(opts.out) / "last.pt").is_file():
         raise InputError(f"{opts.out}: nothing to resume (no last.pt in the run folder)")
     if not opts.resume and (Path(opts.out) / "last.pt").is_file():
@@ -169,7 +180,7 @@ def train_worker(
         if cfg.train.fit_template:  # the placement fitted when the run started
             saved = Config.from_dict(ckpt["config"]).model
             cfg = cfg.replace({"model.template_scale": list(saved.template_scale), "model.template_offset": list(saved.template_offset)})
-    elif cfg.train.fit_template:
+    elif cfg.train.fit_template and cfg.model.start == "template":
         cfg = fit_template_placement(cfg, opts.cache)
     tc = cfg.train
     say = reporter if (reporter is not None and rank == 0 and not opts.quiet) else (lambda _m: None)
@@ -177,7 +188,10 @@ def train_worker(
         device = info.device
         torch.manual_seed(tc.seed)
         model = build_network(cfg.model, device=device)
-        if not opts.resume and tc.init_landmarks and model.landmark_head is not None:
+        correspondence = None
+        if cfg.model.start == "prior" or cfg.loss.vertex > 0:
+            correspondence = _setup_prior(model, cfg, opts, say)
+        if cfg.model.start == "template" and not opts.resume and tc.init_landmarks and model.landmark_head is not None:
             mean_lms = _mean_train_landmarks(opts.cache)
             if mean_lms is not None:
                 model.landmark_head.init_from_layout(model.template_vertices(), mean_lms.to(device))
@@ -190,7 +204,8 @@ def train_worker(
 
         reference = landmark_reference_from_cache(opts.cache)
         out = Path(opts.out)
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": math.inf, "metrics": {}}
+        # "running": the epoch's loss sums so far (saved mid-epoch, so metrics.jsonl covers the whole epoch)
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": math.inf, "metrics": {}, "running": {}}
         if ckpt is not None:
             _check_resumable(cfg, ckpt, out / "last.pt")
             model.load_state_dict(ckpt["model"])
@@ -214,7 +229,19 @@ def train_worker(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
 
-        train_set = FaceCacheDataset(opts.cache, split="train", points_per_region=tuple(tc.points_per_region), seed=tc.seed)
+        augment = None
+        if tc.augment:
+            from facerecon.data.augment import AugmentSettings
+
+            augment = AugmentSettings.from_train_config(tc)
+        train_set = FaceCacheDataset(
+            opts.cache,
+            split="train",
+            points_per_region=tuple(tc.points_per_region),
+            seed=tc.seed,
+            correspondence=correspondence,
+            augment=augment,
+        )
         if len(train_set) == 0:
             raise InputError(f"{opts.cache}: the train split is empty")
         val_set = None
@@ -229,7 +256,9 @@ def train_worker(
         interrupted = False
         stop = False
         run_steps = 0
-        with _sigterm_as_interrupt(), _progress(opts, info, tc.epochs, steps_per_epoch, say) as progress:
+        forced = False
+        last_saved = -1  # global step of the last last.pt written by this run
+        with _stop_requests() as stop_request, _progress(opts, info, tc.epochs, steps_per_epoch, say) as progress:
             try:
                 for epoch in range(state["epoch"], tc.epochs):
                     train_set.set_epoch(epoch)
@@ -242,13 +271,17 @@ def train_worker(
                         collate_fn=collate_faces,
                         pin_memory=device.type == "cuda",
                         drop_last=False,
+                        generator=_loader_generator(tc.seed, epoch),  # not the global RNG: exact mid-epoch resume
+                        worker_init_fn=_ignore_stop_signals,  # the main process alone decides when to stop
                     )
                     model.train()
                     progress.start_epoch(epoch, state["step_in_epoch"])
+                    progress.restore(state["running"])
+                    state["running"] = {}
                     for batch in loader:
                         batch = _to_device(batch, device)
                         with torch.autocast(device_type=device.type, enabled=use_amp):
-                            pred = ddp_model(batch["image"])
+                            pred = forward_batch(ddp_model, batch)
                         losses = loss_fn(pred, batch, epoch=epoch + state["step_in_epoch"] / steps_per_epoch)
                         total, terms = losses.total, losses.terms
                         if not torch.isfinite(total):
@@ -270,6 +303,9 @@ def train_worker(
                         if opts.max_steps is not None and run_steps >= opts.max_steps:
                             stop = True
                             break
+                        if _agreed_stop(stop_request.requested, info, device):  # Ctrl-C / SIGTERM: stop at this step boundary
+                            interrupted = stop = True
+                            break
                     if stop and state["step_in_epoch"] < steps_per_epoch:
                         break  # mid-epoch stop: last.pt below records the position
                     scheduler.step()
@@ -290,13 +326,21 @@ def train_worker(
                         record.update({f"val_{k}": v for k, v in metrics.items()})
                         _append_jsonl(out / "metrics.jsonl", record)
                         say(_epoch_line(record))
+                    last_saved = state["global_step"]
                     barrier(info)
                     if stop:
                         break
-            except KeyboardInterrupt:
-                interrupted = True
-        if interrupted or (stop and state["step_in_epoch"] > 0):
-            if info.is_main:
+                    if _agreed_stop(stop_request.requested, info, device):  # came during validation or saving
+                        interrupted = True
+                        break
+            except KeyboardInterrupt:  # a second Ctrl-C: the step it broke is half done, save nothing
+                interrupted = forced = True
+        if forced:
+            say(f"interrupted again: stopped at once without saving; {out / 'last.pt'} holds the last save")
+        elif interrupted or (stop and state["step_in_epoch"] > 0):
+            if state["step_in_epoch"] > 0:
+                state["running"] = progress.running()
+            if info.is_main and last_saved != state["global_step"]:
                 save_checkpoint(out / "last.pt", _checkpoint(cfg, model, optimizer, scheduler, scaler, state, reference))
             if interrupted:
                 say(f"interrupted: saved {out / 'last.pt'}; continue with --resume")
@@ -335,7 +379,7 @@ def validate(
     records: dict[str, list[float]] = {}
     for batch in loader:
         batch = _to_device(batch, device)
-        pred = model(batch["image"])
+        pred = forward_batch(model, batch)
         metrics = batch_metrics(
             pred.vertices,
             pred.faces[-1],
@@ -389,6 +433,7 @@ def _checkpoint(
         "global_step": state["global_step"],
         "best": state["best"],
         "metrics": dict(state["metrics"]),
+        "running": dict(state.get("running") or {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -458,28 +503,6 @@ def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor
     return torch.from_numpy(mean.astype(np.float32))
 
 
-def save_checkpoint(path: Path, checkpoint: dict) -> None:
-    """``torch.save`` to a temporary file, renamed into place (never a half-written checkpoint)."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict:
-    """Load a facerecon checkpoint with ``weights_only=True``; clear errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, wrong file type
-        raise InputError(f"{path}: not a readable facerecon checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a facerecon checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
-        raise InputError(f"{path}: checkpoint format {ckpt.get('version')} is newer than this facerecon understands")
-    return ckpt
-
-
 def _check_resumable(cfg: Config, ckpt: dict, path: Path) -> None:
     saved = Config.from_dict(ckpt["config"])
     if saved.model != cfg.model:
@@ -493,6 +516,33 @@ def _set_rng(rng: dict) -> None:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _setup_prior(model: nn.Module, cfg: Config, opts: TrainOptions, say: Callable[[str], None]) -> tuple:
+    """The template-to-face-model correspondence (the per-vertex ground truth, both orientations
+    for flips) and, for a new model-v2 run, the shape basis learned from the training split."""
+    import numpy as np
+
+    from facerecon.model.face_prior import build_face_prior, read_correspondence_source, template_correspondence
+
+    template = model.hierarchy.template_vertices(model.num_blocks - 1).cpu().numpy()
+    src = read_correspondence_source(opts.cache)
+    if src is None:
+        raise InputError(
+            f"{opts.cache}: model.start = 'prior' and loss.vertex need ground truth in a face model's vertex order "
+            "(a schema-2 cache of a 3DMM dataset)"
+        )
+    mirrored = template * np.array([-1.0, 1.0, 1.0], dtype=template.dtype)
+    ids_m, bary_m = template_correspondence(src[0], src[1], mirrored)
+    if opts.resume or cfg.model.start != "prior":
+        ids, bary = template_correspondence(src[0], src[1], template)
+    else:
+        faces = model.hierarchy.faces(model.num_blocks - 1).cpu().numpy()
+        prior = build_face_prior(opts.cache, template, cfg.model.prior_components, template_faces=faces)
+        model.set_prior(prior)
+        ids, bary = prior.ids, prior.bary
+        say(f"face prior: {prior.basis.shape[0]} shape modes explain {100 * prior.explained:.1f} % of the aligned training faces")
+    return ids, bary, ids_m, bary_m
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -529,21 +579,70 @@ def _epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop) behaves like Ctrl-C: save and exit cleanly."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+def _loader_generator(seed: int, epoch: int) -> torch.Generator:
+    """The training loader's own generator (its worker seeds), seeded by seed and epoch: creating
+    the loader again on a mid-epoch resume then leaves the global RNG as an uninterrupted run's."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
 
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In a data-loader worker: ignore Ctrl-C and SIGTERM sent to the whole process group (torch
+    would end the worker and with it the batch the step under way waits for). The main process
+    finishes the step and shuts the workers down; they also end when it dies (torch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class _StopRequest:
+    """Set by the first Ctrl-C or SIGTERM; the loop stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[_StopRequest]:
+    """Ctrl-C and SIGTERM (a scheduler's stop) only ask the loop to stop: it finishes the step
+    under way, saves ``last.pt`` and returns, so the checkpoint never holds a half-done step
+    (BatchNorm statistics of an aborted forward pass). A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once (nothing is saved then). Forked data-loader workers inherit the
+    handler and ignore both signals (a signal to the whole process group must not kill the
+    batch the step under way waits for; the loader shuts them down), unless their parent is gone."""
+    request = _StopRequest()
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            if signum == signal.SIGTERM and os.getppid() != owner:  # orphaned: behave as by default
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if request.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.requested = True
+
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        previous = {}
     try:
-        yield
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _agreed_stop(requested: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether any rank was asked to stop (all ranks must stop after the same step)."""
+    if not info.distributed:
+        return requested
+    flag = torch.tensor([1.0 if requested else 0.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 class _Progress:
@@ -585,6 +684,17 @@ class _Progress:
             step = self.done + self.count
             self.log(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps}: {shown} | {rate:.2f} samples/s")
 
+    def running(self) -> dict:
+        """The epoch's sums so far (saved in a mid-epoch checkpoint)."""
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def restore(self, running: dict) -> None:
+        """Continue the sums of a resumed epoch (so its means cover every step of it)."""
+        if running:
+            self.sums = {str(k): float(v) for k, v in dict(running.get("sums", {})).items()}
+            self.count = int(running.get("count", 0))
+            self.done = max(0, self.done - self.count)  # the progress line shows done + count
+
     def epoch_means(self) -> dict[str, float]:
         out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
         out["samples_per_s"] = self.samples / max(time.perf_counter() - self.t0, 1e-9)
@@ -600,7 +710,7 @@ def _progress(
         return
     from rich.progress import TextColumn
 
-    from facerecon.cli._common import err_console, make_progress
+    from facerecon.progress import err_console, make_progress
 
     if not err_console.is_terminal:  # a log file: plain periodic lines instead of a live bar
         yield _Progress(None, epochs, steps, log=say)
@@ -608,17 +718,3 @@ def _progress(
     bar = make_progress(TextColumn("{task.fields[terms]}"))
     with bar:
         yield _Progress(bar, epochs, steps)
-
-
-def export_inference_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict:
-    """A training checkpoint without what only training needs (optimizer, schedule, scaler, RNG):
-    about a third of the size, still loadable by ``eval`` / ``predict`` and with
-    ``torch.load(weights_only=True)``. Written atomically. Returns the written dict."""
-    ckpt = load_checkpoint(src)
-    keep = ("format", "version", "facerecon_version", "config", "epoch", "global_step", "best", "metrics",
-            "model", "landmark_reference")
-    slim = {k: ckpt[k] for k in keep if k in ckpt}
-    slim["step_in_epoch"] = 0
-    slim["model"] = {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items()}
-    save_checkpoint(Path(dst), slim)
-    return slim

@@ -1,19 +1,21 @@
 """Write meshes and point clouds to the usual 3D formats, and read them back as numpy arrays.
 
-Meshes are written by trimesh with ``process=False``, so the vertex order and count are exactly
-the caller's (vertex ``i`` of a predicted mesh stays vertex ``i`` of the template), and every file
-is written atomically (:func:`facerecon.io_utils.atomic_path`): an interrupted or failed export
-leaves no file, not a half-written one.
+Meshes are written by vectorised writers of our own (numpy formats the whole array at once;
+``.glb`` goes through trimesh), so the vertex order and count are exactly the caller's (vertex
+``i`` of a predicted mesh stays vertex ``i`` of the template), and every file is written
+atomically (:func:`facerecon.io_utils.atomic_path`): an interrupted or failed export leaves no
+file, not a half-written one. Text formats keep 8 significant digits of the largest coordinate
+(:func:`decimals_for`: 4 decimals for image px up to 9999, finer than float32).
 
 Formats (chosen by the file extension, case-insensitive):
 
 ========  ===================  ===================================================================
 suffix    per-vertex colours   notes
 ========  ===================  ===================================================================
-``.obj``  yes (``v x y z r g b``)  text; coordinates with 8 decimals
-``.ply``  yes                  binary; coordinates as float64
+``.obj``  yes (``v x y z r g b``)  text; 8 significant digits; colours r/255 with 6 decimals
+``.ply``  yes                  binary little-endian; coordinates as float64, faces as int32
 ``.glb``  yes (``COLOR_0``)    binary glTF 2.0; coordinates as float32 (the format's type)
-``.off``  no                   text
+``.off``  no                   text; 8 significant digits
 ``.stl``  no                   binary triangle soup: shared vertices are not stored, so a reader
                                gets three vertices per face (:func:`load_geometry` merges them)
 ========  ===================  ===================================================================
@@ -25,6 +27,7 @@ normals, the Pixel2Mesh convention).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,9 @@ __all__ = [
     "export_mesh",
     "export_points",
     "load_geometry",
+    "mesh_bytes",
+    "format_fixed",
+    "decimals_for",
 ]
 
 #: Mesh formats :func:`export_mesh` writes and :func:`load_geometry` reads.
@@ -130,6 +136,170 @@ def _colors_uint8(path: Path, colors: object, count: int) -> np.ndarray:
     return np.round(arr * 255.0).astype(np.uint8)
 
 
+# --------------------------------------------------------------------------------------- text
+def decimals_for(values: np.ndarray, significant: int = 8) -> int:
+    """Decimals that keep ``significant`` digits of the largest magnitude (0 to 9).
+
+    Image px (up to a few thousand) get 4-5 decimals, crop units (~1) 7-8: below float32's
+    resolution either way, so a file read back as float32 is exact.
+    """
+    top = float(np.max(np.abs(values))) if values.size else 0.0
+    if not top > 0.0:
+        return 6
+    return int(np.clip(significant - 1 - math.floor(math.log10(top)), 0, 9))
+
+
+#: ASCII of 0000..9999, four digits each: numbers are written four digits per table lookup.
+_DIGITS4 = ((np.arange(10000)[:, None] // np.array([1000, 100, 10, 1])) % 10 + ord("0")).astype(np.uint8)
+
+
+def format_fixed(values: np.ndarray, decimals: int, sign: bool = True) -> np.ndarray:
+    """Numbers as fixed-width ASCII fields, all at once (no per-number Python).
+
+    Each number becomes ``" " + right-aligned [-]digits[.decimals]`` (a leading space as the
+    separator), the same width for every field, so rows of fields concatenate into lines. The
+    value is rounded to ``decimals`` digits (half away from zero at exact ties, as ``np.rint``
+    on the scaled value: to even), so reading the text back gives the rounded value exactly.
+
+    Args:
+        values: ``(N, K)`` finite floats (or ints); ``|value| * 10**decimals < 2**53``.
+        decimals: digits after the point (0: integers, no point).
+        sign: reserve room for a minus sign when a value is negative (indices: no need).
+
+    Returns:
+        ``(N, K * W)`` uint8 ASCII codes.
+    """
+    values = np.asarray(values)
+    n, k = values.shape
+    scaled = values.astype(np.float64) * 10.0**decimals if decimals else values.astype(np.float64)
+    q = np.rint(scaled).astype(np.int64)
+    neg = q < 0
+    mag = np.abs(q).ravel()
+    top = int(mag.max()) if mag.size else 0
+    num_digits = max(len(str(top)), decimals + 1)
+    groups = -(-num_digits // 4)
+    # digits, most significant first: four per lookup in the 0000..9999 table
+    chars = np.empty((n * k, 4 * groups), np.uint8)
+    rest = mag
+    for g in range(groups - 1, -1, -1):
+        rest, low = np.divmod(rest, 10000) if g else (rest, rest)
+        chars[:, 4 * g : 4 * g + 4] = _DIGITS4[low if g == 0 and groups == 1 else low % 10000]
+    chars = chars[:, 4 * groups - num_digits :]  # (n k, num_digits)
+    int_digits = num_digits - decimals
+    sign_slot = 1 if sign and bool(neg.any()) else 0
+    width = 1 + sign_slot + int_digits + (1 + decimals if decimals else 0)
+    out = np.full((n * k, width), ord(" "), np.uint8)
+    start = 1 + sign_slot
+    # integer part: leading zeros become spaces (the units digit always stays)
+    int_block = chars[:, :int_digits]
+    if int_digits > 1:
+        powers = 10 ** (np.arange(int_digits - 1, 0, -1, dtype=np.int64) + decimals)
+        hidden = mag[:, None] < powers  # (n k, int_digits - 1): True where a leading zero
+        int_block = int_block.copy()
+        int_block[:, :-1][hidden] = ord(" ")
+    else:
+        hidden = np.zeros((n * k, 0), bool)
+    out[:, start : start + int_digits] = int_block
+    if decimals:
+        out[:, start + int_digits] = ord(".")
+        out[:, start + int_digits + 1 :] = chars[:, int_digits:]
+    if sign_slot:
+        idx = np.flatnonzero(neg.ravel())
+        first = hidden[idx].sum(axis=1)  # position of the first digit shown
+        out[idx, start + first - 1] = ord("-")
+    return out.reshape(n, k * width)
+
+
+def _lines(prefix: bytes, *blocks: np.ndarray) -> bytes:
+    """``prefix`` + the blocks' bytes + newline for each row, as one bytes object."""
+    n = blocks[0].shape[0]
+    parts = [np.frombuffer(prefix, np.uint8)[None].repeat(n, 0)] if prefix else []
+    parts += list(blocks)
+    parts.append(np.full((n, 1), ord("\n"), np.uint8))
+    return np.concatenate(parts, axis=1).tobytes()
+
+
+#: " r/255" with 6 decimals for each byte value: the colour fields of an .obj line.
+_COLOUR_TEXT = format_fixed((np.arange(256, dtype=np.float64) / 255.0)[:, None], 6, sign=False)
+
+_FACE_TEXT_CACHE: dict[tuple[str, int, int], tuple[np.ndarray, bytes]] = {}
+
+
+def _face_text(prefix: bytes, faces: np.ndarray, base: int) -> bytes:
+    """The face lines (cached for the last topology of each kind: predict writes the same
+    template topology every time)."""
+    key = (prefix.decode(), base, faces.shape[0])
+    cached = _FACE_TEXT_CACHE.get(key)
+    if cached is not None and np.array_equal(cached[0], faces):
+        return cached[1]
+    text = _lines(prefix, format_fixed(faces + base, 0, sign=False))
+    _FACE_TEXT_CACHE[key] = (faces.copy(), text)
+    return text
+
+
+def _obj_bytes(v: np.ndarray, f: np.ndarray, c: Optional[np.ndarray]) -> bytes:
+    coords = format_fixed(v, decimals_for(v))
+    colour = None if c is None else _COLOUR_TEXT[c].reshape(len(v), -1)
+    head = f"# written by facerecon: {len(v)} vertices, {len(f)} faces\n".encode("ascii")
+    vertex_lines = _lines(b"v", coords, colour) if colour is not None else _lines(b"v", coords)
+    return head + vertex_lines + _face_text(b"f", f, 1)
+
+
+def _off_bytes(v: np.ndarray, f: np.ndarray) -> bytes:
+    head = f"OFF\n{len(v)} {len(f)} 0\n".encode("ascii")
+    return head + _lines(b"", format_fixed(v, decimals_for(v))) + _face_text(b"3", f, 0)
+
+
+def _ply_bytes(v: np.ndarray, f: np.ndarray, c: Optional[np.ndarray]) -> bytes:
+    fields = [("x", "<f8"), ("y", "<f8"), ("z", "<f8")]
+    if c is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertex = np.empty(len(v), dtype=fields)
+    vertex["x"], vertex["y"], vertex["z"] = v[:, 0], v[:, 1], v[:, 2]
+    if c is not None:
+        vertex["red"], vertex["green"], vertex["blue"] = c[:, 0], c[:, 1], c[:, 2]
+    face = np.empty(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    face["n"] = 3
+    face["i"] = f
+    ply_type = {"<f8": "double", "u1": "uchar"}
+    header = ["ply", "format binary_little_endian 1.0", "comment written by facerecon", f"element vertex {len(v)}"]
+    header += [f"property {ply_type[t]} {name}" for name, t in fields]
+    header += [f"element face {len(f)}", "property list uchar int vertex_indices", "end_header"]
+    return ("\n".join(header) + "\n").encode("ascii") + vertex.tobytes() + face.tobytes()
+
+
+def _stl_bytes(v: np.ndarray, f: np.ndarray) -> bytes:
+    tri = v[f]  # (F, 3, 3)
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    normal = np.divide(normal, length, out=np.zeros_like(normal), where=length > 0)
+    record = np.zeros(len(f), dtype=[("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attr", "<u2")])
+    record["normal"] = normal
+    record["vertices"] = tri
+    header = b"binary STL written by facerecon".ljust(80, b" ")
+    return header + np.uint32(len(f)).tobytes() + record.tobytes()
+
+
+def mesh_bytes(suffix: str, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray] = None) -> bytes:
+    """The file content :func:`export_mesh` writes for ``suffix`` (arrays already checked)."""
+    if suffix == ".obj":
+        return _obj_bytes(vertices, faces, colors)
+    if suffix == ".ply":
+        return _ply_bytes(vertices, faces, colors)
+    if suffix == ".off":
+        return _off_bytes(vertices, faces)
+    if suffix == ".stl":
+        return _stl_bytes(vertices, faces)
+    if suffix == ".glb":
+        import trimesh
+
+        mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False, validate=False)
+        if colors is not None:
+            mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=colors)
+        return bytes(mesh.export(file_type="glb"))
+    raise InputError(f"unknown mesh format {suffix!r}")
+
+
 # --------------------------------------------------------------------------------------- writing
 def export_mesh(
     path: str | os.PathLike[str],
@@ -151,21 +321,22 @@ def export_mesh(
         InputError: unknown extension (the message lists the supported ones), malformed arrays,
             or a folder that cannot be created or written.
     """
-    import trimesh
-
     path = Path(path)
     suffix = _suffix(path, MESH_FORMATS, "mesh")
     v = _points_array(path, vertices, "vertices")
     f = _faces_array(path, faces, len(v))
     c = None if colors is None else _colors_uint8(path, colors, len(v))
-    mesh = trimesh.Trimesh(vertices=v, faces=f, process=False, validate=False)
-    if c is not None and suffix in _COLOUR_FORMATS:
-        mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=c)
+    data = mesh_bytes(suffix, v, f, c if suffix in _COLOUR_FORMATS else None)
     with atomic_path(path) as tmp:
         try:
-            mesh.export(str(tmp), file_type=suffix[1:])
+            _write_bytes(tmp, data)
         except PermissionError:
             raise InputError(f"{path}: cannot write here (permission denied)") from None
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
 
 
 def export_points(

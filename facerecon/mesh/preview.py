@@ -7,7 +7,11 @@ servers; it needs the system library ``libusb-1.0-0``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,29 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def ensure_runtime_dir() -> None:
+    """Give the graphics stack a valid ``XDG_RUNTIME_DIR`` (a private folder of ours).
+
+    On servers and in containers it is often unset or points at a folder that does not exist,
+    and the EGL/Mesa path Open3D renders with then prints ``error: XDG_RUNTIME_DIR is invalid
+    or not set`` on every successful run. A valid one (a folder of this user, mode 0700) is
+    left as it is; otherwise a temporary one is made and removed when the process ends.
+    """
+    current = os.environ.get("XDG_RUNTIME_DIR")
+    if current:
+        try:
+            st = os.stat(current)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+                return
+        except OSError:
+            pass
+    private = tempfile.mkdtemp(prefix="facerecon-xdg-")  # mode 0700, owned by us
+    os.environ["XDG_RUNTIME_DIR"] = private
+    atexit.register(shutil.rmtree, private, True)
+
+
 def open3d_module():  # type: ignore[no-untyped-def]
+    ensure_runtime_dir()  # before Open3D (and the EGL libraries it loads) read it
     try:
         import open3d as o3d
     except (ImportError, OSError) as exc:  # OSError: a missing system library such as libusb

@@ -103,10 +103,6 @@ class MeshLevel:
     def num_vertices(self) -> int:
         return int(self.vertices.shape[0])
 
-    def neighbors(self, v: int) -> np.ndarray:
-        """The sorted neighbour ids of vertex ``v``, (deg,) int64."""
-        return self.adj_indices[self.adj_indptr[v] : self.adj_indptr[v + 1]]
-
 
 @dataclass(frozen=True)
 class Template:

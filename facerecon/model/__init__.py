@@ -8,7 +8,7 @@ Import the pieces from here::
 from facerecon.model.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
 from facerecon.model.graph import GraphConv, GResNet, MeshHierarchy, neighbour_sum
 from facerecon.model.network import ColourHead, DeformBlock, FaceReconNet, LandmarkHead, MeshPrediction, build_network
-from facerecon.model.pooling import PerceptualGraphConv, project, project_orthographic, project_pinhole, sample_vertex_features
+from facerecon.model.pooling import PerceptualGraphConv, project, project_orthographic, project_pinhole
 from facerecon.model.unpool import T_MIN, Unpool
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "project",
     "project_orthographic",
     "project_pinhole",
-    "sample_vertex_features",
     "T_MIN",
     "Unpool",
 ]

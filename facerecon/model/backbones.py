@@ -25,7 +25,6 @@ import os
 from typing import Any, Callable
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from facerecon.errors import InputError
@@ -114,8 +113,15 @@ def _resnet(name: str, ctor: Callable[..., nn.Module], caffe: bool = False) -> B
     return Backbone(name, net, stages, channels, [4, 8, 16, 32], caffe_bgr=caffe)
 
 
+def _torchvision_models() -> Any:
+    """``torchvision.models``, imported when a backbone needs it (the import takes seconds)."""
+    import torchvision
+
+    return torchvision.models
+
+
 def _vgg16() -> Backbone:
-    net = torchvision.models.vgg16(weights=None)
+    net = _torchvision_models().vgg16(weights=None)
     del net.classifier, net.avgpool
     f = net.features
     stages = [f[:16], f[16:23], f[23:30]]  # up to relu(conv3_3), relu(conv4_3), relu(conv5_3)
@@ -123,7 +129,9 @@ def _vgg16() -> Backbone:
 
 
 def _mobilenet_v2() -> Backbone:
-    net = torchvision.models.mobilenet_v2(weights=None)
+    from facerecon.model.mobilenet import mobilenet_v2  # torchvision's, without importing it (seconds)
+
+    net = mobilenet_v2(weights=None)
     del net.classifier
     f = net.features
     f[18] = nn.Identity()  # the 1280-channel head conv is not pooled from: drop its parameters
@@ -135,9 +143,9 @@ def _mobilenet_v2() -> Backbone:
 
 BACKBONES: dict[str, Callable[[], Backbone]] = {
     "vgg16": _vgg16,
-    "resnet18": lambda: _resnet("resnet18", torchvision.models.resnet18),
-    "resnet50": lambda: _resnet("resnet50", torchvision.models.resnet50),
-    "resnet50_vggface2": lambda: _resnet("resnet50_vggface2", torchvision.models.resnet50, caffe=True),
+    "resnet18": lambda: _resnet("resnet18", _torchvision_models().resnet18),
+    "resnet50": lambda: _resnet("resnet50", _torchvision_models().resnet50),
+    "resnet50_vggface2": lambda: _resnet("resnet50_vggface2", _torchvision_models().resnet50, caffe=True),
     "mobilenet_v2": _mobilenet_v2,
 }
 

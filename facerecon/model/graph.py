@@ -2,9 +2,10 @@
 
 Layout. The public entry points take per-vertex features as ``(B, V, C)``. Inside the network the
 features travel *vertex-major*, ``(V, B, C)``: the neighbour sum is then one sparse CSR product
-``A @ x.reshape(V, B*C)`` with no transposes. On this machine's CPU (B=4, V=10242, C=128) that
-sum takes 6.5 ms forward / 17 ms forward+backward, against 156 / 291 ms for ``index_add_`` over
-the edge list and 51 / 94 ms for a padded neighbour gather (``benchmarks/bench_model.py``).
+``A @ x.reshape(V, B*C)`` with no transposes. On the project's CPU (B=4, V=7001, C=128, one
+thread; ``benchmarks/bench_model.py``, table in docs/model.md "Speed") that sum takes 5.2 ms
+forward / 14.5 ms forward+backward, against 56.0 / 122.5 ms for ``index_add_`` over the edge list
+and 85.9 / 110.8 ms for a padded neighbour gather.
 
 The topology is shared by the whole batch and kept as dense index buffers (non-persistent: it is
 rebuilt from the template, so checkpoints stay small and DDP can broadcast it); the sparse CSR
@@ -235,12 +236,16 @@ class GraphConv(nn.Module):
 
     def forward_vertex_major(self, x: Tensor, adjacency: Tensor) -> Tensor:
         """Args: x (V, B, C_in) float; adjacency (V, V) sparse CSR. Returns (V, B, C_out)."""
-        out = nn.functional.linear(x, self.weight0, self.bias)
         if self.in_channels < self.out_channels:
+            out = nn.functional.linear(x, self.weight0, self.bias)
             agg = neighbour_sum(adjacency, x).to(x.dtype)
             return out + nn.functional.linear(agg, self.weight1)
-        h1 = nn.functional.linear(x, self.weight1)
-        return out + neighbour_sum(adjacency, h1).to(out.dtype)
+        # W0 and W1 in one GEMM over the same input (issue 10), then the neighbour sum of the W1 part
+        both = nn.functional.linear(x, torch.cat([self.weight0, self.weight1], 0))
+        out, h1 = both.split(self.out_channels, dim=-1)
+        if self.bias is not None:
+            out = out + self.bias
+        return out + neighbour_sum(adjacency, h1.contiguous()).to(out.dtype)
 
     def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
         """Args: x (B, V, C_in) float; adjacency (V, V) sparse CSR 0/1. Returns (B, V, C_out)."""

@@ -30,7 +30,7 @@ from facerecon.model.graph import GraphConv, GResNet, MeshHierarchy
 from facerecon.model.pooling import PerceptualGraphConv, project
 from facerecon.model.unpool import Unpool
 
-__all__ = ["MeshPrediction", "LandmarkHead", "ColourHead", "DeformBlock", "FaceReconNet", "build_network"]
+__all__ = ["MeshPrediction", "LandmarkHead", "ColourHead", "DeformBlock", "FaceReconNet", "build_network", "forward_batch"]
 
 
 @dataclass
@@ -46,6 +46,7 @@ class MeshPrediction:
         edges: per block (E_l, 2) int64 undirected edges (shared by the batch).
         colors: (B, V_L, 3) RGB in (0, 1) of the last block's vertices, or None.
         landmarks: (B, K, 3) crop units (K = 68), or None.
+        base: (B, V_L, 3) the posed prior face before refinement (model v2), or None.
     """
 
     coords: list[Tensor]
@@ -55,6 +56,7 @@ class MeshPrediction:
     edges: list[Tensor]
     colors: Tensor | None = None
     landmarks: Tensor | None = None
+    base: Tensor | None = None
 
     @property
     def vertices(self) -> Tensor:
@@ -140,7 +142,44 @@ class DeformBlock(nn.Module):
         return self.gresnet.forward_vertex_major(h, adjacency)
 
 
-class FaceReconNet(nn.Module):
+class MeshNetBase(nn.Module):
+    """What every facerecon network shares: ``cfg``, ``backbone``, ``hierarchy``, ``num_blocks``."""
+
+    cfg: ModelConfig
+    backbone: Backbone
+    hierarchy: MeshHierarchy
+    num_blocks: int
+
+    def _setup(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None) -> None:
+        """The shared part of every ``__init__``: the block count (checked against the template),
+        the configuration, the hierarchy and the backbone (frozen when asked)."""
+        blocks = hierarchy.num_levels if cfg.blocks is None else cfg.blocks
+        if not 1 <= blocks <= hierarchy.num_levels:
+            raise InputError(f"model.blocks = {blocks}: the template has {hierarchy.num_levels} levels")
+        self.cfg = cfg
+        self.num_blocks = blocks
+        self.hierarchy = hierarchy
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone, cfg.backbone_weights)
+        if cfg.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "MeshNetBase":
+        super().train(mode)
+        if self.cfg.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    @property
+    def num_vertices(self) -> int:
+        """V of the final mesh."""
+        return self.hierarchy.num_vertices(self.num_blocks - 1)
+
+    def faces(self, level: int | None = None) -> Tensor:
+        """(F, 3) int64 triangles of a block's mesh (default: the final one)."""
+        return self.hierarchy.faces(self.num_blocks - 1 if level is None else level)
+
+
+class FaceReconNet(MeshNetBase):
     """Pixel2Mesh for faces (see the module docstring). Build with ``build_network(cfg)``."""
 
     def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
@@ -151,17 +190,10 @@ class FaceReconNet(nn.Module):
             backbone: a prebuilt backbone; default ``build_backbone(cfg.backbone, cfg.backbone_weights)``.
         """
         super().__init__()
-        blocks = hierarchy.num_levels if cfg.blocks is None else cfg.blocks
-        if not 1 <= blocks <= hierarchy.num_levels:
-            raise InputError(f"model.blocks = {blocks}: the template has {hierarchy.num_levels} levels")
         if cfg.coord_mode not in ("offset", "absolute"):
             raise InputError(f"model.coord_mode = {cfg.coord_mode!r}: use 'offset' or 'absolute'")
-        self.cfg = cfg
-        self.num_blocks = blocks
-        self.hierarchy = hierarchy
-        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone, cfg.backbone_weights)
-        if cfg.freeze_backbone:
-            self.backbone.requires_grad_(False)
+        self._setup(cfg, hierarchy, backbone)
+        blocks = self.num_blocks
         scale = torch.tensor(cfg.template_scale, dtype=torch.float32)
         offset = torch.tensor(cfg.template_offset, dtype=torch.float32)
         self.register_buffer("template_scale", scale, persistent=False)
@@ -187,21 +219,6 @@ class FaceReconNet(nn.Module):
         self.landmark_head = LandmarkHead(cfg.num_landmarks, last_v) if cfg.landmarks else None
 
     # ------------------------------------------------------------------------------ helpers
-    def train(self, mode: bool = True) -> "FaceReconNet":
-        super().train(mode)
-        if self.cfg.freeze_backbone:
-            self.backbone.eval()
-        return self
-
-    @property
-    def num_vertices(self) -> int:
-        """V of the final mesh."""
-        return self.hierarchy.num_vertices(self.num_blocks - 1)
-
-    def faces(self, level: int | None = None) -> Tensor:
-        """(F, 3) int64 triangles of a block's mesh (default: the final one)."""
-        return self.hierarchy.faces(self.num_blocks - 1 if level is None else level)
-
     def initial_coords(self) -> Tensor:
         """(V_0, 3) float32 the level-0 template placed in the crop frame."""
         return self.hierarchy.vertices * self.template_scale + self.template_offset
@@ -261,7 +278,16 @@ class FaceReconNet(nn.Module):
         return MeshPrediction(out_coords, in_coords, out_feats, faces, edges, colors, landmarks)
 
 
-def build_network(cfg: ModelConfig, template: Any = None, device: torch.device | str | None = None) -> FaceReconNet:
+def forward_batch(model: nn.Module, batch: Any) -> MeshPrediction:
+    """The network on a data batch (a dict with ``image`` and, for model v2, ``landmarks5``):
+    model v2 networks (``model.start = "prior"``) also take MTCNN's five points."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if getattr(inner.cfg, "start", "template") == "prior":
+        return model(batch["image"], landmarks5=batch.get("landmarks5"))
+    return model(batch["image"])
+
+
+def build_network(cfg: ModelConfig, template: Any = None, device: torch.device | str | None = None) -> nn.Module:
     """The network of ``cfg`` on ``device``.
 
     Args:
@@ -275,5 +301,12 @@ def build_network(cfg: ModelConfig, template: Any = None, device: torch.device |
 
         template = load_template(cfg.template)
     hierarchy = template if isinstance(template, MeshHierarchy) else MeshHierarchy.from_template(template)
-    net = FaceReconNet(cfg, hierarchy)
+    if cfg.start == "prior":
+        from facerecon.model.prior_net import PriorFaceNet
+
+        net: nn.Module = PriorFaceNet(cfg, hierarchy)
+    elif cfg.start == "template":
+        net = FaceReconNet(cfg, hierarchy)
+    else:
+        raise InputError(f"model.start = {cfg.start!r}: use 'template' or 'prior'")
     return net.to(device) if device is not None else net

@@ -14,8 +14,10 @@ different CPU hashes to a different folder. Concurrent first use (DDP ranks) is 
 OS file lock (released by the kernel if a builder dies); a finished build is marked by a ``built``
 file written after the module loaded, and only marked builds are loaded without the lock.
 
-Run ``python -m facerecon.ops.build`` to build; it prints one line and exits 0 when the extension is
-usable, and also when it cannot be built but the pure-torch fallback works (exit 1 otherwise).
+Run ``python -m facerecon.ops.build`` to build; it prints one line and exits 0: the extension is
+ready, or it cannot be built and the line says why (nearest-neighbour ops then use the pure-torch
+fallback, which needs no build). This module also keeps the process's loaded extension
+(:func:`ensure_extension`); ``knn.py`` uses it, and nothing here imports ``knn``.
 """
 
 from __future__ import annotations
@@ -218,6 +220,70 @@ def load(spec: BuildSpec, build: bool = True, verbose: bool = False) -> Optional
         return module
 
 
+# ------------------------------------------------------------------- the extension of this process
+class _State:
+    """What this process knows about the extension: tried to load it, the module, why not."""
+
+    tried: bool = False
+    module: Optional[types.ModuleType] = None
+    directory: Optional[Path] = None
+    failure: Optional[str] = None
+    warned: bool = False  # the fallback warning of ``knn`` was shown
+
+
+_state = _State()
+
+
+def ensure_extension(verbose: bool = False) -> Optional[types.ModuleType]:
+    """Load the compiled extension, building it on first use (once per machine). None if impossible.
+
+    Tries the CUDA variant when a GPU, a CUDA torch and nvcc are present, and the CPU-only variant
+    otherwise or if that fails. The failure reason is kept for :func:`failure_reason`.
+    """
+    if _state.tried:
+        return _state.module
+    _state.tried = True
+    errors = []
+    variants = [True, False] if cuda_wanted() else [False]
+    for with_cuda in variants:
+        spec = make_spec(with_cuda)
+        try:
+            module = load(spec, build=True, verbose=verbose)
+        except Exception as exc:  # noqa: BLE001  (compiler, ninja, linker or import errors)
+            errors.append(f"{'CUDA' if with_cuda else 'CPU'} build failed: {_one_line(exc)}")
+            continue
+        _state.module, _state.directory = module, spec.directory
+        return module
+    _state.failure = "; ".join(errors) or "unknown reason"
+    return None
+
+
+def record_failure(exc: BaseException) -> None:
+    """Remember why the extension is unavailable (used by ``python -m facerecon.ops.build``)."""
+    _state.tried = True
+    _state.failure = _one_line(exc)
+
+
+def loaded_extension() -> Optional[types.ModuleType]:
+    """The extension module if it is loaded in this process (never builds)."""
+    return _state.module
+
+
+def loaded_directory() -> Optional[Path]:
+    """The cache folder the loaded extension came from."""
+    return _state.directory
+
+
+def failure_reason() -> str:
+    """Why the extension is unavailable ("" when it is loaded or was not tried)."""
+    return _state.failure or ""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m facerecon.ops.build [--verbose]``: build or load the extension, print one line."""
     import time
@@ -229,21 +295,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         warnings.simplefilter("ignore")
         import torch  # noqa: F401
 
-    from facerecon.ops import knn
-
     start = time.perf_counter()
     try:
-        knn.ensure_extension(verbose=verbose)
+        ensure_extension(verbose=verbose)
     except Exception as exc:  # noqa: BLE001  (any failure: report it, the fallback still works)
-        knn.record_failure(exc)
+        record_failure(exc)
     elapsed = time.perf_counter() - start
-    ext = knn.loaded_extension()
+    ext = loaded_extension()
     if ext is not None:
         kind = "C++/OpenMP + CUDA" if ext.with_cuda else "C++/OpenMP (CPU only)"
         print(f"facerecon nearest-neighbour extension: {kind} ready in {elapsed:.1f} s "
-              f"(cache {knn.loaded_directory()})")
+              f"(cache {loaded_directory()})")
         return 0
-    print(f"facerecon nearest-neighbour extension not built ({knn.failure_reason()}); "
+    print(f"facerecon nearest-neighbour extension not built ({failure_reason()}); "
           "using the pure-torch fallback")
     return 0
 

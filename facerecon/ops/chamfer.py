@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from facerecon.errors import InputError
-from facerecon.ops.knn import LengthsLike, nearest_neighbors
+from facerecon.ops.knn import LengthsLike, NNResult, nearest_neighbors
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -41,7 +41,7 @@ def chamfer_distance(pred: torch.Tensor, gt: torch.Tensor, pred_lengths: Lengths
     (the Pixel2Mesh convention: SQUARED distances, so the result is in squared input units, e.g.
     squared crop units). Differentiable w.r.t. ``pred`` and ``gt``.
 
-    Weighted variant (METHOD.md, TPAMI Pixel2Mesh): with ``gt_weights`` w (B, M) >= 0, each
+    Weighted variant (TPAMI Pixel2Mesh; docs/ops.md): with ``gt_weights`` w (B, M) >= 0, each
     gt->pred term is weighted by its gt point's weight and each pred->gt term by the weight of the
     pred point's nearest gt point q(p), and both means become weighted means:
     ``CD_b = sum_p w_q(p) d_p / sum_p w_q(p) + sum_q w_q d_q / sum_q w_q``.
@@ -61,10 +61,19 @@ def chamfer_distance(pred: torch.Tensor, gt: torch.Tensor, pred_lengths: Lengths
     if reduction not in _REDUCTIONS:
         raise InputError(f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
     nn = nearest_neighbors(pred, gt, pred_lengths, gt_lengths)
+    return chamfer_from_neighbours(nn, gt_weights, gt, reduction)
+
+
+def chamfer_from_neighbours(nn: NNResult, gt_weights: Optional[torch.Tensor] = None, gt: Optional[torch.Tensor] = None,
+                            reduction: str = "none") -> torch.Tensor:
+    """:func:`chamfer_distance` from a nearest-neighbour result already computed (one search can
+    feed Chamfer and any number of F-score thresholds). ``gt`` is needed only with ``gt_weights``."""
+    if reduction not in _REDUCTIONS:
+        raise InputError(f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
     valid_p = nn.idx_xy >= 0
     valid_g = nn.idx_yx >= 0
     if gt_weights is None:
-        w_p, w_g = valid_p.to(pred.dtype), valid_g.to(pred.dtype)
+        w_p, w_g = valid_p.to(nn.dist_xy.dtype), valid_g.to(nn.dist_xy.dtype)
     else:
         w_g = _check_weights(gt_weights, gt, valid_g).detach()
         w_p = torch.where(valid_p, torch.gather(w_g, 1, nn.idx_xy.clamp_min(0)), torch.zeros_like(nn.dist_xy))

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import types
 import warnings
-from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
+import facerecon.ops.build as build
 from facerecon.errors import DependencyError, InputError
 
 LengthsLike = Union[torch.Tensor, Sequence[int], None]
@@ -43,17 +43,6 @@ class NNResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------- extension
-class _State:
-    tried: bool = False
-    module: Optional[types.ModuleType] = None
-    directory: Optional[Path] = None
-    failure: Optional[str] = None
-    warned: bool = False
-
-
-_state = _State()
-
-
 def _forced() -> str:
     value = os.environ.get("FACERECON_NN_BACKEND", "auto").strip().lower() or "auto"
     if value not in ("auto", "torch", "cpp", "cuda"):
@@ -61,72 +50,21 @@ def _forced() -> str:
     return value
 
 
-def ensure_extension(verbose: bool = False) -> Optional[types.ModuleType]:
-    """Load the compiled extension, building it on first use (once per machine). None if impossible.
-
-    Tries the CUDA variant when a GPU, a CUDA torch and nvcc are present, and the CPU-only variant
-    otherwise or if that fails. The failure reason is kept for :func:`failure_reason`.
-    """
-    if _state.tried:
-        return _state.module
-    _state.tried = True
-    from facerecon.ops import build
-
-    errors = []
-    variants = [True, False] if build.cuda_wanted() else [False]
-    for with_cuda in variants:
-        spec = build.make_spec(with_cuda)
-        try:
-            module = build.load(spec, build=True, verbose=verbose)
-        except Exception as exc:  # noqa: BLE001  (compiler, ninja, linker or import errors)
-            errors.append(f"{'CUDA' if with_cuda else 'CPU'} build failed: {_one_line(exc)}")
-            continue
-        _state.module, _state.directory = module, spec.directory
-        return module
-    _state.failure = "; ".join(errors) or "unknown reason"
-    return None
-
-
-def record_failure(exc: BaseException) -> None:
-    """Remember why the extension is unavailable (used by ``python -m facerecon.ops.build``)."""
-    _state.tried = True
-    _state.failure = _one_line(exc)
-
-
-def loaded_extension() -> Optional[types.ModuleType]:
-    """The extension module if it is loaded in this process (never builds)."""
-    return _state.module
-
-
-def loaded_directory() -> Optional[Path]:
-    """The cache folder the loaded extension came from."""
-    return _state.directory
-
-
-def failure_reason() -> str:
-    """Why the extension is unavailable ("" when it is loaded or was not tried)."""
-    return _state.failure or ""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."
-
-
 def _extension_for(device: torch.device) -> Optional[types.ModuleType]:
     """The extension to use for tensors on ``device``, or None for the torch fallback."""
     forced = _forced()
     if forced == "torch":
         return None
-    module = ensure_extension()
+    module = build.ensure_extension()
     usable = module is not None and (device.type == "cpu" or (device.type == "cuda" and module.with_cuda))
     if usable:
         return module
-    reason = _state.failure or f"the extension has no kernel for {device.type} tensors"
+    state = build._state
+    reason = state.failure or f"the extension has no kernel for {device.type} tensors"
     if forced in ("cpp", "cuda"):
         raise DependencyError(f"FACERECON_NN_BACKEND={forced} but the compiled extension is unavailable: {reason}")
-    if not _state.warned:
-        _state.warned = True
+    if not state.warned:
+        state.warned = True
         warnings.warn(
             f"facerecon: compiled nearest-neighbour extension unavailable ({reason}); using the slower "
             "pure-torch fallback. Run `python -m facerecon.ops.build --verbose` to see why.",
@@ -158,12 +96,11 @@ def backend(device: Union[torch.device, str, None] = None) -> str:
 
 def backend_summary() -> str:
     """One line naming the backend in use and the build cache. Never compiles anything."""
-    from facerecon.ops import build
-
     forced = _forced()
     threads = torch.get_num_threads()
-    module, directory = _state.module, _state.directory
-    if module is None and forced != "torch" and not _state.tried:
+    state = build._state
+    module, directory = state.module, state.directory
+    if module is None and forced != "torch" and not state.tried:
         for with_cuda in ([True, False] if build.cuda_wanted() else [False]):
             spec = build.make_spec(with_cuda)
             if build.is_built(spec):
@@ -171,7 +108,7 @@ def backend_summary() -> str:
                     module = build.load(spec, build=False)
                 except Exception:  # noqa: BLE001  (a broken cache entry: report as not built)
                     continue
-                _state.tried, _state.module, _state.directory = True, module, spec.directory
+                state.tried, state.module, state.directory = True, module, spec.directory
                 directory = spec.directory
                 break
     if forced == "torch":
@@ -180,8 +117,8 @@ def backend_summary() -> str:
         cuda = "built" if module.with_cuda else "not built"
         return (f"nearest neighbours: compiled C++/OpenMP ({threads} threads), CUDA: {cuda}; "
                 f"cache {directory}")
-    if _state.failure:
-        return f"nearest neighbours: pure torch fallback (build failed: {_state.failure})"
+    if state.failure:
+        return f"nearest neighbours: pure torch fallback (build failed: {state.failure})"
     return (f"nearest neighbours: compiled extension not built yet (built at first use or by "
             f"`python -m facerecon.ops.build`), cache {build.cache_root()}")
 

@@ -1,0 +1,240 @@
+"""Checkpoint files: the one place that writes and reads them (train, eval, predict, export).
+
+A checkpoint is a plain dict of tensors and Python values, loadable with
+``torch.load(path, weights_only=True)`` (see ``facerecon.engine.train`` for the keys).
+
+* :func:`save_checkpoint` serialises in memory first, then writes a temporary file beside the
+  target, fsyncs and renames it into place: a full disk or a kill leaves the previous file
+  untouched, and a full disk is reported as one line naming the file.
+* :func:`load_checkpoint` refuses, with one line naming the file, what is not a facerecon
+  checkpoint: an empty or truncated file, a pickle that needs code to load (never executed),
+  a missing ``config`` or ``model``, non-finite weights, and model sizes no network could have
+  (``model.hidden = 1e6``) before anything is allocated.
+* :func:`clean_stale_temps` removes the temporary files a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import math
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facerecon.errors import FaceReconError, InputError
+
+CHECKPOINT_FORMAT = "facerecon-checkpoint"
+CHECKPOINT_VERSION = 1
+
+#: Upper bounds of the model sizes a checkpoint may ask for (far above any real network; a
+#: hand-edited value above them would allocate gigabytes before failing).
+MODEL_LIMITS = {
+    "hidden": 8192,
+    "head_hidden": 65_536,
+    "layers_per_block": 512,
+    "blocks": 64,
+    "num_landmarks": 100_000,
+    "image_size": 8192,
+    "prior_components": 10_000,
+}
+#: The same for the per-block lists (every entry).
+MODEL_LIST_LIMITS = {
+    "hidden_per_block": 8192,
+    "layers_per_block_list": 512,
+    "spiral_widths": 8192,
+    "spiral_hops": 64,
+}
+
+#: The temporary files a writer killed mid-save leaves in a run folder (``atomic_path`` names
+#: them ``.STEM.RANDOM.tmp.SUFFIX``): the checkpoints, the metrics log and the configuration.
+RUN_TEMPORARIES = (".last.*.tmp.pt", ".best.*.tmp.pt", ".metrics.*.tmp.jsonl", ".config.*.tmp.json")
+
+
+class CheckpointWriteError(FaceReconError):
+    """A checkpoint could not be written (full disk, permissions); the previous file is intact."""
+
+    exit_code = 1
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (never a half-written checkpoint).
+
+    Raises:
+        CheckpointWriteError: the file could not be written (e.g. no space left on the device);
+            whatever ``path`` held before is unchanged and the temporary file is removed.
+    """
+    from facerecon.io_utils import atomic_path
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)  # serialisation errors are bugs, not I/O: let them surface
+    size = buffer.tell()
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                _write_all(fh, buffer)
+    except InputError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = _free_bytes(path.parent)
+            reason = f"no space left on the device ({size / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)"
+        kept = " the previous one is kept" if path.exists() else " nothing was written"
+        raise CheckpointWriteError(f"{path}: cannot write the checkpoint: {reason};{kept}") from None
+
+
+def _write_all(fh: Any, buffer: io.BytesIO) -> None:
+    view = buffer.getbuffer()
+    try:
+        fh.write(view)
+    finally:
+        view.release()
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict:
+    """Load a facerecon checkpoint with ``weights_only=True`` and check it (see the module docstring).
+
+    Raises:
+        InputError: one line naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
+    if size == 0:
+        raise InputError(f"{path}: the checkpoint is empty (0 bytes; an interrupted copy or download?)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warnings: the error below says it all
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror or first_line(exc)})") from None
+    except Exception as exc:  # pickle errors, truncated zip, wrong file type
+        raise InputError(f"{path}: {_load_failure(exc)}") from None
+    check_checkpoint(ckpt, path)
+    return ckpt
+
+
+def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> None:
+    """Refuse a loaded dict that is not a usable facerecon checkpoint (InputError naming ``path``)."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a facerecon checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    try:
+        version = int(ckpt.get("version", 0))
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: its format version {ckpt.get('version')!r} is not a number") from None
+    if version > CHECKPOINT_VERSION:
+        raise InputError(f"{path}: checkpoint format {version} is newer than this facerecon understands")
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: the checkpoint has no 'config' (the network it holds cannot be built)")
+    model_cfg = config.get("model", {})
+    if not isinstance(model_cfg, dict):
+        raise InputError(f"{path}: its 'config.model' is not a table")
+    checks = [(key, model_cfg.get(key), limit) for key, limit in MODEL_LIMITS.items()]
+    for key, limit in MODEL_LIST_LIMITS.items():
+        values = model_cfg.get(key)
+        if isinstance(values, (list, tuple)):
+            checks += [(f"{key}[{i}]", v, limit) for i, v in enumerate(values)]
+        elif values is not None:
+            raise InputError(f"{path}: its config has model.{key} = {values!r}; expected a list of whole numbers")
+    for key, value, limit in checks:
+        if value is None or isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value) or not 0 < value <= limit:
+            raise InputError(f"{path}: its config has model.{key} = {value!r}; expected a whole number from 1 to {limit}")
+    state = ckpt.get("model")
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"{path}: the checkpoint has no 'model' weights")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue  # a module's extra state (plain values): nothing to check
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{path}: weight {name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def export_inference_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict:
+    """A training checkpoint without what only training needs (optimizer, schedule, scaler, RNG):
+    about a third of the size, still loadable by ``eval`` / ``predict`` and with
+    ``torch.load(weights_only=True)``. Written atomically. Returns the written dict."""
+    ckpt = load_checkpoint(src)
+    keep = ("format", "version", "facerecon_version", "config", "epoch", "global_step", "best", "metrics",
+            "model", "landmark_reference")
+    slim = {k: ckpt[k] for k in keep if k in ckpt}
+    slim["step_in_epoch"] = 0
+    slim["model"] = {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items()}
+    save_checkpoint(Path(dst), slim)
+    return slim
+
+
+def clean_stale_temps(folder: str | os.PathLike[str], patterns: tuple[str, ...] = RUN_TEMPORARIES) -> list[Path]:
+    """Remove the temporary files a writer killed mid-save left in ``folder`` (see
+    :data:`RUN_TEMPORARIES`). Call it when a run starts, before anything is written.
+    Returns the removed paths."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for pattern in patterns:
+        for tmp in folder.glob(pattern):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (its type name when it has none), whole."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line:
+            return line
+    return type(exc).__name__
+
+
+def _load_failure(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, EOFError) or "unexpected EOF" in text or "failed finding central directory" in text:
+        return "the checkpoint is truncated or not a checkpoint file (an interrupted copy?)"
+    if "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"the checkpoint holds pickled Python objects{what}, which facerecon does not load "
+            f"(loading them can run code); save it again as plain tensors and values"
+        )
+    return f"not a readable facerecon checkpoint ({type(exc).__name__}: {first_line(exc)})"
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CheckpointWriteError",
+    "check_checkpoint",
+    "clean_stale_temps",
+    "export_inference_checkpoint",
+    "first_line",
+    "load_checkpoint",
+    "save_checkpoint",
+]

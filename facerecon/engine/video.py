@@ -1,0 +1,272 @@
+"""Video and camera input for ``facerecon predict``: one mesh per frame, one JSONL for the clip.
+
+Frames come from OpenCV (:func:`open_frames`: a file, or a camera by index). Every ``every``-th
+frame is reconstructed; the face is *tracked* from frame to frame: MTCNN's last stage (O-Net)
+alone re-scores the previous frame's face box (:meth:`facerecon.detect.FaceDetector.track`),
+and the full detection runs only on the first frame, when that score drops below
+``min_probability`` or the box drifts (IoU < 0.5 with the previous one), and every
+``redetect_every`` frames as a safeguard. So most frames skip detection.
+
+Outputs in the output folder: ``frame_<index>.<ext>`` per reconstructed frame (index in the
+video, 0-based, six digits) and ``frames.jsonl``, one JSON object per reconstructed frame:
+``frame``, ``time`` (s), ``tracked`` (true when the detection was skipped), the crop ``box``,
+``probability``, ``landmarks5``, ``landmarks68``, ``pose_degrees`` and ``mesh`` (as the photo
+records of ``facerecon predict``, in the frame's px; no per-frame JSON file beside the meshes). ``frames.jsonl`` is written to a temporary
+file and renamed into place when the run ends, however it ends (Ctrl-C, SIGTERM, an error): it
+then holds every frame whose mesh was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from facerecon.errors import InputError
+
+__all__ = ["FrameSource", "open_frames", "VideoPredictor", "VideoSummary"]
+
+
+class FrameSource:
+    """Frames of a video file or a camera, RGB uint8, with their index and time.
+
+    Iterating yields ``(index, time_s, frame)`` for every ``every``-th frame (the others are
+    only grabbed, not decoded into arrays).
+    """
+
+    def __init__(self, capture: Any, name: str, is_camera: bool) -> None:
+        self.capture = capture
+        self.name = name
+        self.is_camera = is_camera
+        import cv2
+
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count: int | None = count if count > 0 and not is_camera else None
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if fps > 0 else 30.0
+
+    def frames(self, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+        import cv2
+
+        index = 0
+        start = time.perf_counter()
+        try:
+            while True:
+                if index % every:
+                    if not self.capture.grab():
+                        return
+                    index += 1
+                    continue
+                ok, bgr = self.capture.read()
+                if not ok or bgr is None:
+                    return
+                t = time.perf_counter() - start if self.is_camera else index / self.fps
+                if bgr.ndim == 2:
+                    rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+                else:
+                    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                yield index, t, rgb
+                index += 1
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.capture.release()
+
+
+def open_frames(path: str | os.PathLike[str] | None, camera: int | None = None) -> FrameSource:
+    """Open a video file or camera ``camera`` (an index).
+
+    Raises:
+        InputError: one line naming the file (unreadable, no video stream) or the camera (none
+            at that index on this machine).
+    """
+    import cv2
+
+    with contextlib.suppress(Exception):  # OpenCV's own warnings would add lines to ours
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    if camera is not None:
+        if camera < 0:
+            raise InputError(f"--camera {camera}: a camera index is >= 0")
+        if sys.platform.startswith("linux") and not Path(f"/dev/video{camera}").exists():
+            raise InputError(f"--camera {camera}: no camera on this machine (/dev/video{camera} does not exist)")
+        capture = cv2.VideoCapture(camera)
+        if not capture.isOpened():
+            raise InputError(f"--camera {camera}: the camera cannot be opened (in use, or no permission)")
+        return FrameSource(capture, f"camera {camera}", is_camera=True)
+    path = Path(path)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise InputError(f"{path}: no such video file")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"{path}: cannot read as a video (not a video file, or a codec OpenCV lacks)")
+    ok = capture.grab()
+    if not ok:
+        capture.release()
+        raise InputError(f"{path}: the video has no readable frame")
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    if int(capture.get(cv2.CAP_PROP_POS_FRAMES) or 0) != 0:  # cannot seek back: reopen
+        capture.release()
+        capture = cv2.VideoCapture(str(path))
+    return FrameSource(capture, str(path), is_camera=False)
+
+
+@dataclass
+class VideoSummary:
+    """What a video run did, with its time per stage (seconds, totals)."""
+
+    frames: int = 0
+    detections: int = 0
+    tracked: int = 0
+    no_face: int = 0
+    decode: float = 0.0
+    detect: float = 0.0
+    network: float = 0.0
+    export: float = 0.0
+    elapsed: float = 0.0
+    jsonl: Path = Path("frames.jsonl")
+
+    @property
+    def fps(self) -> float:
+        """Reconstructed frames per second, end to end (decode, detection, network, files)."""
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class VideoPredictor:
+    """Per-frame meshes with face tracking (see the module docstring).
+
+    Args:
+        model: a :class:`facerecon.engine.predict.LoadedModel`.
+        device: where MTCNN runs.
+        min_probability: MTCNN's face probability for a detection and for keeping a track.
+        every: reconstruct every Nth frame.
+        mesh_format: ``.obj``, ``.ply``, ...
+        stages: also write the per-block meshes.
+        redetect_every: a full detection at least every this many reconstructed frames (0: never
+            while the track holds).
+        detector: a :class:`facerecon.detect.FaceDetector` to use instead of a new one.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device: str = "cpu",
+        min_probability: float = 0.9,
+        every: int = 1,
+        mesh_format: str = ".obj",
+        stages: bool = False,
+        redetect_every: int = 60,
+        detector: Any = None,
+    ) -> None:
+        from facerecon.detect import FaceDetector
+        from facerecon.engine.predict import Predictor
+
+        if every < 1:
+            raise InputError(f"--every must be >= 1, got {every}")
+        self.detector = detector if detector is not None else FaceDetector(device=device, min_probability=min_probability)
+        self.predictor = Predictor(model, self.detector, all_faces=False, batch_size=1)
+        self.every = int(every)
+        self.mesh_format = mesh_format if mesh_format.startswith(".") else "." + mesh_format
+        self.stages = stages
+        self.redetect_every = int(redetect_every)
+
+    def _write_meshes(self, result: Any, mesh_path: Path) -> list[Path]:
+        """The frame's mesh (and per-block meshes with ``stages``), atomically; no per-frame JSON."""
+        from facerecon.mesh.export import export_mesh
+
+        export_mesh(mesh_path, result.vertices_px, result.faces, result.colors)
+        paths = [mesh_path]
+        if self.stages:
+            for level, (v, f) in enumerate(zip(result.stages_px, result.stage_faces)):
+                stage_path = mesh_path.with_name(f"{mesh_path.stem}.stage{level}{mesh_path.suffix}")
+                export_mesh(stage_path, v, f)
+                paths.append(stage_path)
+        return paths
+
+    def run(
+        self,
+        source: FrameSource,
+        out_dir: str | os.PathLike[str],
+        max_frames: int | None = None,
+        on_frame: Callable[[], None] | None = None,
+        written: list[Path] | None = None,
+    ) -> VideoSummary:
+        """Reconstruct the frames of ``source`` into ``out_dir``; returns the summary.
+
+        ``written`` (a list) receives each path as it is written, so a caller still knows them
+        after an interruption.
+        """
+        from facerecon.io_utils import atomic_path
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [] if written is None else written
+        summary = VideoSummary(jsonl=out / "frames.jsonl")
+        previous = None  # the last frame's FaceCrop (a real detection) or None
+        since_detection = 0
+        t_start = time.perf_counter()
+        stopped: BaseException | None = None
+        with atomic_path(summary.jsonl) as tmp_jsonl, open(tmp_jsonl, "w", encoding="utf-8") as log:
+            try:
+                frames = source.frames(self.every)
+                while max_frames is None or summary.frames < max_frames:
+                    t0 = time.perf_counter()
+                    item = next(frames, None)
+                    summary.decode += time.perf_counter() - t0
+                    if item is None:
+                        break
+                    index, t_video, frame = item
+                    # ---- the face: tracked from the previous frame, or detected
+                    t0 = time.perf_counter()
+                    crop, tracked = None, False
+                    if previous is not None and (self.redetect_every <= 0 or since_detection < self.redetect_every):
+                        crop = self.detector.track(frame, previous)
+                        tracked = crop is not None
+                    if crop is None:
+                        crop = self.detector.crop(frame)[0]
+                        since_detection = 0
+                        summary.detections += 1
+                    else:
+                        since_detection += 1
+                        summary.tracked += 1
+                    summary.detect += time.perf_counter() - t0
+                    previous = None if crop.fallback else crop
+                    summary.no_face += int(crop.fallback)
+                    # ---- network and files
+                    prepared = self.predictor.prepare(Path(source.name), frame, [crop])
+                    del frame
+                    t_net = self.predictor.timings.network
+                    (result,) = self.predictor.reconstruct(prepared)
+                    summary.network += self.predictor.timings.network - t_net
+                    t0 = time.perf_counter()
+                    mesh_path = out / f"frame_{index:06d}{self.mesh_format}"
+                    paths = self._write_meshes(result, mesh_path)  # the record goes to frames.jsonl
+                    record = result.record()
+                    record.pop("source", None)
+                    record.pop("frame", None)
+                    record = {"frame": index, "time": round(t_video, 4), "tracked": tracked, **record, "mesh": mesh_path.name}
+                    log.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+                    log.flush()
+                    written.extend(paths)
+                    summary.export += time.perf_counter() - t0
+                    summary.frames += 1
+                    if on_frame is not None:
+                        on_frame()
+            except BaseException as exc:  # Ctrl-C, SIGTERM, an error: keep the frames logged so far
+                stopped = exc
+            finally:
+                source.close()
+                summary.elapsed = time.perf_counter() - t_start
+        # leaving the atomic_path block has renamed frames.jsonl into place, complete lines only
+        written.append(summary.jsonl)
+        if stopped is not None:
+            raise stopped
+        return summary

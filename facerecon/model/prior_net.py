@@ -1,0 +1,298 @@
+"""Model v2: a posed prior face, refined by the graph blocks (``model.start = "prior"``).
+
+    crop (224 px) --five-point similarity--> aligned crop (image_size px) --backbone--> maps
+    global features + aligned five points --head--> d_rotation (6-D), d_log_scale, d_translation,
+                                                     shape coefficients (K)
+    initial pose = the mean face's scaled-orthographic fit to the five points (aligned frame)
+    base face    = s R (mean + sum_k c_k std_k basis_k) + t          (V_L vertices, template topology)
+    block l      = perceptual pooling + G-ResNet on level l, predicting a residual that is unpooled
+                   (adaptive) to the next level: coords_l = base[:V_l] + residual_l
+    output       = the aligned frame mapped back to the crop frame
+
+Every vertex of level ``l`` is vertex ``v < V_l`` of the finest level (unpooling appends), so the
+base face at level ``l`` is simply its first ``V_l`` rows. The head's last layer starts at zero:
+an untrained network outputs the five-point-posed mean face. The prior's arrays (mean, basis,
+five-point layout) are buffers of the network, so a checkpoint carries them.
+
+Widths can narrow per block (``model.hidden_per_block``, e.g. 96 -> 64 -> 32 -> 16), since the
+7,001-vertex level needs few channels to refine an already plausible surface.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from facerecon.config import ModelConfig
+from facerecon.errors import InputError
+from facerecon.model.backbones import Backbone
+from facerecon.model.face_prior import (
+    FacePriorArrays,
+    apply_similarity_2d,
+    fit_scaled_orthographic,
+    prior_to_state,
+    rotation_6d,
+    similarity_2d,
+)
+from facerecon.model.graph import MeshHierarchy
+from facerecon.model.network import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction
+from facerecon.model.unpool import Unpool
+
+__all__ = ["PriorFaceNet"]
+
+
+def _per_block(values: tuple[int, ...], default: int, blocks: int, name: str) -> list[int]:
+    if not values:
+        return [default] * blocks
+    if len(values) < blocks:
+        raise InputError(f"model.{name} has {len(values)} entries for {blocks} blocks")
+    return [int(v) for v in values[:blocks]]
+
+
+class PriorFaceNet(MeshNetBase):
+    """See the module docstring. Build with ``facerecon.model.network.build_network``."""
+
+    def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
+        super().__init__()
+        if cfg.projection != "orthographic":
+            raise InputError("model.start = 'prior' needs the orthographic projection (faces)")
+        self._setup(cfg, hierarchy, backbone)
+        blocks = self.num_blocks
+        v_last = hierarchy.num_vertices(blocks - 1)
+        k = int(cfg.prior_components)
+        if k < 1:
+            raise InputError(f"model.prior_components must be >= 1, got {k}")
+        # the prior (filled by set_prior at the start of training; loaded from checkpoints)
+        self.register_buffer("prior_mean", torch.zeros(v_last, 3))
+        self.register_buffer("prior_basis", torch.zeros(k, v_last, 3))
+        self.register_buffer("prior_std", torch.zeros(k))
+        self.register_buffer("prior_five3d", torch.zeros(5, 3))
+        self.register_buffer("prior_five_ref", torch.zeros(5, 2))
+        self.register_buffer("prior_landmarks", torch.zeros(68, 3))
+        c_last = self.backbone.channels[-1]
+        if cfg.head_pool not in ("mean", "grid"):
+            raise InputError(f"model.head_pool = {cfg.head_pool!r}: use 'mean' or 'grid'")
+        pooled = c_last * (16 if cfg.head_pool == "grid" else 1)
+        self.onet = None
+        if cfg.onet_features:
+            from facerecon.mtcnn import ONet, weights_folder
+
+            self.onet = ONet()
+            state = torch.load(weights_folder() / "onet.pt", map_location="cpu", weights_only=True)
+            self.onet.load_state_dict(state)
+            self.onet.requires_grad_(False).eval()
+            pooled += 256
+        self.head = nn.Sequential(
+            nn.Linear(pooled + 10, cfg.head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.head_hidden, cfg.head_hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.head_out = nn.Linear(cfg.head_hidden, 10 + k)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
+        self.spiral_decoder = self.spiral_refine = None
+        if cfg.decoder == "spiral":
+            self._build_spiral(cfg, hierarchy, blocks)
+        elif cfg.decoder != "graph":
+            raise InputError(f"model.decoder = {cfg.decoder!r}: use 'graph' or 'spiral'")
+        widths = _per_block(tuple(cfg.hidden_per_block), cfg.hidden, blocks, "hidden_per_block")
+        layers = _per_block(tuple(cfg.layers_per_block_list), cfg.layers_per_block, blocks, "layers_per_block_list")
+        self.widths = widths
+        self.blocks = nn.ModuleList() if cfg.decoder == "spiral" else nn.ModuleList(
+            DeformBlock(
+                self.backbone.channels,
+                3 + (widths[l - 1] if l > 0 else 0),
+                widths[l],
+                layers[l],
+                cfg.project_mode,
+                out_gain=0.02,
+            )
+            for l in range(blocks)
+        )
+        for block in self.blocks:  # refinements start at zero: an untrained network gives the base face
+            nn.init.zeros_(block.gresnet.conv_out.weight0)
+            nn.init.zeros_(block.gresnet.conv_out.weight1)
+        self.unpools = nn.ModuleList(
+            Unpool(hierarchy.unpool_edges(l), adaptive=cfg.adaptive_unpool) for l in range(blocks - 1)
+        )
+        self.colour_head = None
+        self.landmark_head = LandmarkHead(cfg.num_landmarks, v_last) if cfg.landmarks else None
+
+    def _build_spiral(self, cfg: ModelConfig, hierarchy: MeshHierarchy, blocks: int) -> None:
+        from facerecon.model.spiral import SpiralDecoder, SpiralRefine, spiral_indices
+
+        if blocks < 3:
+            raise InputError("model.decoder = 'spiral' needs a template of at least three levels")
+        hops = _per_block(tuple(cfg.spiral_hops), 2, blocks, "spiral_hops")
+        widths = _per_block(tuple(cfg.spiral_widths), 16, blocks, "spiral_widths")
+        spirals = [
+            torch.from_numpy(spiral_indices(hierarchy.faces(l).cpu().numpy(), hierarchy.num_vertices(l), hops[l]))
+            for l in range(blocks)
+        ]
+        unpools = [hierarchy.unpool_edges(l) for l in range(blocks - 1)]
+        self.spiral_decoder = SpiralDecoder(cfg.head_hidden, widths, spirals, unpools)
+        self.spiral_refine = SpiralRefine(spirals, unpools, self.backbone.channels)
+
+    # ------------------------------------------------------------------------------ prior
+    @torch.no_grad()
+    def set_prior(self, prior: FacePriorArrays) -> None:
+        """Load a learned prior (``facerecon.model.face_prior.build_face_prior``) into the buffers,
+        and start the landmark head on the mean face's vertices nearest the mean landmarks."""
+        state = prior_to_state(prior)
+        k = self.prior_basis.shape[0]
+        if state["prior_basis"].shape[0] < k:  # fewer training faces than modes: pad with zeros
+            pad = torch.zeros(k - state["prior_basis"].shape[0], *state["prior_basis"].shape[1:])
+            state["prior_basis"] = torch.cat([state["prior_basis"], pad])
+            state["prior_std"] = torch.cat([state["prior_std"], torch.zeros(pad.shape[0])])
+        for name, value in state.items():
+            buf = getattr(self, name)
+            if value.shape != buf.shape:
+                raise InputError(f"face prior {name}: shape {tuple(value.shape)} does not fit the network's {tuple(buf.shape)}")
+            buf.copy_(value.to(buf))
+        if self.landmark_head is not None:
+            self.landmark_head.init_from_layout(self.prior_mean, self.prior_landmarks, sigma=0.015)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _onet_features(self, image: Tensor) -> Tensor:
+        """(B, 3, S, S) aligned crop in [0, 1] -> (B, 256) ONet features (frozen, MTCNN's input scaling)."""
+        net = self.onet
+        x = F.interpolate(image, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
+        x = (x * 255.0 - 127.5) * 0.0078125
+        with torch.no_grad():
+            x = net.pool1(net.prelu1(net.conv1(x)))
+            x = net.pool2(net.prelu2(net.conv2(x)))
+            x = net.pool3(net.prelu3(net.conv3(x)))
+            x = net.prelu4(net.conv4(x))
+            x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+            return net.prelu5(net.dense5(x))
+
+    def train(self, mode: bool = True) -> "PriorFaceNet":
+        super().train(mode)
+        if self.onet is not None:
+            self.onet.eval()
+        return self
+
+    def template_vertices(self, level: int | None = None) -> Tensor:
+        """(V_l, 3) the prior's mean face at ``level`` (crop units, centred)."""
+        level = self.num_blocks - 1 if level is None else level
+        return self.prior_mean[: self.hierarchy.num_vertices(level)]
+
+    def _align(self, five: Tensor | None, b: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(A, t, aligned five points): ``aligned = crop @ A.T + t``; identity without points."""
+        ref = self.prior_five_ref.to(like)
+        if five is None:
+            five = torch.full((b, 5, 2), float("nan"), dtype=like.dtype, device=like.device)
+        five = five.to(like)
+        ok = torch.isfinite(five).all(-1).all(-1)
+        five = torch.where(ok[:, None, None], five, ref[None])
+        if self.cfg.five_point and bool(ref.abs().sum() > 0):  # (a network whose prior is not set yet: identity)
+            a, t = similarity_2d(five, ref)
+        else:
+            a = torch.eye(2, dtype=like.dtype, device=like.device).expand(b, 2, 2)
+            t = torch.zeros(b, 2, dtype=like.dtype, device=like.device)
+        return a, t, apply_similarity_2d(a, t, five)
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, image: Tensor, landmarks5: Tensor | None = None) -> MeshPrediction:
+        """
+        Args:
+            image: (B, 3, H, W) float RGB in [0, 1], the crop.
+            landmarks5: (B, 5, 2) float MTCNN five points, crop units (NaN rows: none).
+
+        Returns:
+            ``MeshPrediction`` in crop units (``base``: the posed prior face before refinement).
+        """
+        b = image.shape[0]
+        size = self.cfg.image_size or image.shape[-1]
+        if tuple(image.shape[-2:]) != (size, size):
+            image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        a, t, five_al = self._align(landmarks5, b, image)
+        aligned = self.cfg.five_point and bool(self.prior_five_ref.abs().sum() > 0)
+        if aligned:
+            a_inv = torch.linalg.inv(a)
+            theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)  # aligned -> crop
+            grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+            image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        maps = self.backbone(image)
+        if self.cfg.head_pool == "grid":
+            g = F.adaptive_avg_pool2d(maps[-1], 4).flatten(1)
+        else:
+            g = maps[-1].mean((2, 3))
+        ref = self.prior_five_ref.to(g)
+        parts = [g, (five_al - ref[None]).reshape(b, 10) * 10.0]
+        if self.onet is not None:
+            parts.append(self._onet_features(image))
+        h = self.head(torch.cat(parts, dim=1))
+        out = self.head_out(h).float()
+        d6, dlog_s, dt, coeff = out[:, :6], out[:, 6], out[:, 7:10], out[:, 10:]
+        five3d = self.prior_five3d.float()
+        five_fit = five_al.float() if aligned else ref.float()[None].expand(b, -1, -1)
+        s0, r0, t0 = fit_scaled_orthographic(five3d, five_fit)
+        rot = r0 @ rotation_6d(0.1 * d6)
+        s = s0 * torch.exp(0.1 * dlog_s)
+        shape = self.prior_mean[None] + torch.einsum("bk,kvc->bvc", coeff * self.prior_std[None], self.prior_basis)
+        base = s[:, None, None] * shape @ rot.transpose(1, 2)
+        lm_z = s * (self.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]  # mean landmark depth
+        shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
+        base = base + shift[:, None, :]
+
+        a_inv = torch.linalg.inv(a.float())
+        t32 = t.float()
+        z_scale = torch.sqrt(torch.det(a.float()).abs())
+
+        def to_crop(x: Tensor) -> Tensor:
+            xy = (x[..., :2] - t32[:, None, :]) @ a_inv.transpose(1, 2)
+            return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
+
+        if self.spiral_decoder is not None:
+            return self._spiral_forward(base, h, image, maps, to_crop)
+        residual: Tensor | None = None
+        feats: Tensor | None = None
+        out_coords, in_coords, out_feats, faces, edges = [], [], [], [], []
+        for level, block in enumerate(self.blocks):
+            nv = self.hierarchy.num_vertices(level)
+            base_l = base[:, :nv]
+            if residual is None:
+                coords_in = base_l
+            else:
+                unpool = self.unpools[level - 1]
+                residual = unpool(residual, dim=1)
+                feats = unpool(feats, dim=0)
+                coords_in = base_l + residual
+            extra = coords_in.transpose(0, 1)
+            if feats is not None:
+                extra = torch.cat([extra.to(feats.dtype), feats], dim=2)
+            delta, feats = block(maps, coords_in[..., :2], extra, self.hierarchy.adjacency(level))
+            delta = delta.transpose(0, 1).float()
+            residual = delta if residual is None else residual + delta
+            coords = base_l + residual
+            in_coords.append(to_crop(coords_in))
+            out_coords.append(to_crop(coords))
+            out_feats.append(feats.transpose(0, 1))
+            faces.append(self.hierarchy.faces(level))
+            edges.append(self.hierarchy.edges(level))
+        final = out_coords[-1]
+        landmarks = self.landmark_head(final) if self.landmark_head is not None else None
+        pred = MeshPrediction(out_coords, in_coords, out_feats, faces, edges, None, landmarks)
+        pred.base = to_crop(base)
+        return pred
+
+    def _spiral_forward(self, base: Tensor, embedding: Tensor, image: Tensor, maps: list, to_crop) -> MeshPrediction:  # noqa: ANN001
+        """Coarse spiral decoder + spiral refinement (``model.decoder = "spiral"``), aligned frame."""
+        from facerecon.model.spiral import _sample_map, vertex_normals
+
+        last = self.num_blocks - 1
+        faces, edges = self.hierarchy.faces(last), self.hierarchy.edges(last)
+        coarse = base + self.spiral_decoder(embedding).float()
+        xy = coarse[..., :2]
+        rgb = _sample_map(image, xy).float()
+        disp = self.spiral_refine(vertex_normals(coarse, faces), rgb, maps, xy).float()
+        final = coarse + disp
+        out_coords = [to_crop(coarse), to_crop(final)]
+        in_coords = [to_crop(base), out_coords[0]]
+        landmarks = self.landmark_head(out_coords[-1]) if self.landmark_head is not None else None
+        pred = MeshPrediction(out_coords, in_coords, [coarse, final], [faces, faces], [edges, edges], None, landmarks)
+        pred.base = to_crop(base)
+        return pred

@@ -1,0 +1,211 @@
+"""facerecon.mtcnn and the tuned FaceDetector against facenet-pytorch itself, the reference.
+
+* the three networks give facenet-pytorch's outputs; the area resampling is torch's
+  ``interpolate(mode="area")``; NMS keeps what hand-worked boxes say;
+* on every shared photo and the first AFLW2000-3D images (``FACERECON_DETECT_IMAGES``, default
+  200; all with ``0``): the full search finds every face facenet-pytorch's MTCNN finds (as
+  ``FaceDetector`` ran it before: the 1024-px copy, thresholds 0.6/0.7/0.7, 20 px, p >= 0.9)
+  with IoU >= 0.9, and the most-confident-face search (fast path + second chance) returns the
+  reference's most confident face with IoU >= 0.9 wherever the reference found one;
+* a face found only by the second chance lies on the AFLW2000-3D ground-truth landmarks.
+
+Skips cleanly without ../shared/data or facenet-pytorch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facerecon.detect import FaceDetector
+from facerecon.mtcnn import _area_resample, _integral, load_nets, nms
+
+cv2 = pytest.importorskip("cv2")
+
+
+def _iou(a, b) -> float:  # type: ignore[no-untyped-def]
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return float(inter / (area(a) + area(b) - inter))
+
+
+# ---- building blocks --------------------------------------------------------------------------
+
+
+def test_networks_equal_facenet_pytorch() -> None:
+    facenet = pytest.importorskip("facenet_pytorch")
+    from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+
+    ours = load_nets("cpu")
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for ref, net, shape in ((PNet(), ours.pnet, (2, 3, 37, 53)), (RNet(), ours.rnet, (7, 3, 24, 24)), (ONet(), ours.onet, (5, 3, 48, 48))):
+            x = torch.rand(shape) * 2 - 1
+            for a, b in zip(ref.eval()(x), net(x)):
+                torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-5)
+    assert facenet is not None
+
+
+@pytest.mark.parametrize(("size", "region", "out"), [((37, 53), (3, 5, 30, 41), (24, 24)), ((37, 53), (0, 0, 37, 53), (27, 39)), ((20, 20), (2, 4, 9, 7), (24, 24))])
+def test_area_resample_is_torch_area_interpolation(size, region, out) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    y0, x0, h, w = region
+    ours = _area_resample(_integral(image), np.array([y0]), np.array([x0]), np.array([h]), np.array([w]), *out)[0]
+    tensor = torch.from_numpy(image[y0 : y0 + h, x0 : x0 + w].astype(np.float32)).permute(2, 0, 1)[None]
+    ref = torch.nn.functional.interpolate(tensor, size=out, mode="area")[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
+    # several regions at once give the same as one at a time
+    two = _area_resample(_integral(image), np.array([y0, 0]), np.array([x0, 0]), np.array([h, 5]), np.array([w, 6]), *out)
+    np.testing.assert_allclose(two[0], ours, atol=1e-5)
+
+
+def test_nms_hand_values() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 5]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
+    # IoU(0, 1) = 81 / 119 = 0.68; IoU(3, 0) = 0.5; IoU(3, 1) = 36 / 114
+    assert nms(boxes, scores, 0.7).tolist() == [3, 0, 1, 2]
+    assert nms(boxes, scores, 0.6).tolist() == [3, 0, 2]
+    assert nms(boxes, scores, 0.45).tolist() == [3, 1, 2]
+    # "min": overlap over the smaller area, +1 px sizes: box 3 lies inside box 0 (overlap 1) and
+    # 50 / 66 = 0.76 of it inside box 1
+    assert nms(boxes, scores, 0.7, method="min").tolist() == [3, 2]
+    assert nms(boxes, scores, 0.8, method="min").tolist() == [3, 1, 2]
+
+
+# ---- against facenet-pytorch on real photos ----------------------------------------------------
+
+
+def _images(shared_data: Path) -> list[Path]:
+    photos = sorted(p for p in (shared_data / "photos").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    limit = int(os.environ.get("FACERECON_DETECT_IMAGES", "200"))
+    aflw = sorted((shared_data / "aflw2000-3d").glob("*.jpg"))
+    aflw = aflw if limit == 0 else aflw[:limit]
+    if not photos and not aflw:
+        pytest.skip("no shared photos or AFLW2000-3D images")
+    return photos + aflw
+
+
+def _reference_faces(mtcnn, image: np.ndarray) -> list[tuple[np.ndarray, float]]:  # type: ignore[no-untyped-def]
+    """facenet-pytorch's MTCNN as FaceDetector ran it before: 1024-px copy, p >= 0.9, best first."""
+    h, w = image.shape[:2]
+    sx = sy = 1.0
+    if max(h, w) > 1024:
+        s = 1024 / max(h, w)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        sx, sy = nw / w, nh / h
+    with torch.inference_mode():
+        boxes, probs = mtcnn.detect(np.ascontiguousarray(image[None]))
+    if boxes[0] is None:
+        return []
+    boxes = np.asarray(boxes[0]).astype(np.float64).reshape(-1, 4) / [sx, sy, sx, sy]
+    probs = np.asarray(probs[0]).astype(np.float64).reshape(-1)
+    order = np.argsort(-probs, kind="stable")
+    return [(boxes[i], float(probs[i])) for i in order if probs[i] >= 0.9]
+
+
+def _ground_truth_landmarks(path: Path) -> np.ndarray | None:
+    mat = path.with_suffix(".mat")
+    if not mat.is_file():
+        return None
+    from scipy.io import loadmat
+
+    return np.asarray(loadmat(mat)["pt3d_68"], dtype=np.float64)[:2].T  # (68, 2) image px
+
+
+def test_boxes_equal_facenet_pytorch(shared_data: Path) -> None:
+    facenet = pytest.importorskip("facenet_pytorch")
+    from facerecon.imageio import load_image
+
+    reference = facenet.MTCNN(keep_all=True, device="cpu", select_largest=False, post_process=False, thresholds=[0.6, 0.7, 0.7], min_face_size=20).eval()
+    detector = FaceDetector(device="cpu")
+    problems, found_by_second_chance, checked = [], [], 0
+    for path in _images(shared_data):
+        image = load_image(path)
+        ref = _reference_faces(reference, image)
+        ours_all = detector.detect(image)
+        for k, (box, p) in enumerate(ref):  # every face found today, found again, same box
+            best = max((_iou(box, f.detection) for f in ours_all), default=0.0)
+            if best < 0.9:
+                problems.append(f"{path.name}: face {k} (p {p:.3f}) best IoU {best:.3f} in the full search")
+        (crop,) = detector.crop(image)
+        if ref:
+            if crop.fallback:
+                problems.append(f"{path.name}: the most confident face was lost")
+            elif _iou(ref[0][0], crop.detection) < 0.9:
+                problems.append(f"{path.name}: most confident face IoU {_iou(ref[0][0], crop.detection):.3f}")
+        elif not crop.fallback:
+            found_by_second_chance.append((path, crop, detector.last_search))
+        checked += 1
+    assert not problems, "\n".join(problems)
+    assert checked >= 1
+    # faces that only the second chance finds are real: on AFLW2000-3D their box holds the
+    # ground-truth landmarks' centre and has about the face's size
+    for path, crop, how in found_by_second_chance:
+        assert how in ("low-thresholds", "rotated", "full"), (path.name, how)
+        gt = _ground_truth_landmarks(path)
+        if gt is None:
+            continue
+        x0, y0, side = crop.box
+        centre = gt.mean(axis=0)
+        extent = np.ptp(gt, axis=0).max()
+        assert x0 < centre[0] < x0 + side and y0 < centre[1] < y0 + side, (path.name, crop.box, centre)
+        assert 0.6 * extent < side < 3.0 * extent, (path.name, side, extent)
+
+
+def test_second_chance_on_a_rolled_face(shared_data: Path) -> None:
+    """A face rolled by 75 degrees: the fast search misses it, a rotated copy finds it, and the
+    landmarks come back onto the rolled face (they match the upright detection, rotated, to
+    MTCNN's accuracy at 30 degrees of residual roll; a wrong mapping would be off by the face)."""
+    from facerecon.imageio import load_image
+
+    path = shared_data / "photos" / "JianzhuGuo.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    image = load_image(path)
+    detector = FaceDetector(device="cpu")
+    (upright,) = detector.crop(image)
+    h, w = image.shape[:2]
+    side = int(np.ceil(np.hypot(h, w)))
+    canvas = np.zeros((side, side, 3), np.uint8)
+    oy, ox = (side - h) // 2, (side - w) // 2
+    canvas[oy : oy + h, ox : ox + w] = image
+    rot = cv2.getRotationMatrix2D((side / 2, side / 2), 75, 1.0)
+    rolled = cv2.warpAffine(canvas, rot, (side, side))
+    (crop,) = detector.crop(rolled)
+    assert not crop.fallback and detector.last_search == "rotated"
+    expected = (upright.landmarks5 + [ox, oy]) @ rot[:, :2].T + rot[:, 2]
+    err = np.linalg.norm(crop.landmarks5 - expected, axis=1)
+    eye_dist = np.linalg.norm(expected[1] - expected[0])
+    assert err.max() < 0.4 * eye_dist, err
+    centre = np.array([crop.box[0], crop.box[1]]) + crop.box[2] / 2
+    assert np.linalg.norm(centre - expected.mean(axis=0)) < 0.5 * eye_dist
+
+
+def test_small_face_is_found_by_the_second_chance() -> None:
+    """A face under 10 % of the shorter side: the fast search skips its pyramid levels, the full
+    search of the second chance finds it, with the box the full search gives."""
+    from PIL import Image
+
+    astronaut = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "facerecon" / "assets" / "astronaut.png").convert("RGB"))
+    canvas = np.full((900, 1000, 3), 100, np.uint8)
+    small = cv2.resize(astronaut, (160, 160), interpolation=cv2.INTER_AREA)  # the face: ~45 px of 900
+    canvas[600:760, 700:860] = small
+    detector = FaceDetector(device="cpu")
+    full = detector.detect(canvas)
+    assert len(full) == 1, [f.probability for f in full]
+    side = full[0].detection[2] - full[0].detection[0]
+    assert side < 0.1 * 900  # below the fast search's smallest face
+    (crop,) = detector.crop(canvas)
+    assert not crop.fallback and detector.last_search == "full"
+    np.testing.assert_allclose(crop.detection, full[0].detection, atol=1e-3)
+    # the face lies where it was pasted
+    cx, cy = crop.box[0] + crop.box[2] / 2, crop.box[1] + crop.box[2] / 2
+    assert 700 < cx < 860 and 600 < cy < 760

@@ -1,0 +1,147 @@
+"""Model v2: the posed prior face, the new loss terms and metrics against independent references,
+and a tiny end-to-end run (train, eval with the five-point baseline, predict-side loading)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cachefix import make_tiny_cache
+from rotations import rotation_xyz
+from facerecon.config import Config, ModelConfig
+from facerecon.engine.evaluate import fold_fraction
+from facerecon.losses import face_adjacency, normal_consistency_loss, vertex_loss
+from facerecon.model.face_prior import FacePriorArrays
+
+TINY_V2 = {
+    "model.backbone": "resnet18",
+    "model.start": "prior",
+    "model.prior_components": 4,
+    "model.hidden_per_block": [16, 16, 8, 8],
+    "model.layers_per_block_list": [2, 2, 2, 2],
+    "model.image_size": 64,
+    "model.head_hidden": 32,
+    "loss.chamfer": 0.0,
+    "loss.normal": 0.0,
+    "loss.vertex": 1.0,
+    "loss.base": 0.5,
+    "loss.normal_consistency": 0.01,
+    "loss.gt_normal": 0.01,
+    "train.points_per_region": [100, 50, 50],
+    "train.num_workers": 0,
+    "train.batch_size": 2,
+    "train.augment": True,
+    "train.fit_template": False,
+}
+
+
+def test_untrained_network_outputs_the_five_point_posed_mean_face() -> None:
+    """With a zero head, the base face is the prior mean posed by the five points: put the five
+    3-D points among the mean's vertices, project them with a known pose, and the base face's
+    first five vertices must land exactly on the given points."""
+    from facerecon.model.network import build_network
+
+    cfg = Config().replace({k: v for k, v in TINY_V2.items() if k.startswith("model.")}).model
+    net = build_network(cfg).eval()
+    v = net.num_vertices
+    rng = np.random.default_rng(0)
+    five3d = np.array([[-0.3, -0.2, -0.1], [0.3, -0.2, -0.1], [0.0, 0.1, -0.35], [-0.22, 0.4, -0.08], [0.22, 0.4, -0.08]])
+    mean = rng.normal(scale=0.3, size=(v, 3))
+    mean[:5] = five3d
+    prior = FacePriorArrays(
+        ids=np.zeros((v, 3), np.int64), bary=np.ones((v, 3), np.float32) / 3, mean=mean.astype(np.float32),
+        basis=np.zeros((4, v, 3), np.float32), std=np.ones(4, np.float32), landmarks=np.zeros((68, 3), np.float32),
+        five3d=five3d.astype(np.float32), five_ref=five3d[:, :2].astype(np.float32), mirror=np.arange(v), explained=1.0,
+    )
+    net.set_prior(prior)
+    rot = rotation_xyz(0.15, -0.5, 0.3)
+    five = 0.9 * (five3d @ rot.T)[:, :2] + np.array([0.05, -0.03])
+    with torch.no_grad():
+        pred = net(torch.rand(1, 3, 64, 64), landmarks5=torch.from_numpy(five).float()[None])
+    np.testing.assert_allclose(pred.base[0, :5, :2].numpy(), five, atol=1e-4)
+    # the refinements start at zero: the final mesh is the base face
+    assert float((pred.vertices - pred.base).abs().max()) < 1e-6
+
+
+def test_fold_fraction_matches_trimesh() -> None:
+    import trimesh
+
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    rng = np.random.default_rng(1)
+    verts = mesh.vertices + rng.normal(scale=0.08, size=mesh.vertices.shape)
+    noisy = trimesh.Trimesh(verts, mesh.faces, process=False)
+    expect = float((noisy.face_adjacency_angles > np.radians(60)).mean())
+    got = fold_fraction(torch.from_numpy(verts)[None], torch.from_numpy(mesh.faces.astype(np.int64)))
+    assert abs(float(got[0]) - expect) < 1e-12 and expect > 0
+    pairs = face_adjacency(torch.from_numpy(mesh.faces.astype(np.int64)))
+    assert pairs.shape[0] == noisy.face_adjacency.shape[0]
+
+
+def test_normal_consistency_by_hand() -> None:
+    # two triangles sharing an edge: flat (loss 0), then folded to 90 degrees (1 - cos = 1)
+    faces = torch.tensor([[0, 1, 2], [0, 3, 1]])
+    flat = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, -1, 0]]])
+    assert float(normal_consistency_loss(flat, faces)) < 1e-7
+    bent = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]])
+    assert abs(float(normal_consistency_loss(bent, faces)) - 1.0) < 1e-6
+
+
+def test_vertex_loss_by_hand() -> None:
+    pred = torch.zeros(1, 2, 3)
+    gt = torch.tensor([[[3.0, 4.0, 0.0], [0.0, 0.0, 1.0], [9.0, 9.0, 9.0]]])  # a finer level: first rows used
+    assert abs(float(vertex_loss(pred, gt)) - 3.0) < 1e-6
+
+
+def test_model_v2_trains_evaluates_and_loads(tmp_path: Path) -> None:
+    from facerecon.engine.evaluate import EvalSettings, evaluate_cache
+    from facerecon.engine.predict import load_model
+    from facerecon.engine.train import TrainOptions, run_training
+
+    cache = make_tiny_cache(tmp_path / "c.h5", n=8, points=400, same_topology=True)
+    cfg = Config().replace({**TINY_V2, "train.epochs": 1})
+    result = run_training(cfg, TrainOptions(cache=cache, out=tmp_path / "run", quiet=True))
+    assert result.epochs_done == 1 and math.isfinite(result.last_metrics["nme"])
+    model = load_model(tmp_path / "run" / "best.pt", "cpu")
+    net = model.network
+    assert float(net.prior_mean.abs().sum()) > 0  # the prior travelled in the checkpoint
+    settings = EvalSettings(surface_samples=500)
+    rep = evaluate_cache(str(cache), "test", settings, network=net)
+    base = evaluate_cache(str(cache), "test", settings, baseline="five-point")
+    for summary in (rep.summary, base.summary):
+        assert {"nme", "chamfer", "fscore@2tau", "folds"} <= set(summary)
+
+
+def test_prior_start_refuses_a_cache_without_topology(tmp_path: Path) -> None:
+    from facerecon.engine.train import TrainOptions, run_training
+    from facerecon.errors import InputError
+
+    cache = make_tiny_cache(tmp_path / "c.h5", n=6, points=300, same_topology=False)
+    cfg = Config().replace({**TINY_V2, "train.epochs": 1})
+    with pytest.raises(InputError, match="vertex order"):
+        run_training(cfg, TrainOptions(cache=cache, out=tmp_path / "run", quiet=True))
+
+
+def test_onet_features_match_facenet_pytorch() -> None:
+    """The frozen ONet branch computes the same 256-d features as facenet-pytorch's own ONet on
+    the same 48 px input (an independent implementation of the same weights)."""
+    facenet = pytest.importorskip("facenet_pytorch.models.mtcnn")
+    from torch.nn import functional as F
+
+    from facerecon.model.network import build_network
+
+    cfg = Config().replace({**{k: v for k, v in TINY_V2.items() if k.startswith("model.")}, "model.onet_features": True}).model
+    net = build_network(cfg).eval()
+    ref = facenet.ONet(pretrained=True).eval()
+    captured = {}
+    ref.prelu5.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
+    image = torch.rand(2, 3, 64, 64)
+    x48 = F.interpolate(image, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        ref((x48 * 255.0 - 127.5) * 0.0078125)
+        ours = net._onet_features(image)
+    torch.testing.assert_close(ours, captured["f"], atol=1e-4, rtol=1e-4)
+    assert not any(p.requires_grad for p in net.onet.parameters())

@@ -291,8 +291,7 @@ def _predict(
     if state.verbose and t.images:
         n = t.images
         info(
-            f"time per image: decode {1000 * t.decode / n:.1f} ms, detection {1000 * t.detect / n:.1f} ms, "
-            f"network {1000 * t.network / n:.1f} ms, export {1000 * t.export / n:.1f} ms; {n / elapsed:.2f} images/s overall "
+            f"time per image: {t.per_item(n)}; {n / elapsed:.2f} images/s overall "
             f"(model and detector loaded in {1000 * t_load:.0f} ms; first calls include one-off warm-up)"
         )
     if failed:
@@ -338,10 +337,7 @@ def _predict_video(
     )
     if state.verbose and s.frames:
         n = s.frames
-        info(
-            f"time per frame: decode {1000 * s.decode / n:.1f} ms, detection {1000 * s.detect / n:.1f} ms, "
-            f"network {1000 * s.network / n:.1f} ms, export {1000 * s.export / n:.1f} ms"
-        )
+        info(f"time per frame: {s.per_item(n)}")
 
 
 def register(app: typer.Typer) -> None:

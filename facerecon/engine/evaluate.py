@@ -309,6 +309,7 @@ def evaluate_cache(
     from facerecon.data.dataset import FaceCacheDataset, collate_faces
     from facerecon.errors import InputError
     from facerecon.metrics import landmark_nme
+    from facerecon.model.network import forward_batch
 
     if (network is None) == (baseline is None):
         raise InputError("evaluate a network or a baseline (one of them)")
@@ -336,8 +337,6 @@ def evaluate_cache(
         lengths = batch["lengths"].to(device)
         indices = [int(i) for i in batch["index"]]
         if network is not None:
-            from facerecon.model.network import forward_batch
-
             pred = forward_batch(network, {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()})
             metrics = batch_metrics(
                 pred.vertices, pred.faces[-1], gt, lengths, indices, settings, pred.landmarks, batch["landmarks"]

@@ -129,12 +129,22 @@ class FaceResult:
 
 @dataclass
 class Timings:
+    """Seconds spent per stage (totals), and what was processed."""
+
     decode: float = 0.0
     detect: float = 0.0
     network: float = 0.0
     export: float = 0.0
     images: int = 0
     faces: int = 0
+
+    def per_item(self, n: int) -> str:
+        """``decode X ms, detection Y ms, network Z ms, export W ms`` per item of ``n``."""
+        n = max(1, n)
+        return (
+            f"decode {1000 * self.decode / n:.1f} ms, detection {1000 * self.detect / n:.1f} ms, "
+            f"network {1000 * self.network / n:.1f} ms, export {1000 * self.export / n:.1f} ms"
+        )
 
 
 #: The colour source kept per face: the crop box enlarged by this factor (vertices can lie a

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from facerecon.engine.predict import Timings
 from facerecon.errors import InputError
 
 __all__ = ["FrameSource", "open_frames", "VideoPredictor", "VideoSummary"]
@@ -120,17 +121,13 @@ def open_frames(path: str | os.PathLike[str] | None, camera: int | None = None) 
 
 
 @dataclass
-class VideoSummary:
-    """What a video run did, with its time per stage (seconds, totals)."""
+class VideoSummary(Timings):
+    """What a video run did, with its time per stage (``Timings``: seconds, totals)."""
 
     frames: int = 0
     detections: int = 0
     tracked: int = 0
     no_face: int = 0
-    decode: float = 0.0
-    detect: float = 0.0
-    network: float = 0.0
-    export: float = 0.0
     elapsed: float = 0.0
     jsonl: Path = Path("frames.jsonl")
 

@@ -107,13 +107,10 @@ class PriorFaceNet(MeshNetBase):
                 widths[l],
                 layers[l],
                 cfg.project_mode,
-                out_gain=0.02,
+                out_gain=0.0,  # refinements start at zero: an untrained network gives the base face
             )
             for l in range(blocks)
         )
-        for block in self.blocks:  # refinements start at zero: an untrained network gives the base face
-            nn.init.zeros_(block.gresnet.conv_out.weight0)
-            nn.init.zeros_(block.gresnet.conv_out.weight1)
         self.unpools = nn.ModuleList(
             Unpool(hierarchy.unpool_edges(l), adaptive=cfg.adaptive_unpool) for l in range(blocks - 1)
         )
@@ -157,16 +154,9 @@ class PriorFaceNet(MeshNetBase):
     # ------------------------------------------------------------------------------ helpers
     def _onet_features(self, image: Tensor) -> Tensor:
         """(B, 3, S, S) aligned crop in [0, 1] -> (B, 256) ONet features (frozen, MTCNN's input scaling)."""
-        net = self.onet
         x = F.interpolate(image, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
-        x = (x * 255.0 - 127.5) * 0.0078125
         with torch.no_grad():
-            x = net.pool1(net.prelu1(net.conv1(x)))
-            x = net.pool2(net.prelu2(net.conv2(x)))
-            x = net.pool3(net.prelu3(net.conv3(x)))
-            x = net.prelu4(net.conv4(x))
-            x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
-            return net.prelu5(net.dense5(x))
+            return self.onet.features((x * 255.0 - 127.5) * 0.0078125)
 
     def train(self, mode: bool = True) -> "PriorFaceNet":
         super().train(mode)
@@ -179,15 +169,16 @@ class PriorFaceNet(MeshNetBase):
         level = self.num_blocks - 1 if level is None else level
         return self.prior_mean[: self.hierarchy.num_vertices(level)]
 
-    def _align(self, five: Tensor | None, b: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(A, t, aligned five points): ``aligned = crop @ A.T + t``; identity without points."""
+    def _align(self, five: Tensor | None, b: int, like: Tensor, aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(A, t, aligned five points): ``aligned = crop @ A.T + t``; the identity when not
+        ``aligned`` (``model.five_point`` off, or a network whose prior is not set yet)."""
         ref = self.prior_five_ref.to(like)
         if five is None:
             five = torch.full((b, 5, 2), float("nan"), dtype=like.dtype, device=like.device)
         five = five.to(like)
         ok = torch.isfinite(five).all(-1).all(-1)
         five = torch.where(ok[:, None, None], five, ref[None])
-        if self.cfg.five_point and bool(ref.abs().sum() > 0):  # (a network whose prior is not set yet: identity)
+        if aligned:
             a, t = similarity_2d(five, ref)
         else:
             a = torch.eye(2, dtype=like.dtype, device=like.device).expand(b, 2, 2)
@@ -208,8 +199,8 @@ class PriorFaceNet(MeshNetBase):
         size = self.cfg.image_size or image.shape[-1]
         if tuple(image.shape[-2:]) != (size, size):
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        a, t, five_al = self._align(landmarks5, b, image)
         aligned = self.cfg.five_point and bool(self.prior_five_ref.abs().sum() > 0)
+        a, t, five_al = self._align(landmarks5, b, image, aligned)
         if aligned:
             a_inv = torch.linalg.inv(a)
             theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)  # aligned -> crop

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from facerecon.errors import InputError
+from facerecon.model.unpool import Unpool
 
 __all__ = ["spiral_length", "spiral_indices", "SpiralConv", "SpiralDecoder", "SpiralRefine"]
 
@@ -122,11 +123,11 @@ class SpiralConv(nn.Module):
 
 
 def _sample_map(fmap: Tensor, xy: Tensor) -> Tensor:
-    """(B, C, H, W), (B, V, 2) grid locations -> (B, V, C) bilinear samples."""
-    b, v = xy.shape[:2]
-    grid = xy.to(fmap.dtype).reshape(b, 1, v, 2).contiguous()
-    out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[:, :, 0].transpose(1, 2)
+    """(B, C, H, W), (B, V, 2) grid locations -> (B, V, C) bilinear samples (perceptual pooling's
+    sampler, ``facerecon.model.pooling``, batch-major)."""
+    from facerecon.model.pooling import _sample
+
+    return _sample(fmap, xy).transpose(0, 1)
 
 
 class SpiralDecoder(nn.Module):
@@ -146,14 +147,12 @@ class SpiralDecoder(nn.Module):
         self.head = SpiralConv(self.widths[-1], out_channels, spirals[-1])
         nn.init.zeros_(self.head.linear.weight)
         nn.init.zeros_(self.head.linear.bias)
-        for level, e in enumerate(unpool_edges):
-            self.register_buffer(f"unpool_{level}", torch.as_tensor(e, dtype=torch.long), persistent=False)
+        self.unpools = nn.ModuleList(Unpool(e, adaptive=False) for e in unpool_edges)  # edge midpoints
         self.levels = len(spirals)
 
     def unpool(self, x: Tensor, level: int) -> Tensor:
         """Edge-midpoint unpooling from ``level`` to ``level + 1``: (B, V_l, C) -> (B, V_l+1, C)."""
-        e = getattr(self, f"unpool_{level}")
-        return torch.cat([x, 0.5 * (x[:, e[:, 0]] + x[:, e[:, 1]])], dim=1)
+        return self.unpools[level](x, dim=1)
 
     def forward(self, z: Tensor) -> Tensor:
         """(B, embed) -> (B, V_L, out_channels)."""
@@ -190,13 +189,8 @@ class SpiralRefine(nn.Module):
         self.out = SpiralConv(w1, 3, s_fine)
         nn.init.zeros_(self.out.linear.weight)
         nn.init.zeros_(self.out.linear.bias)
-        e_mid, e_fine = unpool_edges[-2], unpool_edges[-1]
-        self.register_buffer("unpool_mid", torch.as_tensor(e_mid, dtype=torch.long), persistent=False)
-        self.register_buffer("unpool_fine", torch.as_tensor(e_fine, dtype=torch.long), persistent=False)
-
-    @staticmethod
-    def _unpool(x: Tensor, e: Tensor) -> Tensor:
-        return torch.cat([x, 0.5 * (x[:, e[:, 0]] + x[:, e[:, 1]])], dim=1)
+        self.unpool_mid = Unpool(unpool_edges[-2], adaptive=False)
+        self.unpool_fine = Unpool(unpool_edges[-1], adaptive=False)
 
     def forward(self, normals: Tensor, rgb: Tensor, maps: Sequence[Tensor], xy: Tensor) -> Tensor:
         """
@@ -211,10 +205,10 @@ class SpiralRefine(nn.Module):
         x = F.elu(self.down2(pool(x, self.n_mid)))
         x = F.elu(self.down3(pool(x, self.n_coarse)))
         x = x + self.addf3(_sample_map(maps[-1], xy[:, : self.n_coarse]))
-        x = self._unpool(x, self.unpool_mid)
+        x = self.unpool_mid(x, dim=1)
         x = F.elu(self.up2(x))
         x = x + self.addf2(_sample_map(maps[-2], xy[:, : self.n_mid]))
-        x = self._unpool(x, self.unpool_fine)
+        x = self.unpool_fine(x, dim=1)
         x = F.elu(self.up1(x))
         return self.out(x)
 

@@ -194,15 +194,18 @@ def face_normals(coords: Tensor, faces: Tensor) -> Tensor:
     return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a, dim=-1), dim=-1, eps=1e-12)
 
 
-_ADJACENCY_CACHE: dict[tuple[int, int, str], Tensor] = {}
+#: id(faces) -> (weak reference to that tensor, its adjacency): the topology buffers of a network
+#: live as long as it does, so each is computed once; a dead tensor's id never matches its ref.
+_ADJACENCY_CACHE: dict[int, tuple[Any, Tensor]] = {}
 
 
 def face_adjacency(faces: Tensor) -> Tensor:
     """(F, 3) -> (A, 2) int64 pairs of faces that share an edge (interior edges, each once)."""
-    key = (faces.data_ptr(), faces.shape[0], str(faces.device))
-    cached = _ADJACENCY_CACHE.get(key)
-    if cached is not None:
-        return cached
+    import weakref
+
+    hit = _ADJACENCY_CACHE.get(id(faces))
+    if hit is not None and hit[0]() is faces:
+        return hit[1]
     f = faces.detach().cpu()
     e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1).values
     owner = torch.arange(f.shape[0]).repeat(3)
@@ -211,7 +214,10 @@ def face_adjacency(faces: Tensor) -> Tensor:
     code, owner = code[order], owner[order]
     same = code[1:] == code[:-1]
     pairs = torch.stack([owner[:-1][same], owner[1:][same]], dim=1).to(faces.device)
-    _ADJACENCY_CACHE[key] = pairs
+    if len(_ADJACENCY_CACHE) > 64:  # drop entries of tensors that are gone
+        for k in [k for k, (ref, _) in _ADJACENCY_CACHE.items() if ref() is None]:
+            del _ADJACENCY_CACHE[k]
+    _ADJACENCY_CACHE[id(faces)] = (weakref.ref(faces), pairs)
     return pairs
 
 

@@ -167,3 +167,16 @@ def test_point_metrics_search_once(monkeypatch: pytest.MonkeyPatch) -> None:
     p, r = (d_p < 0.1).mean(), (d_g < 0.1).mean()
     assert float(out["fscore@tau"][0]) == pytest.approx(2 * p * r / (p + r))
     assert float(out["chamfer"][0]) == pytest.approx((d_p**2).mean() + (d_g**2).mean(), rel=1e-5)
+
+
+def test_cli_five_point_baseline_refuses_a_cache_without_face_model_first(tmp_path: Path) -> None:
+    """Refused before any evaluation runs: one line, exit 2, no report written."""
+    from cachefix import make_tiny_cache
+
+    cache = make_tiny_cache(tmp_path / "scan.h5", n=6, points=200, same_topology=False)
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["eval", "--cache", str(cache), "--baseline", "five-point", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert lines[-1].startswith("error:") and "five-point" in lines[-1] and "eval" not in " ".join(lines[:-1])
+    assert not out.exists()

@@ -84,6 +84,13 @@ def eval_command(
     from facerecon.data.validate import check_cache
 
     check_cache(cache)  # a damaged cache: one line naming it and the sample, not an internal error
+    if "five-point" in baselines:  # refuse before evaluating anything
+        import h5py
+
+        from facerecon.engine.evaluate import FivePointBaseline
+
+        with h5py.File(cache, "r") as f:
+            FivePointBaseline.check(f, str(cache))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
     if checkpoint is None:

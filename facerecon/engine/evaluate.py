@@ -227,8 +227,7 @@ class FivePointBaseline:
         from facerecon.model.face_prior import five_points_from_68, model_mean_crop_axes
 
         with h5py.File(cache, "r") as f:
-            if "face_model" not in f or "landmarks5" not in f:
-                raise InputError(f"{cache}: the five-point baseline needs a schema-2 cache of a 3DMM dataset (run prepare again)")
+            self.check(f, cache)
             mean = model_mean_crop_axes(f["face_model/mean"][:])
             self.faces = torch.from_numpy(f["face_model/triangles"][:].astype(np.int64))
             lm_ids = f["face_model/landmark_ids"][:].astype(np.int64)
@@ -240,6 +239,14 @@ class FivePointBaseline:
         self.vertices = torch.from_numpy((mean - mean.mean(0)) / scale).float()  # O(1) units for the fit
         self.landmarks = self.vertices[torch.from_numpy(lm_ids)]
         self.five3d = five_points_from_68(self.landmarks)
+
+    @staticmethod
+    def check(f: object, cache: str) -> None:
+        """Raise ``InputError`` unless the open cache ``f`` holds what the baseline needs."""
+        from facerecon.errors import InputError
+
+        if "face_model" not in f or "landmarks5" not in f:  # type: ignore[operator]
+            raise InputError(f"{cache}: the five-point baseline needs a schema-2 cache of a 3DMM dataset (run prepare again)")
 
     def predict(self, landmarks5: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 5, 2) crop units (NaN rows allowed) -> (vertices (B, N, 3), landmarks (B, 68, 3))."""

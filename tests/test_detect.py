@@ -28,6 +28,7 @@ from facerecon.detect import (
     square_box,
 )
 from facerecon.errors import InputError
+from testutils import box_iou
 
 cv2 = pytest.importorskip("cv2")
 
@@ -316,9 +317,6 @@ def test_batch_equals_single_and_mirrors(detector: FaceDetector, photos: Path) -
     assert _iou([w - det_m[2], det_m[1], w - det_m[0], det_m[3]], det) > 0.75
 
 
-def _iou(a, b) -> float:  # type: ignore[no-untyped-def]
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return float(inter / (area(a) + area(b) - inter))
+_iou = box_iou
+
+

@@ -23,16 +23,12 @@ import torch
 
 from facerecon.detect import FaceDetector
 from facerecon.mtcnn import _area_resample, _integral, load_nets, nms
+from testutils import box_iou
 
 cv2 = pytest.importorskip("cv2")
 
 
-def _iou(a, b) -> float:  # type: ignore[no-untyped-def]
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return float(inter / (area(a) + area(b) - inter))
+_iou = box_iou
 
 
 # ---- building blocks --------------------------------------------------------------------------

@@ -14,17 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from facerecon.cli import app
+from testutils import synthetic_photo
 
 runner = CliRunner()
 V, F = 7001, 13440  # the hemisphere after three unpoolings
 
 
-def _photo(path: Path, size=(400, 300)) -> Path:
-    img = np.full((size[1], size[0], 3), 90, np.uint8)
-    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
-    img[(xx - 200) ** 2 + (yy - 150) ** 2 < 80**2] = (200, 160, 120)
-    Image.fromarray(img).save(path)
-    return path
+_photo = synthetic_photo
 
 
 def _check_mesh(path: Path) -> trimesh.Trimesh:

@@ -307,3 +307,39 @@ def test_kill9_during_a_checkpoint_write_then_resume(cache: Path, tmp_path: Path
     assert r.returncode == 0, r.stderr
     assert not list(out.glob(".*.tmp*"))
     assert load_checkpoint(out / "last.pt")["epoch"] == before + 1
+
+
+_WORKER_START_DRIVER = r"""
+import os, signal, sys
+import torch
+from torch.utils.data import DataLoader
+from facerecon.engine.train import _ignore_stop_signals, _stop_signals_blocked, _stop_requests
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+    def __getitem__(self, i):
+        return torch.tensor([i])
+
+with _stop_requests() as request:
+    loader = DataLoader(Slow(), batch_size=1, num_workers=2, worker_init_fn=_ignore_stop_signals)
+    with _stop_signals_blocked():
+        batches = iter(loader)
+        os.killpg(0, getattr(signal, sys.argv[1]))  # while the workers start, before they ignore it
+    got = sorted(int(b) for b in batches)
+    print("got", got, "requested", request.requested)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_loader_workers_start_does_not_kill_them(sig: str, tmp_path: Path) -> None:
+    """The race behind the test above: a signal to the process group that arrives while the
+    workers of a new epoch are being forked (before their ``worker_init_fn`` ignores it) used to
+    end a worker ("DataLoader worker exited unexpectedly"). Sent at exactly that moment, every
+    batch must still arrive and the main process must see the stop request."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(_WORKER_START_DRIVER)
+    r = subprocess.run([sys.executable, str(driver), sig], capture_output=True, text=True, timeout=120,
+                       start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "got [0, 1, 2, 3, 4, 5, 6, 7] requested True" in r.stdout, r.stdout + r.stderr

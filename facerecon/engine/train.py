@@ -278,7 +278,9 @@ def train_worker(
                     progress.start_epoch(epoch, state["step_in_epoch"])
                     progress.restore(state["running"])
                     state["running"] = {}
-                    for batch in loader:
+                    with _stop_signals_blocked():  # workers start here: none may die of a signal before ignoring it
+                        batches = iter(loader)
+                    for batch in batches:
                         batch = _to_device(batch, device)
                         with torch.autocast(device_type=device.type, enabled=use_amp):
                             pred = forward_batch(ddp_model, batch)
@@ -585,12 +587,35 @@ def _loader_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block Ctrl-C and SIGTERM in this thread while the data-loader workers are forked: a worker
+    inherits the blocked mask, so a signal to the process group that arrives before its
+    ``worker_init_fn`` ignores the signals stays pending instead of running torch's worker handler
+    (which ends the worker). The main process receives its own copy once the mask is restored."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """In a data-loader worker: ignore Ctrl-C and SIGTERM sent to the whole process group (torch
     would end the worker and with it the batch the step under way waits for). The main process
-    finishes the step and shuts the workers down; they also end when it dies (torch's watchdog)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    finishes the step and shuts the workers down; they also end when it dies (torch's watchdog).
+    The worker starts with both signals blocked (``_stop_signals_blocked``): ignoring them discards
+    any that arrived meanwhile, and only then are they unblocked."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 class _StopRequest:

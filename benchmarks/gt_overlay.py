@@ -8,7 +8,8 @@ region (blue boundary, yellow sub-priority, red key), green crosses the 68 annot
 (``pt3d_68``, or 300W-LP's re-ordered ``pt2d``), and the numbers 36 / 45 mark the two outer eye
 corners so a left/right mix-up shows. The crop frame is inverted with
 ``facerecon.frames.crop_to_image_3d`` (crop units -> image px), independently of how the cache is
-written, then image px go to the panel's px like ``detect.crop_image`` samples them.
+written, then image px go to the panel's px with ``facerecon.frames.image_to_crop_px``, the map
+``detect.crop_image`` samples by.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ REGION_BGR = {0: (255, 120, 0), 1: (0, 220, 255), 2: (0, 0, 255)}
 def panel(sample, model, scale: int = 2) -> np.ndarray:  # noqa: ANN001
     import cv2
 
-    from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px, landmark_box
-    from facerecon.detect import crop_image
-    from facerecon.frames import crop_to_image_3d
+    from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
+    from facerecon.detect import crop_image, landmark_box
+    from facerecon.frames import crop_to_image_3d, image_to_crop_px
 
     box = landmark_box(gt_landmarks_px(sample, model))
     gt = build_ground_truth(sample, box, model)
@@ -35,7 +36,7 @@ def panel(sample, model, scale: int = 2) -> np.ndarray:  # noqa: ANN001
     crop = cv2.cvtColor(crop_image(sample.image, box, size), cv2.COLOR_RGB2BGR)
 
     def panel_px(xy_px: np.ndarray) -> np.ndarray:  # image px -> px of the size x size crop
-        return (np.asarray(xy_px, dtype=np.float64)[:, :2] - box[:2]) * size / box[2]
+        return image_to_crop_px(xy_px, box, size)
 
     pix = panel_px(crop_to_image_3d(gt.points, box))
     step = 25 * 3 // scale  # fewer dots on small panels

@@ -7,19 +7,22 @@ The pipeline for one photo:
    original's image px; for the most confident face only, it searches faces of at least
    ``min_face_fraction`` of the shorter side first, with a second chance before the fallback.
 2. :func:`square_box` turns a detection ``(x0, y0, x1, y1)`` into the square crop box
-   ``(x0, y0, side)``: enlarged ``CROP_ENLARGE`` = 1.1x about its centre, ``side = 1.1 max(w, h)``.
+   ``(x0, y0, side)``: enlarged ``CROP_ENLARGE`` = 1.1x about its centre, ``side = 1.1 max(w, h)``
+   (:func:`landmark_box`: the same policy on the bounding box of ground-truth landmarks).
 3. :func:`crop_image` resamples the box of the **original** image to ``CROP_SIZE`` x
    ``CROP_SIZE`` px, black outside the image, antialiased when the box is much larger than the crop.
 
 Coordinates are continuous image px (pixel centres at +0.5). MTCNN's outputs are taken as image px
 as they are (its boxes are only accurate to a few pixels, far more than the half-pixel question).
 The crop maps image px ``(x, y)`` to crop px ``((x - x0) s, (y - y0) s)`` with ``s = size / side``
-(:func:`box_to_crop_transform`); the normalised crop frame of the network is
-``2 * crop_px / size - 1``.
+(:func:`facerecon.frames.image_to_crop_px`); the normalised crop frame of the network is
+``2 * crop_px / size - 1`` (:func:`facerecon.frames.image_to_crop`, inverse
+:func:`facerecon.frames.crop_to_image_3d`).
 
 When no face reaches ``min_probability`` :meth:`FaceDetector.crop` returns a *fallback* crop: a box
 given relative to the image (``(cx / W, cy / H, side / min(W, H))``, e.g. the dataset mean from
-:func:`mean_relative_box`), by default :data:`DEFAULT_FALLBACK_BOX`, the largest centred square.
+:func:`mean_relative_box` or a :class:`RelativeBoxMean`), by default :data:`DEFAULT_FALLBACK_BOX`,
+the largest centred square.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from facerecon.errors import InputError
 
 #: The detection box is enlarged by this factor about its centre (and made square).
 CROP_ENLARGE = 1.1
-#: Side of the network's input crop, px.
+#: Side of the network's input crop (and of the cache's crop images), px.
 CROP_SIZE = 224
 #: The fallback box when no face is found and no dataset mean is given, relative units
 #: ``(cx / W, cy / H, side / min(W, H))``: the largest square centred in the image.
@@ -108,47 +111,50 @@ def square_box(detection_xyxy: Sequence[float] | np.ndarray, enlarge: float = CR
     w, h = x1 - x0, y1 - y0
     if not (w > 0 and h > 0):
         raise InputError(f"square_box: degenerate detection box {x0, y0, x1, y1}")
-    side = enlarge * max(w, h)
+    return _enlarged_square(x0, y0, x1, y1, enlarge)
+
+
+def landmark_box(landmarks_xy: np.ndarray, enlarge: float = CROP_ENLARGE) -> tuple[float, float, float]:
+    """The crop box of ``--crop-from landmarks``: :func:`square_box`'s policy applied to the
+    landmarks' bounding box (:func:`bounding_box`).
+
+    Args:
+        landmarks_xy: ``(L, >=2)`` image px.
+        enlarge: factor about the box centre.
+
+    Returns:
+        ``(x0, y0, side)`` image px, ``side = enlarge * max(w, h)``.
+
+    Raises:
+        InputError: the landmarks span no area in either direction (or are not finite).
+    """
+    box = _enlarged_square(*bounding_box(landmarks_xy), enlarge)
+    if not box[2] > 0:
+        raise InputError("cannot build a crop box from degenerate landmarks")
+    return box
+
+
+def bounding_box(points_xy: np.ndarray) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)``: the axis-aligned bounding box of ``(L, >=2)`` points (image px)."""
+    xy = np.asarray(points_xy, dtype=np.float64)[:, :2]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
+def _enlarged_square(x0: float, y0: float, x1: float, y1: float, enlarge: float) -> tuple[float, float, float]:
+    """The crop policy on a box ``x0, y0, x1, y1``: ``side = enlarge * max(w, h)``, same centre."""
+    side = enlarge * max(x1 - x0, y1 - y0)
     cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
     return (cx - 0.5 * side, cy - 0.5 * side, side)
 
 
-def box_to_crop_transform(box: Sequence[float], size: int = CROP_SIZE) -> np.ndarray:
-    """The 2x3 affine from image px to crop px (both continuous, pixel centres at +0.5).
-
-    ``[u, v] = A @ [x, y, 1]`` with ``u = (x - x0) * size / side``, ``v = (y - y0) * size / side``.
-
-    Args:
-        box: ``(x0, y0, side)`` image px.
-        size: crop side, px.
-
-    Returns:
-        ``(2, 3)`` float64.
-    """
-    x0, y0, side = _check_box(box)
-    s = size / side
-    return np.array([[s, 0.0, -x0 * s], [0.0, s, -y0 * s]], dtype=np.float64)
-
-
-def crop_to_box_transform(box: Sequence[float], size: int = CROP_SIZE) -> np.ndarray:
-    """The inverse of :func:`box_to_crop_transform`: 2x3 affine from crop px to image px."""
-    x0, y0, side = _check_box(box)
-    k = side / size
-    return np.array([[k, 0.0, x0], [0.0, k, y0]], dtype=np.float64)
-
-
-def image_to_crop_points(points: np.ndarray, box: Sequence[float], size: int = CROP_SIZE) -> np.ndarray:
-    """Map ``(..., 2)`` image px to crop px (float64)."""
-    a = box_to_crop_transform(box, size)
-    pts = np.asarray(points, dtype=np.float64)
-    return pts @ a[:, :2].T + a[:, 2]
-
-
-def crop_to_image_points(points: np.ndarray, box: Sequence[float], size: int = CROP_SIZE) -> np.ndarray:
-    """Map ``(..., 2)`` crop px to image px (float64)."""
-    a = crop_to_box_transform(box, size)
-    pts = np.asarray(points, dtype=np.float64)
-    return pts @ a[:, :2].T + a[:, 2]
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``x0, y0, x1, y1`` boxes (0 when the union is empty)."""
+    ix = max(0.0, min(float(a[2]), float(b[2])) - max(float(a[0]), float(b[0])))
+    iy = max(0.0, min(float(a[3]), float(b[3])) - max(float(a[1]), float(b[1])))
+    inter = ix * iy
+    union = (float(a[2]) - float(a[0])) * (float(a[3]) - float(a[1])) + (float(b[2]) - float(b[0])) * (float(b[3]) - float(b[1])) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def relative_to_box(relative: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float]:
@@ -166,11 +172,46 @@ def relative_to_box(relative: Sequence[float], image_size: tuple[int, int]) -> t
     return (cx_r * w - 0.5 * side, cy_r * h - 0.5 * side, side)
 
 
-def box_to_relative(box: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float]:
-    """``(x0, y0, side)`` image px -> ``(cx / W, cy / H, side / min(W, H))``; inverse of :func:`relative_to_box`."""
-    x0, y0, side = (float(v) for v in box)
-    w, h = image_size
-    return ((x0 + 0.5 * side) / w, (y0 + 0.5 * side) / h, side / min(w, h))
+def box_to_relative(boxes: Sequence[float] | np.ndarray, image_sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``(x0, y0, side)`` image px -> ``(cx / W, cy / H, side / min(W, H))``; inverse of :func:`relative_to_box`.
+
+    Args:
+        boxes: ``(3,)`` or ``(K, 3)`` boxes, image px.
+        image_sizes: ``(2,)`` or ``(K, 2)`` ``(W, H)`` px of each box's image.
+
+    Returns:
+        ``(3,)`` or ``(K, 3)`` float64 (the boxes' shape).
+    """
+    b = np.asarray(boxes, dtype=np.float64)
+    sizes = np.asarray(image_sizes, dtype=np.float64)
+    half = b[..., 2] / 2
+    return np.stack([(b[..., 0] + half) / sizes[..., 0], (b[..., 1] + half) / sizes[..., 1], b[..., 2] / sizes.min(axis=-1)], axis=-1)
+
+
+class RelativeBoxMean:
+    """The running mean of detected crop boxes relative to their image, for the fallback box.
+
+    :meth:`value` is the mean of everything :meth:`add`-ed so far (in any grouping the sum is
+    taken in the order added), or :data:`DEFAULT_FALLBACK_BOX` before the first box.
+    """
+
+    def __init__(self) -> None:
+        self._sum = np.zeros(3)
+        self.count = 0
+
+    def add(self, boxes: Sequence[float] | np.ndarray, image_sizes: Sequence[int] | np.ndarray) -> None:
+        """Add ``(K, 3)`` boxes ``(x0, y0, side)`` image px of images of ``(K, 2)`` sizes ``(W, H)``."""
+        rel = box_to_relative(np.asarray(boxes, dtype=np.float64).reshape(-1, 3), np.asarray(image_sizes).reshape(-1, 2))
+        if len(rel):
+            self._sum = self._sum + rel.sum(axis=0)
+            self.count += len(rel)
+
+    def value(self) -> tuple[float, float, float]:
+        """``(cx / W, cy / H, side / min(W, H))``: the mean, or :data:`DEFAULT_FALLBACK_BOX` when empty."""
+        if self.count == 0:
+            return DEFAULT_FALLBACK_BOX
+        m = self._sum / self.count
+        return (float(m[0]), float(m[1]), float(m[2]))
 
 
 def mean_relative_box(crops: Sequence[FaceCrop], image_sizes: Sequence[tuple[int, int]]) -> tuple[float, float, float]:
@@ -186,11 +227,11 @@ def mean_relative_box(crops: Sequence[FaceCrop], image_sizes: Sequence[tuple[int
     """
     if len(crops) != len(image_sizes):
         raise InputError(f"mean_relative_box: {len(crops)} crops but {len(image_sizes)} image sizes")
-    rel = [box_to_relative(c.box, s) for c, s in zip(crops, image_sizes) if not c.fallback]
-    if not rel:
-        return DEFAULT_FALLBACK_BOX
-    mean = np.mean(np.asarray(rel, dtype=np.float64), axis=0)
-    return (float(mean[0]), float(mean[1]), float(mean[2]))
+    mean = RelativeBoxMean()
+    found = [(c.box, s) for c, s in zip(crops, image_sizes) if not c.fallback]
+    if found:
+        mean.add([b for b, _ in found], [s for _, s in found])
+    return mean.value()
 
 
 def _check_box(box: Sequence[float]) -> tuple[float, float, float]:
@@ -500,7 +541,7 @@ class FaceDetector:
         if not faces:
             return None
         face = faces[0]
-        if _box_iou(face.detection, previous.detection) < 0.5:
+        if box_iou(face.detection, previous.detection) < 0.5:
             return None
         return face
 
@@ -593,15 +634,6 @@ class FaceDetector:
                 continue
             crops.append(FaceCrop(box=square_box(det), probability=p, landmarks5=lm, detection=det, fallback=False))
         return crops
-
-
-def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two ``x0, y0, x1, y1`` boxes."""
-    ix = max(0.0, min(float(a[2]), float(b[2])) - max(float(a[0]), float(b[0])))
-    iy = max(0.0, min(float(a[3]), float(b[3])) - max(float(a[1]), float(b[1])))
-    inter = ix * iy
-    union = (float(a[2]) - float(a[0])) * (float(a[3]) - float(a[1])) + (float(b[2]) - float(b[0])) * (float(b[3]) - float(b[1])) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _check_image(image: np.ndarray) -> None:

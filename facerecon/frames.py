@@ -1,7 +1,11 @@
 """Conversions between the frames of docs/conventions.md, and head pose from 3D landmarks.
 
 - image px: continuous, 0-based, x right, y down (pixel centres at +0.5).
-- crop units: ``x = 2 (x_px - x0) / side - 1`` (same for y), z away from the camera scaled like x.
+- crop px: the pixels of a ``size`` x ``size`` crop of the box ``(x0, y0, side)``:
+  ``u = (x_px - x0) size / side`` (same for y), continuous like image px.
+- crop units (the network's normalised crop frame): ``x = 2 (x_px - x0) / side - 1`` (same for
+  y; the crop spans [-1, 1]), z away from the camera scaled like x. One crop unit is
+  ``side / 2`` image px, and ``x = 2 u / size - 1``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,29 @@ from typing import Sequence
 import numpy as np
 
 
+def image_to_crop(points_px: np.ndarray, box: Sequence[float], z0_px: float = 0.0) -> np.ndarray:
+    """Image px -> crop units.
+
+    Args:
+        points_px: ``(..., 2)`` or ``(..., 3)`` image px (z: depth away from the camera, px).
+        box: crop box ``(x0, y0, side)`` in image px.
+        z0_px: depth (px) that maps to ``z = 0``.
+
+    Returns:
+        same shape, float32 crop units.
+    """
+    x0, y0, side = (float(v) for v in box)
+    pts = np.asarray(points_px, dtype=np.float64)
+    out = np.empty_like(pts)
+    out[..., 0] = 2.0 * (pts[..., 0] - x0) / side - 1.0
+    out[..., 1] = 2.0 * (pts[..., 1] - y0) / side - 1.0
+    if pts.shape[-1] > 2:
+        out[..., 2] = 2.0 * (pts[..., 2] - z0_px) / side
+    return out.astype(np.float32)
+
+
 def crop_to_image_3d(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """Crop units -> image px, depth included.
+    """Crop units -> image px, depth included (the inverse of :func:`image_to_crop` with ``z0_px = 0``).
 
     Args:
         points: (..., 3) crop units.
@@ -31,6 +56,22 @@ def crop_to_image_3d(points: np.ndarray, box: Sequence[float]) -> np.ndarray:
     out[..., 1] = (p[..., 1] + 1.0) * half + y0
     out[..., 2] = p[..., 2] * half
     return out
+
+
+def image_to_crop_px(points_px: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+    """Image px -> px of the ``size`` x ``size`` crop of ``box`` (what ``detect.crop_image`` samples).
+
+    Args:
+        points_px: ``(..., >=2)`` image px (only x and y are used).
+        box: crop box ``(x0, y0, side)`` in image px.
+        size: the crop's side, px.
+
+    Returns:
+        ``(..., 2)`` float64 crop px, ``u = (x - x0) size / side``, ``v = (y - y0) size / side``.
+    """
+    x0, y0, side = (float(v) for v in box)
+    xy = np.asarray(points_px, dtype=np.float64)[..., :2]
+    return (xy - np.array([x0, y0])) * size / side
 
 
 # The dataset convention (AFLW2000-3D / 300W-LP Pose_Para): P = s * R V + t in the face model's
@@ -52,7 +93,14 @@ def euler_from_rotation(r_model: np.ndarray) -> tuple[float, float, float]:
 
 
 def rotation_from_euler(pitch: float, yaw: float, roll: float) -> np.ndarray:
-    """The dataset's ``Rx(pitch) Ry(yaw) Rz(roll)`` (3, 3)."""
+    """The dataset's ``R = Rx(pitch) Ry(yaw) Rz(roll)``, as in the 300W-LP code and face3d.
+
+    Args:
+        pitch, yaw, roll: radians (``Pose_Para[:3]``).
+
+    Returns:
+        ``(3, 3)`` float64; a model point ``v`` (row vector) is rotated as ``v @ R.T``.
+    """
     cp, sp, cy, sy, cr, sr = math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw), math.cos(roll), math.sin(roll)
     rx = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])
     ry = np.array([[cy, 0, -sy], [0, 1, 0], [sy, 0, cy]])

@@ -16,9 +16,10 @@ import scipy.io
 from PIL import Image
 
 from facerecon.data.cache import PrepareOptions, assign_splits, partial_path, prepare_cache, read_split_file
-from facerecon.data.face_model import project_to_image, rotation_matrix
+from facerecon.data.face_model import project_to_image
 from facerecon.data.readers import list_samples
 from facerecon.errors import InputError
+from facerecon.frames import rotation_from_euler
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_face_model import tiny_model_arrays, write_reduced  # noqa: E402
@@ -46,7 +47,7 @@ def make_fixture_dataset(root: Path, n: int = 12, size: int = 96, seed: int = 0)
         pose = np.array([[rng.uniform(-0.3, 0.3), rng.uniform(-0.6, 0.6), rng.uniform(-0.2, 0.2),
                           size / 2 + rng.uniform(-5, 5), size / 2 + rng.uniform(-5, 5), 0.0, 0.0004]], dtype=np.float32)
         v = (arr["mean"].astype(np.float64).reshape(-1) + arr["shape"] @ shape_p[:5, 0] + arr["exp"] @ exp_p[:3, 0]).reshape(-1, 3)
-        p = pose[0, 6] * v[arr["lm"]] @ rotation_matrix(*pose[0, :3]).T + pose[0, 3:6]
+        p = pose[0, 6] * v[arr["lm"]] @ rotation_from_euler(*pose[0, :3]).T + pose[0, 3:6]
         pt3d = np.stack([p[:, 0], size + 1 - p[:, 1], p[:, 2]]).astype(np.float32)
         scipy.io.savemat(data / f"image{i:05d}.mat", {"Shape_Para": shape_p, "Exp_Para": exp_p, "Pose_Para": pose, "pt3d_68": pt3d})
     return data, model_dir

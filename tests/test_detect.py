@@ -17,16 +17,16 @@ from facerecon.detect import (
     DEFAULT_FALLBACK_BOX,
     FaceCrop,
     FaceDetector,
-    box_to_crop_transform,
+    RelativeBoxMean,
+    bounding_box,
     box_to_relative,
     crop_image,
-    crop_to_box_transform,
-    crop_to_image_points,
-    image_to_crop_points,
+    landmark_box,
     mean_relative_box,
     relative_to_box,
     square_box,
 )
+from facerecon.detect import box_iou as detect_box_iou  # testutils' box_iou is the tests' reference
 from facerecon.errors import InputError
 from testutils import box_iou
 
@@ -46,23 +46,24 @@ def test_square_box_hand_values() -> None:
         square_box([5, 5, 5, 9])
 
 
-def test_box_transform_and_inverse() -> None:
-    box = (-12.5, 40.0, 300.0)
-    a = box_to_crop_transform(box, 224)
-    # hand-worked: u = (x - x0) * 224 / 300
-    x, y = 100.0, 70.0
-    assert a @ np.array([x, y, 1.0]) == pytest.approx([(x + 12.5) * 224 / 300, (y - 40.0) * 224 / 300])
-    # the box corners map onto the crop's edges
-    assert image_to_crop_points(np.array([[-12.5, 40.0], [287.5, 340.0]]), box, 224) == pytest.approx(
-        np.array([[0.0, 0.0], [224.0, 224.0]])
-    )
-    inv = crop_to_box_transform(box, 224)
-    full_a, full_inv = np.vstack([a, [0, 0, 1]]), np.vstack([inv, [0, 0, 1]])
-    np.testing.assert_allclose(full_a @ full_inv, np.eye(3), atol=1e-12)
-    pts = np.random.default_rng(0).uniform(-50, 400, (7, 2))
-    np.testing.assert_allclose(crop_to_image_points(image_to_crop_points(pts, box), box), pts, atol=1e-9)
-    with pytest.raises(InputError):
-        box_to_crop_transform((0.0, 0.0, 0.0))
+def test_landmark_box_is_the_square_box_of_the_landmarks_bounds() -> None:
+    # bounds (2, -4) .. (12, 16): 10 x 20 centred at (7, 6); side 1.1 * 20 = 22 (worked by hand)
+    lm = np.array([[2.0, 0.0, 5.0], [12.0, 16.0, -1.0], [5.0, -4.0, 0.0]])
+    assert bounding_box(lm) == (2.0, -4.0, 12.0, 16.0)
+    assert landmark_box(lm) == pytest.approx((7 - 11, 6 - 11, 22.0))
+    assert landmark_box(lm) == square_box([2.0, -4.0, 12.0, 16.0])  # one policy for both
+    assert landmark_box(lm, enlarge=1.0) == pytest.approx((-3.0, -4.0, 20.0))
+    assert landmark_box(np.array([[3.0, 1.0], [3.0, 9.0]])) == pytest.approx((3 - 4.4, 5 - 4.4, 8.8))  # flat in x: still a box
+    with pytest.raises(InputError, match="degenerate landmarks"):
+        landmark_box(np.array([[3.0, 1.0], [3.0, 1.0]]))
+
+
+def test_box_iou_hand_values() -> None:
+    assert detect_box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert detect_box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)  # half overlap
+    assert detect_box_iou((0, 0, 10, 10), (2, 2, 4, 4)) == pytest.approx(4 / 100)  # inside
+    assert detect_box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    assert detect_box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # empty union
 
 
 def test_relative_boxes() -> None:
@@ -70,6 +71,10 @@ def test_relative_boxes() -> None:
     assert relative_to_box((0.5, 0.5, 1.0), (400, 200)) == pytest.approx((100.0, 0.0, 200.0))
     assert relative_to_box((0.25, 0.5, 0.5), (400, 200)) == pytest.approx((50.0, 50.0, 100.0))
     assert box_to_relative((50.0, 50.0, 100.0), (400, 200)) == pytest.approx((0.25, 0.5, 0.5))
+    # several at once: (cx / W, cy / H, side / min(W, H)) row by row
+    np.testing.assert_allclose(
+        box_to_relative([[50.0, 50.0, 100.0], [0.0, 0.0, 100.0]], [[400, 200], [100, 100]]), [[0.25, 0.5, 0.5], [0.5, 0.5, 1.0]]
+    )
 
     def face(box: tuple[float, float, float], fallback: bool = False) -> FaceCrop:
         return FaceCrop(box=box, probability=0.99, landmarks5=None, detection=None, fallback=fallback)
@@ -79,6 +84,15 @@ def test_relative_boxes() -> None:
     # (0.25, 0.5, 0.5) and (0.5, 0.5, 1.0) averaged; the fallback ignored
     assert mean_relative_box(crops, sizes) == pytest.approx((0.375, 0.5, 0.75))
     assert mean_relative_box([], []) == DEFAULT_FALLBACK_BOX
+    # the running mean (the cache writer's fallback box): the same, whether added at once or one by one
+    running = RelativeBoxMean()
+    assert running.value() == DEFAULT_FALLBACK_BOX
+    running.add([50.0, 50.0, 100.0], [400, 200])
+    assert running.value() == pytest.approx((0.25, 0.5, 0.5))
+    running.add(np.array([[0.0, 0.0, 100.0]]), np.array([[100, 100]], dtype=np.int32))
+    assert running.count == 2 and running.value() == pytest.approx((0.375, 0.5, 0.75))
+    running.add(np.zeros((0, 3)), np.zeros((0, 2)))  # nothing to add
+    assert running.count == 2 and running.value() == pytest.approx((0.375, 0.5, 0.75))
 
 
 def test_face_crop_to_dict_round_trip() -> None:

@@ -13,12 +13,35 @@ from facerecon.data.face_model import (
     load_face_model,
     pose_degrees,
     project_to_image,
-    rotation_matrix,
     save_face_model,
 )
 from facerecon.errors import InputError
+from facerecon.frames import rotation_from_euler
 
 KS, KE = 5, 3
+
+
+def savemat_v73(path: Path, variables: dict) -> Path:
+    """A MATLAB v7.3 ``.mat`` as MATLAB writes one, without MATLAB: an HDF5 file behind a 512-byte
+    header (text, subsystem offset, version 0x0200, endian ``IM``), each array stored with its axes
+    reversed (MATLAB is column-major), a struct as a group of its fields."""
+    import h5py
+
+    def put(group, name: str, value) -> None:  # noqa: ANN001
+        if isinstance(value, dict):
+            sub = group.create_group(name)
+            for k, v in value.items():
+                put(sub, k, v)
+        else:
+            group.create_dataset(name, data=np.atleast_2d(np.asarray(value)).T)
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in variables.items():
+            put(f, name, value)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
+    return path
 
 
 def tiny_model_arrays(n_side: int = 16, seed: int = 0) -> dict:
@@ -62,7 +85,7 @@ def write_reduced(folder: Path, arr: dict) -> Path:
     return folder
 
 
-def write_face3d(path: Path, arr: dict) -> Path:
+def write_face3d(path: Path, arr: dict, v73: bool = False) -> Path:
     flat = arr["mean"].reshape(-1, 1).astype(np.float64)
     model = {
         "shapeMU": flat - 3.0, "shapePC": arr["shape"].astype(np.float64), "shapeEV": np.ones((KS, 1)),
@@ -70,7 +93,7 @@ def write_face3d(path: Path, arr: dict) -> Path:
         "tri": (arr["tri"].T + 1).astype(np.float64), "kpt_ind": (arr["lm"][None, :] + 1).astype(np.float64),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(path, {"model": model})
+    (savemat_v73 if v73 else scipy.io.savemat)(path, {"model": model})
     return path
 
 
@@ -102,14 +125,15 @@ def write_bfm2009(folder: Path, arr: dict) -> Path:
     return folder
 
 
-def write_model_shape(folder: Path, arr: dict) -> Path:
+def write_model_shape(folder: Path, arr: dict, v73: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     flat = arr["mean"].reshape(-1, 1).astype(np.float64)
-    scipy.io.savemat(folder / "Model_Shape.mat", {
+    save = savemat_v73 if v73 else scipy.io.savemat
+    save(folder / "Model_Shape.mat", {
         "mu_shape": flat - 1.0, "w": arr["shape"].astype(np.float64), "tri": (arr["tri"].T + 1).astype(np.float64),
         "keypoints": (arr["lm"][None, :] + 1).astype(np.float64),
     })
-    scipy.io.savemat(folder / "Model_Expression.mat", {"mu_exp": np.ones((flat.shape[0], 1)), "w_exp": arr["exp"].astype(np.float64)})
+    save(folder / "Model_Expression.mat", {"mu_exp": np.ones((flat.shape[0], 1)), "w_exp": arr["exp"].astype(np.float64)})
     return folder
 
 
@@ -124,7 +148,7 @@ def assert_same_model(m: FaceModel, arr: dict) -> None:
     assert m.units == "um" and len(m.sha256) == 64
 
 
-@pytest.mark.parametrize("layout", ["reduced", "face3d", "bfm2009", "model_shape"])
+@pytest.mark.parametrize("layout", ["reduced", "face3d", "bfm2009", "model_shape", "face3d_v73", "model_shape_v73"])
 def test_every_format_loads_to_the_same_arrays(tmp_path: Path, layout: str) -> None:
     arr = tiny_model_arrays()
     target = {
@@ -132,6 +156,9 @@ def test_every_format_loads_to_the_same_arrays(tmp_path: Path, layout: str) -> N
         "face3d": lambda: write_face3d(tmp_path / "face3d" / "BFM.mat", arr),
         "bfm2009": lambda: write_bfm2009(tmp_path / "bfm", arr),
         "model_shape": lambda: write_model_shape(tmp_path / "ms", arr),
+        # the same files saved by MATLAB with -v7.3 (HDF5)
+        "face3d_v73": lambda: write_face3d(tmp_path / "face3d" / "BFM.mat", arr, v73=True),
+        "model_shape_v73": lambda: write_model_shape(tmp_path / "ms", arr, v73=True),
     }[layout]()
     model = load_face_model(target)
     assert_same_model(model, arr)
@@ -190,7 +217,7 @@ def test_rotation_matches_the_published_formula() -> None:
     from scipy.spatial.transform import Rotation
 
     pitch, yaw, roll = 0.3, -0.7, 0.2
-    r = rotation_matrix(pitch, yaw, roll)
+    r = rotation_from_euler(pitch, yaw, roll)
     # the README's matrices are the transposes of the usual active rotations
     ref = (Rotation.from_euler("x", pitch).as_matrix().T @ Rotation.from_euler("y", yaw).as_matrix().T
            @ Rotation.from_euler("z", roll).as_matrix().T)
@@ -202,7 +229,7 @@ def test_rotation_matches_the_published_formula() -> None:
 def test_projection_is_the_1_based_recipe_minus_half_a_pixel() -> None:
     v = np.array([[1000.0, 2000.0, 3000.0], [-500.0, 0.0, 100.0]])
     pose = np.array([0.1, 0.2, -0.1, 100.0, 120.0, 5.0, 0.002])
-    r = rotation_matrix(*pose[:3])
+    r = rotation_from_euler(*pose[:3])
     p = pose[6] * v @ r.T + pose[3:6]
     out = project_to_image(v, pose, image_height=450)
     np.testing.assert_allclose(out[:, 0], p[:, 0] - 0.5, atol=1e-4)

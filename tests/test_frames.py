@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from facerecon.frames import crop_to_image_3d, euler_from_rotation, frontalise, head_pose, rotation_from_euler, similarity_fit
+from facerecon.frames import (
+    crop_to_image_3d,
+    euler_from_rotation,
+    frontalise,
+    head_pose,
+    image_to_crop,
+    image_to_crop_px,
+    rotation_from_euler,
+    similarity_fit,
+)
 
 
 def test_crop_to_image_by_hand() -> None:
@@ -17,6 +26,35 @@ def test_crop_to_image_by_hand() -> None:
     pts = np.array([[-1.0, -1.0, 0.0], [1.0, 1.0, 0.5], [0.0, 0.0, -0.2]])
     out = crop_to_image_3d(pts, box)
     np.testing.assert_allclose(out, [[10, 20, 0], [210, 220, 50], [110, 120, -20]])
+
+
+def test_image_to_crop_units_by_hand_and_back() -> None:
+    box = (10.0, 20.0, 200.0)  # one crop unit = 100 px; z0 = 30 px maps to z = 0
+    px = np.array([[10.0, 20.0, 30.0], [210.0, 220.0, 80.0], [110.0, 170.0, 10.0]])
+    units = image_to_crop(px, box, z0_px=30.0)
+    assert units.dtype == np.float32
+    np.testing.assert_allclose(units, [[-1, -1, 0], [1, 1, 0.5], [0, 0.5, -0.2]], atol=1e-7)
+    np.testing.assert_allclose(image_to_crop(px[:, :2], box), [[-1, -1], [1, 1], [0, 0.5]], atol=1e-7)  # x, y only
+    np.testing.assert_allclose(image_to_crop(px[None], box, 30.0), units[None], atol=1e-7)  # any leading shape
+    # the way back: depth relative to z0
+    np.testing.assert_allclose(crop_to_image_3d(units, box), px - [0.0, 0.0, 30.0], atol=1e-4)
+
+
+def test_image_to_crop_px_by_hand() -> None:
+    box = (-12.5, 40.0, 300.0)
+    # hand-worked: u = (x - x0) * 224 / 300, v = (y - y0) * 224 / 300
+    x, y = 100.0, 70.0
+    assert image_to_crop_px(np.array([[x, y]]), box, 224)[0] == pytest.approx([(x + 12.5) * 224 / 300, (y - 40.0) * 224 / 300])
+    # the box corners map onto the crop's edges; a z column is ignored
+    assert image_to_crop_px(np.array([[-12.5, 40.0, 5.0], [287.5, 340.0, -5.0]]), box, 224) == pytest.approx(
+        np.array([[0.0, 0.0], [224.0, 224.0]])
+    )
+    # crop px and crop units are one frame in two scales: x_units = 2 u / size - 1
+    pts = np.random.default_rng(0).uniform(-50, 400, (7, 2))
+    np.testing.assert_allclose(2 * image_to_crop_px(pts, box, 224) / 224 - 1, image_to_crop(pts, box), atol=1e-6)
+    # and back to image px through the crop units
+    units = 2 * image_to_crop_px(pts, box, 224) / 224 - 1
+    np.testing.assert_allclose(crop_to_image_3d(np.column_stack([units, np.zeros(7)]), box)[:, :2], pts, atol=1e-9)
 
 
 def _dataset_rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:

@@ -15,13 +15,13 @@ from facerecon.data.ground_truth import (
     REGION_SUB,
     build_ground_truth,
     estimate_normals,
-    image_to_crop,
-    landmark_box,
     region_labels,
     sample_colors,
     vertex_normals,
 )
 from facerecon.data.readers import list_samples, read_sample
+from facerecon.detect import landmark_box
+from facerecon.frames import image_to_crop
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import shared_subdir  # noqa: E402

@@ -12,11 +12,12 @@ import scipy.io
 from PIL import Image
 
 from facerecon.data.face_model import load_face_model, project_to_image
-from facerecon.data.readers import FLIP_PERMUTATION_68, detect_format, list_samples, read_sample
+from facerecon.data.readers import FLIP_PERMUTATION_68, detect_format, list_samples, load_mat, read_sample
 from facerecon.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import make_fixture_dataset  # noqa: E402
+from test_face_model import savemat_v73  # noqa: E402
 
 PERM = np.array(FLIP_PERMUTATION_68)
 
@@ -90,11 +91,45 @@ def test_scan_folder(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.points, pts)
     np.testing.assert_allclose(b.points, pts, atol=1e-5)
     assert a.landmarks68.shape == (68, 3) and a.mm_per_px == 0.5 and b.landmarks68 is None
-    from facerecon.data.ground_truth import build_ground_truth, landmark_box
+    from facerecon.data.ground_truth import build_ground_truth
+    from facerecon.detect import landmark_box
 
     gt = build_ground_truth(a, landmark_box(a.landmarks68), None)
     assert gt.points.shape == (300, 3) and gt.regions.max() == 2
     assert np.allclose(np.linalg.norm(gt.normals, axis=1), 1, atol=1e-3) and (gt.normals[:, 2] <= 0).all()
+
+
+def test_load_mat_reads_v5_and_v73_alike(tmp_path: Path) -> None:
+    """The same variables saved as v5 (scipy) and v7.3 (HDF5, axes reversed on disk) load to the
+    arrays written, in MATLAB's shapes."""
+    rng = np.random.default_rng(0)
+    variables = {"a": rng.normal(size=(3, 2)), "col": np.arange(199.0).reshape(199, 1), "row": np.arange(68.0)[None, :],
+                 "scalar": np.array([[7.5]]), "ints": np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32)}
+    v5 = tmp_path / "v5.mat"
+    scipy.io.savemat(v5, variables)
+    v73 = savemat_v73(tmp_path / "v73.mat", {**variables, "s": {"x": np.ones((2, 5)), "y": np.zeros((1, 4))}})
+    for path in (v5, v73):
+        got = load_mat(path)
+        for name, ref in variables.items():
+            assert got[name].shape == ref.shape, (path.name, name)
+            np.testing.assert_array_equal(got[name], ref)
+    struct = load_mat(v73)["s"]  # a v7.3 struct: its fields
+    assert struct["x"].shape == (2, 5) and struct["y"].shape == (1, 4)
+    broken = tmp_path / "broken.mat"
+    broken.write_bytes(v73.read_bytes()[:600])  # a v7.3 header, then a truncated HDF5 file
+    with pytest.raises(InputError, match="broken.mat"):
+        load_mat(broken)
+
+
+def test_v73_annotation_reads_like_v5(tmp_path: Path) -> None:
+    data, _ = make_fixture_dataset(tmp_path, n=1)
+    ref = list_samples(data)[0]
+    v5 = read_sample(ref)
+    savemat_v73(ref.annotation_path, {k: v for k, v in scipy.io.loadmat(ref.annotation_path).items() if not k.startswith("__")})
+    v73 = read_sample(ref)
+    for name in ("shape", "exp", "pose"):
+        np.testing.assert_array_equal(getattr(v73.params, name), getattr(v5.params, name))
+    np.testing.assert_array_equal(v73.landmarks68, v5.landmarks68)
 
 
 def test_bad_files_raise_input_errors(tmp_path: Path) -> None:

@@ -41,12 +41,22 @@ import numpy as np
 
 from facerecon import __version__
 from facerecon.data.face_model import FaceModel, load_face_model
-from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px, image_to_crop, landmark_box
+from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
 from facerecon.data.readers import SampleRef, read_sample
+from facerecon.detect import (
+    CROP_SIZE,
+    FaceDetector,
+    RelativeBoxMean,
+    bounding_box,
+    box_iou,
+    crop_image,
+    landmark_box,
+    relative_to_box,
+)
 from facerecon.errors import FaceReconError, InputError
+from facerecon.frames import image_to_crop
 
 SCHEMA_VERSION = 2
-CROP_SIZE = 224
 SPLIT_NAMES = ("train", "val", "test")
 #: Fraction of the samples in (train, val, test) by default: 1600/200/200 for AFLW2000-3D.
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -165,8 +175,6 @@ def _make_context(model_path: str | None, options: PrepareOptions, model: FaceMo
         model = load_face_model(model_path)
     detector = None
     if options.crop_from == "detector":
-        from facerecon.detect import FaceDetector
-
         detector = FaceDetector(device=options.device, min_probability=options.min_probability)
     return _Context(model=model, options=options, detector=detector)
 
@@ -190,16 +198,6 @@ def _worker_process(job: tuple[int, SampleRef]) -> _Result:
     return compute_sample(job[0], job[1], _WORKER_CTX)
 
 
-def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax0, ay0, ax1, ay1 = a
-    bx0, by0, bx1, by1 = b
-    iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
-    ih = max(0.0, min(ay1, by1) - max(ay0, by0))
-    inter = iw * ih
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _pick_face(faces: list, landmarks_px: np.ndarray | None):  # noqa: ANN202
     """The detection of the annotated face: the largest IoU with the landmark box (most confident
     without landmarks); None when no detection overlaps the annotated face."""
@@ -207,9 +205,8 @@ def _pick_face(faces: list, landmarks_px: np.ndarray | None):  # noqa: ANN202
         return None
     if landmarks_px is None:
         return faces[0]
-    lo, hi = landmarks_px[:, :2].min(axis=0), landmarks_px[:, :2].max(axis=0)
-    ref = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-    ious = [_box_iou(tuple(float(v) for v in f.detection), ref) for f in faces]
+    ref = bounding_box(landmarks_px)
+    ious = [box_iou(f.detection, ref) for f in faces]
     best = int(np.argmax(ious))
     return faces[best] if ious[best] > 0 else None
 
@@ -220,8 +217,6 @@ def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequ
     Returns a :class:`_Result` with the row and point arrays, or ``error`` (a bad sample), or
     ``needs_fallback`` (no face detected: the caller supplies the fallback box).
     """
-    from facerecon.detect import crop_image, relative_to_box
-
     try:
         sample = read_sample(ref, ctx.model)
         _check_finite_params(sample, ref)
@@ -465,19 +460,13 @@ class _Writer:
         boxes = f["boxes"][: self.rows]
         sizes = f["image_sizes"][: self.rows]
         fallback = f["fallback"][: self.rows].astype(bool)
-        rel = _relative_boxes(boxes[~fallback], sizes[~fallback])
-        self._rel_sum = rel.sum(axis=0) if len(rel) else np.zeros(3)
-        self._rel_count = int(len(rel))
+        self._rel_mean = RelativeBoxMean()
+        self._rel_mean.add(boxes[~fallback], sizes[~fallback])
         self.n_fallback = int(fallback.sum())
 
     def fallback_box(self) -> tuple[float, float, float]:
         """Running mean of the detected boxes so far, relative to image size (deterministic)."""
-        from facerecon.detect import DEFAULT_FALLBACK_BOX
-
-        if self._rel_count == 0:
-            return DEFAULT_FALLBACK_BOX
-        m = self._rel_sum / self._rel_count
-        return float(m[0]), float(m[1]), float(m[2])
+        return self._rel_mean.value()
 
     def add(self, res: _Result) -> None:
         """Queue one result; rows are written in blocks by :meth:`mark`."""
@@ -489,9 +478,7 @@ class _Writer:
             if res.row["fallback"]:
                 self.n_fallback += 1
             else:
-                w, h = (int(v) for v in res.row["image_sizes"])
-                self._rel_sum = self._rel_sum + _relative_boxes(res.row["boxes"][None], np.array([[w, h]]))[0]
-                self._rel_count += 1
+                self._rel_mean.add(res.row["boxes"], res.row["image_sizes"])
         self._pending_src += 1
         if len(self._buf) + len(self._skip_buf) >= self.options.flush_every or (
             time.monotonic() - self._last_flush > self.options.flush_seconds
@@ -551,16 +538,6 @@ class _Writer:
     def n_skipped(self) -> int:
         """Skipped sources, queued ones included."""
         return self.skipped + len(self._skip_buf)
-
-
-def _relative_boxes(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(K, 3) boxes (x0, y0, side) px and (K, 2) sizes (W, H) -> (K, 3) (cx/W, cy/H, side/min(W, H))."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 3)
-    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
-    half = boxes[:, 2] / 2
-    return np.stack(
-        [(boxes[:, 0] + half) / sizes[:, 0], (boxes[:, 1] + half) / sizes[:, 1], boxes[:, 2] / sizes.min(axis=1)], axis=1
-    )
 
 
 # ----------------------------------------------------------------------------------------------

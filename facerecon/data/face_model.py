@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facerecon.data.readers import load_mat
 from facerecon.errors import InputError
+from facerecon.frames import rotation_from_euler
 from facerecon.io_utils import atomic_path
 
 #: Model units per millimetre for each supported unit name.
@@ -129,6 +131,20 @@ class FaceModel:
         flat = self.mean.reshape(-1)[rows].astype(np.float64)
         flat = flat + self.shape_basis[rows] @ alpha + self.exp_basis[rows] @ beta
         return flat.reshape(68, 3).astype(np.float32)
+
+    def landmarks_px(self, shape_params: np.ndarray, exp_params: np.ndarray, pose: np.ndarray, image_height: int) -> np.ndarray:
+        """The 68 landmark vertices of a fit posed into the image: :meth:`landmark_vertices`
+        through :func:`project_to_image`.
+
+        Args:
+            shape_params, exp_params: as for :meth:`vertices`.
+            pose: ``(7,)`` ``Pose_Para``.
+            image_height: ``H`` in pixels.
+
+        Returns:
+            ``(68, 3)`` float32 image px (z away from the camera, px).
+        """
+        return project_to_image(self.landmark_vertices(shape_params, exp_params), pose, image_height)
 
 
 def _fit_length(params: np.ndarray, k: int) -> np.ndarray:
@@ -247,19 +263,8 @@ def _load_npz(path: Path) -> FaceModel:
         raise InputError(f"{path}: cannot read face model ({reason})") from None
 
 
-def _loadmat(path: Path) -> dict:
-    import scipy.io
-
-    try:
-        return scipy.io.loadmat(str(path))
-    except NotImplementedError:
-        raise InputError(f"{path}: MATLAB v7.3 files are not supported; re-save it with save(..., '-v7')") from None
-    except Exception as exc:  # scipy raises many types for corrupt files
-        raise InputError(f"{path}: cannot read .mat file ({type(exc).__name__}: {exc})") from None
-
-
 def _mat_field(path: Path, name: str) -> np.ndarray:
-    data = _loadmat(path)
+    data = load_mat(path)
     if name not in data:
         raise InputError(f"{path}: expected the array {name!r}")
     return data[name]
@@ -335,15 +340,18 @@ def _load_reduced(folder: Path) -> FaceModel:
     )
 
 
-def _struct_fields(obj: np.ndarray) -> dict:
-    """A MATLAB struct loaded by scipy (a (1, 1) record array) -> {field: array}."""
+def _struct_fields(obj: np.ndarray | dict) -> dict:
+    """A MATLAB struct as :func:`~facerecon.data.readers.load_mat` gives it (v5: a (1, 1) record
+    array; v7.3: a dict) -> {field: array}."""
+    if isinstance(obj, dict):
+        return obj
     rec = obj[0, 0] if obj.ndim == 2 else obj
     return {name: rec[name] for name in rec.dtype.names}
 
 
 def _load_mat_file(path: Path) -> FaceModel:
     """face3d's ``BFM.mat``: a struct ``model`` with shapeMU/PC, expMU/PC, tri, kpt_ind (1-based)."""
-    data = _loadmat(path)
+    data = load_mat(path)
     if "model" not in data:
         if "shapeMU" in data or "mu_shape" in data:
             return _load_bfm_folder(path.parent, shape_file=path)
@@ -384,7 +392,7 @@ def _find(folder: Path, *names: str) -> Path | None:
 def _load_bfm_folder(folder: Path, shape_file: Path) -> FaceModel:
     """BFM 2009 (or 3DDFA's Model_Shape.mat) + 3DDFA's Model_Expression.mat (+ model_info.mat)."""
     files = [shape_file]
-    s = _loadmat(shape_file)
+    s = load_mat(shape_file)
     if "shapeMU" in s:  # 01_MorphableModel.mat
         mu, pc = s["shapeMU"].reshape(-1), s["shapePC"]
         tri = _tri_rows(s["tl"], one_based=True, where=shape_file) if "tl" in s else None
@@ -399,7 +407,7 @@ def _load_bfm_folder(folder: Path, shape_file: Path) -> FaceModel:
     if exp_file is None:
         raise InputError(f"{folder}: Model_Expression.mat (3DDFA's 29-component expression model) not found beside {shape_file.name}")
     files.append(exp_file)
-    e = _loadmat(exp_file)
+    e = load_mat(exp_file)
     if "mu_exp" not in e or "w_exp" not in e:
         raise InputError(f"{exp_file}: expected the arrays mu_exp and w_exp")
     mu_exp, w_exp = e["mu_exp"].reshape(-1), e["w_exp"]
@@ -411,7 +419,7 @@ def _load_bfm_folder(folder: Path, shape_file: Path) -> FaceModel:
                 f"{mu_exp.shape[0] // 3}; put 3DDFA's model_info.mat (trimIndex) beside them"
             )
         files.append(info_file)
-        info = _loadmat(info_file)
+        info = load_mat(info_file)
         if "trimIndex" not in info:
             raise InputError(f"{info_file}: expected the array trimIndex (1-based vertex ids)")
         keep = np.asarray(info["trimIndex"]).reshape(-1).astype(np.int64) - 1
@@ -464,21 +472,6 @@ def _reindex_triangles(tri: np.ndarray, keep: np.ndarray, n_full: int) -> np.nda
 # pose and projection (the AFLW2000-3D / 300W-LP convention)
 
 
-def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
-    """``R = Rx(pitch) @ Ry(yaw) @ Rz(roll)`` as in the 300W-LP code and face3d (angles in radians).
-
-    Returns:
-        ``(3, 3)`` float64; a model point ``v`` (row vector) is rotated as ``v @ R.T``.
-    """
-    c, s = np.cos(pitch), np.sin(pitch)
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]])
-    c, s = np.cos(yaw), np.sin(yaw)
-    ry = np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
-    c, s = np.cos(roll), np.sin(roll)
-    rz = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-    return rx @ ry @ rz
-
-
 def project_to_image(vertices: np.ndarray, pose: np.ndarray, image_height: int) -> np.ndarray:
     """Model vertices -> image px (docs/conventions.md), scaled orthographic.
 
@@ -495,7 +488,7 @@ def project_to_image(vertices: np.ndarray, pose: np.ndarray, image_height: int) 
         ``(N, 3)`` float32 image px.
     """
     pose = np.asarray(pose, dtype=np.float64).reshape(-1)
-    rot = rotation_matrix(pose[0], pose[1], pose[2])
+    rot = rotation_from_euler(pose[0], pose[1], pose[2])
     p = pose[6] * (np.asarray(vertices, dtype=np.float64) @ rot.T) + pose[3:6]
     out = np.empty_like(p)
     out[:, 0] = p[:, 0] - 0.5

@@ -6,7 +6,8 @@ whole face surface, including parts hidden at large yaw. For a scan, every point
 
 The crop frame (docs/conventions.md): ``x = 2 (x_px - x0) / side - 1``, likewise y (the crop spans
 [-1, 1], x right, y down), ``z`` depth away from the camera with the same scale, ``z = 0`` at the
-mean depth of the 68 ground-truth landmarks. One crop unit is ``side / 2`` image px.
+mean depth of the 68 ground-truth landmarks. One crop unit is ``side / 2`` image px
+(:func:`facerecon.frames.image_to_crop`; the box policy is :mod:`facerecon.detect`'s).
 
 Per point we store:
 
@@ -27,12 +28,11 @@ import numpy as np
 from facerecon.data.face_model import FaceModel, pose_degrees, project_to_image
 from facerecon.data.readers import RawSample
 from facerecon.errors import InputError
+from facerecon.frames import image_to_crop
 
 REGION_BOUNDARY, REGION_SUB, REGION_KEY = 0, 1, 2
 #: Region thresholds in millimetres: key below the first, sub-priority up to the second.
 REGION_THRESHOLDS_MM = (10.0, 17.0)
-#: The crop box is the detector's (or the landmark) box enlarged by this factor about its centre.
-BOX_ENLARGE = 1.1
 
 
 @dataclass
@@ -56,45 +56,6 @@ class GroundTruth:
     landmarks: np.ndarray
     pose: np.ndarray
     mm_per_unit: float
-
-
-def image_to_crop(points_px: np.ndarray, box: tuple[float, float, float], z0_px: float = 0.0) -> np.ndarray:
-    """Image px -> crop units.
-
-    Args:
-        points_px: ``(P, 2)`` or ``(P, 3)`` image px (z: depth away from the camera, px).
-        box: crop box ``(x0, y0, side)`` in image px.
-        z0_px: depth (px) that maps to ``z = 0``.
-
-    Returns:
-        same shape, float32 crop units.
-    """
-    x0, y0, side = (float(v) for v in box)
-    pts = np.asarray(points_px, dtype=np.float64)
-    out = np.empty_like(pts)
-    out[:, 0] = 2.0 * (pts[:, 0] - x0) / side - 1.0
-    out[:, 1] = 2.0 * (pts[:, 1] - y0) / side - 1.0
-    if pts.shape[1] > 2:
-        out[:, 2] = 2.0 * (pts[:, 2] - z0_px) / side
-    return out.astype(np.float32)
-
-
-def landmark_box(landmarks_xy: np.ndarray, enlarge: float = BOX_ENLARGE) -> tuple[float, float, float]:
-    """A square crop box from landmarks, like the detector's: the bounding box enlarged about its centre.
-
-    Args:
-        landmarks_xy: ``(L, >=2)`` image px.
-
-    Returns:
-        ``(x0, y0, side)`` image px, ``side = enlarge * max(w, h)``.
-    """
-    xy = np.asarray(landmarks_xy, dtype=np.float64)[:, :2]
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    centre = (lo + hi) / 2
-    side = enlarge * float(max(hi - lo))
-    if not side > 0:
-        raise InputError("cannot build a crop box from degenerate landmarks")
-    return float(centre[0] - side / 2), float(centre[1] - side / 2), side
 
 
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -213,7 +174,7 @@ def ground_truth_3dmm(sample: RawSample, model: FaceModel, box: tuple[float, flo
 
     Args:
         sample: with ``params``; ``landmarks68`` (image px) is used when present, else the model's
-            landmark vertices.
+            landmark vertices (:func:`gt_landmarks_px`).
         model: the face model the parameters refer to.
         box: crop box ``(x0, y0, side)`` image px.
     """
@@ -223,7 +184,7 @@ def ground_truth_3dmm(sample: RawSample, model: FaceModel, box: tuple[float, flo
     verts = model.vertices(p.shape, p.exp)  # (N, 3) model units, before the pose
     height = sample.image.shape[0]
     verts_px = project_to_image(verts, p.pose, height)
-    landmarks_px = sample.landmarks68 if sample.landmarks68 is not None else verts_px[model.landmark_ids]
+    landmarks_px = gt_landmarks_px(sample, model)
     z0 = float(np.mean(landmarks_px[:, 2]))
     points = image_to_crop(verts_px, box, z0)
     normals = vertex_normals(points, model.triangles) * np.float32(outward_sign(model))
@@ -287,8 +248,7 @@ def gt_landmarks_px(sample: RawSample, model: FaceModel | None) -> np.ndarray | 
     if sample.landmarks68 is not None:
         return sample.landmarks68
     if sample.params is not None and model is not None:
-        lm = model.landmark_vertices(sample.params.shape, sample.params.exp)
-        return project_to_image(lm, sample.params.pose, sample.image.shape[0])
+        return model.landmarks_px(sample.params.shape, sample.params.exp, sample.params.pose, sample.image.shape[0])
     if sample.landmarks2d is not None:
         return sample.landmarks2d
     return None

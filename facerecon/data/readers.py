@@ -205,20 +205,49 @@ def read_sample(ref: SampleRef, face_model=None) -> RawSample:  # noqa: ANN001  
     raise InputError(f"{ref.id}: unknown format {ref.format!r}")
 
 
-def _load_mat(path: Path) -> dict:
+def load_mat(path: str | os.PathLike[str]) -> dict:
+    """The variables of a MATLAB ``.mat`` file, whatever its version.
+
+    v4 to v7 files are read by ``scipy.io.loadmat``; v7.3 files (HDF5) by h5py, each array
+    transposed back to MATLAB's shape (HDF5 stores MATLAB's column-major arrays with the axes
+    reversed), so both give the same ``{name: array}`` (at least 2-D, as MATLAB sees it). A struct
+    is scipy's ``(1, 1)`` record array from a v5 file and a ``{field: array}`` dict from a v7.3
+    file; MATLAB's bookkeeping (``__header__``, ``#refs#``, ...) is left in / out as each reader does.
+
+    Raises:
+        InputError: the file cannot be read as a ``.mat`` file (the message names it and why).
+    """
     import scipy.io
 
-    if not path.is_file():
-        raise InputError(f"{path}: annotation file missing")
+    path = Path(path)
     try:
         return scipy.io.loadmat(str(path))
+    except NotImplementedError:  # scipy's answer to a v7.3 (HDF5) file
+        return _load_mat_v73(path)
     except Exception as exc:  # scipy raises ValueError, TypeError, OSError... on corrupt files
         raise InputError(f"{path}: cannot read .mat file ({type(exc).__name__}: {exc})") from None
 
 
+def _load_mat_v73(path: Path) -> dict:
+    import h5py
+
+    def value(obj):  # noqa: ANN001, ANN202
+        if isinstance(obj, h5py.Group):  # a struct
+            return {k: value(obj[k]) for k in obj.keys() if not k.startswith("#")}
+        return np.asarray(obj[()]).T
+
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: value(f[k]) for k in f.keys() if not k.startswith("#")}
+    except Exception as exc:  # h5py raises OSError, KeyError, ... on damaged files
+        raise InputError(f"{path}: cannot read .mat file (v7.3, {type(exc).__name__}: {exc})") from None
+
+
 def _read_mat_sample(ref: SampleRef, face_model) -> RawSample:  # noqa: ANN001
     assert ref.annotation_path is not None
-    mat = _load_mat(ref.annotation_path)
+    if not ref.annotation_path.is_file():
+        raise InputError(f"{ref.annotation_path}: annotation file missing")
+    mat = load_mat(ref.annotation_path)
     missing = [k for k in _MAT_FIELDS if k not in mat]
     if missing:
         raise InputError(f"{ref.annotation_path}: missing field(s) {', '.join(missing)}")
@@ -242,10 +271,7 @@ def _read_mat_sample(ref: SampleRef, face_model) -> RawSample:  # noqa: ANN001
         if ref.flipped:
             landmarks2d = landmarks2d[list(FLIP_PERMUTATION_68)]
     if landmarks68 is None and face_model is not None:
-        from facerecon.data.face_model import project_to_image
-
-        lm = face_model.landmark_vertices(params.shape, params.exp)
-        landmarks68 = project_to_image(lm, params.pose, image.shape[0])
+        landmarks68 = face_model.landmarks_px(params.shape, params.exp, params.pose, image.shape[0])
     return RawSample(
         id=ref.id,
         image_path=ref.image_path,

@@ -31,6 +31,9 @@ from facerecon.io_utils import atomic_path
 #: The largest image (in pixels) :func:`load_image` accepts: 250 MP, about 750 MB as RGB uint8.
 MAX_PIXELS = 250_000_000
 
+#: The suffixes of the pictures the toolkit writes (overlays, screenshots, plots).
+PNG_JPG = (".png", ".jpg", ".jpeg")
+
 #: Suffixes treated as images when a folder is scanned (lower case, with the dot).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 
@@ -87,28 +90,65 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise InputError(f"{path}: cannot read image ({reason})") from None
 
 
-def save_image(path: str | os.PathLike[str], image: np.ndarray, quality: int = 95) -> Path:
+def save_image(
+    path: str | os.PathLike[str], image: np.ndarray, quality: int = 95, suffixes: Sequence[str] | None = None
+) -> Path:
     """Write an RGB image atomically; the format follows the suffix (``.jpg``, ``.png``, ...).
 
     Args:
         path: output file; its folder is created.
         image: ``(H, W, 3)`` uint8 RGB.
         quality: JPEG quality (1-100); ignored for lossless formats.
+        suffixes: the suffixes allowed (lower case, with the dot, e.g. :data:`PNG_JPG`), or None
+            for any format Pillow writes.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: a suffix not allowed or unknown, a malformed image, a folder at ``path``, or
+            a path that cannot be written.
     """
+    path = Path(path)
+    fmt = image_format(path, suffixes)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"{path}: save_image expects (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name ending in {_listed(suffixes)}")
+    options = {"quality": int(quality)} if fmt == "JPEG" else {}
+    try:
+        with atomic_path(path) as tmp:
+            Image.fromarray(image, mode="RGB").save(tmp, format=fmt, **options)
+    except PermissionError:
+        raise InputError(f"{path}: cannot write here (permission denied)") from None
+    return path
+
+
+def image_format(path: str | os.PathLike[str], suffixes: Sequence[str] | None = None) -> str:
+    """The Pillow format :func:`save_image` writes ``path`` in (checked before any work is done).
+
+    Args:
+        path: the output file.
+        suffixes: the suffixes allowed (lower case, with the dot), or None for any Pillow writes.
+
+    Raises:
+        InputError: a suffix not in ``suffixes``, or one Pillow does not know.
+    """
     path = Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if suffixes is not None and suffix not in suffixes:
+        raise InputError(f"{path}: unknown image format {path.suffix or '(no extension)'!r}; use {_listed(suffixes)}")
     if fmt is None:
         raise InputError(f"{path}: unknown image format {path.suffix!r} (use .jpg or .png)")
-    options = {"quality": int(quality)} if fmt == "JPEG" else {}
-    with atomic_path(path) as tmp:
-        Image.fromarray(image, mode="RGB").save(tmp, format=fmt, **options)
-    return path
+    return fmt
+
+
+def _listed(suffixes: Sequence[str] | None) -> str:
+    """``(".png", ".jpg", ".jpeg")`` -> ``".png or .jpg"`` (``.jpeg`` is ``.jpg`` again)."""
+    shown = [s for s in suffixes or (".jpg", ".png") if s != ".jpeg"] or list(suffixes or ())
+    return " or ".join(shown)
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:

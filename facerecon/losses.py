@@ -31,11 +31,12 @@ from torch import Tensor, nn
 
 from facerecon.config import LossConfig
 from facerecon.errors import InputError
+from facerecon.model.graph import edge_adjacency, neighbour_mean
+from facerecon.ops.chamfer import chamfer_from_neighbours
 
 __all__ = [
     "LossResult",
     "MeshLoss",
-    "chamfer_from_nn",
     "normal_loss",
     "laplacian_coordinates",
     "laplacian_loss",
@@ -54,46 +55,6 @@ def _gather(values: Tensor, idx: Tensor) -> Tensor:
     if values.ndim == 2:
         return torch.gather(values, 1, idx)
     return torch.gather(values, 1, idx.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
-
-
-def _valid_mask(lengths: Tensor | None, batch: int, num: int, device: torch.device) -> Tensor:
-    """(B, num) bool, True for the first lengths[b] entries."""
-    if lengths is None:
-        return torch.ones(batch, num, dtype=torch.bool, device=device)
-    return torch.arange(num, device=device)[None, :] < lengths.to(device)[:, None]
-
-
-def chamfer_from_nn(
-    dist_xy: Tensor,
-    idx_xy: Tensor,
-    dist_yx: Tensor,
-    gt_lengths: Tensor | None = None,
-    gt_weights: Tensor | None = None,
-) -> Tensor:
-    """Per-sample Chamfer distance from nearest-neighbour results (pred = x, ground truth = y).
-
-    Args:
-        dist_xy: (B, V) squared distance of each predicted point to its nearest gt point.
-        idx_xy: (B, V) int64 index of that gt point.
-        dist_yx: (B, P) squared distance of each gt point to its nearest predicted point
-            (entries past ``gt_lengths`` are ignored).
-        gt_lengths: (B,) int64 valid gt points per sample, or None (all valid).
-        gt_weights: (B, P) float per-gt-point weights, or None (unweighted means).
-
-    Returns:
-        (B,) float ``mean_p d(p) + mean_q d(q)`` (weighted means with ``gt_weights``).
-    """
-    b, p = dist_yx.shape
-    valid = _valid_mask(gt_lengths, b, p, dist_yx.device).to(dist_yx.dtype)
-    if gt_weights is None:
-        fwd = dist_xy.mean(1)
-        bwd = (dist_yx * valid).sum(1) / valid.sum(1).clamp(min=1)
-        return fwd + bwd
-    w = gt_weights.to(dist_yx.dtype) * valid
-    w_pred = _gather(w, idx_xy)
-    fwd = (w_pred * dist_xy).sum(1) / w_pred.sum(1).clamp(min=_EPS)
-    bwd = (w * dist_yx).sum(1) / w.sum(1).clamp(min=_EPS)
-    return fwd + bwd
 
 
 def normal_loss(coords: Tensor, edges: Tensor, gt_normals: Tensor, idx_xy: Tensor) -> Tensor:
@@ -116,6 +77,9 @@ def normal_loss(coords: Tensor, edges: Tensor, gt_normals: Tensor, idx_xy: Tenso
 def laplacian_coordinates(coords: Tensor, edges: Tensor) -> Tensor:
     """``delta_p = p - mean(neighbours of p)`` (isolated vertices: ``p``).
 
+    The neighbour mean is the graph convolution's sparse product
+    (:func:`facerecon.model.graph.neighbour_mean`), computed in ``coords``' dtype.
+
     Args:
         coords: (B, V, 3) vertices.
         edges: (E, 2) int64 undirected edges.
@@ -123,12 +87,7 @@ def laplacian_coordinates(coords: Tensor, edges: Tensor) -> Tensor:
     Returns:
         (B, V, 3).
     """
-    num_v = coords.shape[1]
-    src = torch.cat([edges[:, 0], edges[:, 1]])
-    dst = torch.cat([edges[:, 1], edges[:, 0]])
-    total = torch.zeros_like(coords).index_add_(1, dst, coords[:, src])
-    deg = torch.bincount(dst, minlength=num_v).clamp(min=1).to(coords.dtype)
-    return coords - total / deg[None, :, None]
+    return coords - neighbour_mean(edge_adjacency(edges, coords.shape[1], coords.dtype), coords)
 
 
 def laplacian_loss(before: Tensor, after: Tensor, edges: Tensor) -> Tensor:
@@ -302,9 +261,7 @@ class MeshLoss(nn.Module):
             nn_res = None
             if need_nn:
                 nn_res = nearest_neighbors(coords32, points.float(), None, lengths)
-                per_sample = chamfer_from_nn(
-                    nn_res.dist_xy, nn_res.idx_xy, nn_res.dist_yx, lengths, weights if cfg.weighted_chamfer else None
-                )
+                per_sample = chamfer_from_neighbours(nn_res, weights if cfg.weighted_chamfer else None, eps=_EPS)
                 sums["chamfer"] = sums["chamfer"] + cfg.chamfer_block_weights[level] * per_sample.mean()
                 sums["normal"] = sums["normal"] + normal_loss(coords32, edges, batch["normals"], nn_res.idx_xy)
                 idx_last = nn_res.idx_xy

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from facerecon import imageio
 from facerecon.errors import InputError
 
 __all__ = ["MODES", "draw_mesh_overlay", "face_normals", "save_image"]
@@ -139,8 +140,9 @@ def _draw_landmarks(image: np.ndarray, landmarks_px: np.ndarray) -> None:
         cv2.circle(image, (int(x), int(y)), int(round(radius * (1 << _SHIFT))), _LANDMARK_COLOR, -1, cv2.LINE_AA, _SHIFT)
 
 
-def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
-    """Write an overlay as ``.png`` or ``.jpg``, atomically (its folder is created).
+def save_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+    """Write an overlay as ``.png`` or ``.jpg``, atomically (its folder is created):
+    :func:`facerecon.imageio.save_image` limited to :data:`~facerecon.imageio.PNG_JPG`.
 
     Args:
         path: output file; the format follows the extension (``.png``, ``.jpg``, ``.jpeg``).
@@ -149,14 +151,4 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     Raises:
         InputError: another extension, a malformed image, or a path that cannot be written.
     """
-    from facerecon import imageio
-
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise InputError(f"{path}: unknown image format {path.suffix or '(no extension)'!r}; use .png or .jpg")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a file name ending in .png or .jpg")
-    try:
-        imageio.save_image(path, image)
-    except PermissionError:
-        raise InputError(f"{path}: cannot write here (permission denied)") from None
+    return imageio.save_image(path, image, suffixes=imageio.PNG_JPG)

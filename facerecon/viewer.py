@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -354,18 +353,12 @@ def render_scene(
         InputError: a size out of range.
         DependencyError: Open3D is missing or cannot create an offscreen context.
     """
+    from facerecon.mesh.preview import render_offscreen
+
     _check_size(width, height)
-    o3d = _o3d()
-    vis = o3d.visualization.Visualizer()
-    if not vis.create_window(window_name="facerecon view", width=width, height=height, visible=False):
-        raise DependencyError("Open3D could not create an offscreen render context (EGL/Mesa missing?)")
-    try:
-        _populate(vis, scene, width, height, wireframe, point_size)
-        vis.poll_events()
-        vis.update_renderer()
-        buffer = np.asarray(vis.capture_screen_float_buffer(True), dtype=np.float32)
-    finally:
-        vis.destroy_window()
+    buffer = render_offscreen(
+        lambda vis: _populate(vis, scene, width, height, wireframe, point_size), width, height, "facerecon view"
+    )
     return np.round(np.clip(buffer, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -382,13 +375,11 @@ def save_screenshot(
     Returns:
         ``(height, width, 3)`` uint8 RGB, the picture written.
     """
-    from facerecon.overlay import save_image
+    from facerecon.imageio import PNG_JPG, image_format, save_image
 
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):  # fail before rendering
-        raise InputError(f"{path}: unknown image format {path.suffix or '(no extension)'!r}; use .png or .jpg")
+    image_format(path, PNG_JPG)  # fail before rendering
     image = render_scene(scene, width, height, wireframe, point_size)
-    save_image(path, image)
+    save_image(path, image, suffixes=PNG_JPG)
     return image
 
 
@@ -406,17 +397,9 @@ def show_scene(
         InputError: there is no display (the message says to use a screenshot or set DISPLAY).
         DependencyError: Open3D is missing or cannot open a window on the display.
     """
-    from facerecon.mesh.preview import has_display
+    from facerecon.mesh.preview import has_display, run_window
 
     _check_size(width, height)
     if not has_display():
         raise InputError("no display for a window: use --screenshot out.png, or set DISPLAY (e.g. under Xvfb)")
-    o3d = _o3d()
-    vis = o3d.visualization.Visualizer()
-    if not vis.create_window(window_name=title, width=width, height=height):
-        raise DependencyError(f"Open3D could not open a window on display {os.environ.get('DISPLAY', '')!r}")
-    try:
-        _populate(vis, scene, width, height, wireframe, point_size)
-        vis.run()
-    finally:
-        vis.destroy_window()
+    run_window(lambda vis: _populate(vis, scene, width, height, wireframe, point_size), width, height, title)

@@ -11,7 +11,6 @@ from facerecon.config import LossConfig
 from facerecon.errors import InputError
 from facerecon.losses import (
     MeshLoss,
-    chamfer_from_nn,
     colour_loss,
     edge_loss,
     landmark_loss,
@@ -21,7 +20,8 @@ from facerecon.losses import (
     move_loss,
     normal_loss,
 )
-from facerecon.ops import chamfer_distance
+from facerecon.ops import NNResult, chamfer_distance
+from facerecon.ops.chamfer import chamfer_from_neighbours
 
 # a unit right triangle in the z = 0 plane and a unit square (two triangles)
 TRI = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
@@ -35,11 +35,12 @@ def test_chamfer_hand_values_with_padding() -> None:
     dist_xy = torch.tensor([[1.0, 0.0]])
     idx_xy = torch.tensor([[0, 1]])
     dist_yx = torch.tensor([[1.0, 0.0, 12345.0]])
-    lengths = torch.tensor([2])
-    assert chamfer_from_nn(dist_xy, idx_xy, dist_yx, lengths).item() == pytest.approx(0.5 + 0.5)
+    idx_yx = torch.tensor([[0, 1, -1]])  # the third gt point is padding (gt length 2)
+    nn = NNResult(dist_xy, idx_xy, dist_yx, idx_yx)
+    assert chamfer_from_neighbours(nn, eps=1e-12).item() == pytest.approx(0.5 + 0.5)
     w = torch.tensor([[3.0, 1.0, 7.0]])
     # pred weights 3, 1 -> (3*1 + 0)/4; gt weights 3, 1 (padding ignored) -> (3*1 + 0)/4
-    assert chamfer_from_nn(dist_xy, idx_xy, dist_yx, lengths, w).item() == pytest.approx(0.75 + 0.75)
+    assert chamfer_from_neighbours(nn, w, eps=1e-12).item() == pytest.approx(0.75 + 0.75)
 
 
 def test_normal_loss_hand_values() -> None:

@@ -3,6 +3,10 @@
 Open3D is imported inside the functions (it is slow to import). Without a display, Open3D's
 legacy ``Visualizer`` falls back to EGL offscreen rendering (Mesa), which works on headless
 servers; it needs the system library ``libusb-1.0-0``.
+
+This module is also the one place that imports Open3D (:func:`open3d_module`) and drives its
+``Visualizer`` offscreen (:func:`render_offscreen`) or in a window (:func:`run_window`), for the
+templates here and for ``facerecon view`` (``facerecon.viewer``).
 """
 
 from __future__ import annotations
@@ -12,15 +16,15 @@ import os
 import shutil
 import stat
 import tempfile
-from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from facerecon.errors import DependencyError, FaceReconError
-from facerecon.io_utils import atomic_path
+from facerecon.errors import DependencyError
+from facerecon.imageio import PNG_JPG, save_image
 from facerecon.mesh.templates import MeshLevel
 
-__all__ = ["has_display", "render_png", "show_window"]
+__all__ = ["has_display", "open3d_module", "render_offscreen", "render_png", "run_window", "show_window"]
 
 
 def has_display() -> bool:
@@ -71,8 +75,11 @@ def _geometries(level: MeshLevel):  # type: ignore[no-untyped-def]
     return [mesh, lines]
 
 
-def _front_view(vis) -> None:  # type: ignore[no-untyped-def]
-    """A three-quarter view from the camera side (-z, where the hemisphere's dome faces), y down."""
+def _populate(vis, level: MeshLevel) -> None:  # type: ignore[no-untyped-def]
+    """Add the template's geometries to a created ``Visualizer``, then a three-quarter view from
+    the camera side (-z, where the hemisphere's dome faces), y down."""
+    for g in _geometries(level):
+        vis.add_geometry(g)
     ctl = vis.get_view_control()
     ctl.set_front([0.9, -0.5, -0.8])
     ctl.set_up([0.0, -1.0, 0.0])
@@ -82,12 +89,60 @@ def _front_view(vis) -> None:  # type: ignore[no-untyped-def]
     opt.background_color = np.array([1.0, 1.0, 1.0])
 
 
+def render_offscreen(
+    populate: Callable[[Any], None], width: int, height: int, window_name: str = "facerecon"
+) -> np.ndarray:
+    """Draw with Open3D's legacy ``Visualizer`` offscreen (EGL when there is no display) and
+    capture the picture: the one offscreen render path (templates here, ``facerecon view``).
+
+    Args:
+        populate: ``populate(vis)`` adds the geometries to the created ``Visualizer`` and sets
+            its camera and render options.
+        width, height: image size in pixels.
+        window_name: the (invisible) window's name.
+
+    Returns:
+        (height, width, 3) float32 RGB, Open3D's float buffer (values in [0, 1]).
+
+    Raises:
+        DependencyError: Open3D is missing or cannot create an offscreen render context.
+    """
+    o3d = open3d_module()
+    vis = o3d.visualization.Visualizer()
+    if not vis.create_window(window_name=window_name, width=width, height=height, visible=False):
+        raise DependencyError("Open3D could not create an offscreen render context (EGL/Mesa missing?)")
+    try:
+        populate(vis)
+        vis.poll_events()
+        vis.update_renderer()
+        return np.asarray(vis.capture_screen_float_buffer(True), dtype=np.float32)
+    finally:
+        vis.destroy_window()
+
+
+def run_window(populate: Callable[[Any], None], width: int, height: int, title: str) -> None:
+    """Open an interactive Open3D window, ``populate(vis)`` it, and block until it is closed.
+
+    Raises:
+        DependencyError: Open3D is missing or cannot open a window on the display.
+    """
+    o3d = open3d_module()
+    vis = o3d.visualization.Visualizer()
+    if not vis.create_window(window_name=title, width=width, height=height):
+        raise DependencyError(f"Open3D could not open a window on display {os.environ.get('DISPLAY', '')!r}")
+    try:
+        populate(vis)
+        vis.run()
+    finally:
+        vis.destroy_window()
+
+
 def render_png(level: MeshLevel, path: str | os.PathLike[str], width: int = 800, height: int = 600) -> np.ndarray:
     """Render one mesh level offscreen to a PNG, viewed from the camera side.
 
     Args:
         level: the mesh level to draw.
-        path: output ``.png`` (written atomically).
+        path: output ``.png`` (or ``.jpg``; written atomically).
         width, height: image size in pixels.
 
     Returns:
@@ -95,37 +150,13 @@ def render_png(level: MeshLevel, path: str | os.PathLike[str], width: int = 800,
 
     Raises:
         DependencyError: Open3D is missing or cannot create a (offscreen) window.
+        InputError: ``path`` cannot be written.
     """
-    o3d = open3d_module()
-    vis = o3d.visualization.Visualizer()
-    if not vis.create_window(window_name="facerecon", width=width, height=height, visible=False):
-        raise DependencyError("Open3D could not create an offscreen render context (EGL/Mesa missing?)")
-    try:
-        for g in _geometries(level):
-            vis.add_geometry(g)
-        _front_view(vis)
-        vis.poll_events()
-        vis.update_renderer()
-        image = np.asarray(vis.capture_screen_float_buffer(True), dtype=np.float32)
-    finally:
-        vis.destroy_window()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        if not o3d.io.write_image(str(tmp), o3d.geometry.Image((np.clip(image, 0, 1) * 255).astype(np.uint8))):
-            raise FaceReconError(f"{path}: could not write the PNG")
+    image = render_offscreen(lambda vis: _populate(vis, level), width, height)
+    save_image(path, (np.clip(image, 0, 1) * 255).astype(np.uint8), suffixes=PNG_JPG)
     return image
 
 
 def show_window(level: MeshLevel, title: str = "facerecon template") -> None:
     """Open an interactive Open3D window on ``level`` (blocks until it is closed)."""
-    o3d = open3d_module()
-    vis = o3d.visualization.Visualizer()
-    if not vis.create_window(window_name=title, width=1024, height=768):
-        raise DependencyError("Open3D could not open a window on this display")
-    try:
-        for g in _geometries(level):
-            vis.add_geometry(g)
-        _front_view(vis)
-        vis.run()
-    finally:
-        vis.destroy_window()
+    run_window(lambda vis: _populate(vis, level), 1024, 768, title)

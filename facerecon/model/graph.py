@@ -9,12 +9,15 @@ and 85.9 / 110.8 ms for a padded neighbour gather.
 
 The topology is shared by the whole batch and kept as dense index buffers (non-persistent: it is
 rebuilt from the template, so checkpoints stay small and DDP can broadcast it); the sparse CSR
-matrix is assembled from them on the fly, which costs nothing (no copy).
+matrix is assembled from them on the fly, which costs nothing (no copy). The neighbour lists come
+from ``facerecon.mesh.topology.csr_adjacency``; :func:`neighbour_mean` over :func:`edge_adjacency`
+is also the Laplacian loss's neighbour mean (``facerecon.losses``).
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,11 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from facerecon.errors import InputError
+from facerecon.mesh.topology import csr_adjacency
 
 __all__ = [
     "NEIGHBOUR_GAIN",
     "MeshHierarchy",
     "neighbour_sum",
+    "neighbour_mean",
+    "csr_tensor",
+    "edge_adjacency",
     "GraphConv",
     "GResNet",
 ]
@@ -45,17 +52,6 @@ def _as_long(x: Any, name: str, cols: int) -> Tensor:
     return t.contiguous()
 
 
-def _csr_from_edges(edges: Tensor, num_vertices: int) -> tuple[Tensor, Tensor]:
-    """Symmetric adjacency of undirected ``edges`` (E, 2) as CSR ``(crow (V+1,), col (2E,))``."""
-    src = torch.cat([edges[:, 0], edges[:, 1]])
-    dst = torch.cat([edges[:, 1], edges[:, 0]])
-    order = torch.argsort(src * num_vertices + dst)
-    src, dst = src[order], dst[order]
-    crow = torch.zeros(num_vertices + 1, dtype=torch.long)
-    crow[1:] = torch.cumsum(torch.bincount(src, minlength=num_vertices), 0)
-    return crow, dst.contiguous()
-
-
 def neighbour_sum(adjacency: Tensor, x: Tensor) -> Tensor:
     """``sum_{q in N(p)} x_q`` for every vertex p, batched over a shared topology.
 
@@ -70,6 +66,60 @@ def neighbour_sum(adjacency: Tensor, x: Tensor) -> Tensor:
     with torch.autocast(device_type=x.device.type, enabled=False):
         flat = x.to(adjacency.dtype).reshape(v, b * c)
         return torch.sparse.mm(adjacency, flat).view(v, b, c)
+
+
+def neighbour_mean(adjacency: Tensor, x: Tensor) -> Tensor:
+    """Mean of the neighbours' values, ``mean_{q in N(p)} x_q`` (isolated vertices give 0).
+
+    Args:
+        adjacency: (V, V) sparse CSR 0/1 matrix (symmetric), e.g. ``MeshHierarchy.adjacency`` or
+            :func:`edge_adjacency`; the sum is computed in its dtype.
+        x: (B, V, C) float per-vertex values.
+
+    Returns:
+        (B, V, C) in ``adjacency``'s dtype.
+    """
+    s = neighbour_sum(adjacency, x.transpose(0, 1).contiguous()).transpose(0, 1)
+    crow = adjacency.crow_indices()
+    deg = (crow[1:] - crow[:-1]).clamp(min=1).to(s.dtype)
+    return s / deg[None, :, None]
+
+
+def csr_tensor(crow: Tensor, col: Tensor, num_vertices: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(V, V) sparse CSR 0/1 matrix of ``dtype`` from neighbour lists (built on the fly, no copy).
+
+    Args:
+        crow: (V+1,) int64 row pointers; col: (nnz,) int64 neighbour indices, on the same device.
+    """
+    ones = torch.ones(col.shape[0], dtype=dtype, device=col.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, ones, (num_vertices, num_vertices), check_invariants=False)
+
+
+#: (id(edges), V) -> (weak reference to that tensor, (crow, col) on its device): the edge buffers
+#: of a network live as long as it does, so each CSR is built once; a dead tensor never matches.
+_CSR_CACHE: dict[tuple[int, int], tuple[Any, tuple[Tensor, Tensor]]] = {}
+
+
+def edge_adjacency(edges: Tensor, num_vertices: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(V, V) sparse CSR 0/1 adjacency of the undirected ``edges`` (E, 2) int64, on their device.
+
+    The neighbour lists (:func:`facerecon.mesh.topology.csr_adjacency`) are computed once per
+    edge tensor and kept while that tensor lives.
+    """
+    key = (id(edges), int(num_vertices))
+    hit = _CSR_CACHE.get(key)
+    if hit is not None and hit[0]() is edges:
+        crow, col = hit[1]
+    else:
+        indptr, indices = csr_adjacency(edges.detach().cpu().numpy(), num_vertices)
+        crow, col = (torch.from_numpy(a).to(edges.device) for a in (indptr, indices))
+        if len(_CSR_CACHE) > 64:  # drop entries of tensors that are gone
+            for k in [k for k, (ref, _) in _CSR_CACHE.items() if ref() is None]:
+                del _CSR_CACHE[k]
+        _CSR_CACHE[key] = (weakref.ref(edges), (crow, col))
+    return csr_tensor(crow, col, num_vertices, dtype)
 
 
 class MeshHierarchy(nn.Module):
@@ -116,7 +166,7 @@ class MeshHierarchy(nn.Module):
             e = _as_long(edges[level], f"edges[{level}]", 2)
             if f.numel() and int(f.max()) >= nv or e.numel() and int(e.max()) >= nv:
                 raise InputError(f"mesh level {level}: an index exceeds the {nv} vertices of that level")
-            crow, col = _csr_from_edges(e, nv)
+            crow, col = (torch.from_numpy(a) for a in csr_adjacency(e.numpy(), nv))
             self.register_buffer(f"faces_{level}", f, persistent=False)
             self.register_buffer(f"edges_{level}", e, persistent=False)
             self.register_buffer(f"adj_crow_{level}", crow, persistent=False)
@@ -185,13 +235,7 @@ class MeshHierarchy(nn.Module):
 
     def adjacency(self, level: int) -> Tensor:
         """(V_l, V_l) sparse CSR float32 0/1 adjacency of ``level`` (built on the fly, no copy)."""
-        crow = getattr(self, f"adj_crow_{level}")
-        col = getattr(self, f"adj_col_{level}")
-        n = self._num_vertices[level]
-        ones = torch.ones(col.shape[0], dtype=torch.float32, device=col.device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            return torch.sparse_csr_tensor(crow, col, ones, (n, n), check_invariants=False)
+        return csr_tensor(getattr(self, f"adj_crow_{level}"), getattr(self, f"adj_col_{level}"), self._num_vertices[level])
 
     def template_vertices(self, level: int) -> Tensor:
         """(V_level, 3) float32 template vertices at ``level`` (edge midpoints), template units."""
@@ -203,11 +247,8 @@ class MeshHierarchy(nn.Module):
 
     def neighbour_mean(self, x: Tensor, level: int) -> Tensor:
         """Mean of the neighbours' values, ``(B, V_l, C) -> (B, V_l, C)`` float32 (isolated
-        vertices give 0)."""
-        b, v, c = x.shape
-        s = neighbour_sum(self.adjacency(level), x.transpose(0, 1).contiguous()).transpose(0, 1)
-        deg = self.degree(level).clamp(min=1).to(s.dtype)
-        return s / deg[None, :, None]
+        vertices give 0); see :func:`neighbour_mean`."""
+        return neighbour_mean(self.adjacency(level), x)
 
 
 class GraphConv(nn.Module):

@@ -12,14 +12,20 @@ from facerecon.ops.knn import LengthsLike, NNResult, nearest_neighbors
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B,) sum(w * v) / sum(w) over the last dim; 0 where sum(w) == 0."""
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor, eps: Optional[float] = None) -> torch.Tensor:
+    """(B,) sum(w * v) / max(sum(w), eps) over the last dim; 0 where sum(w) == 0.
+
+    ``eps`` (default: the smallest normal number of the dtype) only matters for weight sums in
+    (0, eps), where the mean becomes ``sum(w * v) / eps``.
+    """
     total = weights.sum(-1)
     num = (weights * values).sum(-1)
-    return torch.where(total > 0, num / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(num))
+    floor = torch.finfo(total.dtype).tiny if eps is None else eps
+    return torch.where(total > 0, num / total.clamp_min(floor), torch.zeros_like(num))
 
 
 def _check_weights(gt_weights: object, gt: torch.Tensor, valid_gt: torch.Tensor) -> torch.Tensor:
+    """``gt``: (B, M, ...) the ground truth or anything of its (B, M) shape, dtype and device."""
     if not isinstance(gt_weights, torch.Tensor):
         raise InputError(f"gt_weights must be a torch.Tensor of shape (B, M), got {type(gt_weights).__name__}")
     if tuple(gt_weights.shape) != tuple(gt.shape[:2]):
@@ -65,9 +71,19 @@ def chamfer_distance(pred: torch.Tensor, gt: torch.Tensor, pred_lengths: Lengths
 
 
 def chamfer_from_neighbours(nn: NNResult, gt_weights: Optional[torch.Tensor] = None, gt: Optional[torch.Tensor] = None,
-                            reduction: str = "none") -> torch.Tensor:
+                            reduction: str = "none", eps: Optional[float] = None) -> torch.Tensor:
     """:func:`chamfer_distance` from a nearest-neighbour result already computed (one search can
-    feed Chamfer and any number of F-score thresholds). ``gt`` is needed only with ``gt_weights``."""
+    feed Chamfer, the training loss and any number of F-score thresholds).
+
+    Args:
+        nn: from :func:`facerecon.ops.nearest_neighbors` (pred = x, ground truth = y).
+        gt_weights: optional (B, M) non-negative per-gt-point weights (padding ignored).
+        gt: (B, M, 3) the ground truth, only to check ``gt_weights`` against (default: the shape,
+            dtype and device of ``nn.dist_yx``).
+        reduction: "none" (default, the (B,) values), "mean" or "sum" over the batch.
+        eps: the floor of a weighted mean's weight sum (default: the dtype's smallest normal
+            number; the training loss uses 1e-12). Only weight sums in (0, eps) feel it.
+    """
     if reduction not in _REDUCTIONS:
         raise InputError(f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
     valid_p = nn.idx_xy >= 0
@@ -75,9 +91,9 @@ def chamfer_from_neighbours(nn: NNResult, gt_weights: Optional[torch.Tensor] = N
     if gt_weights is None:
         w_p, w_g = valid_p.to(nn.dist_xy.dtype), valid_g.to(nn.dist_xy.dtype)
     else:
-        w_g = _check_weights(gt_weights, gt, valid_g).detach()
+        w_g = _check_weights(gt_weights, nn.dist_yx if gt is None else gt, valid_g).detach()
         w_p = torch.where(valid_p, torch.gather(w_g, 1, nn.idx_xy.clamp_min(0)), torch.zeros_like(nn.dist_xy))
-    per_element = _weighted_mean(nn.dist_xy, w_p) + _weighted_mean(nn.dist_yx, w_g)
+    per_element = _weighted_mean(nn.dist_xy, w_p, eps) + _weighted_mean(nn.dist_yx, w_g, eps)
     if reduction == "mean":
         return per_element.mean()
     if reduction == "sum":

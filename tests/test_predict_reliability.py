@@ -95,6 +95,34 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tiny_run: dict, tmp_path
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_between_a_mesh_and_its_record(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int) -> None:
+    """Ctrl-C or SIGTERM after a mesh is written and before its JSON record (injected exactly
+    there, on the second photo): that mesh is removed again, so every mesh left has its record."""
+    from facerecon.engine import predict as engine_predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        _photo(folder / name)
+    out = tmp_path / "out"
+    real = engine_predict.write_record
+    calls = []
+
+    def signal_then_record(path, record):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if len(calls) == 2:
+            assert Path(path).with_suffix(".obj").is_file()  # the mesh is on disk
+            os.kill(os.getpid(), sig)  # the handler raises right here
+        real(path, record)
+
+    monkeypatch.setattr(engine_predict, "write_record", signal_then_record)
+    result = runner.invoke(app, ["-q", "predict", str(folder), "-o", str(out), "--batch-size", "1", "--checkpoint", str(tiny_run["checkpoint"])])
+    assert result.exit_code == (130 if sig == signal.SIGINT else 143), result.output
+    assert _leftovers(out) == []
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.obj"]
+
+
 @pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_signals_in_a_real_process(tiny_run: dict, tmp_path: Path, sig: int, code: int, word: str) -> None:
     folder = tmp_path / "in"

@@ -9,6 +9,7 @@ z away from the camera, in px; docs/conventions.md), so the mesh overlays the ph
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -240,19 +241,15 @@ def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def landmarks5_crop_units(crops: Sequence[Any]) -> np.ndarray:
-    """MTCNN's five points of each crop in crop units, ``(B, 5, 2)`` float32 (NaN rows: none).
+    """MTCNN's five points of each crop in crop units, ``(B, 5, 2)`` float32 (NaN rows: none),
+    by ``facerecon.frames.image_to_crop``, in ``FaceCrop.landmarks5``'s order: left eye, right
+    eye, nose, left and right mouth corner."""
+    from facerecon.frames import image_to_crop
 
-    ``x = 2 (x_px - x0) / side - 1`` and likewise y (``image_to_crop`` of
-    facerecon.data.ground_truth), in ``FaceCrop.landmarks5``'s order: left eye, right eye,
-    nose, left and right mouth corner.
-    """
     out = np.full((len(crops), 5, 2), np.nan, np.float32)
     for b, crop in enumerate(crops):
-        if crop.landmarks5 is None:
-            continue
-        x0, y0, side = (float(v) for v in crop.box)
-        lm = np.asarray(crop.landmarks5, dtype=np.float64).reshape(5, 2)
-        out[b] = 2.0 * (lm - [x0, y0]) / side - 1.0
+        if crop.landmarks5 is not None:
+            out[b] = image_to_crop(np.asarray(crop.landmarks5, dtype=np.float64).reshape(5, 2), crop.box)
     return out
 
 
@@ -379,10 +376,29 @@ def write_result(
 ) -> list[Path]:
     """Write the mesh, its JSON record (``<mesh>.json``), optionally the overlay PNG (over
     ``image``, the photo) and the per-block meshes (``<stem>.stage<l><suffix>``); each file
-    atomically. Returns the paths."""
+    atomically; when writing fails or is interrupted, the files of this result already written
+    are removed again (the record comes last: a mesh on disk always has its record). Returns the
+    paths."""
+    written: list[Path] = []
+    try:
+        _write_result_files(result, mesh_path, overlay_path, stages, image, overlay_mode, written)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: no mesh is left without its record
+        if written:  # the mesh is (re)written: its record, old or new, goes with it
+            written.append(mesh_path.with_suffix(".json"))
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    return written
+
+
+def _write_result_files(
+    result: FaceResult, mesh_path: Path, overlay_path: Path | None, stages: bool, image: np.ndarray | None,
+    overlay_mode: str, written: list[Path],
+) -> None:
+    """``write_result``'s files, each appended to ``written`` once it is complete; the record last."""
     from facerecon.mesh.export import export_mesh
 
-    written = []
     export_mesh(mesh_path, result.vertices_px, result.faces, result.colors)
     written.append(mesh_path)
     json_path = mesh_path.with_suffix(".json")
@@ -404,7 +420,6 @@ def write_result(
         written.append(overlay_path)
     write_record(json_path, record)
     written.append(json_path)
-    return written
 
 
 def default_checkpoint() -> Path | None:

@@ -14,7 +14,8 @@ from cachefix import make_tiny_cache
 from rotations import rotation_xyz
 from facerecon.config import Config, ModelConfig
 from facerecon.engine.evaluate import fold_fraction
-from facerecon.losses import face_adjacency, normal_consistency_loss, vertex_loss
+from facerecon.losses import vertex_loss
+from facerecon.mesh.surface import face_adjacency, normal_consistency_loss
 from facerecon.model.face_prior import FacePriorArrays
 
 TINY_V2 = {

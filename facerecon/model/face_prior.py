@@ -321,7 +321,7 @@ def remove_folds(vertices: np.ndarray, faces: np.ndarray, weight: float = 0.1, s
     Returns:
         (V, 3) float32.
     """
-    from facerecon.losses import normal_consistency_loss
+    from facerecon.mesh.surface import normal_consistency_loss
 
     x = torch.as_tensor(np.asarray(vertices), dtype=torch.float32)[None]
     f = torch.as_tensor(np.asarray(faces), dtype=torch.long)

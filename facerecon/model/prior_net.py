@@ -36,7 +36,7 @@ from facerecon.model.face_prior import (
     similarity_2d,
 )
 from facerecon.model.graph import MeshHierarchy
-from facerecon.model.network import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction
+from facerecon.model.blocks import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction
 from facerecon.model.unpool import Unpool
 
 __all__ = ["PriorFaceNet"]

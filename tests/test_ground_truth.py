@@ -16,12 +16,12 @@ from facerecon.data.ground_truth import (
     build_ground_truth,
     estimate_normals,
     region_labels,
-    sample_colors,
     vertex_normals,
 )
 from facerecon.data.readers import list_samples, read_sample
 from facerecon.detect import landmark_box
 from facerecon.frames import image_to_crop
+from facerecon.imageio import sample_colors
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import shared_subdir  # noqa: E402

@@ -29,6 +29,7 @@ from facerecon.data.face_model import FaceModel, pose_degrees, project_to_image
 from facerecon.data.readers import RawSample
 from facerecon.errors import InputError
 from facerecon.frames import image_to_crop
+from facerecon.imageio import sample_colors
 
 REGION_BOUNDARY, REGION_SUB, REGION_KEY = 0, 1, 2
 #: Region thresholds in millimetres: key below the first, sub-priority up to the second.
@@ -119,34 +120,6 @@ def region_labels(
     labels[dist_mm <= thresholds_mm[1]] = REGION_SUB
     labels[dist_mm < thresholds_mm[0]] = REGION_KEY
     return labels
-
-
-def sample_colors(image: np.ndarray, xy_px: np.ndarray) -> np.ndarray:
-    """Bilinear colour lookup at continuous image px (pixel ``(i, j)``'s centre is ``(j + .5, i + .5)``).
-
-    Args:
-        image: ``(H, W, 3)`` uint8.
-        xy_px: ``(P, 2)`` image px.
-
-    OpenCV's bilinear ``remap`` (weights quantised to 1/32 px, far below a colour's accuracy).
-
-    Returns:
-        ``(P, 3)`` uint8; outside the image the colour fades to black (zero padding).
-    """
-    import cv2
-
-    xy = np.asarray(xy_px, dtype=np.float32).reshape(-1, 2) - 0.5  # to array-index coordinates
-    n = xy.shape[0]
-    cols = 1024  # cv2.remap needs maps below 32767 px a side: lay the points out on a grid
-    rows = max(1, -(-n // cols))
-    grid = np.full((rows * cols, 2), -10.0, dtype=np.float32)
-    grid[:n] = xy
-    grid = grid.reshape(rows, cols, 2)
-    out = cv2.remap(
-        np.ascontiguousarray(image), grid[..., 0].copy(), grid[..., 1].copy(),
-        interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-    )
-    return out.reshape(-1, out.shape[-1] if out.ndim == 3 else 1)[:n].astype(np.uint8)
 
 
 def estimate_normals(points: np.ndarray, k: int = 16) -> np.ndarray:

@@ -173,7 +173,7 @@ class PreparedFace:
 
     def sample_colors(self, xy_px: np.ndarray) -> np.ndarray:
         """Bilinear colours at image px (as sampling the photo, through the colour source)."""
-        from facerecon.data.ground_truth import sample_colors
+        from facerecon.imageio import sample_colors
 
         x0, y0, side = self.colour_box
         k = COLOUR_SIZE / side

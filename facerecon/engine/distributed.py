@@ -1,5 +1,6 @@
-"""Process-group set-up for ``facerecon train``: one process, ``--gpus N`` on one machine
-(``mp.spawn``), several CPU processes (gloo), or several machines through ``torchrun``.
+"""Process groups for ``facerecon train``: one process, ``--gpus N`` on one machine
+(:func:`spawn`), several CPU processes (gloo), or several machines through ``torchrun``; and what
+the processes of a group share (:func:`run_on_main`: computed by rank 0, handed to every rank).
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 when they are present the process joins that group and ignores ``--gpus``' spawning.
@@ -11,12 +12,14 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from facerecon.errors import InputError
+from facerecon.errors import FaceReconError, InputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,11 @@ class DistInfo:
 def launched_by_torchrun() -> bool:
     """True when the environment of ``torchrun`` (or another launcher) describes a process group."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def is_main_launch() -> bool:
+    """Whether this process is (or, before its group forms, will be) rank 0 of its job."""
+    return not launched_by_torchrun() or int(os.environ["RANK"]) == 0
 
 
 def free_port() -> int:
@@ -87,3 +95,56 @@ def process_group(rank: int, world_size: int, use_cuda: bool, local_rank: int | 
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def broadcast_object(obj: T, info: DistInfo) -> T:
+    """Rank 0's ``obj`` on every rank (picklable; the other ranks' ``obj`` is ignored)."""
+    if not info.distributed:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
+
+
+def run_on_main(fn: Callable[[], T], info: DistInfo) -> T:
+    """``fn()`` on rank 0, its result on every rank. A ``FaceReconError`` it raises is raised on
+    every rank (so none waits for a result that will not come)."""
+    result: Any = None
+    if info.is_main:
+        try:
+            result = fn()
+        except FaceReconError as exc:
+            if not info.distributed:
+                raise
+            result = exc
+    result = broadcast_object(result, info)
+    if isinstance(result, FaceReconError):
+        raise result
+    return result
+
+
+def spawn(fn: Callable[..., T], world: int, args: tuple) -> T:
+    """``fn(rank, world, *args)`` in ``world`` new processes on this machine (rendezvous on a free
+    loopback port); rank 0's result, or the ``FaceReconError`` rank 0 raised."""
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    ctx = mp.get_context("spawn")
+    result_queue = ctx.SimpleQueue()
+    mp.start_processes(_spawned, args=(fn, world, args, result_queue), nprocs=world, start_method="spawn")
+    result = result_queue.get()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _spawned(rank: int, fn: Callable[..., Any], world: int, args: tuple, queue: Any) -> None:
+    try:
+        result = fn(rank, world, *args)
+    except FaceReconError as exc:
+        if rank == 0:
+            queue.put(exc)
+        raise
+    if rank == 0:
+        queue.put(result)

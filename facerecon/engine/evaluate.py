@@ -134,11 +134,6 @@ def batch_metrics(
     return out
 
 
-def summarise(records: dict[str, list[float]]) -> dict[str, float]:
-    """Mean of every per-sample metric."""
-    return {k: float(torch.tensor(v, dtype=torch.float64).mean()) for k, v in records.items() if len(v)}
-
-
 # ------------------------------------------------------------------------------------- eval run
 #: Yaw bins of the AFLW2000-3D protocol, degrees of |yaw|.
 YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
@@ -156,40 +151,6 @@ class EvalReport:
         return {"summary": self.summary, "settings": self.settings.__dict__, "num_samples": len(self.rows)}
 
 
-def mean_face(cache: str, split: str = "train") -> tuple[Tensor, Tensor]:
-    """The constant mean-face prediction: the per-point mean of the ``split`` ground truths and
-    the mean of their 68 landmarks, in the crop frame.
-
-    The per-point mean needs every sample of the split to hold the same number of points in the
-    same order (3DMM ground truth, one vertex per point); otherwise ``InputError``.
-
-    Returns:
-        (points (P, 3) float32, landmarks (68, 3) float32), crop units.
-    """
-    import h5py
-    import numpy as np
-
-    from facerecon.data.dataset import SPLITS
-    from facerecon.errors import InputError
-
-    with h5py.File(cache, "r") as f:
-        rows = np.flatnonzero(f["split"][:] == SPLITS[split])
-        if rows.size == 0:
-            raise InputError(f"{cache}: the {split} split is empty; the mean-face baseline needs it")
-        offsets = f["offsets"][:]
-        counts = offsets[rows + 1] - offsets[rows]
-        if np.any(counts != counts[0]):
-            raise InputError(
-                f"{cache}: the {split} samples have different point counts ({counts.min()}..{counts.max()}); "
-                "the mean-face baseline needs one shared topology (3DMM ground truth)"
-            )
-        total = np.zeros((int(counts[0]), 3), dtype=np.float64)
-        for r in rows:
-            total += f["points"][offsets[r] : offsets[r + 1]]
-        landmarks = f["landmarks"][rows].astype(np.float64).mean(axis=0)
-    return torch.from_numpy((total / rows.size).astype(np.float32)), torch.from_numpy(landmarks.astype(np.float32))
-
-
 #: Interior edges whose two faces' normals differ by more than this are folds (degrees).
 FOLD_ANGLE_DEG = 60.0
 
@@ -204,7 +165,7 @@ def fold_fraction(vertices: Tensor, faces: Tensor, angle_deg: float = FOLD_ANGLE
     Returns:
         (B,) float64 fractions in [0, 1].
     """
-    from facerecon.losses import face_adjacency, face_normals
+    from facerecon.mesh.surface import face_adjacency, face_normals
 
     n = face_normals(vertices.double(), faces)
     pairs = face_adjacency(faces)
@@ -293,6 +254,17 @@ def yaw_bin_nme(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+#: The keys of a per-sample row that are not metrics.
+_ROW_KEYS = ("id", "index", "yaw")
+
+
+def metric_means(rows: list[dict]) -> dict[str, float]:
+    """Mean of every per-sample metric over the rows that have it (``nme``: the samples with
+    ground-truth landmarks)."""
+    keys = dict.fromkeys(k for row in rows for k in row if k not in _ROW_KEYS)
+    return {k: float(sum(r[k] for r in rows if k in r) / max(1, sum(1 for r in rows if k in r))) for k in keys}
+
+
 @torch.no_grad()
 def evaluate_cache(
     cache: str,
@@ -311,12 +283,8 @@ def evaluate_cache(
     Ground truth: every point of each sample (no region draws). Each sample's metrics depend only
     on its own prediction and seed, so any ``batch_size`` gives the same numbers.
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from facerecon.data.dataset import FaceCacheDataset, collate_faces
+    from facerecon.data.dataset import FaceCacheDataset
     from facerecon.errors import InputError
-    from facerecon.metrics import landmark_nme
-    from facerecon.model.network import forward_batch
 
     if (network is None) == (baseline is None):
         raise InputError("evaluate a network or a baseline (one of them)")
@@ -326,48 +294,102 @@ def evaluate_cache(
     dataset = FaceCacheDataset(cache, split=split, points_per_region=None, seed=settings.seed)
     if len(dataset) == 0:
         raise InputError(f"{cache}: the {split} split is empty")
+    if network is not None:
+        return evaluate_network(network, dataset, settings, batch_size, device, limit, on_batch)
+    measure = _five_point_measure(cache, settings) if baseline == "five-point" else _mean_face_measure(cache, settings, device)
+    return _evaluate(dataset, measure, settings, batch_size, device, limit, on_batch)
+
+
+@torch.no_grad()
+def evaluate_network(
+    network: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    settings: EvalSettings,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    folds: bool = True,
+) -> EvalReport:
+    """The metrics of ``network`` (left in eval mode) on the first ``limit`` samples of a
+    ``FaceCacheDataset`` with every ground-truth point (``points_per_region=None``): ``facerecon
+    eval`` and the validation of ``facerecon train``. ``folds``: also the fold percentage."""
+    from facerecon.model.network import forward_batch
+
+    network.eval()
+
+    def measure(batch: dict, gt: Tensor, lengths: Tensor, indices: list[int]) -> dict[str, Tensor]:
+        pred = forward_batch(network, batch)
+        metrics = batch_metrics(pred.vertices, pred.faces[-1], gt, lengths, indices, settings, pred.landmarks, batch["landmarks"])
+        if folds:
+            metrics["folds"] = fold_fraction(pred.vertices, pred.faces[-1]) * 100.0
+        return metrics
+
+    return _evaluate(dataset, measure, settings, batch_size, torch.device(device), limit, on_batch)
+
+
+#: ``measure(batch on the device, gt points, gt lengths, sample indices)`` -> per-sample metrics.
+_Measure = Callable[[dict, Tensor, Tensor, list[int]], dict[str, Tensor]]
+
+
+def _five_point_measure(cache: str, settings: EvalSettings) -> _Measure:
+    five_point = FivePointBaseline(cache)
+
+    def measure(batch: dict, gt: Tensor, lengths: Tensor, indices: list[int]) -> dict[str, Tensor]:
+        verts, lms = five_point.predict(batch["landmarks5"].cpu())
+        metrics = batch_metrics(verts.to(gt.device), five_point.faces.to(gt.device), gt, lengths, indices, settings, lms, batch["landmarks"])
+        metrics["folds"] = fold_fraction(verts, five_point.faces) * 100.0
+        return metrics
+
+    return measure
+
+
+def _mean_face_measure(cache: str, settings: EvalSettings, device: torch.device) -> _Measure:
+    from facerecon.engine.statistics import mean_face
+    from facerecon.metrics import landmark_nme
+
+    mean_pts, mean_lms = mean_face(cache, "train")
+    mean_pts = _baseline_points(mean_pts, settings).to(device)
+    mean_lms = mean_lms.to(device)
+
+    def measure(batch: dict, gt: Tensor, lengths: Tensor, indices: list[int]) -> dict[str, Tensor]:
+        b = gt.shape[0]
+        metrics = point_metrics(mean_pts.unsqueeze(0).expand(b, -1, -1).contiguous(), gt, lengths, settings)
+        lm = mean_lms.unsqueeze(0).expand(b, -1, -1).cpu()
+        metrics["nme"] = torch.as_tensor(landmark_nme(lm, batch["landmarks"].float().cpu())).double() * 100.0
+        return metrics
+
+    return measure
+
+
+def _evaluate(
+    dataset: torch.utils.data.Dataset,
+    measure: _Measure,
+    settings: EvalSettings,
+    batch_size: int,
+    device: torch.device,
+    limit: int | None,
+    on_batch: Callable[[int], None] | None,
+) -> EvalReport:
+    """The one evaluation loop: per-sample rows of ``measure``'s metrics, and their summary."""
+    from torch.utils.data import DataLoader, Subset
+
+    from facerecon.data.dataset import collate_faces
+
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_faces)
-    mean_pts = mean_lms = five_point = None
-    if baseline == "five-point":
-        five_point = FivePointBaseline(cache)
-    elif baseline == "mean":
-        mean_pts, mean_lms = mean_face(cache, "train")
-        mean_pts = _baseline_points(mean_pts, settings).to(device)
-        mean_lms = mean_lms.to(device)
-    else:
-        network.eval()
     rows: list[dict] = []
     for batch in loader:
-        b = batch["image"].shape[0]
-        gt = batch["points"].to(device)
-        lengths = batch["lengths"].to(device)
         indices = [int(i) for i in batch["index"]]
-        if network is not None:
-            pred = forward_batch(network, {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()})
-            metrics = batch_metrics(
-                pred.vertices, pred.faces[-1], gt, lengths, indices, settings, pred.landmarks, batch["landmarks"]
-            )
-            metrics["folds"] = fold_fraction(pred.vertices, pred.faces[-1]) * 100.0
-        elif five_point is not None:
-            verts, lms = five_point.predict(batch["landmarks5"])
-            metrics = batch_metrics(verts.to(device), five_point.faces.to(device), gt, lengths, indices, settings, lms, batch["landmarks"])
-            metrics["folds"] = fold_fraction(verts, five_point.faces) * 100.0
-        else:
-            samples = mean_pts.unsqueeze(0).expand(b, -1, -1).contiguous()
-            metrics = point_metrics(samples, gt, lengths, settings)
-            lm = mean_lms.unsqueeze(0).expand(b, -1, -1).cpu()
-            metrics["nme"] = torch.as_tensor(landmark_nme(lm, batch["landmarks"].float())).double() * 100.0
-        for i in range(b):
+        on_device = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        metrics = measure(on_device, on_device["points"], on_device["lengths"], indices)
+        for i in range(len(indices)):
             row = {"id": batch["id"][i], "index": indices[i], "yaw": float(batch["pose"][i, 0])}
             row.update({k: float(v[i]) for k, v in metrics.items()})
             if not torch.isfinite(batch["landmarks"][i]).all():
                 row.pop("nme", None)
             rows.append(row)
         if on_batch is not None:
-            on_batch(b)
-    keys = [k for k in rows[0] if k not in ("id", "index", "yaw")]
-    summary = {k: float(sum(r[k] for r in rows if k in r) / max(1, sum(1 for r in rows if k in r))) for k in keys}
-    summary.update(yaw_bin_nme(rows))
-    summary["num_samples"] = len(rows)
+            on_batch(len(indices))
+    summary = {**metric_means(rows), **yaw_bin_nme(rows), "num_samples": len(rows)}
     return EvalReport(rows, summary, settings)

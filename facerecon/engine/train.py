@@ -1,9 +1,16 @@
-"""The training loop of ``facerecon train``: readable top to bottom.
+"""The training loop of ``facerecon train``, in the order it runs.
 
-One function, ``train_worker``, runs in every process: it builds the network, the optimizer, the
-schedule and the data loaders, resumes from ``last.pt`` when asked, and loops over epochs. Rank 0
-validates after every epoch, appends the metrics to ``metrics.jsonl``, and writes ``last.pt`` and
-``best.pt`` atomically. ``run_training`` decides how many processes to start.
+``run_training`` checks the inputs (the cache is checked and its statistics read in one pass,
+``engine.statistics``) and starts the processes (``engine.distributed``). ``train_worker`` runs in
+every process, one stage after the other, each a function below in the same order:
+
+    setup   the run's configuration and cache statistics (read by rank 0, handed to the others)
+    model   network, face prior, loss, optimizer and schedule; their states on ``--resume``
+    data    the training and validation sets
+    loop    epochs of steps (forward, loss, backward, optimizer step); at each epoch's end rank 0
+            validates (``engine.evaluate``), appends ``metrics.jsonl`` and writes ``last.pt`` and
+            ``best.pt`` atomically
+    save    ``last.pt`` of a run stopped mid-epoch
 
 Checkpoints are plain dicts of tensors and Python values, loadable with
 ``torch.load(path, weights_only=True)``:
@@ -41,11 +48,14 @@ from facerecon.engine.distributed import (
     DistInfo,
     barrier,
     check_gpus,
-    free_port,
+    is_main_launch,
     launched_by_torchrun,
     process_group,
+    run_on_main,
+    spawn,
 )
-from facerecon.engine.evaluate import EvalSettings, batch_metrics, summarise
+from facerecon.engine.evaluate import EvalSettings, evaluate_network, metric_means
+from facerecon.engine.statistics import CacheStatistics, read_cache_statistics
 from facerecon.errors import FaceReconError, InputError
 from facerecon.io_utils import atomic_path, ensure_parent
 from facerecon.model.network import forward_batch
@@ -98,7 +108,7 @@ def run_training(cfg: Config, opts: TrainOptions, reporter: Callable[[str], None
     trains alone.
     """
     check_train_inputs(cfg, opts)
-    if launched_by_torchrun():
+    if launched_by_torchrun():  # rank 0 reads the statistics once the group has formed
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", rank))
         use_cuda = torch.cuda.is_available() and opts.gpus != 0
@@ -106,49 +116,29 @@ def run_training(cfg: Config, opts: TrainOptions, reporter: Callable[[str], None
     check_gpus(opts.gpus)
     world = opts.gpus if opts.gpus > 0 else max(1, opts.nproc)
     use_cuda = opts.gpus > 0
+    statistics = read_cache_statistics(opts.cache)  # read by check_train_inputs: remembered
     if world == 1:
-        return train_worker(0, 1, cfg.to_dict(), opts, use_cuda, 0, reporter)
-    import torch.multiprocessing as mp
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(free_port())
-    ctx = mp.get_context("spawn")
-    result_queue = ctx.SimpleQueue()
-    mp.start_processes(
-        _spawned_worker, args=(world, cfg.to_dict(), opts, use_cuda, result_queue), nprocs=world, start_method="spawn"
-    )
-    result = result_queue.get()
-    if isinstance(result, BaseException):
-        raise result
-    return result
+        return train_worker(0, 1, cfg.to_dict(), opts, use_cuda, 0, reporter, statistics)
+    return spawn(_spawned_worker, world, (cfg.to_dict(), opts, use_cuda, statistics))
 
 
-def _spawned_worker(
-    rank: int, world: int, cfg_dict: dict, opts: TrainOptions, use_cuda: bool, queue: Any
-) -> None:
-    try:
-        result = train_worker(rank, world, cfg_dict, opts, use_cuda, rank, None)
-    except FaceReconError as exc:
-        if rank == 0:
-            queue.put(exc)
-        raise
-    if rank == 0:
-        queue.put(result)
+def _spawned_worker(rank: int, world: int, cfg_dict: dict, opts: TrainOptions, use_cuda: bool, statistics: CacheStatistics) -> TrainResult:
+    return train_worker(rank, world, cfg_dict, opts, use_cuda, rank, None, statistics)
 
 
 def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
     """Refuse what cannot work before anything is started (InputError), and remove the
     temporary checkpoint files a killed run left in the run folder.
 
-    The cache is checked whole (``facerecon.data.validate.check_cache``: its datasets, offsets
-    and every value training reads, once per file), so a damaged cache is named with the
-    sample at fault instead of failing, or silently training, later.
+    The cache is checked whole (``facerecon.data.validate``: its datasets, offsets and every
+    value training reads) in the pass that reads the statistics the run starts from
+    (``engine.statistics``; once per file, and under ``torchrun`` by rank 0 only), so a damaged
+    cache is named with the sample at fault instead of failing, or silently training, later.
     """
     if not Path(opts.cache).is_file():
         raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
-    from facerecon.data.validate import check_cache
-
-    check_cache(opts.cache)
+    if is_main_launch():
+        read_cache_statistics(opts.cache)
     clean_stale_temps(opts.out)
     if opts.resume and not (Path(opts.out) / "last.pt").is_file():
         raise InputError(f"{opts.out}: nothing to resume (no last.pt in the run folder)")
@@ -167,258 +157,361 @@ def train_worker(
     use_cuda: bool,
     local_rank: int,
     reporter: Callable[[str], None] | None,
+    statistics: CacheStatistics | None = None,
 ) -> TrainResult:
-    """Everything one process does (see the module docstring)."""
-    from facerecon.data.dataset import FaceCacheDataset, collate_faces
+    """Everything one process does: setup -> model -> data -> loop -> save (the functions below,
+    in that order). ``statistics``: the cache's, already read (else rank 0 reads them)."""
+    say = reporter if (reporter is not None and rank == 0 and not opts.quiet) else _silent
+    ckpt = load_checkpoint(Path(opts.out) / "last.pt", map_location="cpu") if opts.resume else None
+    with process_group(rank, world, use_cuda, local_rank) as info:
+        if statistics is None:
+            statistics = run_on_main(lambda: read_cache_statistics(opts.cache), info)
+        cfg = _run_config(Config.from_dict(cfg_dict), ckpt, statistics)
+        torch.manual_seed(cfg.train.seed)
+        run = _build_model(cfg, opts, info, statistics, say)
+        _start_or_resume(run, ckpt)
+        _build_data(run)
+        _train(run)
+        return TrainResult(
+            run.state["epoch"], run.state["global_step"], run.state["best"], run.state["metrics"], run.interrupted,
+            _rank_checksums(run.model, info),
+        )
+
+
+@dataclass
+class _Run:
+    """What the stages of one process build and the loop works with."""
+
+    cfg: Config
+    opts: TrainOptions
+    info: DistInfo
+    say: Callable[[str], None]
+    model: nn.Module
+    correspondence: tuple | None  # per-vertex ground truth (see FaceCacheDataset), or None
+    reference: torch.Tensor | None  # the landmark reference saved in every checkpoint
+    loss_fn: nn.Module = None  # type: ignore[assignment]
+    params: list = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    use_amp: bool = False
+    ddp_model: nn.Module = None  # type: ignore[assignment]
+    # "running": the epoch's loss sums so far (saved mid-epoch, so metrics.jsonl covers the whole epoch)
+    state: dict = field(
+        default_factory=lambda: {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": math.inf, "metrics": {}, "running": {}}
+    )
+    train_set: Any = None
+    val_set: Any = None
+    steps_per_epoch: int = 0
+    run_steps: int = 0  # optimizer steps made by this run (not counting a resumed run's)
+    stop: bool = False  # stop after this step (--max-steps, Ctrl-C / SIGTERM)
+    interrupted: bool = False  # by Ctrl-C / SIGTERM
+    forced: bool = False  # by a second Ctrl-C: nothing more is saved
+    last_saved: int = -1  # global step of the last last.pt written by this run
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def out(self) -> Path:
+        return Path(self.opts.out)
+
+
+# ------------------------------------------------------------------------------------- setup
+def _run_config(cfg: Config, ckpt: dict | None, statistics: CacheStatistics) -> Config:
+    """The run's configuration: on ``--resume`` with ``train.fit_template`` the template placement
+    fitted when the run started; for a new run, the template placed on the training mean face."""
+    if ckpt is not None:
+        if not cfg.train.fit_template:
+            return cfg
+        saved = Config.from_dict(ckpt["config"]).model
+        return cfg.replace({"model.template_scale": list(saved.template_scale), "model.template_offset": list(saved.template_offset)})
+    if cfg.train.fit_template and cfg.model.start == "template":
+        return fit_template_placement(cfg, statistics)
+    return cfg
+
+
+def fit_template_placement(cfg: Config, cache: str | os.PathLike[str] | CacheStatistics) -> Config:
+    """``cfg`` with ``model.template_scale`` / ``template_offset`` fitted so the template's
+    bounding box matches the training mean face's (crop frame). Unchanged when the cache's ground
+    truth has no shared topology (no per-point mean face). ``cache``: the cache or its statistics."""
+    stats = cache if isinstance(cache, CacheStatistics) else read_cache_statistics(cache)
+    if stats.mean_points is None or cfg.model.template != "hemisphere":
+        return cfg
+    points = torch.from_numpy(stats.mean_points)
+    lo, hi = points.min(0).values.double(), points.max(0).values.double()
+    # canonical hemisphere: x, y in [-1, 1], dome tip at z = -1 (camera side), rim at z = 0
+    scale = [float((hi[0] - lo[0]) / 2), float((hi[1] - lo[1]) / 2), float(hi[2] - lo[2])]
+    offset = [float((hi[0] + lo[0]) / 2), float((hi[1] + lo[1]) / 2), float(hi[2])]
+    return cfg.replace({"model.template_scale": scale, "model.template_offset": offset})
+
+
+def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor | None:
+    """The training split's frontal 68-landmark layout (``engine.statistics.landmark_reference``),
+    (68, 3) float32; None when the cache has no poses/landmarks."""
+    reference = read_cache_statistics(cache).landmark_reference
+    return None if reference is None else torch.from_numpy(reference.copy())
+
+
+# ------------------------------------------------------------------------------------- model
+def _build_model(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: CacheStatistics, say: Callable[[str], None]) -> _Run:
+    """The network (its face prior, its landmark head's start), the loss and the optimizer."""
     from facerecon.losses import MeshLoss
     from facerecon.model.network import build_network
 
-    cfg = Config.from_dict(cfg_dict)
-    ckpt = None
-    if opts.resume:
-        ckpt = load_checkpoint(Path(opts.out) / "last.pt", map_location="cpu")
-        if cfg.train.fit_template:  # the placement fitted when the run started
-            saved = Config.from_dict(ckpt["config"]).model
-            cfg = cfg.replace({"model.template_scale": list(saved.template_scale), "model.template_offset": list(saved.template_offset)})
-    elif cfg.train.fit_template and cfg.model.start == "template":
-        cfg = fit_template_placement(cfg, opts.cache)
+    model = build_network(cfg.model, device=info.device)
+    correspondence = None
+    if cfg.model.start == "prior" or cfg.loss.vertex > 0:
+        correspondence = _setup_prior(model, cfg, opts, info, statistics, say)
     tc = cfg.train
-    say = reporter if (reporter is not None and rank == 0 and not opts.quiet) else (lambda _m: None)
-    with process_group(rank, world, use_cuda, local_rank) as info:
-        device = info.device
-        torch.manual_seed(tc.seed)
-        model = build_network(cfg.model, device=device)
-        correspondence = None
-        if cfg.model.start == "prior" or cfg.loss.vertex > 0:
-            correspondence = _setup_prior(model, cfg, opts, say)
-        if cfg.model.start == "template" and not opts.resume and tc.init_landmarks and model.landmark_head is not None:
-            mean_lms = _mean_train_landmarks(opts.cache)
-            if mean_lms is not None:
-                model.landmark_head.init_from_layout(model.template_vertices(), mean_lms.to(device))
-        loss_fn = MeshLoss(cfg.loss).to(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
-        use_amp = bool(tc.amp and device.type == "cuda")
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if cfg.model.start == "template" and not opts.resume and tc.init_landmarks and model.landmark_head is not None:
+        if statistics.mean_landmarks is not None:
+            model.landmark_head.init_from_layout(model.template_vertices(), torch.from_numpy(statistics.mean_landmarks).to(info.device))
+    reference = None if statistics.landmark_reference is None else torch.from_numpy(statistics.landmark_reference.copy())
+    run = _Run(cfg, opts, info, say, model, correspondence, reference)
+    run.loss_fn = MeshLoss(cfg.loss).to(info.device)
+    run.params = [p for p in model.parameters() if p.requires_grad]
+    run.optimizer = torch.optim.Adam(run.params, lr=tc.lr, weight_decay=tc.weight_decay)
+    run.scheduler = torch.optim.lr_scheduler.MultiStepLR(run.optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
+    run.use_amp = bool(tc.amp and info.device.type == "cuda")
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp)
+    return run
 
-        reference = landmark_reference_from_cache(opts.cache)
-        out = Path(opts.out)
-        # "running": the epoch's loss sums so far (saved mid-epoch, so metrics.jsonl covers the whole epoch)
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": math.inf, "metrics": {}, "running": {}}
-        if ckpt is not None:
-            _check_resumable(cfg, ckpt, out / "last.pt")
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            for key in state:
-                state[key] = ckpt.get(key, state[key])
-            _set_rng(ckpt.get("rng", {}))
-            say(f"resuming {out / 'last.pt'}: epoch {state['epoch'] + 1}, batch {state['step_in_epoch'] + 1}")
-        elif info.is_main:
-            ensure_parent(out / "config.json")
-            _write_json(out / "config.json", cfg.to_dict())
-            with contextlib.suppress(FileNotFoundError):
-                (out / "metrics.jsonl").unlink()
 
-        ddp_model: nn.Module = model
-        if info.distributed:
-            ddp_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+def _setup_prior(
+    model: nn.Module, cfg: Config, opts: TrainOptions, info: DistInfo, statistics: CacheStatistics, say: Callable[[str], None]
+) -> tuple:
+    """The template-to-face-model correspondence (the per-vertex ground truth, both orientations
+    for flips) and, for a new model-v2 run, the shape basis learned from the training split (by
+    rank 0, handed to the others)."""
+    import numpy as np
 
-        augment = None
-        if tc.augment:
-            from facerecon.data.augment import AugmentSettings
+    from facerecon.model.face_prior import build_face_prior, template_correspondence
 
-            augment = AugmentSettings.from_train_config(tc)
-        train_set = FaceCacheDataset(
-            opts.cache,
-            split="train",
-            points_per_region=tuple(tc.points_per_region),
-            seed=tc.seed,
-            correspondence=correspondence,
-            augment=augment,
+    template = model.hierarchy.template_vertices(model.num_blocks - 1).cpu().numpy()
+    if statistics.face_model is None:
+        raise InputError(
+            f"{opts.cache}: model.start = 'prior' and loss.vertex need ground truth in a face model's vertex order "
+            "(a schema-2 cache of a 3DMM dataset)"
         )
-        if len(train_set) == 0:
-            raise InputError(f"{opts.cache}: the train split is empty")
-        val_set = None
-        if opts.validate and info.is_main:
-            val_set = FaceCacheDataset(opts.cache, split="val", points_per_region=None, seed=tc.seed)
-            if len(val_set) == 0:
-                val_set = None
-                say("no val split in the cache: skipping validation")
-        per_rank = math.ceil(len(train_set) / world)
-        steps_per_epoch = math.ceil(per_rank / tc.batch_size)
-
-        interrupted = False
-        stop = False
-        run_steps = 0
-        forced = False
-        last_saved = -1  # global step of the last last.pt written by this run
-        with _stop_requests() as stop_request, _progress(opts, info, tc.epochs, steps_per_epoch, say) as progress:
-            try:
-                for epoch in range(state["epoch"], tc.epochs):
-                    train_set.set_epoch(epoch)
-                    sampler = _EpochSampler(len(train_set), info, tc.seed, epoch, state["step_in_epoch"] * tc.batch_size)
-                    loader = DataLoader(
-                        train_set,
-                        batch_size=tc.batch_size,
-                        sampler=sampler,
-                        num_workers=tc.num_workers,
-                        collate_fn=collate_faces,
-                        pin_memory=device.type == "cuda",
-                        drop_last=False,
-                        generator=_loader_generator(tc.seed, epoch),  # not the global RNG: exact mid-epoch resume
-                        worker_init_fn=_ignore_stop_signals,  # the main process alone decides when to stop
-                    )
-                    model.train()
-                    progress.start_epoch(epoch, state["step_in_epoch"])
-                    progress.restore(state["running"])
-                    state["running"] = {}
-                    with _stop_signals_blocked():  # workers start here: none may die of a signal before ignoring it
-                        batches = iter(loader)
-                    for batch in batches:
-                        batch = _to_device(batch, device)
-                        with torch.autocast(device_type=device.type, enabled=use_amp):
-                            pred = forward_batch(ddp_model, batch)
-                        losses = loss_fn(pred, batch, epoch=epoch + state["step_in_epoch"] / steps_per_epoch)
-                        total, terms = losses.total, losses.terms
-                        if not torch.isfinite(total):
-                            raise FaceReconError(
-                                f"training diverged: the loss is {float(total)} at epoch {epoch + 1}, "
-                                f"step {state['global_step'] + 1} (lower --lr or set train.grad_clip)"
-                            )
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(total).backward()
-                        if tc.grad_clip > 0:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        state["step_in_epoch"] += 1
-                        state["global_step"] += 1
-                        run_steps += 1
-                        progress.step(batch["image"].shape[0] * world, float(total.detach()), {k: float(v) for k, v in terms.items()})
-                        if opts.max_steps is not None and run_steps >= opts.max_steps:
-                            stop = True
-                            break
-                        if _agreed_stop(stop_request.requested, info, device):  # Ctrl-C / SIGTERM: stop at this step boundary
-                            interrupted = stop = True
-                            break
-                    if stop and state["step_in_epoch"] < steps_per_epoch:
-                        break  # mid-epoch stop: last.pt below records the position
-                    scheduler.step()
-                    state["epoch"] = epoch + 1
-                    state["step_in_epoch"] = 0
-                    metrics: dict[str, float] = {}
-                    if val_set is not None:
-                        metrics = validate(model, val_set, device, opts.eval_settings, tc.batch_size, opts.val_limit)
-                        state["metrics"] = metrics
-                        if metrics["chamfer"] < state["best"]:
-                            state["best"] = metrics["chamfer"]
-                            if info.is_main:
-                                save_checkpoint(out / "best.pt", _checkpoint(cfg, model, optimizer, scheduler, scaler, state, reference))
-                    if info.is_main:
-                        save_checkpoint(out / "last.pt", _checkpoint(cfg, model, optimizer, scheduler, scaler, state, reference))
-                        record = {"epoch": epoch + 1, "global_step": state["global_step"], "lr": scheduler.get_last_lr()[0]}
-                        record.update(progress.epoch_means())
-                        record.update({f"val_{k}": v for k, v in metrics.items()})
-                        _append_jsonl(out / "metrics.jsonl", record)
-                        say(_epoch_line(record))
-                    last_saved = state["global_step"]
-                    barrier(info)
-                    if stop:
-                        break
-                    if _agreed_stop(stop_request.requested, info, device):  # came during validation or saving
-                        interrupted = True
-                        break
-            except KeyboardInterrupt:  # a second Ctrl-C: the step it broke is half done, save nothing
-                interrupted = forced = True
-        if forced:
-            say(f"interrupted again: stopped at once without saving; {out / 'last.pt'} holds the last save")
-        elif interrupted or (stop and state["step_in_epoch"] > 0):
-            if state["step_in_epoch"] > 0:
-                state["running"] = progress.running()
-            if info.is_main and last_saved != state["global_step"]:
-                save_checkpoint(out / "last.pt", _checkpoint(cfg, model, optimizer, scheduler, scaler, state, reference))
-            if interrupted:
-                say(f"interrupted: saved {out / 'last.pt'}; continue with --resume")
-        checksums = _rank_checksums(model, info)
-        return TrainResult(state["epoch"], state["global_step"], state["best"], state["metrics"], interrupted, checksums)
+    face_mean, triangles = statistics.face_model
+    mirrored = template * np.array([-1.0, 1.0, 1.0], dtype=template.dtype)
+    ids_m, bary_m = template_correspondence(face_mean, triangles, mirrored)
+    if opts.resume or cfg.model.start != "prior":
+        ids, bary = template_correspondence(face_mean, triangles, template)
+    else:
+        faces = model.hierarchy.faces(model.num_blocks - 1).cpu().numpy()
+        prior = run_on_main(lambda: build_face_prior(opts.cache, template, cfg.model.prior_components, template_faces=faces), info)
+        model.set_prior(prior)
+        ids, bary = prior.ids, prior.bary
+        say(f"face prior: {prior.basis.shape[0]} shape modes explain {100 * prior.explained:.1f} % of the aligned training faces")
+    return ids, bary, ids_m, bary_m
 
 
-def _rank_checksums(model: nn.Module, info: DistInfo) -> list[float]:
-    """Every rank's parameter checksum (all ranks must hold the same parameters under DDP)."""
-    with torch.no_grad():
-        value = sum(float(p.double().sum() + p.double().square().sum()) for p in model.parameters())
-    if not info.distributed:
-        return [value]
-    gathered: list[object] = [None] * info.world_size
-    torch.distributed.all_gather_object(gathered, value)
-    return [float(v) for v in gathered]
+def _start_or_resume(run: _Run, ckpt: dict | None) -> None:
+    """Resume: the states of ``last.pt`` (model, optimizer, schedule, scaler, position, RNG). New
+    run: ``config.json`` and no ``metrics.jsonl``. Then DDP wraps the model."""
+    if ckpt is not None:
+        _check_resumable(run.cfg, ckpt, run.out / "last.pt")
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+        for key in run.state:
+            run.state[key] = ckpt.get(key, run.state[key])
+        _set_rng(ckpt.get("rng", {}))
+        run.say(f"resuming {run.out / 'last.pt'}: epoch {run.state['epoch'] + 1}, batch {run.state['step_in_epoch'] + 1}")
+    elif run.info.is_main:
+        ensure_parent(run.out / "config.json")
+        _write_json(run.out / "config.json", run.cfg.to_dict())
+        with contextlib.suppress(FileNotFoundError):
+            (run.out / "metrics.jsonl").unlink()
+    run.ddp_model = run.model
+    if run.info.distributed:
+        device = run.device
+        run.ddp_model = nn.parallel.DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    dataset: Any,
-    device: torch.device,
-    settings: EvalSettings,
-    batch_size: int,
-    limit: int | None = None,
-) -> dict[str, float]:
-    """Mean Chamfer, F-scores and NME of ``model`` over ``dataset`` (see ``engine.evaluate``)."""
+def _check_resumable(cfg: Config, ckpt: dict, path: Path) -> None:
+    saved = Config.from_dict(ckpt["config"])
+    if saved.model != cfg.model:
+        raise InputError(f"{path}: the run was made with another model configuration; resume without changing model.*")
+    if saved.loss != cfg.loss or saved.train.batch_size != cfg.train.batch_size or saved.train.seed != cfg.train.seed:
+        raise InputError(f"{path}: resume with the run's loss settings, batch size and seed (see config.json)")
+
+
+def _set_rng(rng: dict) -> None:
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ------------------------------------------------------------------------------------- data
+def _build_data(run: _Run) -> None:
+    """The training set (region draws, augmentation) and, on rank 0, the validation set."""
+    from facerecon.data.dataset import FaceCacheDataset
+
+    tc, opts = run.cfg.train, run.opts
+    augment = None
+    if tc.augment:
+        from facerecon.data.augment import AugmentSettings
+
+        augment = AugmentSettings.from_train_config(tc)
+    run.train_set = FaceCacheDataset(
+        opts.cache, split="train", points_per_region=tuple(tc.points_per_region), seed=tc.seed, correspondence=run.correspondence, augment=augment
+    )
+    if len(run.train_set) == 0:
+        raise InputError(f"{opts.cache}: the train split is empty")
+    if opts.validate and run.info.is_main:
+        run.val_set = FaceCacheDataset(opts.cache, split="val", points_per_region=None, seed=tc.seed)
+        if len(run.val_set) == 0:
+            run.val_set = None
+            run.say("no val split in the cache: skipping validation")
+    per_rank = math.ceil(len(run.train_set) / run.info.world_size)
+    run.steps_per_epoch = math.ceil(per_rank / tc.batch_size)
+
+
+def _epoch_loader(run: _Run, epoch: int) -> DataLoader:
+    """The epoch's loader: its sampler skips the batches a resumed epoch has done already."""
     from facerecon.data.dataset import collate_faces
 
-    was_training = model.training
-    model.eval()
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    subset = torch.utils.data.Subset(dataset, range(n))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_faces)
-    records: dict[str, list[float]] = {}
-    for batch in loader:
-        batch = _to_device(batch, device)
-        pred = forward_batch(model, batch)
-        metrics = batch_metrics(
-            pred.vertices,
-            pred.faces[-1],
-            batch["points"],
-            batch["lengths"],
-            [int(i) for i in batch["index"]],
-            settings,
-            pred.landmarks,
-            batch.get("landmarks"),
+    tc = run.cfg.train
+    run.train_set.set_epoch(epoch)
+    sampler = _EpochSampler(len(run.train_set), run.info, tc.seed, epoch, run.state["step_in_epoch"] * tc.batch_size)
+    return DataLoader(
+        run.train_set,
+        batch_size=tc.batch_size,
+        sampler=sampler,
+        num_workers=tc.num_workers,
+        collate_fn=collate_faces,
+        pin_memory=run.device.type == "cuda",
+        drop_last=False,
+        generator=_loader_generator(tc.seed, epoch),  # not the global RNG: exact mid-epoch resume
+        worker_init_fn=_ignore_stop_signals,  # the main process alone decides when to stop
+    )
+
+
+# ------------------------------------------------------------------------------------- loop
+def _train(run: _Run) -> None:
+    """The epochs, from the resumed position; then ``last.pt`` if the run stopped mid-epoch."""
+    tc = run.cfg.train
+    with _stop_requests() as stop_request, _progress(run.opts, run.info, tc.epochs, run.steps_per_epoch, run.say) as progress:
+        try:
+            for epoch in range(run.state["epoch"], tc.epochs):
+                if not _train_epoch(run, epoch, progress, stop_request):
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C: the step it broke is half done, save nothing
+            run.interrupted = run.forced = True
+    _save_on_stop(run, progress)
+
+
+def _train_epoch(run: _Run, epoch: int, progress: _Progress, stop_request: _StopRequest) -> bool:
+    """One epoch's steps, then its end (validation, saving). False: the run stops here."""
+    _train_steps(run, epoch, progress, stop_request)
+    if run.stop and run.state["step_in_epoch"] < run.steps_per_epoch:
+        return False  # mid-epoch stop: _save_on_stop records the position
+    _end_epoch(run, epoch, progress)
+    if run.stop:
+        return False
+    if _agreed_stop(stop_request.requested, run.info, run.device):  # came during validation or saving
+        run.interrupted = True
+        return False
+    return True
+
+
+def _train_steps(run: _Run, epoch: int, progress: _Progress, stop_request: _StopRequest) -> None:
+    """The epoch's batches (the rest of them on a mid-epoch resume), until a stop is asked for."""
+    loader = _epoch_loader(run, epoch)
+    run.model.train()
+    progress.start_epoch(epoch, run.state["step_in_epoch"])
+    progress.restore(run.state["running"])
+    run.state["running"] = {}
+    with _stop_signals_blocked():  # workers start here: none may die of a signal before ignoring it
+        batches = iter(loader)
+    for batch in batches:
+        _train_step(run, batch, epoch, progress)
+        if run.opts.max_steps is not None and run.run_steps >= run.opts.max_steps:
+            run.stop = True
+            return
+        if _agreed_stop(stop_request.requested, run.info, run.device):  # Ctrl-C / SIGTERM: stop at this step boundary
+            run.interrupted = run.stop = True
+            return
+
+
+# ------------------------------------------------------------------------------------- step
+def _train_step(run: _Run, batch: dict, epoch: int, progress: _Progress) -> None:
+    """Forward, loss, backward and one optimizer step on one batch."""
+    state, tc = run.state, run.cfg.train
+    batch = _to_device(batch, run.device)
+    with torch.autocast(device_type=run.device.type, enabled=run.use_amp):
+        pred = forward_batch(run.ddp_model, batch)
+    losses = run.loss_fn(pred, batch, epoch=epoch + state["step_in_epoch"] / run.steps_per_epoch)
+    total, terms = losses.total, losses.terms
+    if not torch.isfinite(total):
+        raise FaceReconError(
+            f"training diverged: the loss is {float(total)} at epoch {epoch + 1}, "
+            f"step {state['global_step'] + 1} (lower --lr or set train.grad_clip)"
         )
-        for key, value in metrics.items():
-            records.setdefault(key, []).extend(value.tolist())
-    model.train(was_training)
-    return summarise(records)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(total).backward()
+    if tc.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.params, tc.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    state["step_in_epoch"] += 1
+    state["global_step"] += 1
+    run.run_steps += 1
+    progress.step(batch["image"].shape[0] * run.info.world_size, float(total.detach()), {k: float(v) for k, v in terms.items()})
 
 
-# ------------------------------------------------------------------------------------- sampler
-class _EpochSampler(Sampler[int]):
-    """The epoch's shuffled order (seeded by seed + epoch, identical on every rank), this rank's
-    share of it (``order[rank::world]``, padded by wrapping like DistributedSampler), minus the
-    first ``skip`` items already consumed before a resume."""
+# ------------------------------------------------------------------------------------- save
+def _end_epoch(run: _Run, epoch: int, progress: _Progress) -> None:
+    """A finished epoch: the schedule's step, validation, ``best.pt`` / ``last.pt``, ``metrics.jsonl``."""
+    state = run.state
+    run.scheduler.step()
+    state["epoch"] = epoch + 1
+    state["step_in_epoch"] = 0
+    metrics: dict[str, float] = {}
+    if run.val_set is not None:
+        metrics = validate(run.model, run.val_set, run.device, run.opts.eval_settings, run.cfg.train.batch_size, run.opts.val_limit)
+        state["metrics"] = metrics
+        if metrics["chamfer"] < state["best"]:
+            state["best"] = metrics["chamfer"]
+            if run.info.is_main:
+                _save(run, "best.pt")
+    if run.info.is_main:
+        _save(run, "last.pt")
+        record = {"epoch": epoch + 1, "global_step": state["global_step"], "lr": run.scheduler.get_last_lr()[0]}
+        record.update(progress.epoch_means())
+        record.update({f"val_{k}": v for k, v in metrics.items()})
+        _append_jsonl(run.out / "metrics.jsonl", record)
+        run.say(_epoch_line(record))
+    run.last_saved = state["global_step"]
+    barrier(run.info)
 
-    def __init__(self, n: int, info: DistInfo, seed: int, epoch: int, skip: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=gen).tolist()
-        total = math.ceil(n / info.world_size) * info.world_size
-        order += order[: total - n]
-        self.indices = order[info.rank :: info.world_size][skip:]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+def _save_on_stop(run: _Run, progress: _Progress) -> None:
+    """After the loop: ``last.pt`` with the position and loss sums of a run stopped mid-epoch."""
+    state = run.state
+    if run.forced:
+        run.say(f"interrupted again: stopped at once without saving; {run.out / 'last.pt'} holds the last save")
+    elif run.interrupted or (run.stop and state["step_in_epoch"] > 0):
+        if state["step_in_epoch"] > 0:
+            state["running"] = progress.running()
+        if run.info.is_main and run.last_saved != state["global_step"]:
+            _save(run, "last.pt")
+        if run.interrupted:
+            run.say(f"interrupted: saved {run.out / 'last.pt'}; continue with --resume")
 
-    def __len__(self) -> int:
-        return len(self.indices)
+
+def _save(run: _Run, name: str) -> None:
+    save_checkpoint(run.out / name, _checkpoint(run.cfg, run.model, run.optimizer, run.scheduler, run.scaler, run.state, run.reference))
 
 
-# ------------------------------------------------------------------------------------- checkpoints
 def _checkpoint(
     cfg: Config, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: dict, reference: torch.Tensor | None
 ) -> dict:
@@ -445,109 +538,65 @@ def _checkpoint(
     }
 
 
-def fit_template_placement(cfg: Config, cache: str | os.PathLike[str]) -> Config:
-    """``cfg`` with ``model.template_scale`` / ``template_offset`` fitted so the template's
-    bounding box matches the training mean face's (crop frame). Unchanged when the cache's ground
-    truth has no shared topology (no per-point mean face)."""
-    from facerecon.engine.evaluate import mean_face
-
-    try:
-        points, _ = mean_face(str(cache), "train")
-    except InputError:
-        return cfg
-    if cfg.model.template != "hemisphere":
-        return cfg
-    lo, hi = points.min(0).values.double(), points.max(0).values.double()
-    # canonical hemisphere: x, y in [-1, 1], dome tip at z = -1 (camera side), rim at z = 0
-    scale = [float((hi[0] - lo[0]) / 2), float((hi[1] - lo[1]) / 2), float(hi[2] - lo[2])]
-    offset = [float((hi[0] + lo[0]) / 2), float((hi[1] + lo[1]) / 2), float(hi[2])]
-    return cfg.replace({"model.template_scale": scale, "model.template_offset": offset})
+# ------------------------------------------------------------------------------------- validation
+def validate(
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device,
+    settings: EvalSettings,
+    batch_size: int,
+    limit: int | None = None,
+) -> dict[str, float]:
+    """Mean Chamfer, F-scores and NME of ``model`` over ``dataset``: ``facerecon eval``'s numbers
+    (``engine.evaluate.evaluate_network``), without the fold percentage."""
+    was_training = model.training
+    report = evaluate_network(model, dataset, settings, batch_size, device, limit, folds=False)
+    model.train(was_training)
+    return metric_means(report.rows)
 
 
-def _mean_train_landmarks(cache: str | os.PathLike[str]) -> torch.Tensor | None:
-    import h5py
-    import numpy as np
-
-    with h5py.File(cache, "r") as f:
-        train = np.flatnonzero(f["split"][:] == 0)
-        if train.size == 0 or "landmarks" not in f:
-            return None
-        lms = f["landmarks"][:][train]
-    ok = np.isfinite(lms).all(axis=(1, 2))
-    return torch.from_numpy(lms[ok].mean(axis=0).astype(np.float32)) if ok.any() else None
+def _rank_checksums(model: nn.Module, info: DistInfo) -> list[float]:
+    """Every rank's parameter checksum (all ranks must hold the same parameters under DDP)."""
+    with torch.no_grad():
+        value = sum(float(p.double().sum() + p.double().square().sum()) for p in model.parameters())
+    if not info.distributed:
+        return [value]
+    gathered: list[object] = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return [float(v) for v in gathered]
 
 
-def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor | None:
-    """The frontal 68-landmark layout of the training split: each training sample's ground-truth
-    landmarks with its pose undone (``frames.frontalise``), averaged. ``predict`` fits it to the
-    predicted landmarks to report the head pose. None when the cache has no poses/landmarks.
+# ------------------------------------------------------------------------------------- sampler
+class _EpochSampler(Sampler[int]):
+    """The epoch's shuffled order (seeded by seed + epoch, identical on every rank), this rank's
+    share of it (``order[rank::world]``, padded by wrapping like DistributedSampler), minus the
+    first ``skip`` items already consumed before a resume."""
 
-    Returns:
-        (68, 3) float32, centred, unit RMS radius, our axes (x right, y down, z away).
-    """
-    import h5py
-    import numpy as np
+    def __init__(self, n: int, info: DistInfo, seed: int, epoch: int, skip: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=gen).tolist()
+        total = math.ceil(n / info.world_size) * info.world_size
+        order += order[: total - n]
+        self.indices = order[info.rank :: info.world_size][skip:]
 
-    from facerecon.frames import frontalise
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
-    with h5py.File(cache, "r") as f:
-        train = np.flatnonzero(f["split"][:] == 0)
-        if train.size == 0 or "pose" not in f or "landmarks" not in f:
-            return None
-        landmarks = f["landmarks"][:][train]
-        poses = f["pose"][:][train]
-    ok = np.isfinite(landmarks).all(axis=(1, 2)) & np.isfinite(poses).all(axis=1)
-    if not ok.any():
-        return None
-    frontal = np.stack([frontalise(lm, *pose) for lm, pose in zip(landmarks[ok], poses[ok])])
-    mean = frontal.mean(axis=0)
-    mean = (mean - mean.mean(0)) / np.sqrt(((mean - mean.mean(0)) ** 2).sum(1).mean())
-    return torch.from_numpy(mean.astype(np.float32))
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
-def _check_resumable(cfg: Config, ckpt: dict, path: Path) -> None:
-    saved = Config.from_dict(ckpt["config"])
-    if saved.model != cfg.model:
-        raise InputError(f"{path}: the run was made with another model configuration; resume without changing model.*")
-    if saved.loss != cfg.loss or saved.train.batch_size != cfg.train.batch_size or saved.train.seed != cfg.train.seed:
-        raise InputError(f"{path}: resume with the run's loss settings, batch size and seed (see config.json)")
-
-
-def _set_rng(rng: dict) -> None:
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _setup_prior(model: nn.Module, cfg: Config, opts: TrainOptions, say: Callable[[str], None]) -> tuple:
-    """The template-to-face-model correspondence (the per-vertex ground truth, both orientations
-    for flips) and, for a new model-v2 run, the shape basis learned from the training split."""
-    import numpy as np
-
-    from facerecon.model.face_prior import build_face_prior, read_correspondence_source, template_correspondence
-
-    template = model.hierarchy.template_vertices(model.num_blocks - 1).cpu().numpy()
-    src = read_correspondence_source(opts.cache)
-    if src is None:
-        raise InputError(
-            f"{opts.cache}: model.start = 'prior' and loss.vertex need ground truth in a face model's vertex order "
-            "(a schema-2 cache of a 3DMM dataset)"
-        )
-    mirrored = template * np.array([-1.0, 1.0, 1.0], dtype=template.dtype)
-    ids_m, bary_m = template_correspondence(src[0], src[1], mirrored)
-    if opts.resume or cfg.model.start != "prior":
-        ids, bary = template_correspondence(src[0], src[1], template)
-    else:
-        faces = model.hierarchy.faces(model.num_blocks - 1).cpu().numpy()
-        prior = build_face_prior(opts.cache, template, cfg.model.prior_components, template_faces=faces)
-        model.set_prior(prior)
-        ids, bary = prior.ids, prior.bary
-        say(f"face prior: {prior.basis.shape[0]} shape modes explain {100 * prior.explained:.1f} % of the aligned training faces")
-    return ids, bary, ids_m, bary_m
+def _loader_generator(seed: int, epoch: int) -> torch.Generator:
+    """The training loader's own generator (its worker seeds), seeded by seed and epoch: creating
+    the loader again on a mid-epoch resume then leaves the global RNG as an uninterrupted run's."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
 
 
 # ------------------------------------------------------------------------------------- helpers
+def _silent(_message: str) -> None:
+    pass
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
@@ -581,12 +630,7 @@ def _epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-def _loader_generator(seed: int, epoch: int) -> torch.Generator:
-    """The training loader's own generator (its worker seeds), seeded by seed and epoch: creating
-    the loader again on a mid-epoch resume then leaves the global RNG as an uninterrupted run's."""
-    return torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
-
-
+# ------------------------------------------------------------------------------------- stop signals
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -1,0 +1,178 @@
+"""What a training run starts from, read from the cache in one pass: :func:`read_cache_statistics`.
+
+One open of the cache, each dataset read once: the whole-cache check of
+``facerecon.data.validate`` (a damaged cache is refused, naming the sample) and, from the same
+reads, the statistics of one split (the training split by default):
+
+* ``mean_points``: the per-point mean ground truth (shared topology only, 3DMM caches): the
+  template placement of a new run (``train.fit_template``) and the mean-face baseline of
+  ``facerecon eval`` (:func:`mean_face`);
+* ``mean_landmarks``: the mean of the split's 68 landmarks (rows without landmarks left out):
+  the landmark head's start (``train.init_landmarks``) and the mean-face baseline's landmarks;
+* ``landmark_reference``: the frontal landmark layout saved in every checkpoint (head pose);
+* ``face_model``: the face model's mean face (crop axes) and triangles, where the points are its
+  vertices in order: the template correspondence of model v2 and ``loss.vertex``.
+
+The result is remembered per file (path, size, modification time) and split; a run reads it on
+rank 0 and hands it to the other processes (``facerecon.engine.distributed``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from facerecon.data.validate import CacheRows, CacheSummary, cache_key, check_points, check_rows, is_checked, reading_cache, remember_checked
+from facerecon.errors import InputError
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    """The statistics of one split of a checked cache (see the module docstring); crop units."""
+
+    summary: CacheSummary
+    split: str
+    #: (P, 3) float32, or None (see ``mean_points_problem``)
+    mean_points: np.ndarray | None
+    #: why there is no per-point mean: the split is empty, or its samples' point counts differ
+    mean_points_problem: str | None
+    #: (68, 3) float32, or None: no sample of the split has landmarks
+    mean_landmarks: np.ndarray | None
+    #: (68, 3) float32 centred, unit RMS radius, our axes; or None: no sample with landmarks and pose
+    landmark_reference: np.ndarray | None
+    #: (face-model mean (M, 3) in crop axes, triangles (T, 3) int64), or None: points not in model order
+    face_model: tuple[np.ndarray, np.ndarray] | None
+
+
+_read: dict[tuple[tuple[str, int, int], str], CacheStatistics] = {}
+
+
+def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train") -> CacheStatistics:
+    """Check ``cache`` and read the statistics of ``split``, in one pass (remembered per file).
+
+    Raises:
+        InputError: the cache is damaged or incomplete (``facerecon.data.validate.check_cache``).
+    """
+    from facerecon.data.dataset import SPLITS
+
+    path = Path(cache)
+    key = (cache_key(path), split)
+    if key not in _read:
+        checked = is_checked(path)  # the values passed already: read only what the statistics need
+        with reading_cache(path) as f:
+            rows = check_rows(f, path)
+            in_split = np.flatnonzero(rows.split == SPLITS[split])
+            point_mean, problem = _PointMean.of_rows(rows, in_split, split)
+            check_points(f, path, rows, point_mean.add if point_mean else None, values=not checked)
+            face_model = _face_model(f)
+        remember_checked(path, rows.summary)
+        _read[key] = CacheStatistics(
+            summary=rows.summary,
+            split=split,
+            mean_points=point_mean.mean() if point_mean else None,
+            mean_points_problem=problem,
+            mean_landmarks=mean_landmarks(rows.landmarks[in_split]),
+            landmark_reference=landmark_reference(rows.landmarks[in_split], rows.pose[in_split]),
+            face_model=face_model,
+        )
+    return _read[key]
+
+
+class _PointMean:
+    """The per-point mean of some samples sharing one point count, summed from the chunks of points
+    as ``check_points`` reads them (float64 sums, the samples in row order)."""
+
+    def __init__(self, starts: np.ndarray, stops: np.ndarray, count: int) -> None:
+        self.starts, self.stops = starts, stops
+        self.total = np.zeros((count, 3), dtype=np.float64)
+
+    @classmethod
+    def of_rows(cls, rows: CacheRows, picked: np.ndarray, split: str) -> tuple[_PointMean | None, str | None]:
+        """The accumulator for the ``picked`` rows, or (None, why there is no per-point mean)."""
+        if picked.size == 0:
+            return None, f"the {split} split is empty; the mean-face baseline needs it"
+        starts, stops = rows.offsets[picked], rows.offsets[picked + 1]
+        counts = stops - starts
+        if np.any(counts != counts[0]):
+            return None, (
+                f"the {split} samples have different point counts ({counts.min()}..{counts.max()}); "
+                "the mean-face baseline needs one shared topology (3DMM ground truth)"
+            )
+        return cls(starts, stops, int(counts[0])), None
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        """Add the points ``start`` .. ``start + len(block) - 1`` of the picked samples among them."""
+        stop = start + block.shape[0]
+        first = int(np.searchsorted(self.stops, start, side="right"))
+        last = int(np.searchsorted(self.starts, stop, side="left"))
+        for a, b in zip(self.starts[first:last].tolist(), self.stops[first:last].tolist()):
+            lo, hi = max(a, start), min(b, stop)
+            self.total[lo - a : hi - a] += block[lo - start : hi - start]
+
+    def mean(self) -> np.ndarray:
+        return (self.total / self.starts.shape[0]).astype(np.float32)
+
+
+def mean_landmarks(landmarks: np.ndarray) -> np.ndarray | None:
+    """(68, 3) float32 mean of the (N, 68, 3) landmarks (as stored, float32) of the samples that
+    have them (a sample without landmarks is a row of NaN); None when none has."""
+    ok = np.isfinite(landmarks).all(axis=(1, 2))
+    return landmarks[ok].mean(axis=0).astype(np.float32) if ok.any() else None
+
+
+def landmark_reference(landmarks: np.ndarray, poses: np.ndarray) -> np.ndarray | None:
+    """The frontal 68-landmark layout: each sample's landmarks with its pose undone
+    (``frames.frontalise``), averaged. ``predict`` fits it to the predicted landmarks to report
+    the head pose.
+
+    Args:
+        landmarks: (N, 68, 3) crop units; poses: (N, 3) yaw, pitch, roll degrees.
+
+    Returns:
+        (68, 3) float32, centred, unit RMS radius, our axes (x right, y down, z away); None when
+        no sample has both landmarks and a pose.
+    """
+    from facerecon.frames import frontalise
+
+    ok = np.isfinite(landmarks).all(axis=(1, 2)) & np.isfinite(poses).all(axis=1)
+    if not ok.any():
+        return None
+    frontal = np.stack([frontalise(lm, *pose) for lm, pose in zip(landmarks[ok], poses[ok])])
+    mean = frontal.mean(axis=0)
+    mean = (mean - mean.mean(0)) / np.sqrt(((mean - mean.mean(0)) ** 2).sum(1).mean())
+    return mean.astype(np.float32)
+
+
+def _face_model(f: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The face model's mean (crop axes) and triangles, where the points are its vertices in order."""
+    from facerecon.model.face_prior import model_mean_crop_axes
+
+    if not bool(f.attrs.get("points_in_model_order", False)) or "face_model" not in f:
+        return None
+    return model_mean_crop_axes(f["face_model/mean"][:]), f["face_model/triangles"][:].astype(np.int64)
+
+
+def mean_face(cache: str, split: str = "train") -> tuple[Tensor, Tensor]:
+    """The constant mean-face prediction: the per-point mean of the ``split`` ground truths and
+    the mean of their 68 landmarks, in the crop frame.
+
+    The per-point mean needs every sample of the split to hold the same number of points in the
+    same order (3DMM ground truth, one vertex per point); otherwise ``InputError``.
+
+    Returns:
+        (points (P, 3) float32, landmarks (68, 3) float32; NaN where no sample has landmarks), crop units.
+    """
+    stats = read_cache_statistics(cache, split)
+    if stats.mean_points is None:
+        raise InputError(f"{cache}: {stats.mean_points_problem}")
+    lms = stats.mean_landmarks if stats.mean_landmarks is not None else np.full((68, 3), np.nan, np.float32)
+    return torch.from_numpy(stats.mean_points.copy()), torch.from_numpy(lms.copy())
+
+
+__all__ = ["CacheStatistics", "landmark_reference", "mean_face", "mean_landmarks", "read_cache_statistics"]

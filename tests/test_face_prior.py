@@ -124,7 +124,12 @@ def test_prior_of_a_tiny_cache_matches_numpy_pca(tmp_path: Path) -> None:
 
     cache = make_tiny_cache(tmp_path / "t.h5", n=12, points=400, same_topology=True)
     template = MeshHierarchy.from_template(load_template("hemisphere")).template_vertices(1).numpy()
-    prior = build_face_prior(cache, template, n_components=3)
+    from facerecon.engine.statistics import read_cache_statistics
+
+    stats = read_cache_statistics(cache, template=template)
+    faces, landmarks, fives = stats.prior_samples
+    assert faces.shape == (8, template.shape[0], 3)  # the train split's samples, template topology
+    prior = build_face_prior(faces, landmarks, fives, stats.correspondence, template, n_components=3)
     # the tiny caps differ only by scale and shift: after the similarity alignment every face
     # equals the mean, so the PCA has (numerically) no variance left
     assert prior.mean.shape == (template.shape[0], 3) and prior.basis.shape == (3, template.shape[0], 3)
@@ -175,3 +180,58 @@ def test_remove_folds_smooths_creases_and_moves_little() -> None:
     after = (trimesh.Trimesh(out, mesh.faces, process=False).face_adjacency_angles > np.radians(60)).mean()
     assert before > 0.002 and after < 0.7 * before
     assert np.linalg.norm(out - verts, axis=1).mean() < 0.01
+
+
+def test_prior_samples_read_in_chunks_equal_the_whole_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statistics' one pass gathers each training face in template topology from chunks of
+    points that split samples anywhere; the result equals ``sum_k bary * points[ids]`` computed
+    with numpy on each sample read whole."""
+    import h5py
+
+    from facerecon.data import validate
+    from facerecon.engine import statistics
+    from facerecon.mesh.templates import load_template
+    from facerecon.model.graph import MeshHierarchy
+
+    cache = make_tiny_cache(tmp_path / "t.h5", n=12, points=400, same_topology=True)
+    template = MeshHierarchy.from_template(load_template("hemisphere")).template_vertices(1).numpy()
+    monkeypatch.setattr(validate, "CHUNK_POINTS", 37)  # 400-point samples straddle the chunks
+    monkeypatch.setattr(statistics, "_read", {})
+    stats = statistics.read_cache_statistics(cache, template=template)
+    ids, bary = stats.correspondence
+    faces, landmarks, fives = stats.prior_samples
+    with h5py.File(cache, "r") as f:
+        rows = np.flatnonzero(f["split"][:] == 0)
+        offsets = f["offsets"][:]
+        for k, r in enumerate(rows):
+            pts = f["points"][offsets[r] : offsets[r + 1]].astype(np.float64)
+            expect = np.einsum("vk,vkc->vc", bary.astype(np.float64), pts[ids])
+            np.testing.assert_allclose(faces[k], expect, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(landmarks, f["landmarks"][:][rows])
+        np.testing.assert_array_equal(fives, f["landmarks5"][:][rows])
+
+
+def test_remove_folds_gives_the_same_bits_on_every_run() -> None:
+    """The prior's smoothing is part of every model-v2 checkpoint: two runs, and a run on one
+    thread, give identical vertices (the gathers' backward must not add in thread order)."""
+    import torch
+
+    from facerecon.mesh.templates import load_template
+    from facerecon.model.face_prior import remove_folds
+    from facerecon.model.graph import MeshHierarchy
+
+    h = MeshHierarchy.from_template(load_template("hemisphere"))
+    faces = h.faces(3).numpy()
+    x = h.template_vertices(3).numpy() + np.random.default_rng(0).normal(0, 3e-3, (h.num_vertices(3), 3)).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a, b = remove_folds(x, faces, steps=30), remove_folds(x, faces, steps=30)
+        torch.set_num_threads(1)
+        c = remove_folds(x, faces, steps=30)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    assert np.abs(a - x).max() > 0  # it did move the vertices
+    assert not torch.are_deterministic_algorithms_enabled()  # and put the global switch back

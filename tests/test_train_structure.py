@@ -83,11 +83,6 @@ def test_a_second_run_on_the_unchanged_cache_reads_nothing_at_start(tmp_path: Pa
     assert h5_log["opens"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model v2: build_face_prior (facerecon/model/face_prior.py) opens the cache itself, twice; "
-    "it needs an entry point that takes the training rows read by engine.statistics",
-)
 def test_a_model_v2_run_opens_the_cache_once(tmp_path: Path, h5_log: dict) -> None:
     from test_model_v2 import TINY_V2
 

@@ -176,7 +176,9 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             ids, bary, ids_m, bary_m = self.correspondence
             if tf is not None and tf.flip:
                 ids, bary = ids_m, bary_m
-            vertices = (bary[:, :, None] * points[ids]).sum(1).astype(np.float32)
+            from facerecon.model.face_prior import template_truth
+
+            vertices = template_truth(points, ids, bary)
         if self.points_per_region is not None:
             rng = np.random.default_rng([self.seed, self.epoch, row])
             idx = self.draw(regions, rng)

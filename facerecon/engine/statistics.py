@@ -11,7 +11,10 @@ reads, the statistics of one split (the training split by default):
   the landmark head's start (``train.init_landmarks``) and the mean-face baseline's landmarks;
 * ``landmark_reference``: the frontal landmark layout saved in every checkpoint (head pose);
 * ``face_model``: the face model's mean face (crop axes) and triangles, where the points are its
-  vertices in order: the template correspondence of model v2 and ``loss.vertex``.
+  vertices in order: the template correspondence of model v2 and ``loss.vertex``;
+* with a ``template`` (model v2's finest level): its ``correspondence`` to the face model and the
+  split's faces in template topology with their landmarks and five points (``prior_samples``),
+  what ``facerecon.model.face_prior.build_face_prior`` learns the shape basis from.
 
 The result is remembered per file (path, size, modification time) and split; a run reads it on
 rank 0 and hands it to the other processes (``facerecon.engine.distributed``).
@@ -48,29 +51,49 @@ class CacheStatistics:
     landmark_reference: np.ndarray | None
     #: (face-model mean (M, 3) in crop axes, triangles (T, 3) int64), or None: points not in model order
     face_model: tuple[np.ndarray, np.ndarray] | None
+    #: the template's correspondence ``(ids, bary)`` (only when read with a template and a face model)
+    correspondence: tuple[np.ndarray, np.ndarray] | None = None
+    #: ``(faces (S, V, 3), landmarks (S, 68, 3), five points (S, 5, 2))`` of the split's samples in
+    #: row order, faces in template topology (by the correspondence)
+    prior_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: the template the correspondence was made for
+    correspondence_template: np.ndarray | None = None
 
 
 _read: dict[tuple[tuple[str, int, int], str], CacheStatistics] = {}
 
 
-def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train") -> CacheStatistics:
+def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train", template: np.ndarray | None = None) -> CacheStatistics:
     """Check ``cache`` and read the statistics of ``split``, in one pass (remembered per file).
+
+    Args:
+        template: (V, 3) model v2's finest template level: also read its correspondence and the
+            split's faces in template topology (``prior_samples``), from the same pass.
 
     Raises:
         InputError: the cache is damaged or incomplete (``facerecon.data.validate.check_cache``).
     """
+    import hashlib
+
     from facerecon.data.dataset import SPLITS
 
     path = Path(cache)
-    key = (cache_key(path), split)
+    digest = None if template is None else hashlib.sha1(np.ascontiguousarray(template, dtype=np.float64).tobytes()).hexdigest()
+    key = (cache_key(path), split, digest)
     if key not in _read:
         checked = is_checked(path)  # the values passed already: read only what the statistics need
         with reading_cache(path) as f:
             rows = check_rows(f, path)
             in_split = np.flatnonzero(rows.split == SPLITS[split])
             point_mean, problem = _PointMean.of_rows(rows, in_split, split)
-            check_points(f, path, rows, point_mean.add if point_mean else None, values=not checked)
             face_model = _face_model(f)
+            gather = None
+            if template is not None and face_model is not None:
+                gather = _TemplateFaces(rows, in_split, *_correspondence(face_model, template))
+            sinks = [x.add for x in (point_mean, gather) if x is not None]
+            on_points = (lambda start, block: [sink(start, block) for sink in sinks]) if sinks else None
+            check_points(f, path, rows, on_points, values=not checked)
+            five = f["landmarks5"][:] if gather is not None and "landmarks5" in f else None
         remember_checked(path, rows.summary)
         _read[key] = CacheStatistics(
             summary=rows.summary,
@@ -80,6 +103,9 @@ def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train") -
             mean_landmarks=mean_landmarks(rows.landmarks[in_split]),
             landmark_reference=landmark_reference(rows.landmarks[in_split], rows.pose[in_split]),
             face_model=face_model,
+            correspondence=None if gather is None else (gather.ids, gather.bary),
+            prior_samples=None if gather is None else gather.samples(rows.landmarks, five),
+            correspondence_template=None if gather is None else np.array(template, copy=True),
         )
     return _read[key]
 
@@ -117,6 +143,54 @@ class _PointMean:
 
     def mean(self) -> np.ndarray:
         return (self.total / self.starts.shape[0]).astype(np.float32)
+
+
+def _correspondence(face_model: tuple[np.ndarray, np.ndarray], template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from facerecon.model.face_prior import template_correspondence
+
+    return template_correspondence(face_model[0], face_model[1], template)
+
+
+class _TemplateFaces:
+    """The picked samples' ground truth in template topology (``face_prior.template_truth``), from
+    the chunks of points as ``check_points`` reads them: each sample's points are collected until
+    complete, then mapped (the same arithmetic as reading the sample whole)."""
+
+    def __init__(self, rows: CacheRows, picked: np.ndarray, ids: np.ndarray, bary: np.ndarray) -> None:
+        self.ids, self.bary = ids, bary
+        self.picked = picked
+        self.starts, self.stops = rows.offsets[picked], rows.offsets[picked + 1]
+        self.faces: list[np.ndarray | None] = [None] * picked.size
+        self._partial: dict[int, np.ndarray] = {}  # sample -> its points so far
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        from facerecon.model.face_prior import template_truth
+
+        stop = start + block.shape[0]
+        first = int(np.searchsorted(self.stops, start, side="right"))
+        last = int(np.searchsorted(self.starts, stop, side="left"))
+        for k in range(first, last):
+            a, b = int(self.starts[k]), int(self.stops[k])
+            lo, hi = max(a, start), min(b, stop)
+            if lo == a and hi == b:
+                points = block[a - start : b - start]
+            else:  # across a chunk boundary
+                buf = self._partial.setdefault(k, np.empty((b - a, 3), dtype=block.dtype))
+                buf[lo - a : hi - a] = block[lo - start : hi - start]
+                if hi < b:
+                    continue
+                points = self._partial.pop(k)
+            self.faces[k] = template_truth(points, self.ids, self.bary)
+
+    def samples(self, landmarks: np.ndarray | None, five: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(faces, landmarks, five points)`` of the picked samples, in row order (``build_face_prior``
+        leaves out those without finite faces and landmarks)."""
+        if landmarks is None:
+            raise InputError("the face prior needs the 68 landmarks of the training samples")
+        faces = np.stack(self.faces) if self.faces else np.zeros((0, self.ids.shape[0], 3), np.float32)
+        lms = landmarks[self.picked]
+        fives = five[self.picked] if five is not None else np.full((self.picked.size, 5, 2), np.nan, np.float32)
+        return faces, lms, fives
 
 
 def mean_landmarks(landmarks: np.ndarray) -> np.ndarray | None:

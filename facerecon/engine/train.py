@@ -116,7 +116,7 @@ def run_training(cfg: Config, opts: TrainOptions, reporter: Callable[[str], None
     check_gpus(opts.gpus)
     world = opts.gpus if opts.gpus > 0 else max(1, opts.nproc)
     use_cuda = opts.gpus > 0
-    statistics = read_cache_statistics(opts.cache)  # read by check_train_inputs: remembered
+    statistics = read_cache_statistics(opts.cache, template=prior_template(cfg, opts))  # read by check_train_inputs: remembered
     if world == 1:
         return train_worker(0, 1, cfg.to_dict(), opts, use_cuda, 0, reporter, statistics)
     return spawn(_spawned_worker, world, (cfg.to_dict(), opts, use_cuda, statistics))
@@ -138,7 +138,7 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
     if not Path(opts.cache).is_file():
         raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
     if is_main_launch():
-        read_cache_statistics(opts.cache)
+        read_cache_statistics(opts.cache, template=prior_template(cfg, opts))
     clean_stale_temps(opts.out)
     if opts.resume and not (Path(opts.out) / "last.pt").is_file():
         raise InputError(f"{opts.out}: nothing to resume (no last.pt in the run folder)")
@@ -165,7 +165,7 @@ def train_worker(
     ckpt = load_checkpoint(Path(opts.out) / "last.pt", map_location="cpu") if opts.resume else None
     with process_group(rank, world, use_cuda, local_rank) as info:
         if statistics is None:
-            statistics = run_on_main(lambda: read_cache_statistics(opts.cache), info)
+            statistics = run_on_main(lambda: read_cache_statistics(opts.cache, template=prior_template(Config.from_dict(cfg_dict), opts)), info)
         cfg = _run_config(Config.from_dict(cfg_dict), ckpt, statistics)
         torch.manual_seed(cfg.train.seed)
         run = _build_model(cfg, opts, info, statistics, say)
@@ -287,7 +287,7 @@ def _setup_prior(
     rank 0, handed to the others)."""
     import numpy as np
 
-    from facerecon.model.face_prior import build_face_prior, template_correspondence
+    from facerecon.model.face_prior import template_correspondence
 
     template = model.hierarchy.template_vertices(model.num_blocks - 1).cpu().numpy()
     if statistics.face_model is None:
@@ -302,11 +302,35 @@ def _setup_prior(
         ids, bary = template_correspondence(face_mean, triangles, template)
     else:
         faces = model.hierarchy.faces(model.num_blocks - 1).cpu().numpy()
-        prior = run_on_main(lambda: build_face_prior(opts.cache, template, cfg.model.prior_components, template_faces=faces), info)
+        prior = run_on_main(lambda: _learn_prior(statistics, template, cfg.model.prior_components, faces), info)
         model.set_prior(prior)
         ids, bary = prior.ids, prior.bary
         say(f"face prior: {prior.basis.shape[0]} shape modes explain {100 * prior.explained:.1f} % of the aligned training faces")
     return ids, bary, ids_m, bary_m
+
+
+def prior_template(cfg: Config, opts: TrainOptions) -> Any:
+    """The finest template level a new model-v2 run learns its prior on (None otherwise): the
+    cache statistics then gather the training faces in its topology in their one pass."""
+    if opts.resume or cfg.model.start != "prior":
+        return None
+    from facerecon.mesh.templates import load_template
+    from facerecon.model.graph import MeshHierarchy
+
+    hierarchy = MeshHierarchy.from_template(load_template(cfg.model.template))
+    blocks = hierarchy.num_levels if cfg.model.blocks is None else cfg.model.blocks
+    return hierarchy.template_vertices(blocks - 1).cpu().numpy()
+
+
+def _learn_prior(statistics: CacheStatistics, template: Any, components: int, faces: Any) -> Any:
+    """Model v2's shape basis from the training split (its faces gathered in the statistics' pass)."""
+    import numpy as np
+
+    from facerecon.model.face_prior import build_face_prior
+
+    if statistics.prior_samples is None or not np.array_equal(statistics.correspondence_template, template):
+        raise InputError("internal: the cache statistics were read without the network's template")
+    return build_face_prior(*statistics.prior_samples, statistics.correspondence, template, components, template_faces=faces)
 
 
 def _start_or_resume(run: _Run, ckpt: dict | None) -> None:

@@ -9,7 +9,7 @@ must all be learned from the images. Model v2 starts each face from a posed, pla
   face's frontal outline, then each vertex is located in a face-model triangle, barycentric
   weights). Ground truth whose points are the face model's vertices in order (3DMM datasets:
   AFLW2000-3D, 300W-LP; the cache's ``points_in_model_order``) then has a per-vertex counterpart
-  of every template vertex: ``gt_v = sum_k bary[v, k] * points[ids[v, k]]``.
+  of every template vertex: ``gt_v = sum_k bary[v, k] * points[ids[v, k]]`` (:func:`template_truth`).
 * **Shape basis** (:func:`build_face_prior`): the training faces in template topology are aligned
   to their mean by a similarity (Procrustes), and a PCA of the aligned faces gives ``K`` modes.
 * **Pose from five points** (:func:`similarity_2d`, :func:`fit_scaled_orthographic`): the 2-D
@@ -23,7 +23,6 @@ Frames: everything is in crop units, x right, y down, z away from the camera (do
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +44,7 @@ __all__ = [
     "fit_scaled_orthographic",
     "rotation_6d",
     "build_face_prior",
+    "template_truth",
     "remove_folds",
     "model_mean_crop_axes",
 ]
@@ -271,7 +271,7 @@ def rotation_6d(d6: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------ the prior
 @dataclass
 class FacePriorArrays:
-    """What :func:`build_face_prior` learns from a cache (saved in the network's state dict).
+    """What :func:`build_face_prior` learns from the training faces (saved in the network's state dict).
 
     Attributes:
         ids, bary: (V, 3) template-to-face-model correspondence of the finest template level.
@@ -298,15 +298,10 @@ class FacePriorArrays:
     explained: float
 
 
-def read_correspondence_source(cache: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cache's face-model mean (crop axes) and triangles, or None when its points are not the
-    face model's vertices in order (scans, schema-1 caches)."""
-    import h5py
-
-    with h5py.File(cache, "r") as f:
-        if not bool(f.attrs.get("points_in_model_order", False)) or "face_model" not in f:
-            return None
-        return model_mean_crop_axes(f["face_model/mean"][:]), f["face_model/triangles"][:].astype(np.int64)
+def template_truth(points: np.ndarray, ids: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """A face-model sample's ground truth in the template's topology: ``gt_v = sum_k bary[v, k] *
+    points[ids[v, k]]`` ((P, 3) points in the face model's vertex order -> (V, 3) float32)."""
+    return (bary[:, :, None] * points[ids]).sum(1).astype(np.float32)
 
 
 def remove_folds(vertices: np.ndarray, faces: np.ndarray, weight: float = 0.1, steps: int = 400) -> np.ndarray:
@@ -319,7 +314,7 @@ def remove_folds(vertices: np.ndarray, faces: np.ndarray, weight: float = 0.1, s
         vertices: (V, 3) float. faces: (F, 3) int.
 
     Returns:
-        (V, 3) float32.
+        (V, 3) float32, the same bits on every run and thread count.
     """
     from facerecon.mesh.surface import normal_consistency_loss
 
@@ -327,64 +322,48 @@ def remove_folds(vertices: np.ndarray, faces: np.ndarray, weight: float = 0.1, s
     f = torch.as_tensor(np.asarray(faces), dtype=torch.long)
     v = x.clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=1e-3)
-    for _ in range(steps):
-        loss = (v - x).norm(dim=-1).mean() + weight * normal_consistency_loss(v, f)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # the gathers' backward would add in thread order
+    try:
+        for _ in range(steps):
+            loss = (v - x).norm(dim=-1).mean() + weight * normal_consistency_loss(v, f)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.use_deterministic_algorithms(was)
     return v.detach()[0].numpy()
 
 
 def build_face_prior(
-    cache: str | os.PathLike[str],
+    faces: np.ndarray,
+    landmarks: np.ndarray,
+    fives: np.ndarray,
+    correspondence: tuple[np.ndarray, np.ndarray],
     template: np.ndarray,
     n_components: int = 40,
-    split: str = "train",
-    max_samples: int | None = None,
     template_faces: np.ndarray | None = None,
 ) -> FacePriorArrays:
-    """Learn the prior from a cache's training split (one pass over its rows).
+    """Learn the prior from the training faces (``facerecon.engine.statistics`` reads them from a
+    cache, in the pass that checks it).
 
     Args:
-        cache: a schema-2 cache whose points are face-model vertices in order.
+        faces: (S, V, 3) the training faces in template topology (:func:`template_truth`), crop units.
+        landmarks: (S, 68, 3) their landmarks; fives: (S, 5, 2) their MTCNN five points (NaN: none).
+        correspondence: ``(ids, bary)`` of :func:`template_correspondence` that made ``faces``.
         template: (V, 3) finest template level, hemisphere frame.
         n_components: K, PCA modes kept.
-        split: the split to learn from.
-        max_samples: use at most this many rows (evenly spaced), None: all.
         template_faces: (F, 3) the template's triangles: the mean face is then made fold-free
             (:func:`remove_folds`) before it becomes the network's starting surface.
 
     Raises:
-        InputError: the cache has no face-model topology.
+        InputError: no training face.
     """
-    import h5py
-
-    from facerecon.data.dataset import SPLITS
-
-    src = read_correspondence_source(cache)
-    if src is None:
-        raise InputError(f"{cache}: the ground truth has no face-model topology (points_in_model_order); use model.start = 'template'")
-    face_mean, triangles = src
-    ids, bary = template_correspondence(face_mean, triangles, template)
-    with h5py.File(cache, "r") as f:
-        rows = np.flatnonzero(f["split"][:] == SPLITS[split])
-        if rows.size == 0:
-            raise InputError(f"{cache}: the {split} split is empty")
-        if max_samples is not None and rows.size > max_samples:
-            rows = rows[np.linspace(0, rows.size - 1, max_samples).astype(np.int64)]
-        offsets = f["offsets"][:]
-        faces, lms, fives = [], [], []
-        points_ds = f["points"]
-        lm_all = f["landmarks"][:]
-        five_all = f["landmarks5"][:]
-        for r in rows:
-            a = int(offsets[r])
-            pts = points_ds[a : int(offsets[r + 1])]
-            faces.append((bary[:, :, None] * pts[ids]).sum(1))
-            lms.append(lm_all[r])
-            fives.append(five_all[r])
-    gt = torch.from_numpy(np.stack(faces)).double()  # (S, V, 3)
-    lm = torch.from_numpy(np.stack(lms)).double()
+    ids, bary = correspondence
+    if len(faces) == 0:
+        raise InputError("the face prior needs at least one training face")
+    gt = torch.from_numpy(np.asarray(faces)).double()  # (S, V, 3)
+    lm = torch.from_numpy(np.asarray(landmarks)).double()
     ok = torch.isfinite(gt).all(-1).all(-1) & torch.isfinite(lm).all(-1).all(-1)
     gt, lm = gt[ok], lm[ok]
     # Generalised Procrustes: align to the running mean (3 rounds are plenty)
@@ -406,7 +385,7 @@ def build_face_prior(
     var = sv.square()
     std = sv[:k] / math.sqrt(max(1, x.shape[0] - 1))
     lm_mean = lm_aligned.mean(0)
-    five_np = np.stack(fives)
+    five_np = np.asarray(fives)
     five_ok = np.isfinite(five_np).all(axis=(1, 2))
     five_ref = five_np[five_ok].mean(0) if five_ok.any() else five_points_from_68(lm.mean(0).numpy())[:, :2]
     mean_np = mean.float().numpy()

@@ -18,7 +18,8 @@ from cachefix import make_tiny_cache
 from conftest import TINY_MODEL
 from facerecon.cli import app
 from facerecon.config import Config
-from facerecon.engine.train import TrainOptions, load_checkpoint, run_training
+from facerecon.engine.checkpoint import load_checkpoint
+from facerecon.engine.train import TrainOptions, run_training
 
 runner = CliRunner()
 
@@ -182,7 +183,7 @@ def test_sigint_saves_and_exits_cleanly(cache: Path, tmp_path: Path) -> None:
 
 def test_export_inference_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
     from facerecon.engine.predict import load_model
-    from facerecon.engine.train import export_inference_checkpoint
+    from facerecon.engine.checkpoint import export_inference_checkpoint
 
     slim_path = tmp_path / "slim.pt"
     export_inference_checkpoint(tiny_run["checkpoint"], slim_path)

@@ -1,7 +1,7 @@
 """Checkpoint files: the one place that writes and reads them (train, eval, predict, export).
 
 A checkpoint is a plain dict of tensors and Python values, loadable with
-``torch.load(path, weights_only=True)`` (see ``facerecon.engine.train`` for the keys).
+``torch.load(path, weights_only=True)``; :func:`training_checkpoint` lists its keys.
 
 * :func:`save_checkpoint` serialises in memory first, then writes a temporary file beside the
   target, fsyncs and renames it into place: a full disk or a kill leaves the previous file
@@ -61,6 +61,39 @@ class CheckpointWriteError(FaceReconError):
     """A checkpoint could not be written (full disk, permissions); the previous file is intact."""
 
     exit_code = 1
+
+
+def training_checkpoint(
+    config: dict, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: dict, reference: torch.Tensor | None
+) -> dict:
+    """The dict a training run saves (``last.pt``, ``best.pt``): format and versions, the run's
+    configuration, its position (epoch, step in the epoch, global step), the best validation
+    Chamfer and the last metrics, the running means of the progress line, the states of the
+    model, optimizer, schedule and gradient scaler, the RNG states (exact resume) and the frontal
+    landmark reference (head pose in ``predict``)."""
+    from facerecon import __version__
+
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "facerecon_version": __version__,
+        "config": config,
+        "epoch": state["epoch"],
+        "step_in_epoch": state["step_in_epoch"],
+        "global_step": state["global_step"],
+        "best": state["best"],
+        "metrics": dict(state["metrics"]),
+        "running": dict(state.get("running") or {}),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "rng": rng,
+        "landmark_reference": reference,
+    }
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict) -> None:

@@ -42,8 +42,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from facerecon import __version__
 from facerecon.config import Config
+from facerecon.engine.checkpoint import (  # noqa: F401 (the last three: the old import paths, kept for users)
+    clean_stale_temps,
+    load_checkpoint,
+    save_checkpoint,
+    training_checkpoint,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    export_inference_checkpoint,
+)
 from facerecon.engine.distributed import (
     DistInfo,
     barrier,
@@ -59,16 +67,6 @@ from facerecon.engine.statistics import CacheStatistics, read_cache_statistics
 from facerecon.errors import FaceReconError, InputError
 from facerecon.io_utils import atomic_path, ensure_parent
 from facerecon.model.network import forward_batch
-
-# Checkpoint I/O lives in engine.checkpoint; the names stay importable from here.
-from facerecon.engine.checkpoint import (  # noqa: E402,F401
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    clean_stale_temps,
-    export_inference_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
 
 
 @dataclass
@@ -533,33 +531,10 @@ def _save_on_stop(run: _Run, progress: _Progress) -> None:
 
 
 def _save(run: _Run, name: str) -> None:
-    save_checkpoint(run.out / name, _checkpoint(run.cfg, run.model, run.optimizer, run.scheduler, run.scaler, run.state, run.reference))
-
-
-def _checkpoint(
-    cfg: Config, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: dict, reference: torch.Tensor | None
-) -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "facerecon_version": __version__,
-        "config": cfg.to_dict(),
-        "epoch": state["epoch"],
-        "step_in_epoch": state["step_in_epoch"],
-        "global_step": state["global_step"],
-        "best": state["best"],
-        "metrics": dict(state["metrics"]),
-        "running": dict(state.get("running") or {}),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-        "rng": rng,
-        "landmark_reference": reference,
-    }
+    save_checkpoint(
+        run.out / name,
+        training_checkpoint(run.cfg.to_dict(), run.model, run.optimizer, run.scheduler, run.scaler, run.state, run.reference),
+    )
 
 
 # ------------------------------------------------------------------------------------- validation

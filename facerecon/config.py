@@ -170,6 +170,12 @@ class TrainConfig:
     aug_shift: float = 0.06
     #: Std of the noise added to the five points (crop units), as MTCNN's own error.
     aug_five_noise: float = 0.01
+    #: Probability of dropping the five points (the network then sees the crop unaligned, as
+    #: when MTCNN finds no face and the crop is the average crop): teaches that case too.
+    aug_drop_five: float = 0.0
+    #: Times each training face is seen per epoch by its |yaw| bin (0-30, 30-60, 60-90 degrees);
+    #: fractions repeat a fixed share of the bin. Profiles are rare in the data and hardest.
+    yaw_repeat: tuple[float, float, float] = (1.0, 1.0, 1.0)
     #: Probabilities: horizontal flip, colour jitter, grey-scale, blur, noise, occlusion patch.
     aug_flip: float = 0.5
     aug_colour: float = 0.8

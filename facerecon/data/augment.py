@@ -49,13 +49,14 @@ class AugmentSettings:
     blur: float = _DEFAULTS.aug_blur
     noise: float = _DEFAULTS.aug_noise
     occlusion: float = _DEFAULTS.aug_occlusion
+    drop_five: float = _DEFAULTS.aug_drop_five
 
     @classmethod
     def from_train_config(cls, tc: TrainConfig) -> "AugmentSettings":
         """The settings of a ``[train]`` section."""
         return cls(
             tc.aug_rotation, tc.aug_scale, tc.aug_shift, tc.aug_five_noise, tc.aug_flip,
-            tc.aug_colour, tc.aug_grey, tc.aug_blur, tc.aug_noise, tc.aug_occlusion,
+            tc.aug_colour, tc.aug_grey, tc.aug_blur, tc.aug_noise, tc.aug_occlusion, tc.aug_drop_five,
         )
 
 

@@ -66,6 +66,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         return_image_float: bool = True,
         correspondence: Any = None,
         augment: Any = None,
+        yaw_repeat: Sequence[float] | None = None,
     ) -> None:
         import h5py
 
@@ -98,6 +99,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                 if version != SCHEMA_VERSION:
                     raise InputError(f"{self.path}: cache schema {version} is not {SCHEMA_VERSION}; run facerecon prepare again")
                 split_arr = f["split"][:]
+                yaw = np.abs(f["pose"][:, 0]) if yaw_repeat is not None else None
                 self.offsets = f["offsets"][:].astype(np.int64)
                 self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
                 if correspondence is not None and not bool(f.attrs.get("points_in_model_order", False)):
@@ -107,6 +109,9 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         except KeyError as exc:
             raise InputError(f"{self.path}: not a facerecon cache (missing {exc})") from None
         self.rows = np.arange(split_arr.shape[0]) if split == "all" else np.flatnonzero(split_arr == SPLITS[split])
+        self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
+        if yaw is not None:
+            self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
         self.split = split
         self._file: Any = None
         self._pid: int | None = None
@@ -159,13 +164,14 @@ class FaceCacheDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         row = int(self.rows[item])
+        key = [self.seed, self.epoch, row] + ([int(self.copies[item]) + 1000] if self.copies[item] else [])
         f = self._h5()
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
         regions = f["regions"][a:b]
         points = f["points"][a:b]
         normals = f["normals"][a:b]
         colors = f["colors"][a:b]
-        aug_rng = np.random.default_rng([self.seed, self.epoch, row, 1]) if self.augment is not None else None
+        aug_rng = np.random.default_rng(key + [1]) if self.augment is not None else None
         tf = None
         if aug_rng is not None:
             from facerecon.data.augment import draw_transform
@@ -180,7 +186,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
 
             vertices = template_truth(points, ids, bary)
         if self.points_per_region is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, row])
+            rng = np.random.default_rng(key)
             idx = self.draw(regions, rng)
             regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
         image_np = f["images"][row]
@@ -200,6 +206,8 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             if tf.flip:
                 landmarks = flip_landmarks(landmarks)
                 five = flip_landmarks(five, five=True)
+            if self.augment.drop_five > 0 and aug_rng.random() < self.augment.drop_five:
+                five = np.full((5, 2), np.nan, np.float32)  # as an undetected face's average crop
         image = torch.from_numpy(np.ascontiguousarray(image_np.transpose(2, 0, 1)))
         if self.return_image_float:
             image = image.float().div_(255.0)
@@ -253,3 +261,30 @@ def collate_faces(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = list(values)
     return out
+
+
+def yaw_repeat_rows(rows: np.ndarray, yaw: np.ndarray, repeat: Sequence[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows repeated by their |yaw| bin (0-30, 30-60, 60-90+ degrees): a weight ``w`` shows every
+    row of its bin ``floor(w)`` times and a fixed (seeded) share ``w - floor(w)`` of them once more.
+
+    Returns:
+        ``(rows, copies)``: the original rows first (copy 0), then the repeats (copy k >= 1).
+    """
+    weights = np.asarray([float(w) for w in repeat], dtype=np.float64)
+    if weights.shape != (3,) or (weights < 1.0).any():
+        raise InputError(f"train.yaw_repeat must be 3 weights >= 1 (|yaw| 0-30, 30-60, 60-90), got {tuple(repeat)}")
+    bins = np.digitize(np.abs(yaw), [30.0, 60.0])
+    gen = np.random.default_rng([int(seed), 77])
+    out_rows, out_copies = [rows], [np.zeros_like(rows)]
+    for b, w in enumerate(weights):
+        members = rows[bins == b]
+        whole = int(np.floor(w))
+        for k in range(1, whole):
+            out_rows.append(members)
+            out_copies.append(np.full_like(members, k))
+        extra = int(round((w - whole) * members.shape[0]))
+        if extra:
+            out_rows.append(np.sort(gen.choice(members, size=extra, replace=False)))
+            out_copies.append(np.full(extra, whole, dtype=rows.dtype))
+    return np.concatenate(out_rows), np.concatenate(out_copies)
+

@@ -382,8 +382,10 @@ def _build_data(run: _Run) -> None:
         from facerecon.data.augment import AugmentSettings
 
         augment = AugmentSettings.from_train_config(tc)
+    yaw_repeat = None if tuple(tc.yaw_repeat) == (1.0, 1.0, 1.0) else tuple(tc.yaw_repeat)
     run.train_set = FaceCacheDataset(
-        opts.cache, split="train", points_per_region=tuple(tc.points_per_region), seed=tc.seed, correspondence=run.correspondence, augment=augment
+        opts.cache, split="train", points_per_region=tuple(tc.points_per_region), seed=tc.seed,
+        correspondence=run.correspondence, augment=augment, yaw_repeat=yaw_repeat,
     )
     if len(run.train_set) == 0:
         raise InputError(f"{opts.cache}: the train split is empty")

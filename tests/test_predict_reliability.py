@@ -65,28 +65,38 @@ def test_output_mesh_path_that_is_a_folder(tiny_run: dict, tmp_path: Path) -> No
     assert "Errno" not in result.output
 
 
+def _predict_three_photos_with(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: object, name: str, before_second_call) -> tuple:  # type: ignore[no-untyped-def]
+    """``predict`` on three photos, batch 1, with ``owner.name`` wrapped: ``before_second_call(*args)``
+    runs just before the function's second call (the second photo). Returns (result, out folder)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in ("a.png", "b.png", "c.png"):
+        _photo(folder / photo)
+    out = tmp_path / "out"
+    real = getattr(owner, name)
+    calls = []
+
+    def wrapped(*args):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        if len(calls) == 2:
+            before_second_call(*args)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    result = runner.invoke(app, ["-q", "predict", str(folder), "-o", str(out), "--batch-size", "1", "--checkpoint", str(tiny_run["checkpoint"])])
+    return result, out
+
+
 def test_sigterm_while_writing_leaves_no_temporary_file(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM arriving in the middle of a mesh write (injected there): the half-written
     temporary file is removed, one line says what happened, exit 143."""
     from facerecon.mesh import export
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name in ("a.png", "b.png", "c.png"):
-        _photo(folder / name)
-    out = tmp_path / "out"
-    real = export._write_bytes
-    calls = []
+    def half_written_then_terminate(path, data):  # type: ignore[no-untyped-def]
+        Path(path).write_bytes(data[: len(data) // 3])
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises right here
 
-    def write_then_terminate(path, data):  # type: ignore[no-untyped-def]
-        calls.append(path)
-        if len(calls) == 2:
-            Path(path).write_bytes(data[: len(data) // 3])
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises right here
-        real(path, data)
-
-    monkeypatch.setattr(export, "_write_bytes", write_then_terminate)
-    result = runner.invoke(app, ["-q", "predict", str(folder), "-o", str(out), "--batch-size", "1", "--checkpoint", str(tiny_run["checkpoint"])])
+    result, out = _predict_three_photos_with(tiny_run, tmp_path, monkeypatch, export, "_write_bytes", half_written_then_terminate)
     assert result.exit_code == 143, result.output
     lines = _lines(result.output)
     assert len(lines) == 1 and "terminated" in lines[0], result.output
@@ -101,23 +111,11 @@ def test_signal_between_a_mesh_and_its_record(tiny_run: dict, tmp_path: Path, mo
     there, on the second photo): that mesh is removed again, so every mesh left has its record."""
     from facerecon.engine import predict as engine_predict
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name in ("a.png", "b.png", "c.png"):
-        _photo(folder / name)
-    out = tmp_path / "out"
-    real = engine_predict.write_record
-    calls = []
+    def signal_with_the_mesh_on_disk(path, record):  # type: ignore[no-untyped-def]
+        assert Path(path).with_suffix(".obj").is_file()
+        os.kill(os.getpid(), sig)  # the handler raises right here
 
-    def signal_then_record(path, record):  # type: ignore[no-untyped-def]
-        calls.append(path)
-        if len(calls) == 2:
-            assert Path(path).with_suffix(".obj").is_file()  # the mesh is on disk
-            os.kill(os.getpid(), sig)  # the handler raises right here
-        real(path, record)
-
-    monkeypatch.setattr(engine_predict, "write_record", signal_then_record)
-    result = runner.invoke(app, ["-q", "predict", str(folder), "-o", str(out), "--batch-size", "1", "--checkpoint", str(tiny_run["checkpoint"])])
+    result, out = _predict_three_photos_with(tiny_run, tmp_path, monkeypatch, engine_predict, "write_record", signal_with_the_mesh_on_disk)
     assert result.exit_code == (130 if sig == signal.SIGINT else 143), result.output
     assert _leftovers(out) == []
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.obj"]

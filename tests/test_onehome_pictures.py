@@ -168,3 +168,34 @@ def test_template_png_is_the_returned_render(offscreen: None, tmp_path: Path) ->
     written = _read_rgb(tmp_path / "shot.png")
     np.testing.assert_array_equal(written, (np.clip(image, 0, 1) * 255).astype(np.uint8))
     assert (written < 200).any() and (written == 255).any()  # a drawn mesh on a white background
+
+
+_RENDER_THEN_TRAIN = r"""
+import torch
+from facerecon.mesh.preview import open3d_module
+o3d = open3d_module()
+vis = o3d.visualization.Visualizer()
+if not vis.create_window(width=64, height=64, visible=False):
+    raise SystemExit(3)
+vis.destroy_window()
+p = torch.nn.Parameter(torch.zeros(3))
+opt = torch.optim.Adam([p], lr=1e-3)
+p.sum().backward()
+opt.step()
+print("stepped")
+"""
+
+
+def test_an_optimizer_step_after_an_offscreen_render(tmp_path: Path) -> None:
+    """An Open3D offscreen context and then a first optimizer step in one process (a test run, a
+    notebook): the step used to crash the process (segmentation fault) while torch imported its
+    compiler stack; ``open3d_module`` imports it first when torch is loaded."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "render_then_train.py"
+    script.write_text(_RENDER_THEN_TRAIN)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    if r.returncode == 3:
+        pytest.skip("Open3D cannot create an offscreen render context here (no EGL/Mesa)")
+    assert r.returncode == 0 and "stepped" in r.stdout, (r.returncode, r.stderr[-2000:])

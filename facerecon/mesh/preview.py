@@ -15,6 +15,7 @@ import atexit
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from typing import Any, Callable
 
@@ -54,7 +55,15 @@ def ensure_runtime_dir() -> None:
 
 
 def open3d_module():  # type: ignore[no-untyped-def]
+    """Open3D, imported quietly; the one place that imports it.
+
+    When torch is loaded in this process, ``torch._dynamo`` is imported first: once Open3D has
+    created an offscreen (EGL/Mesa) context, the first optimizer step's import of torch's compiler
+    stack (and triton) crashes the process (a segmentation fault), and the other order is safe.
+    """
     ensure_runtime_dir()  # before Open3D (and the EGL libraries it loads) read it
+    if "torch" in sys.modules:
+        import torch._dynamo  # noqa: F401
     try:
         import open3d as o3d
     except (ImportError, OSError) as exc:  # OSError: a missing system library such as libusb

@@ -13,12 +13,9 @@ every process, one stage after the other, each a function below in the same orde
     save    ``last.pt`` of a run stopped mid-epoch
 
 Checkpoints are plain dicts of tensors and Python values, loadable with
-``torch.load(path, weights_only=True)``:
-
-    format, version, facerecon_version, config (nested dict), epoch (completed epochs),
-    step_in_epoch (batches of the current epoch already done; 0 at an epoch boundary),
-    global_step, model (state dict), optimizer, scheduler, scaler, best (best val Chamfer),
-    rng (torch CPU state, CUDA states), metrics (last validation summary)
+``torch.load(path, weights_only=True)``; ``engine.checkpoint.training_checkpoint`` makes them and
+lists their keys (``epoch``: completed epochs; ``step_in_epoch``: batches of the current epoch
+already done, 0 at an epoch boundary).
 
 Resuming is exact on the CPU: the sampler order, the ground-truth draws (seeded by seed, epoch
 and sample index) and the RNG state are restored, so 2 epochs in one run equal 1 epoch + resume

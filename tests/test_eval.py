@@ -69,13 +69,18 @@ def test_yaw_bins_by_hand() -> None:
     assert bins["nme_yaw_mean"] == pytest.approx((2 + 4 + 7) / 3)
 
 
-def test_cli_report_json_csv_and_table(tiny_run: dict, tmp_path: Path) -> None:
-    out = tmp_path / "report.json"
-    result = runner.invoke(
+def _eval_cli(tiny_run: dict, out: Path, baseline: str, samples: int):  # type: ignore[no-untyped-def]
+    """``facerecon -q eval`` of the tiny run's checkpoint on its test split, JSON to ``out``."""
+    return runner.invoke(
         app,
         ["-q", "eval", "--cache", str(tiny_run["cache"]), "--checkpoint", str(tiny_run["checkpoint"]),
-         "--split", "test", "--baseline", "mean", "--samples", "1000", "-o", str(out)],
+         "--split", "test", "--baseline", baseline, "--samples", str(samples), "-o", str(out)],
     )
+
+
+def test_cli_report_json_csv_and_table(tiny_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = _eval_cli(tiny_run, out, "mean", 1000)
     assert result.exit_code == 0, result.output
     assert "Chamfer" in result.output and "mean-face baseline" in result.output
     doc = json.loads(out.read_text())
@@ -131,11 +136,7 @@ def test_five_point_baseline_recovers_an_exactly_posed_face(tmp_path: Path) -> N
 
 def test_cli_all_baselines_and_folds(tiny_run: dict, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    result = runner.invoke(
-        app,
-        ["-q", "eval", "--cache", str(tiny_run["cache"]), "--checkpoint", str(tiny_run["checkpoint"]),
-         "--split", "test", "--baseline", "all", "--samples", "500", "-o", str(out)],
-    )
+    result = _eval_cli(tiny_run, out, "all", 500)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert set(doc["results"]) == {"model", "mean-face baseline", "five-point baseline"}

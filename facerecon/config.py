@@ -28,7 +28,7 @@ class ModelConfig:
 
     #: "hemisphere" (faces, 141 -> 7001 vertices), "ellipsoid" (objects, 156 -> 2466), or a template file.
     template: str = "hemisphere"
-    #: vgg16 | resnet18 | resnet50 | resnet50_vggface2 (face paper) | mobilenet_v2.
+    #: vgg16 | resnet18 | resnet50 | resnet50_vggface2 (face paper) | mobilenet_v2 | mobilenet_v2_050 (width 0.5).
     backbone: str = "resnet50_vggface2"
     #: Local state dict for the backbone (torch.save of a torchvision-style model); None: random init.
     backbone_weights: str | None = None
@@ -93,8 +93,8 @@ class ModelConfig:
     #: from the head's embedding plus the spiral refinement network; facerecon.model.spiral).
     decoder: Literal["graph", "spiral"] = "graph"
     #: Spiral decoder widths per template level, coarse to fine, and spiral hops per level.
-    spiral_widths: tuple[int, ...] = (64, 64, 32, 16)
-    spiral_hops: tuple[int, ...] = (1, 1, 2, 2)
+    spiral_widths: tuple[int, ...] = (64, 32, 16, 8)
+    spiral_hops: tuple[int, ...] = (1, 1, 1, 1)
 
 
 @dataclass

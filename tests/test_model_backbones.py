@@ -17,6 +17,7 @@ EXPECTED = {
     "resnet50": ([256, 512, 1024, 2048], [4, 8, 16, 32]),
     "resnet50_vggface2": ([256, 512, 1024, 2048], [4, 8, 16, 32]),
     "mobilenet_v2": ([24, 32, 96, 320], [4, 8, 16, 32]),
+    "mobilenet_v2_050": ([16, 16, 48, 160], [4, 8, 16, 32]),
 }
 
 
@@ -97,3 +98,40 @@ def test_mobilenet_loads_full_torchvision_state_dict(tmp_path) -> None:
     torch.save(full.state_dict(), tmp_path / "mnv2.pt")
     bb = build_backbone("mobilenet_v2", tmp_path / "mnv2.pt")
     torch.testing.assert_close(bb.net.features[17].conv[0][0].weight, full.features[17].conv[0][0].weight)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_inference_folds_batch_norms_and_follows_weight_changes(name: str) -> None:
+    """Without gradients an eval-mode backbone runs a copy with each conv's batch norm folded in:
+    the same maps as the module's own eval forward with gradients on (the unfolded path), and a
+    weight change (an optimiser step, a loaded state dict) is picked up at the next call."""
+    torch.manual_seed(0)
+    bb = build_backbone(name).eval()
+    with torch.no_grad():
+        for m in bb.modules():  # statistics far from the identity, so folding matters
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.rand(1, 3, 64, 64)
+
+    def reference() -> list[torch.Tensor]:
+        with torch.enable_grad():
+            return [m.detach() for m in bb(x)]
+
+    with torch.inference_mode():
+        folded = bb(x)
+    folds = [m for stage in bb._folded[1] for m in stage.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    total = sum(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
+    assert len(folds) < total  # the Sequential pairs are folded (all of them for MobileNetV2)
+    if name == "mobilenet_v2":
+        assert not folds
+    for got, want in zip(folded, reference()):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        next(p for p in bb.parameters() if p.ndim == 4).mul_(-1.0)
+        changed = bb(x)
+    for got, want in zip(changed, reference()):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(changed[-1], folded[-1])

@@ -31,6 +31,26 @@ def test_same_modules_weights_and_outputs_as_torchvision() -> None:
             torch.testing.assert_close(ours.features(x), trained.features(x), rtol=0, atol=0)
 
 
+def test_width_half_matches_torchvision() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    from facerecon.model.backbones import build_backbone
+
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v2(weights=None, width_mult=0.5).eval()
+    ours = build_backbone("mobilenet_v2_050")
+    ours.net.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith(("classifier.", "features.18."))})
+    ours.eval()
+    x = torch.rand(1, 3, 96, 96)
+    with torch.enable_grad():
+        maps = ours(x)
+    with torch.no_grad():
+        y = ours.preprocess(x)
+        for k, stage in enumerate([reference.features[:4], reference.features[4:7], reference.features[7:14], reference.features[14:18]]):
+            y = stage(y)
+            assert maps[k].shape[1] == ours.channels[k] == y.shape[1]
+            torch.testing.assert_close(maps[k].detach(), y, rtol=0, atol=0)
+
+
 def test_building_the_shipped_backbone_does_not_import_torchvision() -> None:
     code = (
         "import sys\n"

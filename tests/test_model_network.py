@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -122,3 +124,36 @@ def test_chamfer_falls_when_overfitting_one_target(hemisphere) -> None:
         res.total.backward()
         opt.step()
     assert res.terms["chamfer"].item() < first / 5
+
+
+def test_landmark_head_inference_cache_follows_the_logits() -> None:
+    """Without gradients the landmark softmax is kept between calls, and is recomputed once the
+    logits change (an optimiser step, a loaded checkpoint); reference: numpy's softmax."""
+    from facerecon.model.blocks import LandmarkHead
+
+    torch.manual_seed(0)
+    head = LandmarkHead(5, 40)
+    verts = torch.randn(3, 40, 3)
+
+    def expect() -> np.ndarray:
+        z = head.logits.detach().double().numpy()
+        w = np.exp(z - z.max(1, keepdims=True))
+        w /= w.sum(1, keepdims=True)
+        return np.einsum("kv,bvc->bkc", w, verts.double().numpy())
+
+    with torch.no_grad():
+        head.logits.normal_()
+        np.testing.assert_allclose(head(verts).numpy(), expect(), atol=1e-5)
+    with torch.inference_mode():
+        first = head(verts)
+        np.testing.assert_allclose(first.numpy(), expect(), atol=1e-5)
+    with torch.no_grad():
+        head.logits.mul_(3.0)
+    with torch.inference_mode():
+        np.testing.assert_allclose(head(verts).numpy(), expect(), atol=1e-5)
+    head.load_state_dict({"logits": torch.randn(5, 40)})
+    with torch.no_grad():
+        np.testing.assert_allclose(head(verts).numpy(), expect(), atol=1e-5)
+    out = head(verts)  # with gradients: no cache, the logits get theirs
+    out.sum().backward()
+    assert head.logits.grad is not None

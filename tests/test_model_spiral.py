@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from facerecon.model.spiral import SpiralConv, SpiralDecoder, pool, spiral_indices, spiral_length
+from facerecon.model.spiral import SpiralConv, SpiralDecoder, VertexNormals, elu, pool, spiral_indices, spiral_length, vertex_normals
 
 # A hexagon fan: centre 0, ring 1..6 counter-clockwise (x right, y up), then a second ring of
 # three vertices on the outside of edges (1, 2), (3, 4), (5, 6).
@@ -44,6 +44,39 @@ def test_spiral_conv_equals_explicit_gather_and_matmul() -> None:
             parts = [x[b, i] if i < 10 else torch.zeros(4) for i in spirals[v].tolist()]
             expect = w @ torch.cat(parts) + bias
             torch.testing.assert_close(got[b, v], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_elu_equals_torch_elu_in_value_and_gradient() -> None:
+    x = torch.cat([torch.linspace(-30, 30, 2001), torch.zeros(3), torch.tensor([-1e-6, 1e-6])]).double().requires_grad_()
+    y = elu(x)
+    ref = torch.nn.functional.elu(x)
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=0)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
+
+
+def test_vertex_normals_sum_the_faces_cross_products() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(2, 10, 3))
+    expect = np.zeros_like(pts)
+    for b in range(2):  # by hand: each face's (b - a) x (c - a) added to its three corners
+        for f in FACES:
+            a, bb, c = pts[b, f]
+            n = np.cross(bb - a, c - a)
+            for v in f:
+                expect[b, v] += n
+    expect /= np.linalg.norm(expect, axis=-1, keepdims=True)
+    coords = torch.tensor(pts, dtype=torch.float32, requires_grad=True)
+    got = vertex_normals(coords, torch.from_numpy(FACES))
+    np.testing.assert_allclose(got.detach().numpy(), expect, atol=1e-5)
+    module = VertexNormals(torch.from_numpy(FACES), 10)
+    with torch.inference_mode():  # the incidence matrix built here must still serve training
+        module(coords.detach())
+    out = module(coords)
+    np.testing.assert_allclose(out.detach().numpy(), expect, atol=1e-5)
+    out[..., 2].sum().backward()
+    assert coords.grad is not None and torch.isfinite(coords.grad).all() and coords.grad.abs().sum() > 0
 
 
 def test_pool_after_unpool_is_identity() -> None:

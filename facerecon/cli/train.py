@@ -38,7 +38,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Samples per process and step \\[default: 8]."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs \\[default: 80]."),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Adam learning rate \\[default: 1e-4; x0.3 at epochs 25, 40, 60]."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="vgg16 | resnet18 | resnet50 | resnet50_vggface2 | mobilenet_v2."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="vgg16 | resnet18 | resnet50 | resnet50_vggface2 | mobilenet_v2 | mobilenet_v2_050."),
     backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="Local backbone state dict (never downloaded)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loader worker processes per training process \\[default: 2]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed \\[default: 0]."),

@@ -11,6 +11,7 @@ preprocessing the weights expect lives inside the module, so callers always pass
 | ``resnet50`` | layer1-4: 256/4, 512/8, 1024/16, 2048/32 (3840) | ImageNet mean/std |
 | ``resnet50_vggface2`` | as resnet50, caffe layout (3840) | x255, BGR, minus [91.4953, 103.8827, 131.0912] |
 | ``mobilenet_v2`` | features[:4] 24/4, [4:7] 32/8, [7:14] 96/16, [14:18] 320/32 (472) | ImageNet mean/std |
+| ``mobilenet_v2_050`` | width 0.5 (3DDFA_V2's size): 16/4, 16/8, 48/16, 160/32 (240) | ImageNet mean/std |
 
 The VGGFace2 ResNet-50 follows the caffe model its published weights were converted from: the
 stride of each downsampling bottleneck sits on its first 1x1 convolution, and the stem's max-pool
@@ -21,6 +22,7 @@ saved with ``torch.save``) loads directly; see docs/model.md.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Callable
 
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from facerecon.errors import InputError
 
-__all__ = ["Backbone", "BACKBONES", "build_backbone", "load_backbone_weights"]
+__all__ = ["Backbone", "BACKBONES", "build_backbone", "load_backbone_weights", "fold_batch_norms"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,6 +75,20 @@ class Backbone(nn.Module):
             scale = 1.0 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("scale", scale, persistent=False)
+        #: (weights key, stages with the batch norms folded in), for inference (see ``forward``)
+        self._folded: tuple[tuple, list[nn.Module]] | None = None
+
+    def _weights_key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.net.parameters(), *self.net.buffers()))
+
+    def _inference_stages(self) -> list[nn.Module]:
+        """The stages with each convolution's batch norm folded into it (eval statistics), built
+        once and again whenever a weight or statistic changes (training, loading, moving)."""
+        key = self._weights_key()
+        if self._folded is None or self._folded[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._folded = (key, [fold_batch_norms(stage) for stage in self._stages])
+        return self._folded[1]
 
     def preprocess(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> the normalised input the weights expect."""
@@ -92,10 +108,31 @@ class Backbone(nn.Module):
             raise InputError(f"backbone input must be (B, 3, H, W), got shape {tuple(image.shape)}")
         x = self.preprocess(image)
         maps = []
-        for stage in self._stages:
+        inference = not self.training and not torch.is_grad_enabled()
+        for stage in self._inference_stages() if inference else self._stages:
             x = stage(x)
             maps.append(x)
         return maps
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``module`` in which every ``Conv2d`` directly followed by a
+    ``BatchNorm2d`` inside an ``nn.Sequential`` is one convolution (``W' = W g / sqrt(var + eps)``,
+    ``b' = (b - mean) g / sqrt(var + eps) + beta``): the same function, one pass fewer over each
+    map. Other batch norms (inside ResNet blocks) stay as they are."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    out = copy.deepcopy(module).eval()
+    for seq in out.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = seq._modules[first], seq._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                seq._modules[first] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[second] = nn.Identity()
+    return out.requires_grad_(False)
 
 
 def _resnet(name: str, ctor: Callable[..., nn.Module], caffe: bool = False) -> Backbone:
@@ -128,15 +165,16 @@ def _vgg16() -> Backbone:
     return Backbone("vgg16", net, stages, [256, 512, 512], [4, 8, 16], caffe_bgr=False)
 
 
-def _mobilenet_v2() -> Backbone:
-    from facerecon.model.mobilenet import mobilenet_v2  # torchvision's, without importing it (seconds)
+def _mobilenet_v2(width: float = 1.0, name: str = "mobilenet_v2") -> Backbone:
+    from facerecon.model.mobilenet import _make_divisible, mobilenet_v2  # torchvision's, without importing it (seconds)
 
-    net = mobilenet_v2(weights=None)
+    net = mobilenet_v2(weights=None, width_mult=width)
     del net.classifier
     f = net.features
     f[18] = nn.Identity()  # the 1280-channel head conv is not pooled from: drop its parameters
     stages = [f[:4], f[4:7], f[7:14], f[14:18]]
-    bb = Backbone("mobilenet_v2", net, stages, [24, 32, 96, 320], [4, 8, 16, 32], caffe_bgr=False)
+    channels = [_make_divisible(c * width, 8) for c in (24, 32, 96, 320)]
+    bb = Backbone(name, net, stages, channels, [4, 8, 16, 32], caffe_bgr=False)
     bb.ignored_prefixes = bb.ignored_prefixes + ("features.18.",)
     return bb
 
@@ -147,6 +185,7 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {
     "resnet50": lambda: _resnet("resnet50", _torchvision_models().resnet50),
     "resnet50_vggface2": lambda: _resnet("resnet50_vggface2", _torchvision_models().resnet50, caffe=True),
     "mobilenet_v2": _mobilenet_v2,
+    "mobilenet_v2_050": lambda: _mobilenet_v2(0.5, "mobilenet_v2_050"),
 }
 
 

@@ -59,6 +59,7 @@ class LandmarkHead(nn.Module):
     def __init__(self, num_landmarks: int, num_vertices: int) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(num_landmarks, num_vertices))
+        self._cached: tuple[tuple, Tensor] | None = None  # (logits key, softmax) for inference
 
     @torch.no_grad()
     def init_from_layout(self, vertices: Tensor, layout: Tensor, sigma: float = 0.05) -> None:
@@ -76,12 +77,21 @@ class LandmarkHead(nn.Module):
         self.logits.copy_(-d2 / (2.0 * sigma * sigma))
 
     def weights(self) -> Tensor:
-        """(K, V) float32 soft assignments, each row sums to 1."""
-        return torch.softmax(self.logits.float(), dim=1)
+        """(K, V) float32 soft assignments, each row sums to 1. Without gradients the softmax is
+        kept until the logits change (a 68 x 7,001 softmax per call otherwise)."""
+        if torch.is_grad_enabled() and self.logits.requires_grad:
+            return torch.softmax(self.logits.float(), dim=1)
+        key = (self.logits.data_ptr(), self.logits._version, self.logits.device)
+        if self._cached is None or self._cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._cached = (key, torch.softmax(self.logits.float(), dim=1))
+        return self._cached[1]
 
     def forward(self, vertices: Tensor) -> Tensor:
         """(B, V, 3) -> (B, K, 3)."""
-        return torch.einsum("kv,bvc->bkc", self.weights(), vertices.float())
+        b, v, c = vertices.shape
+        flat = vertices.float().transpose(0, 1).reshape(v, b * c)  # one GEMM for the whole batch
+        return (self.weights() @ flat).view(-1, b, c).transpose(0, 1)
 
 
 class ColourHead(nn.Module):

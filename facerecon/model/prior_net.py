@@ -118,7 +118,7 @@ class PriorFaceNet(MeshNetBase):
         self.landmark_head = LandmarkHead(cfg.num_landmarks, v_last) if cfg.landmarks else None
 
     def _build_spiral(self, cfg: ModelConfig, hierarchy: MeshHierarchy, blocks: int) -> None:
-        from facerecon.model.spiral import SpiralDecoder, SpiralRefine, spiral_indices
+        from facerecon.model.spiral import SpiralDecoder, SpiralRefine, VertexNormals, spiral_indices
 
         if blocks < 3:
             raise InputError("model.decoder = 'spiral' needs a template of at least three levels")
@@ -131,6 +131,7 @@ class PriorFaceNet(MeshNetBase):
         unpools = [hierarchy.unpool_edges(l) for l in range(blocks - 1)]
         self.spiral_decoder = SpiralDecoder(cfg.head_hidden, widths, spirals, unpools)
         self.spiral_refine = SpiralRefine(spirals, unpools, self.backbone.channels)
+        self.spiral_normals = VertexNormals(hierarchy.faces(blocks - 1), hierarchy.num_vertices(blocks - 1))
 
     # ------------------------------------------------------------------------------ prior
     @torch.no_grad()
@@ -223,7 +224,8 @@ class PriorFaceNet(MeshNetBase):
         s0, r0, t0 = fit_scaled_orthographic(five3d, five_fit)
         rot = r0 @ rotation_6d(0.1 * d6)
         s = s0 * torch.exp(0.1 * dlog_s)
-        shape = self.prior_mean[None] + torch.einsum("bk,kvc->bvc", coeff * self.prior_std[None], self.prior_basis)
+        k = self.prior_basis.shape[0]
+        shape = self.prior_mean[None] + ((coeff * self.prior_std[None]) @ self.prior_basis.view(k, -1)).view(b, -1, 3)
         base = s[:, None, None] * shape @ rot.transpose(1, 2)
         lm_z = s * (self.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]  # mean landmark depth
         shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
@@ -272,14 +274,14 @@ class PriorFaceNet(MeshNetBase):
 
     def _spiral_forward(self, base: Tensor, embedding: Tensor, image: Tensor, maps: list, to_crop) -> MeshPrediction:  # noqa: ANN001
         """Coarse spiral decoder + spiral refinement (``model.decoder = "spiral"``), aligned frame."""
-        from facerecon.model.spiral import _sample_map, vertex_normals
+        from facerecon.model.spiral import _sample_map
 
         last = self.num_blocks - 1
         faces, edges = self.hierarchy.faces(last), self.hierarchy.edges(last)
         coarse = base + self.spiral_decoder(embedding).float()
         xy = coarse[..., :2]
         rgb = _sample_map(image, xy).float()
-        disp = self.spiral_refine(vertex_normals(coarse, faces), rgb, maps, xy).float()
+        disp = self.spiral_refine(self.spiral_normals(coarse), rgb, maps, xy).float()
         final = coarse + disp
         out_coords = [to_crop(coarse), to_crop(final)]
         in_coords = [to_crop(base), out_coords[0]]

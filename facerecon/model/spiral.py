@@ -26,6 +26,7 @@ with Graph Convolutional Networks" (Cheng et al.), on facerecon's hemisphere lev
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +37,14 @@ from torch.nn import functional as F
 from facerecon.errors import InputError
 from facerecon.model.unpool import Unpool
 
-__all__ = ["spiral_length", "spiral_indices", "SpiralConv", "SpiralDecoder", "SpiralRefine"]
+__all__ = ["spiral_length", "spiral_indices", "SpiralConv", "SpiralDecoder", "SpiralRefine", "elu", "VertexNormals"]
+
+
+def elu(x: Tensor) -> Tensor:
+    """ELU (alpha 1), ``x`` where positive, else ``exp(x) - 1``: the same function and gradient
+    as ``F.elu`` (1 at 0), several times faster on CPU (its ``expm1`` is not vectorised; ``exp``
+    is). The clamp keeps the unused branch finite, so no NaN reaches the gradient."""
+    return torch.where(x > 0, x, torch.clamp(x, max=1.0).exp() - 1.0)
 
 
 def spiral_length(hops: int) -> int:
@@ -156,9 +164,9 @@ class SpiralDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         """(B, embed) -> (B, V_L, out_channels)."""
-        x = F.elu(self.fc(z)).view(z.shape[0], self.v0, self.widths[0])
+        x = elu(self.fc(z)).view(z.shape[0], self.v0, self.widths[0])
         for level, conv in enumerate(self.convs):
-            x = F.elu(conv(x))
+            x = elu(conv(x))
             if level + 1 < self.levels:
                 x = self.unpool(x, level)
         return self.head(x)
@@ -201,23 +209,61 @@ class SpiralRefine(nn.Module):
         Returns:
             (B, V, 3) displacement.
         """
-        x = F.elu(self.down1(torch.cat([normals, rgb], dim=-1)))
-        x = F.elu(self.down2(pool(x, self.n_mid)))
-        x = F.elu(self.down3(pool(x, self.n_coarse)))
+        x = elu(self.down1(torch.cat([normals, rgb], dim=-1)))
+        x = elu(self.down2(pool(x, self.n_mid)))
+        x = elu(self.down3(pool(x, self.n_coarse)))
         x = x + self.addf3(_sample_map(maps[-1], xy[:, : self.n_coarse]))
         x = self.unpool_mid(x, dim=1)
-        x = F.elu(self.up2(x))
+        x = elu(self.up2(x))
         x = x + self.addf2(_sample_map(maps[-2], xy[:, : self.n_mid]))
         x = self.unpool_fine(x, dim=1)
-        x = F.elu(self.up1(x))
+        x = elu(self.up1(x))
         return self.out(x)
 
 
-def vertex_normals(coords: Tensor, faces: Tensor) -> Tensor:
-    """(B, V, 3), (F, 3) -> (B, V, 3) area-weighted unit vertex normals."""
+def vertex_normals(coords: Tensor, faces: Tensor, incidence: Tensor | None = None) -> Tensor:
+    """(B, V, 3), (F, 3) -> (B, V, 3) area-weighted unit vertex normals: each vertex sums the
+    (twice-area) normals of its faces. ``incidence``: the (V, F) CSR 0/1 matrix of
+    :func:`face_incidence` (one sparse product instead of three scatters), built here when None."""
+    if incidence is None:
+        incidence = face_incidence(faces, coords.shape[1])
     a, b, c = coords[:, faces[:, 0]], coords[:, faces[:, 1]], coords[:, faces[:, 2]]
-    fn = torch.linalg.cross(b - a, c - a, dim=-1)
-    vn = torch.zeros_like(coords)
-    for k in range(3):
-        vn = vn.index_add(1, faces[:, k], fn)
-    return F.normalize(vn, dim=-1, eps=1e-12)
+    fn = torch.linalg.cross(b - a, c - a, dim=-1).float()  # (B, F, 3)
+    bsz, nf, _ = fn.shape
+    with torch.autocast(device_type=coords.device.type, enabled=False):
+        vn = torch.sparse.mm(incidence, fn.transpose(0, 1).reshape(nf, bsz * 3))
+    return F.normalize(vn.view(-1, bsz, 3).transpose(0, 1), dim=-1, eps=1e-12)
+
+
+def face_incidence(faces: Tensor, num_vertices: int) -> Tensor:
+    """(V, F) sparse CSR float32 0/1 matrix: entry (v, f) is 1 when face f has vertex v."""
+    faces = torch.as_tensor(faces, dtype=torch.long)
+    nf = faces.shape[0]
+    rows = faces.reshape(-1)
+    cols = torch.arange(nf, device=faces.device).repeat_interleave(3)
+    order = torch.argsort(rows * nf + cols)
+    rows, cols = rows[order], cols[order]
+    crow = torch.zeros(num_vertices + 1, dtype=torch.long, device=faces.device)
+    crow[1:] = torch.bincount(rows, minlength=num_vertices).cumsum(0)
+    ones = torch.ones(rows.shape[0], dtype=torch.float32, device=faces.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, ones, (num_vertices, nf), check_invariants=False)
+
+
+class VertexNormals(nn.Module):
+    """:func:`vertex_normals` of one fixed topology, its incidence matrix built once per device."""
+
+    def __init__(self, faces: Tensor, num_vertices: int) -> None:
+        super().__init__()
+        self.register_buffer("faces", torch.as_tensor(faces, dtype=torch.long).contiguous(), persistent=False)
+        self.num_vertices = int(num_vertices)
+        self._incidence: Tensor | None = None
+
+    def forward(self, coords: Tensor) -> Tensor:
+        """(B, V, 3) -> (B, V, 3) unit normals."""
+        inc = self._incidence
+        if inc is None or inc.device != coords.device:
+            with torch.inference_mode(False):  # usable by training after a first inference call
+                inc = self._incidence = face_incidence(self.faces.clone(), self.num_vertices)
+        return vertex_normals(coords, self.faces, inc)

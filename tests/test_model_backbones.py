@@ -121,7 +121,11 @@ def test_inference_folds_batch_norms_and_follows_weight_changes(name: str) -> No
             return [m.detach() for m in bb(x)]
 
     with torch.inference_mode():
+        first = bb(x)  # the first call with these weights runs unfolded; the second folds
+        assert bb._folded is None
         folded = bb(x)
+    for got, want in zip(first, folded):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     folds = [m for stage in bb._folded[1] for m in stage.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     total = sum(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
     assert len(folds) < total  # the Sequential pairs are folded (all of them for MobileNetV2)
@@ -131,7 +135,9 @@ def test_inference_folds_batch_norms_and_follows_weight_changes(name: str) -> No
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     with torch.no_grad():
         next(p for p in bb.parameters() if p.ndim == 4).mul_(-1.0)
+        bb(x)
         changed = bb(x)
+    assert bb._folded is not None and bb._folded[0] == bb._weights_key()
     for got, want in zip(changed, reference()):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(changed[-1], folded[-1])

@@ -77,17 +77,25 @@ class Backbone(nn.Module):
         self.register_buffer("scale", scale, persistent=False)
         #: (weights key, stages with the batch norms folded in), for inference (see ``forward``)
         self._folded: tuple[tuple, list[nn.Module]] | None = None
+        self._seen_key: tuple | None = None
 
     def _weights_key(self) -> tuple:
         return tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.net.parameters(), *self.net.buffers()))
 
     def _inference_stages(self) -> list[nn.Module]:
-        """The stages with each convolution's batch norm folded into it (eval statistics), built
-        once and again whenever a weight or statistic changes (training, loading, moving)."""
+        """The stages to run without gradients: from the second call with the same weights on,
+        a copy with each convolution's batch norm folded into it (eval statistics), built again
+        whenever a weight or statistic changes (training, loading, moving). The first call runs
+        the stages as they are, so one photo does not pay the folding that only repeated calls
+        repay."""
         key = self._weights_key()
-        if self._folded is None or self._folded[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                self._folded = (key, [fold_batch_norms(stage) for stage in self._stages])
+        if self._folded is not None and self._folded[0] == key:
+            return self._folded[1]
+        if self._seen_key != key:
+            self._seen_key = key
+            return self._stages
+        with torch.inference_mode(False), torch.no_grad():
+            self._folded = (key, [fold_batch_norms(stage) for stage in self._stages])
         return self._folded[1]
 
     def preprocess(self, image: Tensor) -> Tensor:
@@ -116,23 +124,44 @@ class Backbone(nn.Module):
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``module`` in which every ``Conv2d`` directly followed by a
-    ``BatchNorm2d`` inside an ``nn.Sequential`` is one convolution (``W' = W g / sqrt(var + eps)``,
-    ``b' = (b - mean) g / sqrt(var + eps) + beta``): the same function, one pass fewer over each
-    map. Other batch norms (inside ResNet blocks) stay as they are."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    """An inference copy of ``module`` (eval mode) in which every ``Conv2d`` directly followed by
+    a ``BatchNorm2d`` inside an ``nn.Sequential`` is one convolution (``W' = W g / sqrt(var +
+    eps)``, ``b' = (b - mean) g / sqrt(var + eps) + beta``): the same function, one pass fewer
+    over each map. Other batch norms (inside ResNet blocks) stay as they are. Only the folded
+    convolutions get new tensors; every other module is shared with ``module`` (a structural copy:
+    a few milliseconds, where ``copy.deepcopy`` of a MobileNetV2 takes 20)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    out = copy.deepcopy(module).eval()
-    for seq in out.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        names = list(seq._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = seq._modules[first], seq._modules[second]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                seq._modules[first] = fuse_conv_bn_eval(conv, bn)
-                seq._modules[second] = nn.Identity()
-    return out.requires_grad_(False)
+    def fused(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+        out = copy.copy(conv)
+        out._parameters = {"weight": weight.requires_grad_(False), "bias": bias.requires_grad_(False)}
+        out.training = False
+        return out
+
+    def walk(m: nn.Module) -> nn.Module:
+        if not m._modules:
+            return m  # a leaf: shared
+        items = list(m._modules.items())
+        kids: dict[str, nn.Module] = {}
+        i = 0
+        while i < len(items):
+            name, child = items[i]
+            nxt = items[i + 1][1] if i + 1 < len(items) else None
+            if (isinstance(m, nn.Sequential) and isinstance(child, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d)
+                    and nxt.track_running_stats and nxt.running_mean is not None):
+                kids[name] = fused(child, nxt)
+                kids[items[i + 1][0]] = nn.Identity()
+                i += 2
+                continue
+            kids[name] = walk(child)
+            i += 1
+        out = copy.copy(m)
+        out._modules = kids
+        out.training = False
+        return out
+
+    return walk(module)
 
 
 def _resnet(name: str, ctor: Callable[..., nn.Module], caffe: bool = False) -> Backbone:

@@ -480,6 +480,19 @@ class FaceDetector:
             if faces:
                 self.last_search = "full"
                 return faces
+        return self._last_chances(small, min_face, sx, sy)
+
+    def detect_second_chance(self, image: np.ndarray) -> list[FaceCrop]:
+        """What :meth:`detect_best` tries after the full search finds nothing: lower stage
+        thresholds, then the rotated copies (``last_search`` says which found the faces, "none"
+        when neither did). ``prepare`` calls it for an image whose full search found no face, so
+        the cache's crops come from the same policy as ``predict``'s."""
+        _check_image(image)
+        small, sx, sy = self._downscale(image)
+        min_face = max(float(self.min_face_size), self.min_face_fraction * min(small.shape[:2]))
+        return self._last_chances(small, min_face, sx, sy)
+
+    def _last_chances(self, small: np.ndarray, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
         low = [min(a, b) for a, b in zip(self.thresholds, self.LOW_THRESHOLDS)]
         if low != list(self.thresholds):
             faces = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)

@@ -256,3 +256,46 @@ def test_prepare_aflw_subset_with_mtcnn_end_to_end(tmp_path: Path, shared_data: 
     ds = FaceCacheDataset(out, split="all")
     batch = collate_faces([ds[0], ds[1]])
     assert batch["points"].shape == (2, 18000, 3) and batch["lengths"].tolist() == [18000, 18000]
+
+
+@pytest.mark.parametrize("second_chance", [True, False])
+def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[Path, Path], second_chance: bool) -> None:
+    """A photo whose full MTCNN search finds no face: with ``second_chance`` (the default, as
+    ``predict``) the detector's second chance is asked next and its face makes the crop, with its
+    five points; without it the sample goes to the average crop."""
+    from facerecon.data.cache import _Context, compute_sample
+    from facerecon.data.face_model import load_face_model
+    from facerecon.detect import FaceCrop, square_box
+
+    data, model_dir = fixture_set
+    ref = list_samples(data, "aflw2000")[0]
+    five = np.array([[30, 35], [66, 35], [48, 50], [34, 68], [62, 68]], np.float32)
+    detection = np.array([10.0, 8.0, 86.0, 90.0], np.float32)
+    face = FaceCrop(square_box(detection), 0.95, five, detection, False)
+
+    class Detector:  # the full search finds nothing; the second chance finds the annotated face
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def detect(self, image: np.ndarray) -> list:
+            self.calls.append("full")
+            return []
+
+        def detect_second_chance(self, image: np.ndarray) -> list:
+            self.calls.append("second")
+            return [face]
+
+    detector = Detector()
+    ctx = _Context(model=load_face_model(model_dir), options=PrepareOptions(second_chance=second_chance), detector=detector)
+    result = compute_sample(0, ref, ctx)
+    assert result.error is None
+    if not second_chance:
+        assert result.needs_fallback and detector.calls == ["full"]
+        return
+    assert not result.needs_fallback and detector.calls == ["full", "second"]
+    row = result.row
+    assert row["fallback"] == 0 and row["probabilities"] == pytest.approx(0.95)
+    np.testing.assert_allclose(row["boxes"], face.box)
+    x0, y0, side = face.box  # the five points in crop units: [-1, 1] over the box, by hand
+    expect = (five - [x0 + side / 2, y0 + side / 2]) / (side / 2)
+    np.testing.assert_allclose(row["landmarks5"], expect, atol=1e-5)

@@ -177,6 +177,10 @@ def test_second_chance_on_a_rolled_face(shared_data: Path) -> None:
     rolled = cv2.warpAffine(canvas, rot, (side, side))
     (crop,) = detector.crop(rolled)
     assert not crop.fallback and detector.last_search == "rotated"
+    assert detector.detect(rolled) == []  # the full search alone (what prepare runs first) misses it
+    (again,) = detector.detect_second_chance(rolled)[:1]  # prepare's second chance finds the same face
+    assert detector.last_search == "rotated"
+    np.testing.assert_allclose(again.box, crop.box, atol=1e-3)
     expected = (upright.landmarks5 + [ox, oy]) @ rot[:, :2].T + rot[:, 2]
     err = np.linalg.norm(crop.landmarks5 - expected, axis=1)
     eye_dist = np.linalg.norm(expected[1] - expected[0])

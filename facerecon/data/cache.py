@@ -103,6 +103,9 @@ class PrepareOptions:
         workers: processes computing samples (0: in this process).
         device: torch device for MTCNN.
         min_probability: MTCNN faces below it are ignored.
+        second_chance: when MTCNN's full search finds no face, try its lower thresholds and
+            rotated copies (``FaceDetector.detect_second_chance``, as ``predict`` does) before the
+            average crop.
         compression: ``"gzip"`` (level 4), ``"lzf"`` or ``"none"`` for the crop images (point arrays are stored uncompressed).
         split_seed: seed of the deterministic train/val/test permutation.
         split_file: optional text file of ``<id> <train|val|test>`` lines instead.
@@ -115,6 +118,7 @@ class PrepareOptions:
     workers: int = 0
     device: str = "cpu"
     min_probability: float = 0.9
+    second_chance: bool = True
     compression: str = "gzip"
     split_seed: int = 0
     split_file: Path | None = None
@@ -127,6 +131,7 @@ class PrepareOptions:
         return {
             "crop_from": self.crop_from,
             "min_probability": self.min_probability if self.crop_from == "detector" else None,
+            "second_chance": self.second_chance if self.crop_from == "detector" else None,
             "compression": self.compression,
         }
 
@@ -232,6 +237,8 @@ def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequ
             box = landmark_box(lm)
         else:
             face = _pick_face(ctx.detector.detect(sample.image), lm)  # type: ignore[union-attr]
+            if face is None and ctx.options.second_chance:
+                face = _pick_face(ctx.detector.detect_second_chance(sample.image), lm)  # type: ignore[union-attr]
             if face is None:
                 return _Result(index, ref.id, needs_fallback=True)
             box, probability = tuple(float(v) for v in face.box), float(face.probability)

@@ -299,3 +299,24 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
     x0, y0, side = face.box  # the five points in crop units: [-1, 1] over the box, by hand
     expect = (five - [x0 + side / 2, y0 + side / 2]) / (side / 2)
     np.testing.assert_allclose(row["landmarks5"], expect, atol=1e-5)
+
+
+def test_the_annotated_face_is_the_detection_that_overlaps_its_landmarks() -> None:
+    """``prepare`` takes the detection whose 1.1x square crop box overlaps the landmarks' one
+    most, and none below IoU 0.3 (a face part, a face beside it). Hand-worked boxes: landmarks
+    spanning x, y in [100, 200] give the square (95, 95, 110)."""
+    from facerecon.data.cache import _pick_face
+    from facerecon.detect import FaceCrop
+
+    lm = np.array([[100.0, 100.0], [200.0, 200.0], [150.0, 120.0]])
+
+    def face(x0: float, y0: float, side: float) -> FaceCrop:
+        return FaceCrop((x0, y0, side), 0.99, None, np.array([x0, y0, x0 + side, y0 + side], np.float32), False)
+
+    same, shifted, part = face(95, 95, 110), face(150, 95, 110), face(180, 180, 30)
+    # IoU(same) = 1; IoU(shifted) = 55 * 110 / (2 * 110 * 110 - 55 * 110) = 1/3; IoU(part) = 625 / 12100
+    assert _pick_face([shifted, same], lm) is same
+    assert _pick_face([shifted], lm) is shifted
+    assert _pick_face([part], lm) is None
+    assert _pick_face([part, shifted], lm) is shifted
+    assert _pick_face([part], None) is part  # no landmarks: the most confident

@@ -146,3 +146,29 @@ def test_onet_features_match_facenet_pytorch() -> None:
         ours = net._onet_features(image)
     torch.testing.assert_close(ours, captured["f"], atol=1e-4, rtol=1e-4)
     assert not any(p.requires_grad for p in net.onet.parameters())
+
+
+@pytest.mark.slow
+def test_two_processes_learn_the_same_face_prior_as_one(tmp_path: Path) -> None:
+    """``--nproc 2``: the gathered training faces reach the spawned processes as shared tensors
+    (not one pickled copy each), and rank 0 learns the same prior as a single process does."""
+    import numpy as np
+
+    from facerecon.engine.checkpoint import load_checkpoint
+    from facerecon.engine.statistics import read_cache_statistics
+    from facerecon.engine.train import TrainOptions, _shareable, prior_template, run_training
+
+    cache = make_tiny_cache(tmp_path / "c.h5", n=8, points=400, same_topology=True)
+    cfg = Config().replace({**TINY_V2, "train.epochs": 1, "train.num_workers": 0})
+    opts = TrainOptions(cache=cache, out=tmp_path / "x", quiet=True)
+    stats = read_cache_statistics(cache, template=prior_template(cfg, opts))
+    shared = _shareable(stats)
+    for array, tensor in zip(stats.prior_samples, shared.prior_samples):
+        assert isinstance(tensor, torch.Tensor) and np.shares_memory(tensor.numpy(), array)
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        run_training(cfg, TrainOptions(cache=cache, out=out, nproc=nproc, quiet=True, validate=False, max_steps=1))
+        runs[nproc] = load_checkpoint(out / "last.pt")["model"]
+    for key in ("prior_mean", "prior_basis", "prior_std", "prior_five3d", "prior_five_ref"):
+        torch.testing.assert_close(runs[2][key], runs[1][key], rtol=0, atol=0, msg=key)

@@ -114,7 +114,21 @@ def run_training(cfg: Config, opts: TrainOptions, reporter: Callable[[str], None
     statistics = read_cache_statistics(opts.cache, template=prior_template(cfg, opts))  # read by check_train_inputs: remembered
     if world == 1:
         return train_worker(0, 1, cfg.to_dict(), opts, use_cuda, 0, reporter, statistics)
-    return spawn(_spawned_worker, world, (cfg.to_dict(), opts, use_cuda, statistics))
+    return spawn(_spawned_worker, world, (cfg.to_dict(), opts, use_cuda, _shareable(statistics)))
+
+
+def _shareable(statistics: CacheStatistics) -> CacheStatistics:
+    """The statistics with model v2's gathered training faces (``prior_samples``, ~120 MB for
+    AFLW2000-3D) as CPU tensors: torch's multiprocessing hands tensors to the spawned processes
+    through one shared-memory copy, where numpy arrays would be pickled to each of them."""
+    if statistics.prior_samples is None:
+        return statistics
+    import dataclasses
+
+    import numpy as np
+
+    samples = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in statistics.prior_samples)
+    return dataclasses.replace(statistics, prior_samples=samples)  # type: ignore[arg-type]
 
 
 def _spawned_worker(rank: int, world: int, cfg_dict: dict, opts: TrainOptions, use_cuda: bool, statistics: CacheStatistics) -> TrainResult:
@@ -325,7 +339,8 @@ def _learn_prior(statistics: CacheStatistics, template: Any, components: int, fa
 
     if statistics.prior_samples is None or not np.array_equal(statistics.correspondence_template, template):
         raise InputError("internal: the cache statistics were read without the network's template")
-    return build_face_prior(*statistics.prior_samples, statistics.correspondence, template, components, template_faces=faces)
+    samples = [a.numpy() if isinstance(a, torch.Tensor) else a for a in statistics.prior_samples]  # see _shareable
+    return build_face_prior(*samples, statistics.correspondence, template, components, template_faces=faces)
 
 
 def _start_or_resume(run: _Run, ckpt: dict | None) -> None:

@@ -93,7 +93,7 @@ class ModelConfig:
     #: from the head's embedding plus the spiral refinement network; facerecon.model.spiral).
     decoder: Literal["graph", "spiral"] = "graph"
     #: Spiral decoder widths per template level, coarse to fine, and spiral hops per level.
-    spiral_widths: tuple[int, ...] = (64, 32, 16, 8)
+    spiral_widths: tuple[int, ...] = (32, 32, 16, 8)
     spiral_hops: tuple[int, ...] = (1, 1, 1, 1)
 
 

@@ -29,7 +29,9 @@ def test_batch_size_does_not_change_numbers(tiny_run: dict) -> None:
     assert [r["id"] for r in one.rows] == [r["id"] for r in eight.rows]
     for a, b in zip(one.rows, eight.rows):
         for key in ("chamfer", "fscore@tau", "fscore@2tau", "nme"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9), key
+            # float32 rounding only: GEMM blocking depends on the batch, and inference folds the
+            # batch norms from the second call on (a different rounding of the same function)
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-9), key
 
 
 def test_mean_baseline_matches_independent_computation(tiny_run: dict) -> None:

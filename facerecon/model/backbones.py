@@ -110,13 +110,16 @@ class Backbone(nn.Module):
             image: (B, 3, H, W) float RGB in [0, 1], any H, W (224 by default; >= 32 px).
 
         Returns:
-            list of (B, C_i, ceil(H / s_i), ceil(W / s_i)) float maps, C_i = ``channels[i]``.
+            list of (B, C_i, ceil(H / s_i), ceil(W / s_i)) float maps, C_i = ``channels[i]``
+            (channels-last in memory when run for inference: eval mode, no gradients).
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise InputError(f"backbone input must be (B, 3, H, W), got shape {tuple(image.shape)}")
         x = self.preprocess(image)
         maps = []
         inference = not self.training and not torch.is_grad_enabled()
+        if inference:  # oneDNN's depthwise and 1x1 convolutions run ~20 % faster on NHWC maps
+            x = x.contiguous(memory_format=torch.channels_last)
         for stage in self._inference_stages() if inference else self._stages:
             x = stage(x)
             maps.append(x)

@@ -43,8 +43,13 @@ __all__ = ["spiral_length", "spiral_indices", "SpiralConv", "SpiralDecoder", "Sp
 def elu(x: Tensor) -> Tensor:
     """ELU (alpha 1), ``x`` where positive, else ``exp(x) - 1``: the same function and gradient
     as ``F.elu`` (1 at 0), several times faster on CPU (its ``expm1`` is not vectorised; ``exp``
-    is). The clamp keeps the unused branch finite, so no NaN reaches the gradient."""
-    return torch.where(x > 0, x, torch.clamp(x, max=1.0).exp() - 1.0)
+    is). With gradients: a ``where`` whose clamp keeps the unused branch finite (no NaN reaches
+    the gradient); without: ``max(x, exp(min(x, 0)) - 1)`` in place (``e^x - 1 >= x``), 3x
+    faster again."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return torch.where(x > 0, x, torch.clamp(x, max=1.0).exp() - 1.0)
+    y = torch.clamp(x, max=0.0).exp_().sub_(1.0)
+    return torch.maximum(x, y, out=y)
 
 
 def spiral_length(hops: int) -> int:
@@ -123,6 +128,9 @@ class SpiralConv(nn.Module):
         """(B, V, C_in) -> (B, V, C_out)."""
         b, v, c = x.shape
         padded = torch.cat([x, x.new_zeros(b, 1, c)], dim=1)
+        if b == 1:  # a 2-D gather and one addmm: ~30 % faster than the batched path at batch 1
+            gathered = padded[0].index_select(0, self.indices.reshape(-1)).view(v, -1)
+            return torch.addmm(self.linear.bias, gathered, self.linear.weight.t())[None]
         gathered = padded.index_select(1, self.indices.reshape(-1)).reshape(b, v, -1)
         return self.linear(gathered)
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background by a script (`make test &`) inherits SIGINT ignored, and
+# Python then installs no KeyboardInterrupt handler, in this process or in the ones the tests start.
+# The Ctrl-C tests need what a terminal or CI gives: the default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FACERECON_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -26,15 +26,14 @@ with Graph Convolutional Networks" (Cheng et al.), on facerecon's hemisphere lev
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from facerecon.errors import InputError
+from facerecon.mesh.surface import face_incidence, vertex_normals
 from facerecon.model.unpool import Unpool
 
 __all__ = ["spiral_length", "spiral_indices", "SpiralConv", "SpiralDecoder", "SpiralRefine", "elu", "VertexNormals"]
@@ -227,36 +226,6 @@ class SpiralRefine(nn.Module):
         x = self.unpool_fine(x, dim=1)
         x = elu(self.up1(x))
         return self.out(x)
-
-
-def vertex_normals(coords: Tensor, faces: Tensor, incidence: Tensor | None = None) -> Tensor:
-    """(B, V, 3), (F, 3) -> (B, V, 3) area-weighted unit vertex normals: each vertex sums the
-    (twice-area) normals of its faces. ``incidence``: the (V, F) CSR 0/1 matrix of
-    :func:`face_incidence` (one sparse product instead of three scatters), built here when None."""
-    if incidence is None:
-        incidence = face_incidence(faces, coords.shape[1])
-    a, b, c = coords[:, faces[:, 0]], coords[:, faces[:, 1]], coords[:, faces[:, 2]]
-    fn = torch.linalg.cross(b - a, c - a, dim=-1).float()  # (B, F, 3)
-    bsz, nf, _ = fn.shape
-    with torch.autocast(device_type=coords.device.type, enabled=False):
-        vn = torch.sparse.mm(incidence, fn.transpose(0, 1).reshape(nf, bsz * 3))
-    return F.normalize(vn.view(-1, bsz, 3).transpose(0, 1), dim=-1, eps=1e-12)
-
-
-def face_incidence(faces: Tensor, num_vertices: int) -> Tensor:
-    """(V, F) sparse CSR float32 0/1 matrix: entry (v, f) is 1 when face f has vertex v."""
-    faces = torch.as_tensor(faces, dtype=torch.long)
-    nf = faces.shape[0]
-    rows = faces.reshape(-1)
-    cols = torch.arange(nf, device=faces.device).repeat_interleave(3)
-    order = torch.argsort(rows * nf + cols)
-    rows, cols = rows[order], cols[order]
-    crow = torch.zeros(num_vertices + 1, dtype=torch.long, device=faces.device)
-    crow[1:] = torch.bincount(rows, minlength=num_vertices).cumsum(0)
-    ones = torch.ones(rows.shape[0], dtype=torch.float32, device=faces.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, cols, ones, (num_vertices, nf), check_invariants=False)
 
 
 class VertexNormals(nn.Module):

@@ -143,6 +143,9 @@ class TrainConfig:
 
     batch_size: int = 8
     epochs: int = 80
+    #: The cache splits trained on: ("train",), or ("train", "val") for a final model once the
+    #: recipe is chosen (validation is then skipped: those faces are trained on).
+    splits: tuple[Literal["train", "val", "test"], ...] = ("train",)
     lr: float = 1e-4
     milestones: tuple[int, ...] = (25, 40, 60)
     gamma: float = 0.3

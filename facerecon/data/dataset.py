@@ -28,12 +28,24 @@ DEFAULT_POINTS_PER_REGION = (11000, 4000, 3000)
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
+def split_rows(split_arr: np.ndarray, split: str) -> np.ndarray:
+    """Rows of a cache's ``split`` array in ``split``: one of ``SPLITS``, several joined by ``+``
+    (``"train+val"``), or ``"all"``."""
+    if split == "all":
+        return np.arange(split_arr.shape[0])
+    names = split.split("+")
+    unknown = [n for n in names if n not in SPLITS]
+    if unknown or len(set(names)) != len(names):
+        raise InputError(f"split must be train, val, test (or several joined by '+', e.g. train+val) or all; got {split!r}")
+    return np.flatnonzero(np.isin(split_arr, [SPLITS[n] for n in names]))
+
+
 class FaceCacheDataset(torch.utils.data.Dataset):
     """Samples of one split of a cache written by ``facerecon prepare``.
 
     Args:
         path: the ``.h5`` cache.
-        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+        split: ``"train"``, ``"val"``, ``"test"``, several joined by ``+`` (``"train+val"``) or ``"all"``.
         points_per_region: draws per region ``(boundary, sub, key)``; None returns every point.
         weights: per-region loss weights ``(boundary, sub, key)`` put on each point
             (e.g. ``(0.5, 1.5, 2.0)`` for TPAMI-style weighting); None gives 1 everywhere.
@@ -73,8 +85,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         from facerecon.data.cache import SCHEMA_VERSION
 
         self.path = Path(path)
-        if split != "all" and split not in SPLITS:
-            raise InputError(f"split must be one of train, val, test, all; got {split!r}")
+        split_rows(np.zeros(0, dtype=np.int8), split)  # refuse an unknown split before opening the file
         if points_per_region is not None:
             points_per_region = tuple(int(c) for c in points_per_region)
             if len(points_per_region) != 3 or min(points_per_region) < 0 or sum(points_per_region) == 0:
@@ -108,7 +119,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             raise InputError(f"{self.path}: cannot open cache ({exc})") from None
         except KeyError as exc:
             raise InputError(f"{self.path}: not a facerecon cache (missing {exc})") from None
-        self.rows = np.arange(split_arr.shape[0]) if split == "all" else np.flatnonzero(split_arr == SPLITS[split])
+        self.rows = split_rows(split_arr, split)
         self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
         if yaw is not None:
             self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)

@@ -75,7 +75,7 @@ def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train", t
     """
     import hashlib
 
-    from facerecon.data.dataset import SPLITS
+    from facerecon.data.dataset import split_rows
 
     path = Path(cache)
     digest = None if template is None else hashlib.sha1(np.ascontiguousarray(template, dtype=np.float64).tobytes()).hexdigest()
@@ -84,7 +84,7 @@ def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train", t
         checked = is_checked(path)  # the values passed already: read only what the statistics need
         with reading_cache(path) as f:
             rows = check_rows(f, path)
-            in_split = np.flatnonzero(rows.split == SPLITS[split])
+            in_split = split_rows(rows.split, split)
             point_mean, problem = _PointMean.of_rows(rows, in_split, split)
             face_model = _face_model(f)
             gather = None

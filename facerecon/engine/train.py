@@ -111,7 +111,7 @@ def run_training(cfg: Config, opts: TrainOptions, reporter: Callable[[str], None
     check_gpus(opts.gpus)
     world = opts.gpus if opts.gpus > 0 else max(1, opts.nproc)
     use_cuda = opts.gpus > 0
-    statistics = read_cache_statistics(opts.cache, template=prior_template(cfg, opts))  # read by check_train_inputs: remembered
+    statistics = read_cache_statistics(opts.cache, training_split(cfg), template=prior_template(cfg, opts))  # read by check_train_inputs: remembered
     if world == 1:
         return train_worker(0, 1, cfg.to_dict(), opts, use_cuda, 0, reporter, statistics)
     return spawn(_spawned_worker, world, (cfg.to_dict(), opts, use_cuda, _shareable(statistics)))
@@ -135,6 +135,12 @@ def _spawned_worker(rank: int, world: int, cfg_dict: dict, opts: TrainOptions, u
     return train_worker(rank, world, cfg_dict, opts, use_cuda, rank, None, statistics)
 
 
+def training_split(cfg: Config) -> str:
+    """The cache split a run trains on, as ``FaceCacheDataset`` names it (``train.splits``
+    joined by ``+``)."""
+    return "+".join(dict.fromkeys(cfg.train.splits))
+
+
 def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
     """Refuse what cannot work before anything is started (InputError), and remove the
     temporary checkpoint files a killed run left in the run folder.
@@ -146,8 +152,10 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
     """
     if not Path(opts.cache).is_file():
         raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
+    if not cfg.train.splits:
+        raise InputError("train.splits is empty: name the cache splits to train on, e.g. [\"train\"]")
     if is_main_launch():
-        read_cache_statistics(opts.cache, template=prior_template(cfg, opts))
+        read_cache_statistics(opts.cache, training_split(cfg), template=prior_template(cfg, opts))
     clean_stale_temps(opts.out)
     if opts.resume and not (Path(opts.out) / "last.pt").is_file():
         raise InputError(f"{opts.out}: nothing to resume (no last.pt in the run folder)")
@@ -174,7 +182,8 @@ def train_worker(
     ckpt = load_checkpoint(Path(opts.out) / "last.pt", map_location="cpu") if opts.resume else None
     with process_group(rank, world, use_cuda, local_rank) as info:
         if statistics is None:
-            statistics = run_on_main(lambda: read_cache_statistics(opts.cache, template=prior_template(Config.from_dict(cfg_dict), opts)), info)
+            given = Config.from_dict(cfg_dict)
+            statistics = run_on_main(lambda: read_cache_statistics(opts.cache, training_split(given), template=prior_template(given, opts)), info)
         cfg = _run_config(Config.from_dict(cfg_dict), ckpt, statistics)
         torch.manual_seed(cfg.train.seed)
         run = _build_model(cfg, opts, info, statistics, say)
@@ -396,12 +405,14 @@ def _build_data(run: _Run) -> None:
         augment = AugmentSettings.from_train_config(tc)
     yaw_repeat = None if tuple(tc.yaw_repeat) == (1.0, 1.0, 1.0) else tuple(tc.yaw_repeat)
     run.train_set = FaceCacheDataset(
-        opts.cache, split="train", points_per_region=tuple(tc.points_per_region), seed=tc.seed,
+        opts.cache, split=training_split(run.cfg), points_per_region=tuple(tc.points_per_region), seed=tc.seed,
         correspondence=run.correspondence, augment=augment, yaw_repeat=yaw_repeat,
     )
     if len(run.train_set) == 0:
-        raise InputError(f"{opts.cache}: the train split is empty")
-    if opts.validate and run.info.is_main:
+        raise InputError(f"{opts.cache}: the {training_split(run.cfg)} split is empty")
+    if opts.validate and "val" in tc.splits:
+        run.say("train.splits includes val: validation skipped (its faces are trained on)")
+    elif opts.validate and run.info.is_main:
         run.val_set = FaceCacheDataset(opts.cache, split="val", points_per_region=None, seed=tc.seed)
         if len(run.val_set) == 0:
             run.val_set = None

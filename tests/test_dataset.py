@@ -88,8 +88,22 @@ def test_splits_partition_the_rows(cache: Path) -> None:
     assert [len(r) for r in rows] == [8, 1, 1]
     with pytest.raises(InputError, match="split must be"):
         FaceCacheDataset(cache, split="dev")
+    for bad in ("train+dev", "train+train", "train+"):
+        with pytest.raises(InputError, match="split must be"):
+            FaceCacheDataset(cache, split=bad)
     with pytest.raises(InputError, match="points_per_region"):
         FaceCacheDataset(cache, points_per_region=(1, 2))
+
+
+def test_joined_splits_are_the_union_of_their_rows(cache: Path) -> None:
+    """``train+val`` (a final model trains on both): exactly the rows the cache marks 0 or 1."""
+    import h5py
+
+    with h5py.File(cache, "r") as f:
+        marks = f["split"][:]
+    union = FaceCacheDataset(cache, split="train+val", points_per_region=None).rows
+    assert union.tolist() == [i for i, m in enumerate(marks) if m in (0, 1)]
+    assert FaceCacheDataset(cache, split="val+train", points_per_region=None).rows.tolist() == union.tolist()
 
 
 def test_collate_pads_and_reports_lengths() -> None:

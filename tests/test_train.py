@@ -20,6 +20,7 @@ from facerecon.cli import app
 from facerecon.config import Config
 from facerecon.engine.checkpoint import load_checkpoint
 from facerecon.engine.train import TrainOptions, run_training
+from facerecon.errors import InputError
 
 runner = CliRunner()
 
@@ -159,6 +160,33 @@ def test_cli_train_and_errors(cache: Path, tmp_path: Path) -> None:
     assert bad_key.exit_code == 2 and "train.lrr" in bad_key.output
     no_resume = runner.invoke(app, ["train", "--cache", str(cache), "--out", str(tmp_path / "z"), "--resume"])
     assert no_resume.exit_code == 2 and "nothing to resume" in no_resume.output
+
+
+def test_training_on_train_and_val(cache: Path, tmp_path: Path) -> None:
+    """``train.splits = ["train", "val"]``: every epoch covers both splits' samples, the start
+    statistics are the union's, and validation is skipped with a line that says why."""
+    import h5py
+    import numpy as np
+
+    from facerecon.engine.statistics import read_cache_statistics
+
+    with h5py.File(cache, "r") as f:
+        marks, landmarks = f["split"][:], f["landmarks"][:]
+    picked = np.isin(marks, (0, 1))
+    with_landmarks = picked & np.isfinite(landmarks).all(axis=(1, 2))
+    assert with_landmarks.sum() > (with_landmarks & (marks == 0)).sum()  # val adds faces
+    stats = read_cache_statistics(cache, "train+val")
+    np.testing.assert_allclose(stats.mean_landmarks, landmarks[with_landmarks].mean(0), rtol=1e-6, atol=1e-6)
+    said: list[str] = []
+    cfg = _cfg(**{"train.splits": ["train", "val"], "train.epochs": 1, "train.batch_size": 2, "train.num_workers": 0})
+    result = run_training(cfg, TrainOptions(cache=cache, out=tmp_path / "tv"), reporter=said.append)
+    assert result.global_step == -(-int(picked.sum()) // 2)  # ceil(samples / batch)
+    assert any("validation skipped" in line for line in said)
+    assert (tmp_path / "tv" / "last.pt").is_file() and not (tmp_path / "tv" / "best.pt").exists()
+    with pytest.raises(InputError, match="train.splits is empty"):
+        run_training(_cfg(**{"train.splits": []}), TrainOptions(cache=cache, out=tmp_path / "none"))
+    with pytest.raises(InputError, match="train.splits"):
+        _cfg(**{"train.splits": ["dev"]})
 
 
 @pytest.mark.slow

@@ -142,7 +142,7 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
     print(_row("to photo px + colours + pose", max(post, 0.0), None))
     print(_row("export (.obj + .json)", export, None))
     print(_row("  of which formatting (CPU)", encode_ms, None))
-    print(_row("  of which writing + rename, 2 files", max(export - encode_ms, 0.0), None))
+    print(_row("  of which writing, fsync, rename (2)", max(export - encode_ms, 0.0), None))
     if before_ms is not None:
         print(_row("  formatting with trimesh (before)", before_ms, None))
     print(_row("total (without decode)", total, PEER["total"]))

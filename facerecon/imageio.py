@@ -91,8 +91,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def save_image(
-    path: str | os.PathLike[str], image: np.ndarray, quality: int = 95, suffixes: Sequence[str] | None = None,
-    durable: bool = True,
+    path: str | os.PathLike[str], image: np.ndarray, quality: int = 95, suffixes: Sequence[str] | None = None
 ) -> Path:
     """Write an RGB image atomically; the format follows the suffix (``.jpg``, ``.png``, ...).
 
@@ -102,8 +101,6 @@ def save_image(
         quality: JPEG quality (1-100); ignored for lossless formats.
         suffixes: the suffixes allowed (lower case, with the dot, e.g. :data:`PNG_JPG`), or None
             for any format Pillow writes.
-        durable: also flush it to the disk before it is renamed into place
-            (:func:`facerecon.io_utils.atomic_path`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -121,7 +118,7 @@ def save_image(
         raise InputError(f"{path}: is a folder; give a file name ending in {_listed(suffixes)}")
     options = {"quality": int(quality)} if fmt == "JPEG" else {}
     try:
-        with atomic_path(path, durable=durable) as tmp:
+        with atomic_path(path) as tmp:
             Image.fromarray(image, mode="RGB").save(tmp, format=fmt, **options)
     except PermissionError:
         raise InputError(f"{path}: cannot write here (permission denied)") from None

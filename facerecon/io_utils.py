@@ -26,18 +26,12 @@ def ensure_parent(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     The temporary name keeps the target's suffix (or ``suffix``) so that libraries that pick a
     format from the extension (trimesh, h5py, cv2) behave the same. On any exception the
     temporary file is removed and the target is left untouched.
-
-    ``durable``: flush the file to the disk (``fsync``) before the rename, so that it survives a
-    power cut as well as a crash of the program. Caches and checkpoints do; ``predict``'s
-    per-photo outputs (meshes, records, overlays: seconds to make again) do not, which saves
-    ~2 ms a file on a local SSD and far more on slow disks. Either way no reader ever sees a
-    half-written file.
     """
     path = ensure_parent(path)
     suffix = path.suffix if suffix is None else suffix
@@ -49,8 +43,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if durable:
-            _fsync(tmp_path)
+        _fsync(tmp_path)
         # mkstemp creates files 0600; give the result the permissions a plain open() would have.
         with contextlib.suppress(OSError):
             os.chmod(tmp_path, 0o666 & ~_umask())
@@ -68,12 +61,11 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", durable: bool = True, **kwargs: Any) -> Iterator[IO[Any]]:
-    """``open()`` for writing, atomically: the file appears complete or not at all
-    (``durable``: see :func:`atomic_path`)."""
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open()`` for writing, atomically: the file appears complete or not at all."""
     if not any(m in mode for m in "wx"):
         raise ValueError("atomic_open is for writing ('w' or 'wb')")
-    with atomic_path(path, durable=durable) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, mode.replace("x", "w"), **kwargs) as fh:
             yield fh
 

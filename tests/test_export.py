@@ -182,22 +182,6 @@ def test_failed_export_leaves_nothing_half_written(tmp_path: Path, hemisphere, m
     assert _stray_files(tmp_path) == []
 
 
-def test_durable_writes_are_flushed_and_photo_outputs_are_not(tmp_path: Path, hemisphere, monkeypatch) -> None:
-    """Caches and checkpoints are fsynced before the rename; a photo's mesh is renamed into place
-    complete without a flush (``durable=False``, what ``predict`` writes)."""
-    v, f, _ = hemisphere
-    flushed: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(fd), real_fsync(fd)))
-    export_mesh(tmp_path / "durable.obj", v, f)
-    assert len(flushed) == 1
-    export_mesh(tmp_path / "photo.obj", v, f, durable=False)
-    assert len(flushed) == 1
-    a, b = trimesh.load(tmp_path / "durable.obj", process=False), trimesh.load(tmp_path / "photo.obj", process=False)
-    np.testing.assert_array_equal(a.vertices, b.vertices)
-    assert _stray_files(tmp_path) == []
-
-
 def test_points_ply_round_trip(tmp_path: Path) -> None:
     o3d = _o3d()
     rng = np.random.default_rng(1)

@@ -46,14 +46,9 @@ def _check_record(path: Path) -> dict:
     return rec
 
 
-def test_predict_generated_image_single(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
+def test_predict_generated_image_single(tiny_run: dict, tmp_path: Path) -> None:
     photo = _photo(tmp_path / "face.png")
     out = tmp_path / "out" / "face.obj"
-    flushed: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(fd), real_fsync(fd)))
     result = runner.invoke(
         app, ["-q", "predict", str(photo), "-o", str(out), "--checkpoint", str(tiny_run["checkpoint"]),
               "--overlay", str(tmp_path / "out" / "overlay.png"), "--stages"]
@@ -73,7 +68,6 @@ def test_predict_generated_image_single(tiny_run: dict, tmp_path: Path, monkeypa
     assert overlay.shape == (300, 400, 3)
     assert (overlay != np.asarray(Image.open(photo))).any(axis=2).mean() > 0.05  # the mesh was drawn
     assert not list((tmp_path / "out").glob(".*tmp*"))
-    assert flushed == []  # renamed into place complete, not flushed one by one (io_utils.atomic_path)
 
 
 def test_predict_real_photo_and_view(tiny_run: dict, tmp_path: Path, shared_data: Path) -> None:

@@ -356,14 +356,13 @@ class Predictor:
 
 
 def write_record(path: Path, record: dict) -> None:
-    """The JSON record, compact (no indentation), atomically (not flushed to the disk one by one:
-    see ``_write_result_files``)."""
+    """The JSON record, compact (no indentation), atomically."""
     import json
 
     from facerecon.io_utils import atomic_open
 
     text = json.dumps(record, separators=(",", ":"), allow_nan=False)
-    with atomic_open(path, "w", durable=False, encoding="utf-8") as fh:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
 
 
@@ -397,12 +396,10 @@ def _write_result_files(
     result: FaceResult, mesh_path: Path, overlay_path: Path | None, stages: bool, image: np.ndarray | None,
     overlay_mode: str, written: list[Path],
 ) -> None:
-    """``write_result``'s files, each appended to ``written`` once it is complete; the record last.
-    Each is renamed into place complete, but not fsynced: a photo's outputs take milliseconds to
-    make again, and a flush per file would cost more than the writing (``io_utils.atomic_path``)."""
+    """``write_result``'s files, each appended to ``written`` once it is complete; the record last."""
     from facerecon.mesh.export import export_mesh
 
-    export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
+    export_mesh(mesh_path, result.vertices_px, result.faces, result.colors)
     written.append(mesh_path)
     json_path = mesh_path.with_suffix(".json")
     record = result.record()
@@ -411,14 +408,14 @@ def _write_result_files(
         record["stages"] = []
         for level, (v, f) in enumerate(zip(result.stages_px, result.stage_faces)):
             stage_path = mesh_path.with_name(f"{mesh_path.stem}.stage{level}{mesh_path.suffix}")
-            export_mesh(stage_path, v, f, durable=False)
+            export_mesh(stage_path, v, f)
             record["stages"].append(stage_path.name)
             written.append(stage_path)
     if overlay_path is not None and image is not None:
         from facerecon.overlay import draw_mesh_overlay, save_image
 
         picture = draw_mesh_overlay(image, result.vertices_px, result.faces, result.landmarks_px, mode=overlay_mode)
-        save_image(overlay_path, picture, durable=False)
+        save_image(overlay_path, picture)
         record["overlay"] = overlay_path.name
         written.append(overlay_path)
     write_record(json_path, record)

@@ -176,16 +176,15 @@ class VideoPredictor:
         self.redetect_every = int(redetect_every)
 
     def _write_meshes(self, result: Any, mesh_path: Path) -> list[Path]:
-        """The frame's mesh (and per-block meshes with ``stages``), atomically but not fsynced (as
-        ``predict``'s photo outputs); no per-frame JSON."""
+        """The frame's mesh (and per-block meshes with ``stages``), atomically; no per-frame JSON."""
         from facerecon.mesh.export import export_mesh
 
-        export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
+        export_mesh(mesh_path, result.vertices_px, result.faces, result.colors)
         paths = [mesh_path]
         if self.stages:
             for level, (v, f) in enumerate(zip(result.stages_px, result.stage_faces)):
                 stage_path = mesh_path.with_name(f"{mesh_path.stem}.stage{level}{mesh_path.suffix}")
-                export_mesh(stage_path, v, f, durable=False)
+                export_mesh(stage_path, v, f)
                 paths.append(stage_path)
         return paths
 

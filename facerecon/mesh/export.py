@@ -306,7 +306,6 @@ def export_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
     colors: Optional[np.ndarray] = None,
-    durable: bool = True,
 ) -> None:
     """Write a triangle mesh; the format follows the extension (see the module docstring).
 
@@ -317,8 +316,6 @@ def export_mesh(
         faces: ``(F, 3)`` int vertex indices, counter-clockwise seen from outside.
         colors: ``(V, 3)`` (or ``(V, 4)``, alpha ignored) per-vertex RGB, uint8 or float in
             [0, 1]; None for none. Dropped for ``.off`` and ``.stl``.
-        durable: also flush it to the disk before it is renamed into place
-            (:func:`facerecon.io_utils.atomic_path`).
 
     Raises:
         InputError: unknown extension (the message lists the supported ones), malformed arrays,
@@ -330,7 +327,7 @@ def export_mesh(
     f = _faces_array(path, faces, len(v))
     c = None if colors is None else _colors_uint8(path, colors, len(v))
     data = mesh_bytes(suffix, v, f, c if suffix in _COLOUR_FORMATS else None)
-    with atomic_path(path, durable=durable) as tmp:
+    with atomic_path(path) as tmp:
         try:
             _write_bytes(tmp, data)
         except PermissionError:

@@ -28,16 +28,21 @@ DEFAULT_POINTS_PER_REGION = (11000, 4000, 3000)
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-def split_rows(split_arr: np.ndarray, split: str) -> np.ndarray:
-    """Rows of a cache's ``split`` array in ``split``: one of ``SPLITS``, several joined by ``+``
-    (``"train+val"``), or ``"all"``."""
+def split_codes(split: str) -> list[int] | None:
+    """The cache's codes of ``split``: one of ``SPLITS``, several joined by ``+`` (``"train+val"``);
+    None for ``"all"``. Raises ``InputError`` for anything else."""
     if split == "all":
-        return np.arange(split_arr.shape[0])
+        return None
     names = split.split("+")
-    unknown = [n for n in names if n not in SPLITS]
-    if unknown or len(set(names)) != len(names):
+    if any(n not in SPLITS for n in names) or len(set(names)) != len(names):
         raise InputError(f"split must be train, val, test (or several joined by '+', e.g. train+val) or all; got {split!r}")
-    return np.flatnonzero(np.isin(split_arr, [SPLITS[n] for n in names]))
+    return [SPLITS[n] for n in names]
+
+
+def split_rows(split_arr: np.ndarray, split: str) -> np.ndarray:
+    """Rows of a cache's ``split`` array in ``split`` (see :func:`split_codes`)."""
+    codes = split_codes(split)
+    return np.arange(split_arr.shape[0]) if codes is None else np.flatnonzero(np.isin(split_arr, codes))
 
 
 class FaceCacheDataset(torch.utils.data.Dataset):
@@ -85,7 +90,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         from facerecon.data.cache import SCHEMA_VERSION
 
         self.path = Path(path)
-        split_rows(np.zeros(0, dtype=np.int8), split)  # refuse an unknown split before opening the file
+        split_codes(split)  # refuse an unknown split before opening the file
         if points_per_region is not None:
             points_per_region = tuple(int(c) for c in points_per_region)
             if len(points_per_region) != 3 or min(points_per_region) < 0 or sum(points_per_region) == 0:

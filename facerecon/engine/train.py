@@ -181,10 +181,10 @@ def train_worker(
     say = reporter if (reporter is not None and rank == 0 and not opts.quiet) else _silent
     ckpt = load_checkpoint(Path(opts.out) / "last.pt", map_location="cpu") if opts.resume else None
     with process_group(rank, world, use_cuda, local_rank) as info:
+        given = Config.from_dict(cfg_dict)
         if statistics is None:
-            given = Config.from_dict(cfg_dict)
             statistics = run_on_main(lambda: read_cache_statistics(opts.cache, training_split(given), template=prior_template(given, opts)), info)
-        cfg = _run_config(Config.from_dict(cfg_dict), ckpt, statistics)
+        cfg = _run_config(given, ckpt, statistics)
         torch.manual_seed(cfg.train.seed)
         run = _build_model(cfg, opts, info, statistics, say)
         _start_or_resume(run, ckpt)
@@ -404,12 +404,13 @@ def _build_data(run: _Run) -> None:
 
         augment = AugmentSettings.from_train_config(tc)
     yaw_repeat = None if tuple(tc.yaw_repeat) == (1.0, 1.0, 1.0) else tuple(tc.yaw_repeat)
+    split = training_split(run.cfg)
     run.train_set = FaceCacheDataset(
-        opts.cache, split=training_split(run.cfg), points_per_region=tuple(tc.points_per_region), seed=tc.seed,
+        opts.cache, split=split, points_per_region=tuple(tc.points_per_region), seed=tc.seed,
         correspondence=run.correspondence, augment=augment, yaw_repeat=yaw_repeat,
     )
     if len(run.train_set) == 0:
-        raise InputError(f"{opts.cache}: the {training_split(run.cfg)} split is empty")
+        raise InputError(f"{opts.cache}: the {split} split is empty")
     if opts.validate and "val" in tc.splits:
         run.say("train.splits includes val: validation skipped (its faces are trained on)")
     elif opts.validate and run.info.is_main:

@@ -176,6 +176,11 @@ class TrainConfig:
     #: Probability of dropping the five points (the network then sees the crop unaligned, as
     #: when MTCNN finds no face and the crop is the average crop): teaches that case too.
     aug_drop_five: float = 0.0
+    #: Probability of replacing the five points by a gross MTCNN failure: the face's true five
+    #: points (from its 68 landmarks) plus the error MTCNN made on another training face of
+    #: similar |yaw| where it missed by more than 0.1 of the face size (mirrored when the yaws'
+    #: signs differ). Teaches the network not to trust five points that disagree with the image.
+    aug_five_outlier: float = 0.0
     #: Times each training face is seen per epoch by its |yaw| bin (0-30, 30-60, 60-90 degrees);
     #: fractions repeat a fixed share of the bin. Profiles are rare in the data and hardest.
     yaw_repeat: tuple[float, float, float] = (1.0, 1.0, 1.0)

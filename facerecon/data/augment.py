@@ -13,6 +13,10 @@ landmark depth at z = 0) is preserved by construction.
 Then photometric changes of the image alone: colour jitter (brightness, contrast, saturation),
 grey-scale, Gaussian blur, Gaussian noise, one random occlusion patch. Everything draws from the
 ``numpy.random.Generator`` passed in (seeded per sample and epoch by the dataset).
+
+Optionally the five points are replaced by a gross MTCNN failure (``FivePointFailures``): the
+face's true five points plus the error MTCNN made on another training face of similar |yaw|,
+so the network learns crops aligned by bad points, as it gets them at inference on profiles.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from facerecon.config import TrainConfig
 from facerecon.data.readers import FLIP_PERMUTATION_68
 
-__all__ = ["AugmentSettings", "Transform2D", "draw_transform", "apply_geometry", "warp_image", "photometric"]
+__all__ = ["AugmentSettings", "FivePointFailures", "Transform2D", "draw_transform", "apply_geometry", "warp_image", "photometric"]
 
 #: The five points after a flip: left and right eyes swap, and the mouth corners.
 FLIP_PERMUTATION_5 = (1, 0, 2, 4, 3)
@@ -50,6 +54,7 @@ class AugmentSettings:
     noise: float = _DEFAULTS.aug_noise
     occlusion: float = _DEFAULTS.aug_occlusion
     drop_five: float = _DEFAULTS.aug_drop_five
+    five_outlier: float = _DEFAULTS.aug_five_outlier
 
     @classmethod
     def from_train_config(cls, tc: TrainConfig) -> "AugmentSettings":
@@ -57,6 +62,7 @@ class AugmentSettings:
         return cls(
             tc.aug_rotation, tc.aug_scale, tc.aug_shift, tc.aug_five_noise, tc.aug_flip,
             tc.aug_colour, tc.aug_grey, tc.aug_blur, tc.aug_noise, tc.aug_occlusion, tc.aug_drop_five,
+            tc.aug_five_outlier,
         )
 
 
@@ -155,3 +161,60 @@ def photometric(image: np.ndarray, rng: np.random.Generator, settings: AugmentSe
         else:
             img[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0, 255, size=(h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+#: A training face's MTCNN five points count as a gross failure past this error (mean point
+#: distance / sqrt(w h) of the 68-landmark box); ~8 % of AFLW2000-3D's, most of them profiles.
+OUTLIER_MIN_ERROR = 0.1
+#: The donor of a transplanted failure is one of this many pool faces nearest in |yaw|.
+OUTLIER_NEIGHBOURS = 10
+
+
+def landmark_box_size(landmarks: np.ndarray) -> np.ndarray:
+    """(..., 68, >=2) -> (...,) sqrt(w h) of the x-y box of the landmarks (the NME's unit)."""
+    xy = np.asarray(landmarks, dtype=np.float64)[..., :2]
+    extent = xy.max(-2) - xy.min(-2)
+    return np.sqrt(np.clip(extent[..., 0] * extent[..., 1], 1e-12, None))
+
+
+@dataclass
+class FivePointFailures:
+    """MTCNN's gross five-point failures on a set of training faces, to transplant onto others.
+
+    ``errors`` (K, 5, 2): detected minus true five points over the face's landmark-box size;
+    ``yaw`` (K,) signed degrees of each donor face.
+    """
+
+    errors: np.ndarray
+    yaw: np.ndarray
+
+    @classmethod
+    def from_samples(cls, landmarks: np.ndarray, five: np.ndarray, yaw: np.ndarray, min_error: float = OUTLIER_MIN_ERROR) -> "FivePointFailures":
+        """The failures among (N, 68, >=2) true landmarks, (N, 5, 2) detected five points (NaN
+        rows: no detection, never a donor) and (N,) signed yaws."""
+        from facerecon.model.face_prior import five_points_from_68
+
+        truth = five_points_from_68(np.asarray(landmarks, dtype=np.float64)[..., :2])
+        size = landmark_box_size(landmarks)
+        err = (np.asarray(five, dtype=np.float64) - truth) / size[:, None, None]
+        ok = np.isfinite(err).all(axis=(1, 2))
+        mean_err = np.where(ok, np.linalg.norm(np.nan_to_num(err), axis=-1).mean(-1), -1.0)
+        keep = mean_err > min_error
+        return cls(err[keep].astype(np.float32), np.asarray(yaw, dtype=np.float64)[keep])
+
+    def __len__(self) -> int:
+        return int(self.errors.shape[0])
+
+    def transplant(self, landmarks: np.ndarray, yaw: float, rng: np.random.Generator) -> np.ndarray:
+        """Five points for a face with true ``landmarks`` (68, >=2) and signed ``yaw``: its true
+        five points plus a donor's error (one of the ``OUTLIER_NEIGHBOURS`` donors nearest in
+        |yaw|, mirrored when the signs differ), scaled by this face's size. (5, 2) float32."""
+        from facerecon.model.face_prior import five_points_from_68
+
+        order = np.argsort(np.abs(np.abs(self.yaw) - abs(float(yaw))), kind="stable")[:OUTLIER_NEIGHBOURS]
+        donor = int(order[rng.integers(0, order.shape[0])])
+        err = self.errors[donor].astype(np.float64)
+        if np.sign(self.yaw[donor]) * np.sign(yaw) < 0:  # a profile to the other side: mirror the failure
+            err = err[list(FLIP_PERMUTATION_5)] * np.array([-1.0, 1.0])
+        truth = five_points_from_68(np.asarray(landmarks, dtype=np.float64)[:, :2])
+        return (truth + err * float(landmark_box_size(landmarks))).astype(np.float32)

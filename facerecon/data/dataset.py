@@ -62,7 +62,8 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             whose points are the face model's vertices in order). The mirrored pair is used for
             flipped samples.
         augment: a ``facerecon.data.augment.AugmentSettings`` to augment every item (training),
-            or None.
+            or None. With ``five_outlier`` > 0 the split's own gross five-point failures are
+            collected once (``FivePointFailures``) and transplanted onto its faces.
 
     Each item is a dict:
         ``image`` (3, 224, 224); ``points``, ``normals`` (P, 3) float32 crop units / unit vectors;
@@ -116,6 +117,14 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                     raise InputError(f"{self.path}: cache schema {version} is not {SCHEMA_VERSION}; run facerecon prepare again")
                 split_arr = f["split"][:]
                 yaw = np.abs(f["pose"][:, 0]) if yaw_repeat is not None else None
+                rows = split_rows(split_arr, split)
+                self.five_failures = None
+                if augment is not None and getattr(augment, "five_outlier", 0.0) > 0 and "landmarks5" in f:
+                    from facerecon.data.augment import FivePointFailures
+
+                    self.five_failures = FivePointFailures.from_samples(
+                        f["landmarks"][:][rows], f["landmarks5"][:][rows], f["pose"][:, 0][rows]
+                    )
                 self.offsets = f["offsets"][:].astype(np.int64)
                 self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
                 if correspondence is not None and not bool(f.attrs.get("points_in_model_order", False)):
@@ -124,7 +133,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             raise InputError(f"{self.path}: cannot open cache ({exc})") from None
         except KeyError as exc:
             raise InputError(f"{self.path}: not a facerecon cache (missing {exc})") from None
-        self.rows = split_rows(split_arr, split)
+        self.rows = rows
         self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
         if yaw is not None:
             self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
@@ -206,7 +215,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             idx = self.draw(regions, rng)
             regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
         image_np = f["images"][row]
-        landmarks = f["landmarks"][row].astype(np.float32)
+        landmarks = true_landmarks = f["landmarks"][row].astype(np.float32)
         five = f["landmarks5"][row].astype(np.float32) if "landmarks5" in f else np.full((5, 2), np.nan, np.float32)
         normals = normals.astype(np.float32)
         if tf is not None:
@@ -224,6 +233,10 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                 five = flip_landmarks(five, five=True)
             if self.augment.drop_five > 0 and aug_rng.random() < self.augment.drop_five:
                 five = np.full((5, 2), np.nan, np.float32)  # as an undetected face's average crop
+            elif self.five_failures and aug_rng.random() < self.augment.five_outlier:
+                five = apply_geometry(tf, self.five_failures.transplant(true_landmarks, float(f["pose"][row, 0]), aug_rng))
+                if tf.flip:
+                    five = flip_landmarks(five, five=True)
         image = torch.from_numpy(np.ascontiguousarray(image_np.transpose(2, 0, 1)))
         if self.return_image_float:
             image = image.float().div_(255.0)

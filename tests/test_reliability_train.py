@@ -343,3 +343,22 @@ def test_a_signal_while_loader_workers_start_does_not_kill_them(sig: str, tmp_pa
                        start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "got [0, 1, 2, 3, 4, 5, 6, 7] requested True" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("train.aug_five_outlier=1.5", "train.aug_five_outlier is a probability"),
+        ("train.aug_flip=-0.1", "train.aug_flip is a probability"),
+        ("train.aug_scale=1.0", "train.aug_scale is a fraction"),
+        ("train.aug_rotation=-5", "train.aug_rotation must be >= 0"),
+    ],
+)
+def test_train_refuses_augmentation_out_of_range(setting: str, expected: str, tmp_path: Path) -> None:
+    path = tiny_cache(tmp_path / "ok.h5", n=8, points=500)
+    out = tmp_path / "run"
+    r = cli("train", "--cache", str(path), "--out", str(out), "--epochs", "1", "--set", setting)
+    lines = error_lines(r.stderr)
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert expected in lines[0], lines[0]
+    assert not (out / "last.pt").exists()

@@ -154,6 +154,7 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
         raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
     if not cfg.train.splits:
         raise InputError("train.splits is empty: name the cache splits to train on, e.g. [\"train\"]")
+    check_augmentation(cfg.train)
     if is_main_launch():
         read_cache_statistics(opts.cache, training_split(cfg), template=prior_template(cfg, opts))
     clean_stale_temps(opts.out)
@@ -163,6 +164,23 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
         raise InputError(f"{opts.out}: already holds a run (last.pt); use --resume to continue it or another --out")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
         raise InputError("train.batch_size and train.epochs must be at least 1")
+
+
+#: The ``[train]`` values that are probabilities of an augmentation.
+AUGMENT_PROBABILITIES = ("aug_flip", "aug_colour", "aug_grey", "aug_blur", "aug_noise", "aug_occlusion", "aug_drop_five", "aug_five_outlier")
+
+
+def check_augmentation(tc: Any) -> None:
+    """Refuse augmentation settings outside their ranges (InputError naming the value)."""
+    for name in AUGMENT_PROBABILITIES:
+        value = float(getattr(tc, name))
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"train.{name} is a probability: it must be in [0, 1], got {value}")
+    for name in ("aug_rotation", "aug_shift", "aug_five_noise"):
+        if float(getattr(tc, name)) < 0:
+            raise InputError(f"train.{name} must be >= 0, got {getattr(tc, name)}")
+    if not 0.0 <= float(tc.aug_scale) < 1.0:
+        raise InputError(f"train.aug_scale is a fraction of the crop: it must be in [0, 1), got {tc.aug_scale}")
 
 
 # ------------------------------------------------------------------------------------- worker

@@ -65,6 +65,14 @@ def fscore_from_neighbours(nn: NNResult, tau_sq: float) -> tuple[torch.Tensor, t
     return precision, recall, f
 
 
+def landmark_box_size(landmarks: np.ndarray) -> np.ndarray:
+    """(..., K, >=2) -> (...,) sqrt(w h) of the x-y bounding box of the landmarks: the unit of
+    :func:`landmark_nme` (w = max x - min x, h = max y - min y)."""
+    xy = np.asarray(landmarks, dtype=np.float64)[..., :2]
+    extent = xy.max(axis=-2) - xy.min(axis=-2)
+    return np.sqrt(extent[..., 0] * extent[..., 1])
+
+
 def landmark_nme(pred_lm: ArrayLike, gt_lm: ArrayLike) -> ArrayLike:
     """Normalised mean error of landmarks, AFLW2000-3D protocol (as in 3DDFA).
 
@@ -92,8 +100,7 @@ def landmark_nme(pred_lm: ArrayLike, gt_lm: ArrayLike) -> ArrayLike:
         raise InputError(f"pred and gt landmarks must match with K >= 2, got {pred.shape} and {gt.shape}")
     if not (np.isfinite(pred[..., :2]).all() and np.isfinite(gt[..., :2]).all()):
         raise InputError("landmarks must be finite")
-    extent = gt[..., :2].max(axis=1) - gt[..., :2].min(axis=1)  # (B, 2): w, h
-    size = np.sqrt(extent[:, 0] * extent[:, 1])
+    size = landmark_box_size(gt)
     if (size <= 0).any():
         raise InputError("a ground-truth landmark box has zero width or height; cannot normalise")
     err = np.linalg.norm(pred[..., :2] - gt[..., :2], axis=-1).mean(axis=1) / size

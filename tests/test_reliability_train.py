@@ -215,13 +215,19 @@ def test_train_refuses_a_damaged_cache_naming_it(how: str, expected: str, tmp_pa
         _random_bytes_in_the_middle(path)
     else:
         _damage(path, how)
-    out = tmp_path / "run"
-    r = cli("train", "--cache", str(path), "--out", str(out), "--epochs", "1")
+    line = _refused_train(path, tmp_path / "run")
+    assert str(path) in line and expected in line, line
+
+
+def _refused_train(cache: Path, out: Path, *extra: str) -> str:
+    """Run ``train`` that must be refused: exit 2, one error line, no traceback, no checkpoint.
+    Returns the line."""
+    r = cli("train", "--cache", str(cache), "--out", str(out), "--epochs", "1", *extra)
     lines = error_lines(r.stderr)
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(lines) == 1 and "Traceback" not in r.stderr and "internal error" not in lines[0], r.stderr
-    assert str(path) in lines[0] and expected in lines[0], lines[0]
     assert not (out / "last.pt").exists()
+    return lines[0]
 
 
 def test_cache_check_passes_a_good_cache(tmp_path: Path) -> None:
@@ -356,9 +362,5 @@ def test_a_signal_while_loader_workers_start_does_not_kill_them(sig: str, tmp_pa
 )
 def test_train_refuses_augmentation_out_of_range(setting: str, expected: str, tmp_path: Path) -> None:
     path = tiny_cache(tmp_path / "ok.h5", n=8, points=500)
-    out = tmp_path / "run"
-    r = cli("train", "--cache", str(path), "--out", str(out), "--epochs", "1", "--set", setting)
-    lines = error_lines(r.stderr)
-    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert expected in lines[0], lines[0]
-    assert not (out / "last.pt").exists()
+    line = _refused_train(path, tmp_path / "run", "--set", setting)
+    assert expected in line, line

@@ -170,13 +170,6 @@ OUTLIER_MIN_ERROR = 0.1
 OUTLIER_NEIGHBOURS = 10
 
 
-def landmark_box_size(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 68, >=2) -> (...,) sqrt(w h) of the x-y box of the landmarks (the NME's unit)."""
-    xy = np.asarray(landmarks, dtype=np.float64)[..., :2]
-    extent = xy.max(-2) - xy.min(-2)
-    return np.sqrt(np.clip(extent[..., 0] * extent[..., 1], 1e-12, None))
-
-
 @dataclass
 class FivePointFailures:
     """MTCNN's gross five-point failures on a set of training faces, to transplant onto others.
@@ -192,10 +185,11 @@ class FivePointFailures:
     def from_samples(cls, landmarks: np.ndarray, five: np.ndarray, yaw: np.ndarray, min_error: float = OUTLIER_MIN_ERROR) -> "FivePointFailures":
         """The failures among (N, 68, >=2) true landmarks, (N, 5, 2) detected five points (NaN
         rows: no detection, never a donor) and (N,) signed yaws."""
+        from facerecon.metrics import landmark_box_size
         from facerecon.model.face_prior import five_points_from_68
 
         truth = five_points_from_68(np.asarray(landmarks, dtype=np.float64)[..., :2])
-        size = landmark_box_size(landmarks)
+        size = np.maximum(landmark_box_size(landmarks), 1e-12)
         err = (np.asarray(five, dtype=np.float64) - truth) / size[:, None, None]
         ok = np.isfinite(err).all(axis=(1, 2))
         mean_err = np.where(ok, np.linalg.norm(np.nan_to_num(err), axis=-1).mean(-1), -1.0)
@@ -209,6 +203,7 @@ class FivePointFailures:
         """Five points for a face with true ``landmarks`` (68, >=2) and signed ``yaw``: its true
         five points plus a donor's error (one of the ``OUTLIER_NEIGHBOURS`` donors nearest in
         |yaw|, mirrored when the signs differ), scaled by this face's size. (5, 2) float32."""
+        from facerecon.metrics import landmark_box_size
         from facerecon.model.face_prior import five_points_from_68
 
         order = np.argsort(np.abs(np.abs(self.yaw) - abs(float(yaw))), kind="stable")[:OUTLIER_NEIGHBOURS]

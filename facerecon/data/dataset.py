@@ -119,7 +119,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                 yaw = np.abs(f["pose"][:, 0]) if yaw_repeat is not None else None
                 rows = split_rows(split_arr, split)
                 self.five_failures = None
-                if augment is not None and getattr(augment, "five_outlier", 0.0) > 0 and "landmarks5" in f:
+                if augment is not None and augment.five_outlier > 0 and "landmarks5" in f:
                     from facerecon.data.augment import FivePointFailures
 
                     self.five_failures = FivePointFailures.from_samples(
@@ -216,6 +216,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
         image_np = f["images"][row]
         landmarks = true_landmarks = f["landmarks"][row].astype(np.float32)
+        pose = f["pose"][row].astype(np.float32)
         five = f["landmarks5"][row].astype(np.float32) if "landmarks5" in f else np.full((5, 2), np.nan, np.float32)
         normals = normals.astype(np.float32)
         if tf is not None:
@@ -234,7 +235,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             if self.augment.drop_five > 0 and aug_rng.random() < self.augment.drop_five:
                 five = np.full((5, 2), np.nan, np.float32)  # as an undetected face's average crop
             elif self.five_failures and aug_rng.random() < self.augment.five_outlier:
-                five = apply_geometry(tf, self.five_failures.transplant(true_landmarks, float(f["pose"][row, 0]), aug_rng))
+                five = apply_geometry(tf, self.five_failures.transplant(true_landmarks, float(pose[0]), aug_rng))
                 if tf.flip:
                     five = flip_landmarks(five, five=True)
         image = torch.from_numpy(np.ascontiguousarray(image_np.transpose(2, 0, 1)))
@@ -250,7 +251,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             "colors": torch.from_numpy(colors.astype(np.float32) / 255.0),
             "landmarks": torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)),
             "landmarks5": torch.from_numpy(np.ascontiguousarray(five, dtype=np.float32)),
-            "pose": torch.from_numpy(f["pose"][row].astype(np.float32)),
+            "pose": torch.from_numpy(pose),
             "mm_per_unit": torch.tensor(float(f["mm_per_unit"][row]), dtype=torch.float32),
             "index": torch.tensor(row, dtype=torch.int64),
             "id": self._all_ids[row],

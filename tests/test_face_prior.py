@@ -235,3 +235,19 @@ def test_remove_folds_gives_the_same_bits_on_every_run() -> None:
     np.testing.assert_array_equal(a, c)
     assert np.abs(a - x).max() > 0  # it did move the vertices
     assert not torch.are_deterministic_algorithms_enabled()  # and put the global switch back
+
+
+def test_similarity_2d_is_the_least_squares_similarity_of_noisy_points() -> None:
+    """With noise no similarity fits exactly: the closed form must give numpy's linear least
+    squares over the four parameters (a, b, tx, ty) of [[a, -b], [b, a]] p + t."""
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(5, 2))
+    pts = rng.normal(size=(3, 5, 2))
+    a_mat, t = similarity_2d(torch.from_numpy(pts), torch.from_numpy(ref))
+    for k in range(3):
+        x, y = pts[k, :, 0], pts[k, :, 1]
+        one, zero = np.ones(5), np.zeros(5)
+        design = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+        sol = np.linalg.lstsq(design, np.concatenate([ref[:, 0], ref[:, 1]]), rcond=None)[0]
+        np.testing.assert_allclose(a_mat[k].numpy(), [[sol[0], -sol[1]], [sol[1], sol[0]]], atol=1e-10)
+        np.testing.assert_allclose(t[k].numpy(), sol[2:], atol=1e-10)

@@ -151,3 +151,47 @@ def test_contiguous_grid_layout_gives_the_previous_samples() -> None:
     old = F.grid_sample(fmap, grid.unsqueeze(2), mode="bilinear", padding_mode="border", align_corners=False)
     old = old.squeeze(3).permute(2, 0, 1)
     torch.testing.assert_close(_sample(fmap, grid), old, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gathered_taps_equal_grid_sample(channels_last: bool) -> None:
+    """The inference sampler (four taps of every map, one embedding_bag) against torch's own
+    grid_sample (bilinear, border, align_corners=False), summed over maps of several sizes, with
+    locations outside the crop, on its edges and on pixel centres."""
+    from facerecon.model.pooling import bilinear_taps, gather_taps, stack_tables
+
+    gen = torch.Generator().manual_seed(3)
+    maps = [torch.randn(2, 6, h, w, generator=gen) for h, w in [(4, 4), (7, 9), (16, 12), (32, 32)]]
+    if channels_last:
+        maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    grid = torch.rand(2, 400, 2, generator=gen) * 2.8 - 1.4
+    grid[0, :6] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [1.0, -1.0], [0.0, 0.0], [0.25, 0.75], [-0.125, 0.0625]])
+    table, starts, rows = stack_tables([m.permute(0, 2, 3, 1).reshape(2, -1, 6) for m in maps])
+    index, weight = bilinear_taps(grid, [tuple(m.shape[-2:]) for m in maps], starts, rows)
+    got = gather_taps(table, index, weight)  # (V, B, C)
+    ref = sum(
+        F.grid_sample(m, grid[:, None], mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
+        for m in maps
+    )  # (B, C, V)
+    torch.testing.assert_close(got.permute(1, 2, 0), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(weight.sum(-1), torch.ones_like(weight[..., 0]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["pre", "post", "auto"])
+def test_inference_path_equals_the_training_path(mode: str) -> None:
+    """Without gradients PerceptualGraphConv reads the maps through the gathered taps; the result
+    is the grid_sample path's (the one training differentiates) to float rounding."""
+    torch.manual_seed(1)
+    m = trimesh.creation.icosphere(subdivisions=3)
+    h = MeshHierarchy.from_mesh(m.vertices, m.faces, 1)
+    v = h.num_vertices(0)
+    maps = [torch.randn(2, c, s, s).contiguous(memory_format=torch.channels_last) for c, s in [(8, 32), (16, 16), (24, 8), (32, 4)]]
+    coords = torch.rand(2, v, 3) * 2.2 - 1.1
+    extra = coords.transpose(0, 1).contiguous()
+    conv = PerceptualGraphConv([8, 16, 24, 32], 3, 12, mode=mode)  # type: ignore[arg-type]
+    grid = project_orthographic(coords)
+    with torch.enable_grad():
+        ref = conv(maps, grid, extra, h.adjacency(0))
+    with torch.no_grad():
+        got = conv(maps, grid, extra, h.adjacency(0))
+    torch.testing.assert_close(got, ref.detach(), atol=1e-5, rtol=1e-5)

@@ -217,11 +217,18 @@ def similarity_2d(points: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(A (B, 2, 2), t (B, 2))`` with ``aligned = points @ A.T + t``.
     """
-    b = points.shape[0]
+    ref = reference.to(points)
     ok = torch.isfinite(points).all(-1).all(-1)
-    src = torch.where(ok[:, None, None], points, reference.to(points)[None])
-    s, rot, t = similarity_fit_batch(src, reference.to(points)[None].expand(b, -1, -1))
-    return s[:, None, None] * rot, t
+    src = torch.where(ok[:, None, None], points, ref[None])
+    # In 2-D the least-squares similarity is one complex number c = a + i b (Umeyama's answer in
+    # closed form, no SVD): c = sum(conj(z_s) z_t) / sum(|z_s|^2) over the centred points.
+    mu_s, mu_t = src.mean(1), ref.mean(0)
+    xs, xt = src - mu_s[:, None], ref[None] - mu_t
+    den = xs.square().sum((1, 2)).clamp(min=1e-12)
+    a = (xs * xt).sum((1, 2)) / den
+    b = (xs[..., 0] * xt[..., 1] - xs[..., 1] * xt[..., 0]).sum(1) / den
+    mat = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], 1)  # (B, 2, 2)
+    return mat, mu_t[None] - (mat @ mu_s[:, :, None]).squeeze(-1)
 
 
 def apply_similarity_2d(a: Tensor, t: Tensor, xy: Tensor) -> Tensor:
@@ -246,7 +253,7 @@ def fit_scaled_orthographic(model_points: Tensor, image_points: Tensor) -> tuple
     x = model_points.to(image_points)
     xc = x - x.mean(0, keepdim=True)
     yc = image_points - image_points.mean(1, keepdim=True)
-    pinv = torch.linalg.pinv(xc)  # (3, K)
+    pinv = torch.linalg.solve(xc.T @ xc, xc.T)  # (3, K), the pseudo-inverse of a full-rank xc
     m = (pinv @ yc).transpose(1, 2)  # (B, 2, 3)
     u, sig, vh = torch.linalg.svd(m, full_matrices=False)  # (B,2,2), (B,2), (B,2,3)
     r12 = u @ vh

@@ -281,8 +281,6 @@ def main() -> None:
     parser.add_argument("--video-frames", type=int, default=60)
     parser.add_argument("--folder-images", type=int, default=8)
     parser.add_argument("--skip", default="", help="comma-separated: stages, process, video, folder")
-    parser.add_argument("--glibc-default", choices=["no", "yes"], default="no",
-                        help="yes: leave glibc's malloc thresholds as they are (predict keeps freed memory)")
     args = parser.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     # as `facerecon predict` does: on a busy machine OpenMP threads sleep instead of spinning
@@ -295,17 +293,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from facerecon.cli.predict import keep_freed_memory
     from facerecon.engine.predict import load_model
-
-    heap = "kept" if args.glibc_default == "no" and keep_freed_memory() else "glibc's default"
 
     photo = Path(args.photo)
     if not photo.is_file():
         photo = ROOT / "facerecon" / "assets" / "astronaut.png"
     print(f"machine: {_cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"load average at start (1, 5, 15 min): {_load()}  (an idle 2-core machine is below ~0.3); "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}; freed memory: {heap}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = load_model(_checkpoint(args, tmp))

@@ -222,15 +222,3 @@ def test_predict_passes_landmarks5_to_a_network_that_takes_them(tiny_run: dict, 
     assert np.isnan(five[1]).all()
     model.network = inner
     assert not Predictor(model, detector=None).takes_landmarks5
-
-
-def test_keep_freed_memory_is_accepted_by_glibc() -> None:
-    """predict keeps freed memory in the heap (glibc's mallopt): both settings must be accepted
-    where glibc is the C library, and nothing must break elsewhere (it returns False)."""
-    import platform
-    import subprocess
-    import sys
-
-    code = "from facerecon.cli.predict import keep_freed_memory as k; import numpy as n; r = k(); n.ones(8 << 20).sum(); print(r)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.strip()
-    assert out == ("True" if platform.libc_ver()[0] == "glibc" else "False")

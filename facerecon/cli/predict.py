@@ -48,26 +48,6 @@ def _passive_openmp_when_busy() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def keep_freed_memory() -> bool:
-    """Keep freed memory in the process (glibc): blocks up to 32 MB come from the heap and up to
-    256 MB of free heap top stay mapped, instead of each large buffer being mapped fresh and
-    faulted in page by page. Prediction allocates the same few-MB buffers for every photo or
-    frame (the detection pyramid's tables, the network's activations); on a virtual machine a
-    newly touched page costs about 2 us, and glibc's own adaptive threshold does not catch all
-    of them. Measured on a 2-core AMD EPYC VM, MTCNN per photo: 20-22 -> 17-18 ms; a freshly
-    allocated 4 MB tensor op 1.4 ms -> 0.17 ms in the worst case. Returns whether it applied
-    (glibc only; elsewhere nothing changes)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
-
-
 def _check_writable(path: Path, what: str) -> None:
     """Fail now, before any inference, when ``path`` (a file to be written) cannot be written:
     its folder cannot be created or written, or the path is a folder."""
@@ -129,7 +109,6 @@ def predict(
     A video or camera gives one mesh per frame (frame_000123.obj; --every N) and one frames.jsonl.
     """
     _passive_openmp_when_busy()
-    keep_freed_memory()
     installed = False
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

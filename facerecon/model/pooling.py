@@ -91,7 +91,7 @@ def _sample(fmap: Tensor, grid: Tensor) -> Tensor:
     return out.squeeze(2).permute(2, 0, 1)
 
 
-def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, int]], starts: Sequence[int] | None = None, batch_stride: int = 0) -> tuple[Tensor, Tensor]:
+def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, int]], starts: Sequence[int], batch_stride: int) -> tuple[Tensor, Tensor]:
     """The four bilinear taps of every location in maps of several sizes at once.
 
     The same arithmetic as ``grid_sample(mode="bilinear", padding_mode="border",
@@ -102,9 +102,8 @@ def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, int]], starts: Sequen
     Args:
         grid: (B, V, 2) float sampling locations.
         sizes: ``(H_i, W_i)`` of each of the M maps.
-        starts: the first row of each map in a table that stacks the maps' pixels row-major
-            (default: each map on its own, 0).
-        batch_stride: rows of that table per batch item (0: every item reads the same rows).
+        starts: the first row of each map in a table that stacks the maps' pixels row-major.
+        batch_stride: rows of that table per batch item.
 
     Returns:
         ``(index (B, V, M, 4) int64 rows: start_i + b * batch_stride + y W_i + x, weight (B, V, M, 4))``,
@@ -119,9 +118,8 @@ def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, int]], starts: Sequen
     lo_i = lo.long()
     taps = torch.stack([lo_i, torch.minimum(lo_i + 1, (wh - 1.0).long())], dim=-1)  # (B, V, M, 2, 2)
     width = wh[:, 0].long()[:, None, None]  # (M, 1, 1)
-    base = torch.zeros(len(sizes), dtype=torch.long, device=grid.device) if starts is None else torch.as_tensor(starts, dtype=torch.long, device=grid.device)
-    if batch_stride:
-        base = base + batch_stride * torch.arange(b, device=grid.device)[:, None, None]  # (B, 1, M)
+    base = torch.as_tensor(starts, dtype=torch.long, device=grid.device)
+    base = base + batch_stride * torch.arange(b, device=grid.device)[:, None, None]  # (B, 1, M)
     x = taps[..., 0, :] + base[..., None]  # (B, V, M, 2)
     index = (taps[..., 1, :, None] * width + x[..., None, :]).reshape(*x.shape[:3], 4)
     weight = (weights[..., 1, :, None] * weights[..., 0, None, :]).reshape(*x.shape[:3], 4)
@@ -151,6 +149,15 @@ def stack_tables(tables: Sequence[Tensor]) -> tuple[Tensor, list[int], int]:
     starts = [sum(rows[:i]) for i in range(len(rows))]
     table = torch.cat(list(tables), dim=1) if len(tables) > 1 else tables[0]
     return table.reshape(-1, table.shape[-1]), starts, sum(rows)
+
+
+def sample_stacked(tables: Sequence[Tensor], sizes: Sequence[tuple[int, int]], grid: Tensor) -> Tensor:
+    """``sum_i sample(map_i, grid)`` of maps given as channels-last tables (B, H_i W_i, C) of
+    sizes ``(H_i, W_i)``: :func:`stack_tables`, :func:`bilinear_taps` and :func:`gather_taps`.
+    Returns (V, B, C)."""
+    table, starts, rows = stack_tables(tables)
+    index, weight = bilinear_taps(grid, sizes, starts, rows)
+    return gather_taps(table, index, weight)
 
 
 def _channels_last_table(fmap: Tensor) -> Tensor:
@@ -247,18 +254,14 @@ class PerceptualGraphConv(nn.Module):
                 w0, w1 = self._image_weights(i)
                 fmap = feature_maps[i]
                 tables.append(F.linear(_channels_last_table(fmap), torch.cat([w0, w1], 0).to(fmap.dtype)))
-            table, starts, rows = stack_tables(tables)
-            index, weight = bilinear_taps(grid, [tuple(feature_maps[i].shape[-2:]) for i in pre], starts, rows)
-            sampled = gather_taps(table, index, weight)  # (V, B, 2H)
+            sampled = sample_stacked(tables, [tuple(feature_maps[i].shape[-2:]) for i in pre], grid)  # (V, B, 2H)
             self_term = self_term + sampled[..., :h]
             nbr_term = nbr_term + sampled[..., h:]
         for i, fmap in enumerate(feature_maps):
             if i in pre:
                 continue
             w0, w1 = self._image_weights(i)
-            table, starts, rows = stack_tables([_channels_last_table(fmap)])
-            index, weight = bilinear_taps(grid, [tuple(fmap.shape[-2:])], starts, rows)
-            sampled = gather_taps(table, index, weight)  # (V, B, C_i)
+            sampled = sample_stacked([_channels_last_table(fmap)], [tuple(fmap.shape[-2:])], grid)  # (V, B, C_i)
             self_term = self_term + F.linear(sampled, w0)
             nbr_term = nbr_term + F.linear(sampled, w1)
         return self_term + neighbour_sum(adjacency, nbr_term).to(self_term.dtype)

@@ -11,11 +11,15 @@ same overlap rules, box regression, squaring, padding), with these differences, 
 a box by more than a pixel or two on real photos (``tests/test_detect.py`` checks IoU >= 0.9 against
 facenet-pytorch itself):
 
-* resampling (the image pyramid and the 24/48 px candidate crops) uses OpenCV's area
-  interpolation on float32 copies, instead of ``torch.nn.functional.interpolate(mode="area")``;
-* the pyramid can start at a larger minimum face (``min_face`` px), and is computed from one
-  working copy reduced to what the first level needs (:func:`detect_faces`);
-* candidate crops are cut from a copy with just enough resolution for the 48 px O-Net input.
+* resampling (the image pyramid and the 24/48 px candidate crops) is torch's
+  ``interpolate(mode="area")`` computed from one summed-area table of the image, for all crops
+  of a stage at once;
+* the pyramid can start at a larger minimum face (``min_face`` px: :func:`pyramid_scales`);
+* P-Net runs once, on all pyramid levels packed into one mosaic (:func:`pack_levels`), instead
+  of once per level: its outputs for each level are the per-level ones (tested against
+  facenet-pytorch), in one call with one set of convolution shapes, which in a fresh process
+  also means one set of oneDNN kernels to create instead of one per level;
+* all three networks run channels-last (no oneDNN layout reorders).
 
 Coordinates are image px of the array given (MTCNN's convention: a box is
 ``x0, y0, x1, y1``, landmarks are ``(5, 2)`` x, y: left eye, right eye, nose, left and right mouth
@@ -60,13 +64,28 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.prelu1(self.conv1(x))
-        # PyTorch's CPU max-pool with ceil_mode is ~6x faster on channels-last tensors
-        x = self.pool1(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    def forward(self, x: torch.Tensor, outside: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3, H, W)`` -> box regression ``(N, 4, h, w)`` and softmax ``(N, 2, h, w)``.
+
+        ``outside``: for a mosaic of pyramid levels (:func:`pack_levels`), True at the first
+        convolution's outputs that are not inside one level. They are set far below any real
+        activation before the ceil-mode max-pool, so a level's last pooling cell takes the max
+        of its own cells only, as the pool does at a level's border; every output whose receptive
+        field lies inside a level is then the level's own.
+        """
+        # channels-last throughout: oneDNN then needs no layout reorders (the 3-channel first
+        # convolution is ~3x faster), and the CPU max-pool with ceil_mode ~6x
+        x = self.prelu1(self.conv1(x.contiguous(memory_format=torch.channels_last)))
+        if outside is not None:
+            x = x.masked_fill(outside, -1e9)
+        x = self.pool1(x)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
-        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+        # the two 1x1 heads as one convolution
+        heads = nn.functional.conv2d(
+            x, torch.cat([self.conv4_1.weight, self.conv4_2.weight]), torch.cat([self.conv4_1.bias, self.conv4_2.bias])
+        )
+        return heads[:, 2:], torch.softmax(heads[:, :2], dim=1)
 
 
 class RNet(nn.Module):
@@ -179,8 +198,7 @@ def load_nets(device: str | torch.device = "cpu") -> MTCNNNets:
                 state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
                 net.load_state_dict(state)
                 net = net.to(device).eval().requires_grad_(False)
-                if name != "pnet":  # R- and O-Net run channels-last: store their weights that way once
-                    net = net.to(memory_format=torch.channels_last)
+                net = net.to(memory_format=torch.channels_last)  # they run channels-last: store the weights so once
                 nets.append(net)
             _CACHE[key] = MTCNNNets(*nets, device=device)  # type: ignore[arg-type]
         return _CACHE[key]
@@ -299,16 +317,22 @@ def _area_resample(table: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: np.ndar
     """
     r0, r1 = _bins(y0, h, out_h)
     c0, c1 = _bins(x0, w, out_w)
-    if len(r0) == 1:  # one region (a pyramid level): gather whole rows first, then columns
-        rows = table[r1[0]] - table[r0[0]]  # (out_h, W + 1, 3)
-        a = rows[:, c1[0]] - rows[:, c0[0]]
+    # np.take on flat indices: numpy's fancy indexing with broadcast index arrays is ~10x slower
+    if len(r0) == 1:  # one region (a pyramid level): whole rows first, then columns
+        rows = np.take(table, r1[0], axis=0)  # (out_h, W + 1, 3)
+        rows -= np.take(table, r0[0], axis=0)
+        a = np.take(rows, c1[0], axis=1)
+        a -= np.take(rows, c0[0], axis=1)
         count = (r1[0] - r0[0])[:, None] * (c1[0] - c0[0])[None, :]
         return (a.astype(np.float32) / count[..., None].astype(np.float32))[None]
-    a = table[r1[:, :, None], c1[:, None, :]]
-    a -= table[r0[:, :, None], c1[:, None, :]]
-    a -= table[r1[:, :, None], c0[:, None, :]]
-    a += table[r0[:, :, None], c0[:, None, :]]
-    count = (r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]
+    flat = table.reshape(-1, table.shape[2])
+    stride = table.shape[1]
+    r0, r1, c0, c1 = r0[:, :, None] * stride, r1[:, :, None] * stride, c0[:, None, :], c1[:, None, :]
+    a = np.take(flat, r1 + c1, axis=0)  # (N, out_h, out_w, 3)
+    a -= np.take(flat, r0 + c1, axis=0)
+    a -= np.take(flat, r1 + c0, axis=0)
+    a += np.take(flat, r0 + c0, axis=0)
+    count = (r1 - r0) // stride * (c1 - c0)
     return a.astype(np.float32) / count[..., None].astype(np.float32)
 
 
@@ -354,6 +378,46 @@ def pyramid_scales(height: int, width: int, min_face: float, factor: float = DEF
     return scales
 
 
+@dataclass
+class Mosaic:
+    """Pyramid levels packed into one image, so P-Net runs once instead of once per level.
+
+    Attributes:
+        shape: ``(H, W)`` of the mosaic.
+        offsets: ``(y, x)`` of each level's top-left pixel (even numbers: P-Net's 2x2 pooling
+            cells of a level are then cells of the mosaic).
+        outside: ``(1, 1, H - 2, W - 2)`` bool, True at the first convolution's outputs whose
+            3x3 window is not inside one level (see :class:`PNet`).
+    """
+
+    shape: tuple[int, int]
+    offsets: list[tuple[int, int]]
+    outside: torch.Tensor
+
+
+def pack_levels(sizes: Sequence[tuple[int, int]]) -> Mosaic:
+    """Shelf-pack ``(h, w)`` level sizes, largest first, into one mosaic (:class:`Mosaic`).
+
+    Levels go left to right on shelves as wide as the two largest levels side by side (or the
+    largest alone); each level's place is rounded up to even sizes. For MTCNN's pyramid (a
+    0.709 step) the mosaic is ~1.3x the levels' total area.
+    """
+    even = [(h + h % 2, w + w % 2) for h, w in sizes]
+    width = sum(w for _, w in even[:2])
+    offsets, x, y, shelf = [], 0, 0, 0
+    for h, w in even:
+        if x + w > width:
+            x, y, shelf = 0, y + shelf, 0
+        offsets.append((y, x))
+        x += w
+        shelf = max(shelf, h)
+    shape = (y + shelf, width)
+    inside = torch.zeros((1, 1, shape[0] - 2, shape[1] - 2), dtype=torch.bool)
+    for (oy, ox), (h, w) in zip(offsets, sizes):
+        inside[..., oy : oy + h - 2, ox : ox + w - 2] = True
+    return Mosaic(shape, offsets, ~inside)
+
+
 def detect_faces(
     image: np.ndarray,
     nets: MTCNNNets,
@@ -385,18 +449,26 @@ def detect_faces(
     zero = np.zeros(1, np.int64)
     t0, t1, t2 = (float(t) for t in thresholds)
 
-    # ---- stage 1: P-Net on the pyramid
+    # ---- stage 1: P-Net on the pyramid, all levels in one mosaic
+    sizes = [(int(h * scale + 1), int(w * scale + 1)) for scale in scales]
+    mosaic = pack_levels(sizes)
+    canvas = np.zeros((1, *mosaic.shape, 3), np.float32)  # NHWC: a channels-last tensor without a copy
+    for (oy, ox), (hs, ws) in zip(mosaic.offsets, sizes):
+        level = _area_resample(table, zero, zero, np.array([h]), np.array([w]), hs, ws)[0]
+        canvas[0, oy : oy + hs, ox : ox + ws] = (level - np.float32(127.5)) * np.float32(0.0078125)
     candidates = []
     with torch.inference_mode():
-        for scale in scales:
-            hs, ws = int(h * scale + 1), int(w * scale + 1)
-            level = _normalise_nchw(_area_resample(table, zero, zero, np.array([h]), np.array([w]), hs, ws))
-            reg, prob = nets.pnet(torch.from_numpy(level).to(device))
-            prob = prob[0, 1].cpu().numpy()
+        pixels = torch.from_numpy(canvas).permute(0, 3, 1, 2).to(device)
+        reg_map, prob_map = nets.pnet(pixels, mosaic.outside.to(device))
+        reg_map, prob_map = reg_map[0].cpu().numpy(), prob_map[0, 1].cpu().numpy()
+        for scale, (oy, ox), (hs, ws) in zip(scales, mosaic.offsets, sizes):
+            # the level's P-Net output: one cell per 2 px, (ceil((hs - 2) / 2) - 4) rows
+            rows, cols = (hs - 1) // 2 - 4, (ws - 1) // 2 - 4
+            prob = prob_map[oy // 2 : oy // 2 + rows, ox // 2 : ox // 2 + cols]
             ys, xs = np.nonzero(prob >= t0)
             if len(ys) == 0:
                 continue
-            reg = reg[0].cpu().numpy()[:, ys, xs].T
+            reg = reg_map[:, oy // 2 + ys, ox // 2 + xs].T
             score = prob[ys, xs]
             boxes = np.empty((len(ys), 9), np.float32)
             fx, fy, fs = xs.astype(np.float32), ys.astype(np.float32), np.float32(scale)  # as torch, float32

@@ -48,6 +48,38 @@ def test_networks_equal_facenet_pytorch() -> None:
     assert facenet is not None
 
 
+def test_pnet_on_a_mosaic_of_levels_equals_facenet_pytorch_per_level() -> None:
+    """The pyramid packed into one mosaic (odd and even level sizes, the smallest P-Net takes):
+    each level's slice of the output is facenet-pytorch's P-Net run on that level alone."""
+    pytest.importorskip("facenet_pytorch")
+    from facenet_pytorch.models.mtcnn import PNet
+
+    from facerecon.mtcnn import pack_levels
+
+    sizes = [(118, 89), (84, 63), (60, 45), (43, 32), (30, 23), (22, 16), (13, 12), (12, 12)]
+    mosaic = pack_levels(sizes)
+    boxes = [(oy, ox, oy + h, ox + w) for (oy, ox), (h, w) in zip(mosaic.offsets, sizes)]
+    for k, (y0, x0, y1, x1) in enumerate(boxes):  # inside the mosaic, even offsets, no overlaps
+        assert y0 % 2 == 0 and x0 % 2 == 0 and y1 <= mosaic.shape[0] and x1 <= mosaic.shape[1]
+        for a0, b0, a1, b1 in boxes[:k]:
+            assert y1 <= a0 or a1 <= y0 or x1 <= b0 or b1 <= x0
+    assert mosaic.shape[0] * mosaic.shape[1] < 1.5 * sum(h * w for h, w in sizes)
+    torch.manual_seed(0)
+    levels = [torch.rand(1, 3, h, w) * 2 - 1 for h, w in sizes]
+    canvas = torch.rand(1, 3, *mosaic.shape) * 2 - 1  # whatever lies between the levels
+    for (oy, ox), (h, w), level in zip(mosaic.offsets, sizes, levels):
+        canvas[..., oy : oy + h, ox : ox + w] = level
+    ref = PNet().eval()
+    with torch.inference_mode():
+        reg, prob = load_nets("cpu").pnet(canvas, mosaic.outside)
+        for (oy, ox), level in zip(mosaic.offsets, levels):
+            ref_reg, ref_prob = ref(level)
+            rows, cols = ref_prob.shape[2:]
+            window = (..., slice(oy // 2, oy // 2 + rows), slice(ox // 2, ox // 2 + cols))
+            torch.testing.assert_close(reg[window], ref_reg, atol=2e-6, rtol=1e-5)
+            torch.testing.assert_close(prob[window], ref_prob, atol=2e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("size", "region", "out"), [((37, 53), (3, 5, 30, 41), (24, 24)), ((37, 53), (0, 0, 37, 53), (27, 39)), ((20, 20), (2, 4, 9, 7), (24, 24))])
 def test_area_resample_is_torch_area_interpolation(size, region, out) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(1)

@@ -263,21 +263,45 @@ def test_load_geometry_folder(tmp_path: Path) -> None:
 # ---- the vectorised writers against independent references ------------------------------------
 
 
+_FORMAT_VALUES = {
+    # up to 6 integer digits (the general path)
+    "wide": lambda rng: np.concatenate(
+        [rng.normal(0, 400, 300), rng.uniform(-1, 1, 300), [0.0, -0.0, 1e-12, -1e-12, 9999.99999, -10000.0, 123456.0, 0.5, -0.5]]
+    ),
+    # image px and crop units: at most 4 integer digits (the integer part read from a table)
+    "px": lambda rng: np.concatenate([rng.uniform(-2000, 9000, 302), [0.0, -0.0, 9.5, -9.5, 99.99, -999.0, 1000.0, 9999.0, -0.25, 5e-7]]),
+    "unit": lambda rng: np.concatenate([rng.uniform(-1, 1, 297), [0.0, -0.0, 1e-9]]),
+    "positive": lambda rng: np.concatenate([rng.uniform(0, 700, 297), [0.0, 7.0, 10.0]]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_FORMAT_VALUES))
 @pytest.mark.parametrize("decimals", [0, 1, 4, 5, 8])
-def test_format_fixed_equals_python_formatting(decimals: int) -> None:
+def test_format_fixed_equals_python_formatting(decimals: int, kind: str) -> None:
     from facerecon.mesh.export import format_fixed
 
     rng = np.random.default_rng(decimals)
-    values = np.concatenate(
-        [rng.normal(0, 400, 300), rng.uniform(-1, 1, 300), [0.0, -0.0, 1e-12, -1e-12, 9999.99999, -10000.0, 123456.0, 0.5, -0.5]]
-    ).reshape(-1, 3)
+    values = _FORMAT_VALUES[kind](rng).reshape(-1, 3)
     fields = format_fixed(values, decimals).tobytes().decode("ascii").split()
     expected = [f"{round(float(x) * 10**decimals) / 10**decimals:.{decimals}f}" for x in values.ravel()]
     # Python's formatting of the same rounded numbers (the only difference allowed: "-0" vs "0")
     got = [float(t) for t in fields]
     np.testing.assert_array_equal(np.asarray(got), np.asarray([float(e) for e in expected]))
+    assert [t.lstrip("-") for t in fields] == [e.lstrip("-") for e in expected]  # the same digits
     widths = {len(line) for line in np.asarray(format_fixed(values, decimals)).view(f"S{format_fixed(values, decimals).shape[1]}").ravel()}
     assert len(widths) == 1  # fixed width: every row of fields has the same length
+
+
+@pytest.mark.parametrize("top", [9, 7001, 99999, 1234567])
+def test_format_fixed_integers(top: int) -> None:
+    """Vertex indices as the face lines write them (no sign slot): Python's ``str`` of each."""
+    from facerecon.mesh.export import format_fixed
+
+    values = np.concatenate([np.arange(0, 11), np.random.default_rng(top).integers(0, top, 40), [top]]).reshape(-1, 1)
+    text = format_fixed(values, 0, sign=False).tobytes().decode("ascii")
+    assert text.split() == [str(int(v)) for v in values.ravel()]
+    width = len(text) // len(values)
+    assert width == 1 + len(str(int(values.max())))  # one space, then right-aligned digits
 
 
 def test_obj_vertices_exact_within_formatting(tmp_path: Path, hemisphere) -> None:

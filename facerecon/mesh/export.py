@@ -149,8 +149,51 @@ def decimals_for(values: np.ndarray, significant: int = 8) -> int:
     return int(np.clip(significant - 1 - math.floor(math.log10(top)), 0, 9))
 
 
-#: ASCII of 0000..9999, four digits each: numbers are written four digits per table lookup.
+#: ASCII of 0000..9999, four digits each: numbers are written four digits per table lookup,
+#: each four-byte group read as one uint32 (``np.take`` on a flat table: numpy's fancy indexing
+#: of a 2-D table is ~10x slower).
 _DIGITS4 = ((np.arange(10000)[:, None] // np.array([1000, 100, 10, 1])) % 10 + ord("0")).astype(np.uint8)
+_DIGITS4_WORDS = _DIGITS4.view(np.uint32).ravel()
+_SPACE, _MINUS, _ZERO = ord(" "), ord("-"), ord("0")
+
+
+def _sign_masks(int_digits: int, sign_slot: int) -> np.ndarray:
+    """XOR masks that turn a field's leading zeros into spaces and put a minus sign before its
+    first digit shown: row ``hidden + int_digits * negative`` for ``hidden`` leading zeros
+    (0 to ``int_digits - 1``), over the field's first ``1 + sign_slot + int_digits`` bytes.
+    A hidden digit is always "0" ("0" ^ 0x10 = " "); the byte before the first digit shown is a
+    hidden "0" or the sign slot's space."""
+    prefix = 1 + sign_slot + int_digits
+    masks = np.zeros((2 * int_digits, prefix), np.uint8)
+    for hidden in range(int_digits):
+        first = 1 + sign_slot + hidden  # the first digit shown
+        masks[hidden, 1 + sign_slot : first] = _ZERO ^ _SPACE
+        masks[int_digits + hidden] = masks[hidden]
+        if sign_slot:
+            masks[int_digits + hidden, first - 1] = (_ZERO if hidden else _SPACE) ^ _MINUS
+    return masks
+
+
+_HEADS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _field_heads(int_digits: int, sign_slot: int) -> np.ndarray:
+    """``" " + [sign slot] + integer part`` of every field whose integer part has at most
+    ``int_digits`` (<= 4) digits: row ``i + 10**int_digits * negative`` (cached)."""
+    key = (int_digits, sign_slot)
+    if key not in _HEADS:
+        count = 10**int_digits
+        digits = _DIGITS4[:count, 4 - int_digits :]
+        heads = np.full((2 * count, 1 + sign_slot + int_digits), _SPACE, np.uint8)
+        heads[:count, 1 + sign_slot :] = digits
+        heads[count:, 1 + sign_slot :] = digits
+        hidden = np.zeros(count, np.intp)
+        for j in range(1, int_digits):
+            hidden += np.arange(count) < 10**j
+        rows = np.concatenate([hidden, hidden + int_digits * (sign_slot > 0)])
+        heads ^= np.take(_sign_masks(int_digits, sign_slot), rows, axis=0)
+        _HEADS[key] = heads
+    return _HEADS[key]
 
 
 def format_fixed(values: np.ndarray, decimals: int, sign: bool = True) -> np.ndarray:
@@ -172,41 +215,45 @@ def format_fixed(values: np.ndarray, decimals: int, sign: bool = True) -> np.nda
     values = np.asarray(values)
     n, k = values.shape
     scaled = values.astype(np.float64) * 10.0**decimals if decimals else values.astype(np.float64)
-    q = np.rint(scaled).astype(np.int64)
-    neg = q < 0
-    mag = np.abs(q).ravel()
+    q = np.rint(scaled).astype(np.int64).ravel()
+    mag = np.abs(q)
     top = int(mag.max()) if mag.size else 0
     num_digits = max(len(str(top)), decimals + 1)
-    groups = -(-num_digits // 4)
-    # digits, most significant first: four per lookup in the 0000..9999 table
-    chars = np.empty((n * k, 4 * groups), np.uint8)
-    rest = mag
-    for g in range(groups - 1, -1, -1):
-        rest, low = np.divmod(rest, 10000) if g else (rest, rest)
-        chars[:, 4 * g : 4 * g + 4] = _DIGITS4[low if g == 0 and groups == 1 else low % 10000]
-    chars = chars[:, 4 * groups - num_digits :]  # (n k, num_digits)
     int_digits = num_digits - decimals
+    neg = q < 0
     sign_slot = 1 if sign and bool(neg.any()) else 0
-    width = 1 + sign_slot + int_digits + (1 + decimals if decimals else 0)
-    out = np.full((n * k, width), ord(" "), np.uint8)
-    start = 1 + sign_slot
-    # integer part: leading zeros become spaces (the units digit always stays)
-    int_block = chars[:, :int_digits]
-    if int_digits > 1:
-        powers = 10 ** (np.arange(int_digits - 1, 0, -1, dtype=np.int64) + decimals)
-        hidden = mag[:, None] < powers  # (n k, int_digits - 1): True where a leading zero
-        int_block = int_block.copy()
-        int_block[:, :-1][hidden] = ord(" ")
-    else:
-        hidden = np.zeros((n * k, 0), bool)
-    out[:, start : start + int_digits] = int_block
+    prefix = 1 + sign_slot + int_digits
+    width = prefix + (1 + decimals if decimals else 0)
+    if int_digits <= 4:  # the usual case (px, crop units, vertex indices): the integer part by table
+        whole, digits_left = np.divmod(mag, 10**decimals) if decimals else (mag, None)
+        rows = whole + 10**int_digits * neg if sign_slot else whole
+        if not decimals:
+            return np.take(_field_heads(int_digits, sign_slot), rows, axis=0).reshape(n, k * width)
+        out = np.empty((n * k, width), np.uint8)
+        out[:, :prefix] = np.take(_field_heads(int_digits, sign_slot), rows, axis=0)
+        num_digits, mag = decimals, digits_left
+    if num_digits:
+        # digits (all, or the decimals), most significant first, zero-padded: four per lookup
+        groups = -(-num_digits // 4)
+        words = np.empty((n * k, groups), np.uint32)
+        rest = mag
+        for g in range(groups - 1, 0, -1):
+            rest, low = np.divmod(rest, 10000)
+            words[:, g] = np.take(_DIGITS4_WORDS, low)
+        words[:, 0] = np.take(_DIGITS4_WORDS, rest)
+        chars = words.view(np.uint8)[:, 4 * groups - num_digits :]
+    if int_digits > 4:
+        out = np.full((n * k, width), _SPACE, np.uint8)
+        out[:, 1 + sign_slot : prefix] = chars[:, :int_digits]
+        # leading zeros of the integer part (the units digit always stays) and the minus sign
+        hidden = np.zeros(n * k, np.intp)
+        for j in range(1, int_digits):
+            hidden += mag < 10 ** (decimals + j)
+        hidden += int_digits * neg if sign_slot else 0
+        out[:, :prefix] ^= np.take(_sign_masks(int_digits, sign_slot), hidden, axis=0)
     if decimals:
-        out[:, start + int_digits] = ord(".")
-        out[:, start + int_digits + 1 :] = chars[:, int_digits:]
-    if sign_slot:
-        idx = np.flatnonzero(neg.ravel())
-        first = hidden[idx].sum(axis=1)  # position of the first digit shown
-        out[idx, start + first - 1] = ord("-")
+        out[:, prefix] = ord(".")
+        out[:, prefix + 1 :] = chars[:, -decimals:]
     return out.reshape(n, k * width)
 
 

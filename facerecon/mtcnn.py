@@ -77,7 +77,7 @@ class PNet(nn.Module):
         # convolution is ~3x faster), and the CPU max-pool with ceil_mode ~6x
         x = self.prelu1(self.conv1(x.contiguous(memory_format=torch.channels_last)))
         if outside is not None:
-            x = x.masked_fill(outside, -1e9)
+            x = x.masked_fill_(outside, -1e9)  # in place: x is this call's own tensor
         x = self.pool1(x)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))

@@ -54,3 +54,23 @@ def test_adaptive_t_stays_strictly_inside_under_hard_optimisation() -> None:
     assert t[0] >= 1 - T_MIN - 1e-6 and t[2] >= 1 - T_MIN - 1e-6 and t[1] <= T_MIN + 1e-6
     new = up(x)[0, 3:]
     assert new[0, 0] < 1.0 and new[1, 0] < 1.0 and new[1, 1] > 0.0  # never on an end vertex
+
+
+def test_inference_and_training_paths_give_the_same_new_vertices() -> None:
+    """Vertex-major features without gradients take an in-place path; with gradients the
+    concatenation: both are ``a + t (b - a)`` per edge, checked against numpy."""
+    rng = np.random.default_rng(0)
+    edges = torch.from_numpy(rng.integers(0, 40, size=(90, 2)))
+    up = Unpool(edges, adaptive=True)
+    with torch.no_grad():
+        up.logit.copy_(torch.from_numpy(rng.normal(0, 2, 90).astype(np.float32)))
+    feats = torch.from_numpy(rng.normal(size=(40, 2, 7)).astype(np.float32))  # (V, B, C)
+    t = up.positions().detach().numpy()[:, None, None]
+    a, b = feats.numpy()[edges[:, 0]], feats.numpy()[edges[:, 1]]
+    expected = np.concatenate([feats.numpy(), a + t * (b - a)])
+    with torch.inference_mode():
+        fast = up(feats, dim=0)
+    trained = up(feats.clone().requires_grad_(True), dim=0)
+    assert trained.requires_grad
+    np.testing.assert_allclose(fast.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(trained.detach().numpy(), expected, atol=1e-6)

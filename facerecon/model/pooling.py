@@ -109,20 +109,34 @@ def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, int]], starts: Sequen
         ``(index (B, V, M, 4) int64 rows: start_i + b * batch_stride + y W_i + x, weight (B, V, M, 4))``,
         the taps in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1).
     """
-    b = grid.shape[0]
-    wh = torch.tensor([[w, h] for h, w in sizes], dtype=grid.dtype, device=grid.device)  # (M, 2)
-    g = torch.nan_to_num(grid, nan=-1.0, posinf=1.0, neginf=-1.0)[:, :, None, :]  # (B, V, 1, 2)
-    pos = torch.minimum((((g + 1.0) * wh - 1.0) * 0.5).clamp_min(0.0), wh - 1.0)  # (B, V, M, 2)
+    b, v = grid.shape[:2]
+    n, m = b * v, len(sizes)
+    dev = grid.device
+    # axis-major (2 axes, M maps, N locations) tensors: every element-wise op below runs over
+    # contiguous rows of N (~4x faster on the CPU than over the (B, V, M, 2) broadcast layout)
+    g = torch.nan_to_num(grid, nan=-1.0, posinf=1.0, neginf=-1.0).reshape(n, 2).t().contiguous()[:, None, :]  # (2, 1, N)
+    size = torch.tensor([[w for _, w in sizes], [h for h, _ in sizes]], dtype=grid.dtype, device=dev)[..., None]  # (2, M, 1)
+    last = size - 1.0
+    pos = ((g + 1.0) * size).sub_(1.0).mul_(0.5).clamp_min_(0.0)  # (2, M, N)
+    torch.minimum(pos, last, out=pos)
     lo = pos.floor()
-    weights = torch.stack([(lo + 1.0) - pos, pos - lo], dim=-1)  # (B, V, M, 2 axes, 2 taps)
+    w_lo, w_hi = (lo + 1.0).sub_(pos), pos.sub_(lo)
     lo_i = lo.long()
-    taps = torch.stack([lo_i, torch.minimum(lo_i + 1, (wh - 1.0).long())], dim=-1)  # (B, V, M, 2, 2)
-    width = wh[:, 0].long()[:, None, None]  # (M, 1, 1)
-    base = torch.as_tensor(starts, dtype=torch.long, device=grid.device)
-    base = base + batch_stride * torch.arange(b, device=grid.device)[:, None, None]  # (B, 1, M)
-    x = taps[..., 0, :] + base[..., None]  # (B, V, M, 2)
-    index = (taps[..., 1, :, None] * width + x[..., None, :]).reshape(*x.shape[:3], 4)
-    weight = (weights[..., 1, :, None] * weights[..., 0, None, :]).reshape(*x.shape[:3], 4)
+    hi_i = torch.minimum(lo_i + 1, last.long())
+    width = size[0].long()  # (M, 1)
+    base = torch.as_tensor(starts, dtype=torch.long, device=dev)[:, None]  # (M, 1)
+    if b > 1:
+        base = base + batch_stride * torch.arange(b, device=dev).repeat_interleave(v)[None, :]  # (M, N)
+    x_lo, x_hi = lo_i[0] + base, hi_i[0] + base
+    y_lo, y_hi = lo_i[1] * width, hi_i[1] * width
+    index = torch.empty((4, m, n), dtype=torch.long, device=dev)  # taps (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+    weight = torch.empty((4, m, n), dtype=grid.dtype, device=dev)
+    for k, (y, x, wy, wx) in enumerate(((y_lo, x_lo, w_lo, w_lo), (y_lo, x_hi, w_lo, w_hi), (y_hi, x_lo, w_hi, w_lo), (y_hi, x_hi, w_hi, w_hi))):
+        torch.add(y, x, out=index[k])
+        torch.mul(wy[1], wx[0], out=weight[k])
+    # bag-major for embedding_bag: (N, M, 4)
+    index = index.permute(2, 1, 0).contiguous().view(b, v, m, 4)
+    weight = weight.permute(2, 1, 0).contiguous().view(b, v, m, 4)
     return index, weight
 
 

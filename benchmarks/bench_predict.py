@@ -298,7 +298,9 @@ def main() -> None:
     photo = Path(args.photo)
     if not photo.is_file():
         photo = ROOT / "facerecon" / "assets" / "astronaut.png"
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # instances with the same CPU model name differ in vector width (AVX2 / AVX-512): ~2x for the kernels
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"machine: {_cpu_model()} ({capability}), {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"load average at start (1, 5, 15 min): {_load()}  (an idle 2-core machine is below ~0.3); "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}")
     with tempfile.TemporaryDirectory() as tmp_name:

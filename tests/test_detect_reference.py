@@ -107,6 +107,25 @@ def test_nms_hand_values() -> None:
     assert nms(boxes, scores, 0.8, method="min").tolist() == [3, 1, 2]
 
 
+@pytest.mark.parametrize("count", [1, 37, 300, 700])  # all pairs at once up to 512 boxes; greedy loop above
+def test_nms_equals_torchvision_and_facenet_pytorch(count: int) -> None:
+    """Random boxes on a coarse grid (many equal scores and overlaps at the threshold): "union"
+    keeps torchvision's ``nms`` boxes in its order, "min" facenet-pytorch's ``nms_numpy``'s."""
+    tv_ops = pytest.importorskip("torchvision.ops")
+    pytest.importorskip("facenet_pytorch")
+    from facenet_pytorch.models.utils.detect_face import nms_numpy
+
+    rng = np.random.default_rng(count)
+    corner = rng.integers(0, 80, (count, 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + rng.integers(4, 30, (count, 2))], axis=1).astype(np.float32)
+    scores = (rng.integers(0, 6, count) / 5).astype(np.float32)
+    for threshold in (0.5, 0.7):
+        ref = tv_ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+        assert nms(boxes, scores, threshold).tolist() == ref.tolist()
+        ref_min = nms_numpy(boxes.copy(), scores.copy(), threshold, "Min")
+        assert nms(boxes, scores, threshold, method="min").tolist() == np.asarray(ref_min).tolist()
+
+
 # ---- against facenet-pytorch on real photos ----------------------------------------------------
 
 

@@ -361,9 +361,14 @@ def _area_resample(table: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: np.ndar
     return a.astype(np.float32) / count[..., None].astype(np.float32)
 
 
+def _normalise(pixels: np.ndarray) -> np.ndarray:
+    """float32 px -> MTCNN's input values: ``(x - 127.5) / 128``."""
+    return (pixels - np.float32(127.5)) * np.float32(0.0078125)
+
+
 def _normalise_nchw(pixels: np.ndarray) -> np.ndarray:
-    """``(N, h, w, 3)`` float32 px -> MTCNN's input ``(N, 3, h, w)``: ``(x - 127.5) / 128``."""
-    return np.ascontiguousarray(((pixels - np.float32(127.5)) * np.float32(0.0078125)).transpose(0, 3, 1, 2))
+    """``(N, h, w, 3)`` float32 px -> MTCNN's input ``(N, 3, h, w)`` (:func:`_normalise`)."""
+    return np.ascontiguousarray(_normalise(pixels).transpose(0, 3, 1, 2))
 
 
 def _crops(table: np.ndarray, boxes: np.ndarray, width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -480,7 +485,7 @@ def detect_faces(
     canvas = np.zeros((1, *mosaic.shape, 3), np.float32)  # NHWC: a channels-last tensor without a copy
     for (oy, ox), (hs, ws) in zip(mosaic.offsets, sizes):
         level = _area_resample(table, zero, zero, np.array([h]), np.array([w]), hs, ws)[0]
-        canvas[0, oy : oy + hs, ox : ox + ws] = (level - np.float32(127.5)) * np.float32(0.0078125)
+        canvas[0, oy : oy + hs, ox : ox + ws] = _normalise(level)
     candidates = []
     with torch.inference_mode():
         pixels = torch.from_numpy(canvas).permute(0, 3, 1, 2).to(device)

@@ -20,6 +20,7 @@ to sample). ``auto`` picks, per map and per block, the cheaper by that count.
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal, Sequence
 
 import torch
@@ -127,13 +128,13 @@ def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, int]], starts: Sequen
     base = torch.as_tensor(starts, dtype=torch.long, device=dev)[:, None]  # (M, 1)
     if b > 1:
         base = base + batch_stride * torch.arange(b, device=dev).repeat_interleave(v)[None, :]  # (M, N)
-    x_lo, x_hi = lo_i[0] + base, hi_i[0] + base
-    y_lo, y_hi = lo_i[1] * width, hi_i[1] * width
+    rows = ((lo_i[1] * width, w_lo[1]), (hi_i[1] * width, w_hi[1]))  # (row offset, weight) of y0, y1
+    cols = ((lo_i[0] + base, w_lo[0]), (hi_i[0] + base, w_hi[0]))  # (start + column, weight) of x0, x1
     index = torch.empty((4, m, n), dtype=torch.long, device=dev)  # taps (y0, x0), (y0, x1), (y1, x0), (y1, x1)
     weight = torch.empty((4, m, n), dtype=grid.dtype, device=dev)
-    for k, (y, x, wy, wx) in enumerate(((y_lo, x_lo, w_lo, w_lo), (y_lo, x_hi, w_lo, w_hi), (y_hi, x_lo, w_hi, w_lo), (y_hi, x_hi, w_hi, w_hi))):
+    for k, ((y, wy), (x, wx)) in enumerate(itertools.product(rows, cols)):
         torch.add(y, x, out=index[k])
-        torch.mul(wy[1], wx[0], out=weight[k])
+        torch.mul(wy, wx, out=weight[k])
     # bag-major for embedding_bag: (N, M, 4)
     index = index.permute(2, 1, 0).contiguous().view(b, v, m, 4)
     weight = weight.permute(2, 1, 0).contiguous().view(b, v, m, 4)

@@ -63,14 +63,15 @@ class Unpool(nn.Module):
         shape = [1] * x.ndim
         shape[dim] = self.num_new
         t = self.positions().to(x.dtype).view(shape)
-        if dim == 0 and not (torch.is_grad_enabled() and (x.requires_grad or t.requires_grad)):
-            # inference, vertex-major features (the largest tensors): the new rows written in
-            # place after a copy of the input, one lerp instead of sub, mul, add and a cat
-            out = x.new_empty((x.shape[0] + self.num_new, *x.shape[1:]))
-            out[: x.shape[0]] = x
-            torch.lerp(a, b, t, out=out[x.shape[0] :])
-            return out
-        return torch.cat([x, torch.lerp(a, b, t)], dim=dim)
+        if torch.is_grad_enabled() and (x.requires_grad or t.requires_grad):
+            return torch.cat([x, torch.lerp(a, b, t)], dim=dim)
+        # without gradients: the new vertices written in place after a copy of the input
+        out_shape = list(x.shape)
+        out_shape[dim] += self.num_new
+        out = x.new_empty(out_shape)
+        out.narrow(dim, 0, x.shape[dim]).copy_(x)
+        torch.lerp(a, b, t, out=out.narrow(dim, x.shape[dim], self.num_new))
+        return out
 
     def extra_repr(self) -> str:
         return f"new_vertices={self.num_new}, adaptive={self.adaptive}"

@@ -27,6 +27,7 @@ the largest centred square.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass
@@ -411,6 +412,7 @@ class FaceDetector:
         self.second_chance = bool(second_chance)
         self._nets: Any = None
         self._lock = threading.Lock()
+        self._warming: threading.Thread | None = None
         #: How the last :meth:`crop` found its face: "fast", "full", "low-thresholds",
         #: "rotated", "none" (fallback) or "all" (all faces).
         self.last_search = ""
@@ -440,6 +442,49 @@ class FaceDetector:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise InputError(f"cannot run face detection on device {self.device!r} ({reason})") from None
 
+    def warm_up(self, image_size: tuple[int, int] | None = None) -> None:
+        """Start, on a background thread, the one-off work of the first detection: loading the
+        weights, the first call of each kernel (oneDNN's convolution set-up, PyTorch's and
+        OpenCV's first calls), and with ``image_size`` ``(width, height)`` P-Net's convolutions
+        for that size and the fast search's pyramid plan. Meant for while the caller does
+        something else that leaves a core idle (``facerecon predict`` loads the network then); the
+        next detection waits for it to finish. Results do not depend on it."""
+        if self._warming is not None:
+            return
+        nets = self.nets
+        self._warming = threading.Thread(target=self._warm, args=(nets, image_size), name="facerecon-detector-warm-up", daemon=True)
+        self._warming.start()
+
+    def _warm(self, nets: Any, image_size: tuple[int, int] | None) -> None:
+        import cv2
+        import torch
+
+        from facerecon.mtcnn import pyramid_plan
+
+        with contextlib.suppress(Exception), torch.inference_mode():  # a warm-up: never an error of its own
+            cv2.integral(np.zeros((4, 4, 3), np.uint8), sdepth=cv2.CV_32S)
+            plan = None
+            if image_size is not None:
+                small = self._detect_size(*image_size)
+                min_face = max(float(self.min_face_size), self.min_face_fraction * min(small))
+                plan = pyramid_plan(small[1], small[0], min_face, base_min_face=self.min_face_size)
+
+            def zeros(n: int, h: int, w: int) -> torch.Tensor:
+                return torch.zeros((n, h, w, 3), device=nets.device).permute(0, 3, 1, 2)  # channels-last
+
+            if plan is None:
+                nets.pnet(zeros(1, 12, 12))
+            else:
+                nets.pnet(zeros(1, *plan.mosaic.shape), plan.mosaic.outside.to(nets.device))
+            nets.rnet(zeros(1, 24, 24))
+            nets.onet(zeros(1, 48, 48))
+
+    def finish_warm_up(self) -> None:
+        """Wait for :meth:`warm_up` to finish (at once when none runs)."""
+        warming = self._warming
+        if warming is not None:
+            warming.join()
+
     # ---- detection ---------------------------------------------------------------------------
 
     def detect(self, image: np.ndarray) -> list[FaceCrop]:
@@ -453,6 +498,7 @@ class FaceDetector:
             ``image``; empty when there is none.
         """
         _check_image(image)
+        self.finish_warm_up()
         small, sx, sy = self._downscale(image)
         return self._to_crops(self._search(small, self.min_face_size, self.thresholds), sx, sy)
 
@@ -466,6 +512,7 @@ class FaceDetector:
         """The faces for :meth:`crop`'s most-confident-face policy: the fast search, then the
         second chance (see the class docstring). Most confident first; empty when none."""
         _check_image(image)
+        self.finish_warm_up()
         small, sx, sy = self._downscale(image)
         min_face = max(float(self.min_face_size), self.min_face_fraction * min(small.shape[:2]))
         faces = self._to_crops(self._search(small, min_face, self.thresholds), sx, sy)
@@ -488,6 +535,7 @@ class FaceDetector:
         when neither did). ``prepare`` calls it for an image whose full search found no face, so
         the cache's crops come from the same policy as ``predict``'s."""
         _check_image(image)
+        self.finish_warm_up()
         small, sx, sy = self._downscale(image)
         min_face = max(float(self.min_face_size), self.min_face_fraction * min(small.shape[:2]))
         return self._last_chances(small, min_face, sx, sy)
@@ -545,6 +593,7 @@ class FaceDetector:
         from facerecon.mtcnn import refine
 
         _check_image(image)
+        self.finish_warm_up()
         if previous.fallback or previous.detection is None:
             return None
         small, sx, sy = self._downscale(image)
@@ -575,16 +624,22 @@ class FaceDetector:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def _detect_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` of the detection copy of an image of this size."""
+        longer = max(height, width)
+        if longer <= self.max_detect_side:
+            return width, height
+        s = self.max_detect_side / longer
+        return max(1, round(width * s)), max(1, round(height * s))
+
     def _downscale(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         """A copy with longer side <= max_detect_side, and the x/y scale factors small/original."""
         import cv2
 
         h, w = image.shape[:2]
-        longer = max(h, w)
-        if longer <= self.max_detect_side:
+        nw, nh = self._detect_size(w, h)
+        if (nw, nh) == (w, h):
             return image, 1.0, 1.0
-        s = self.max_detect_side / longer
-        nw, nh = max(1, round(w * s)), max(1, round(h * s))
         small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
         return small, nw / w, nh / h
 

@@ -90,8 +90,25 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise InputError(f"{path}: cannot read image ({reason})") from None
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(width, height)`` of the image :func:`load_image` would return (EXIF orientation
+    applied), from the file's header alone; None when the header cannot be read (then
+    :func:`load_image` gives the error)."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:  # a malformed EXIF block: load_image keeps the image as stored
+                orientation = 1
+    except Exception:
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def save_image(
-    path: str | os.PathLike[str], image: np.ndarray, quality: int = 95, suffixes: Sequence[str] | None = None
+    path: str | os.PathLike[str], image: np.ndarray, quality: int = 95, suffixes: Sequence[str] | None = None,
+    durable: bool = True,
 ) -> Path:
     """Write an RGB image atomically; the format follows the suffix (``.jpg``, ``.png``, ...).
 
@@ -101,6 +118,8 @@ def save_image(
         quality: JPEG quality (1-100); ignored for lossless formats.
         suffixes: the suffixes allowed (lower case, with the dot, e.g. :data:`PNG_JPG`), or None
             for any format Pillow writes.
+        durable: flush the file to the disk before it replaces ``path`` (see
+            :mod:`facerecon.io_utils`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -118,7 +137,7 @@ def save_image(
         raise InputError(f"{path}: is a folder; give a file name ending in {_listed(suffixes)}")
     options = {"quality": int(quality)} if fmt == "JPEG" else {}
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable=durable) as tmp:
             Image.fromarray(image, mode="RGB").save(tmp, format=fmt, **options)
     except PermissionError:
         raise InputError(f"{path}: cannot write here (permission denied)") from None

@@ -1,7 +1,15 @@
 """Crash-safe file writing: everything the toolkit writes goes to a temporary file beside the
 target and is renamed into place, so an interrupted run never leaves a half-written file.
 A failed write (a full disk) removes the temporary file and raises an ``OSError`` that names the
-target. :func:`folder_lock` keeps a second process out of an output folder."""
+target. :func:`folder_lock` keeps a second process out of an output folder.
+
+*Durable* writes (the default) also flush the file to the disk (``fsync``) before the rename, so
+that a power cut or an OS crash right after cannot leave an empty file in its place: caches,
+checkpoints, templates, configs and reports. ``facerecon predict``'s per-photo outputs (meshes,
+records, overlays) are written atomically but not flushed (``durable=False``): the flush costs
+1.5-3 ms per file on the disks measured, about a third of a photo's export, and those files are
+recomputed in a fraction of a second; an interrupted run still leaves each one complete or
+absent."""
 
 from __future__ import annotations
 
@@ -25,28 +33,34 @@ def ensure_parent(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
-
-    The temporary name keeps the target's suffix (or ``suffix``) so that libraries that pick a
-    format from the extension (trimesh, h5py, cv2) behave the same. On any exception the
-    temporary file is removed and the target is left untouched.
-    """
-    path = ensure_parent(path)
-    suffix = path.suffix if suffix is None else suffix
+def _temporary(path: Path, suffix: str) -> tuple[int, Path]:
+    """An open file descriptor and the path of a new temporary file beside ``path``, with the
+    permissions a plain ``open()`` would give (``mkstemp`` creates files 0600)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     except OSError as exc:
         raise InputError(f"{path}: cannot write here ({exc.strerror})") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The temporary name keeps the target's suffix (or ``suffix``) so that libraries that pick a
+    format from the extension (trimesh, h5py, cv2) behave the same. On any exception the
+    temporary file is removed and the target is left untouched. ``durable``: flush the file to
+    the disk before the rename (see the module docstring).
+    """
+    path = ensure_parent(path)
+    fd, tmp_path = _temporary(path, path.suffix if suffix is None else suffix)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _fsync(tmp_path)
-        # mkstemp creates files 0600; give the result the permissions a plain open() would have.
-        with contextlib.suppress(OSError):
-            os.chmod(tmp_path, 0o666 & ~_umask())
+        if durable:
+            _fsync(tmp_path)
         os.replace(tmp_path, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -61,13 +75,38 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", durable: bool = True, **kwargs: Any) -> Iterator[IO[Any]]:
     """``open()`` for writing, atomically: the file appears complete or not at all."""
     if not any(m in mode for m in "wx"):
         raise ValueError("atomic_open is for writing ('w' or 'wb')")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=durable) as tmp:
         with open(tmp, mode.replace("x", "w"), **kwargs) as fh:
             yield fh
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (as :func:`atomic_path`), through the temporary
+    file's own descriptor: one open instead of three for a small file."""
+    path = ensure_parent(path)
+    fd, tmp_path = _temporary(path, path.suffix)
+    try:
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        if isinstance(exc, PermissionError):
+            raise InputError(f"{path}: cannot write here (permission denied)") from None
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -75,6 +114,13 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     with atomic_open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _umask() -> int:

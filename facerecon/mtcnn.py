@@ -19,7 +19,11 @@ facenet-pytorch itself):
   of once per level: its outputs for each level are the per-level ones (tested against
   facenet-pytorch), in one call with one set of convolution shapes, which in a fresh process
   also means one set of oneDNN kernels to create instead of one per level;
-* all three networks run channels-last (no oneDNN layout reorders).
+* all three networks run channels-last (no oneDNN layout reorders);
+* what depends only on the image size (the mosaic's layout, each level pixel's area window, the
+  level of each P-Net output cell) is planned once per size (:func:`pyramid_plan`), and the
+  levels' candidate boxes come out of one pass, with one non-maximum suppression that keeps the
+  levels apart (``nms(..., groups=...)``), in the per-level order.
 
 Coordinates are image px of the array given (MTCNN's convention: a box is
 ``x0, y0, x1, y1``, landmarks are ``(5, 2)`` x, y: left eye, right eye, nose, left and right mouth
@@ -41,7 +45,10 @@ from torch import nn
 
 from facerecon.errors import DependencyError
 
-__all__ = ["MTCNNNets", "Detections", "detect_faces", "refine", "pyramid_scales", "weights_folder", "load_nets", "nms"]
+__all__ = [
+    "MTCNNNets", "Detections", "detect_faces", "refine", "pyramid_scales", "pyramid_plan", "PyramidPlan", "weights_folder",
+    "load_nets", "nms",
+]
 
 #: MTCNN's stage thresholds as facenet-pytorch uses them by default.
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
@@ -231,7 +238,7 @@ class Detections:
 _NMS_MATRIX_MAX = 512
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union", groups: np.ndarray | None = None) -> np.ndarray:
     """Greedy non-maximum suppression; the indices kept, in the order they were kept.
 
     ``method="union"``: torchvision's ``nms`` (a stable descending sort of the scores; IoU in
@@ -240,6 +247,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
     of the scores taken from the end, so ties fall as they do there; float32 overlap over the
     smaller area with the +1 pixel convention; dropped when > ``threshold``). Both follow their
     reference's arithmetic, ties included, so the boxes kept are the reference's.
+
+    ``groups``: an integer label per box; a box then suppresses only boxes of its own group, so
+    the boxes kept of each group are those of ``nms`` on that group alone (its boxes in the same
+    relative order), in one call (torchvision's ``batched_nms``).
     """
     if len(boxes) == 0:
         return np.zeros((0,), np.int64)
@@ -248,6 +259,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
     one = np.float32(1.0 if method == "min" else 0.0)
     area = (x1 - x0 + one) * (y1 - y0 + one)
     s = np.asarray(scores, dtype=np.float32)
+    groups = None if groups is None else np.asarray(groups)
     order = np.argsort(s)[::-1] if method == "min" else np.argsort(-s, kind="stable")
     thr = np.float32(threshold)
     if order.size <= _NMS_MATRIX_MAX:
@@ -263,6 +275,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
             else:
                 overlap = inter / (ar[:, None] + ar[None, :] - inter)
         dropped = ~(overlap <= thr)  # NaN overlaps drop, as in the loop
+        if groups is not None:
+            g = groups[order]
+            dropped &= g[:, None] == g[None, :]
         alive = np.ones(order.size, bool)
         kept = []
         for a in range(order.size):
@@ -283,7 +298,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
                 overlap = inter / np.minimum(area[i], area[rest])
             else:
                 overlap = inter / (area[i] + area[rest] - inter)
-        order = rest[overlap <= thr]
+        survive = overlap <= thr
+        if groups is not None:
+            survive |= groups[rest] != groups[i]
+        order = rest[survive]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -366,15 +384,11 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
     return (pixels - np.float32(127.5)) * np.float32(0.0078125)
 
 
-def _normalise_nchw(pixels: np.ndarray) -> np.ndarray:
-    """``(N, h, w, 3)`` float32 px -> MTCNN's input ``(N, 3, h, w)`` (:func:`_normalise`)."""
-    return np.ascontiguousarray(_normalise(pixels).transpose(0, 3, 1, 2))
-
-
-def _crops(table: np.ndarray, boxes: np.ndarray, width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _crops(table: np.ndarray, boxes: np.ndarray, width: int, height: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
     """The ``size`` px network inputs of the candidate boxes (facenet-pytorch's ``pad`` + crop + resize).
 
-    Returns ``(N', 3, size, size)`` float32 and the indices of the boxes with a non-empty region.
+    Returns ``(N', 3, size, size)`` float32 channels-last (a view of NHWC memory, which the
+    networks take without a copy) and the indices of the boxes with a non-empty region.
     """
     b = np.trunc(boxes[:, :4]).astype(np.int64)
     x = np.maximum(b[:, 0], 1)
@@ -384,7 +398,7 @@ def _crops(table: np.ndarray, boxes: np.ndarray, width: int, height: int, size: 
     valid = np.flatnonzero((ey > y - 1) & (ex > x - 1))
     x, y, ex, ey = x[valid], y[valid], ex[valid], ey[valid]
     pixels = _area_resample(table, y - 1, x - 1, ey - y + 1, ex - x + 1, size, size)
-    return _normalise_nchw(pixels), valid
+    return torch.from_numpy(_normalise(pixels)).permute(0, 3, 1, 2), valid
 
 
 # ------------------------------------------------------------------------------------ cascade
@@ -448,6 +462,117 @@ def pack_levels(sizes: Sequence[tuple[int, int]]) -> Mosaic:
     return Mosaic(shape, offsets, ~inside)
 
 
+@dataclass
+class PyramidPlan:
+    """Everything about P-Net's stage that depends only on the image size and the pyramid, made
+    once per size (:func:`pyramid_plan`) and reused for every photo or video frame of that size.
+
+    Attributes:
+        scales: the pyramid's scales (:func:`pyramid_scales`), float32.
+        mosaic: the levels packed into one image (:func:`pack_levels`).
+        pixels: ``(P,)`` flat mosaic pixel of each level pixel.
+        corners: ``(4, P)`` flat summed-area-table entries ``S[y1, x1]``, ``S[y0, x1]``,
+            ``S[y1, x0]``, ``S[y0, x0]`` of each level pixel's area window
+            (:func:`_area_resample`'s windows).
+        counts: ``(P, 1)`` float32 pixels in each window.
+        cell_level: ``(h, w)`` int16 level of each P-Net output cell of the mosaic whose
+            receptive field lies in that level; -1 elsewhere.
+        cell_origin: ``(L, 2)`` the first cell (row, column) of each level.
+    """
+
+    scales: np.ndarray
+    mosaic: Mosaic
+    pixels: np.ndarray
+    corners: np.ndarray
+    counts: np.ndarray
+    cell_level: np.ndarray
+    cell_origin: np.ndarray
+
+    def canvas(self, table: np.ndarray) -> np.ndarray:
+        """``(1, H, W, 3)`` float32 the mosaic of the image behind ``table`` (its summed-area
+        table, :func:`_integral`), MTCNN-normalised; 0 between the levels. Each level equals
+        ``interpolate(image, size, mode="area")`` exactly (integer window sums, one float32
+        division), as :func:`_area_resample` computes it."""
+        flat = table.reshape(-1, table.shape[2])
+        sums = np.take(flat, self.corners[0], axis=0)
+        sums -= np.take(flat, self.corners[1], axis=0)
+        sums -= np.take(flat, self.corners[2], axis=0)
+        sums += np.take(flat, self.corners[3], axis=0)
+        canvas = np.zeros((self.mosaic.shape[0] * self.mosaic.shape[1], 3), np.float32)
+        canvas[self.pixels] = _normalise(sums.astype(np.float32) / self.counts)
+        return canvas.reshape(1, *self.mosaic.shape, 3)
+
+    def candidates(self, reg_map: np.ndarray, prob_map: np.ndarray, threshold: float) -> np.ndarray:
+        """P-Net's boxes ``(N, 9)`` (``x0 y0 x1 y1 score`` + 4 regressions) of every level, each
+        level's after its own non-maximum suppression at 0.5, level after level: facenet-pytorch's
+        ``generateBoundingBox`` and per-scale ``batched_nms``, for all levels at once."""
+        ys, xs = np.nonzero((prob_map >= threshold) & (self.cell_level >= 0))
+        if len(ys) == 0:
+            return np.zeros((0, 9), np.float32)
+        level = self.cell_level[ys, xs]
+        origin = self.cell_origin[level]
+        boxes = np.empty((len(ys), 9), np.float32)
+        # as torch computes them, in float32 from the level's cell and scale
+        fx, fy, fs = (xs - origin[:, 1]).astype(np.float32), (ys - origin[:, 0]).astype(np.float32), self.scales[level]
+        boxes[:, 0] = np.floor((2 * fx + 1) / fs)
+        boxes[:, 1] = np.floor((2 * fy + 1) / fs)
+        boxes[:, 2] = np.floor((2 * fx + 12) / fs)
+        boxes[:, 3] = np.floor((2 * fy + 12) / fs)
+        boxes[:, 4] = prob_map[ys, xs]
+        boxes[:, 5:] = reg_map[:, ys, xs].T
+        keep = nms(boxes[:, :4], boxes[:, 4], 0.5, groups=level)
+        keep = keep[np.argsort(level[keep], kind="stable")]  # level after level, each in its kept order
+        return boxes[keep]
+
+
+_PLANS: dict[tuple, PyramidPlan | None] = {}
+
+
+def pyramid_plan(height: int, width: int, min_face: float, factor: float = DEFAULT_FACTOR, base_min_face: float = 20.0) -> PyramidPlan | None:
+    """The :class:`PyramidPlan` of an image size (cached: the last few sizes); None when the
+    pyramid is empty (an image too small for ``min_face``)."""
+    key = (int(height), int(width), float(min_face), float(factor), float(base_min_face))
+    if key in _PLANS:
+        return _PLANS[key]
+    scales = pyramid_scales(height, width, max(float(min_face), float(base_min_face)), factor, base_min_face)
+    plan = _make_plan(height, width, scales) if scales else None
+    with _LOCK:
+        if len(_PLANS) >= 8:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = plan
+    return plan
+
+
+def _make_plan(height: int, width: int, scales: Sequence[float]) -> PyramidPlan:
+    sizes = [(int(height * scale + 1), int(width * scale + 1)) for scale in scales]
+    mosaic = pack_levels(sizes)
+    stride = width + 1  # of the summed-area table
+    pixels, corners, counts = [], [], []
+    cell_level = np.full(((mosaic.shape[0] - 1) // 2 - 4, (mosaic.shape[1] - 1) // 2 - 4), -1, np.int16)
+    origin = np.zeros((len(sizes), 2), np.int64)
+    zero = np.zeros(1, np.int64)
+    for k, ((oy, ox), (hs, ws)) in enumerate(zip(mosaic.offsets, sizes)):
+        r0, r1 = _bins(zero, np.array([height]), hs)
+        c0, c1 = _bins(zero, np.array([width]), ws)
+        r0, r1, c0, c1 = r0[0][:, None], r1[0][:, None], c0[0][None, :], c1[0][None, :]
+        corners.append(np.stack([r1 * stride + c1, r0 * stride + c1, r1 * stride + c0, r0 * stride + c0]).reshape(4, -1))
+        counts.append(((r1 - r0) * (c1 - c0)).reshape(-1))
+        pixels.append(((oy + np.arange(hs))[:, None] * mosaic.shape[1] + ox + np.arange(ws)[None, :]).reshape(-1))
+        # the level's P-Net output: one cell per 2 px, (ceil((hs - 2) / 2) - 4) rows
+        rows, cols = (hs - 1) // 2 - 4, (ws - 1) // 2 - 4
+        cell_level[oy // 2 : oy // 2 + rows, ox // 2 : ox // 2 + cols] = k
+        origin[k] = (oy // 2, ox // 2)
+    return PyramidPlan(
+        scales=np.array(scales, np.float32),
+        mosaic=mosaic,
+        pixels=np.concatenate(pixels),
+        corners=np.concatenate(corners, axis=1),
+        counts=np.concatenate(counts).astype(np.float32)[:, None],
+        cell_level=cell_level,
+        cell_origin=origin,
+    )
+
+
 def detect_faces(
     image: np.ndarray,
     nets: MTCNNNets,
@@ -471,47 +596,21 @@ def detect_faces(
         :class:`Detections` in px of ``image``, most confident first, after the three stages.
     """
     h, w = image.shape[:2]
-    scales = pyramid_scales(h, w, max(float(min_face), float(base_min_face)), factor, base_min_face)
-    if not scales:
+    plan = pyramid_plan(h, w, min_face, factor, base_min_face)
+    if plan is None:
         return Detections.empty()
     device = nets.device
     table = _integral(image)
-    zero = np.zeros(1, np.int64)
     t0, t1, t2 = (float(t) for t in thresholds)
 
     # ---- stage 1: P-Net on the pyramid, all levels in one mosaic
-    sizes = [(int(h * scale + 1), int(w * scale + 1)) for scale in scales]
-    mosaic = pack_levels(sizes)
-    canvas = np.zeros((1, *mosaic.shape, 3), np.float32)  # NHWC: a channels-last tensor without a copy
-    for (oy, ox), (hs, ws) in zip(mosaic.offsets, sizes):
-        level = _area_resample(table, zero, zero, np.array([h]), np.array([w]), hs, ws)[0]
-        canvas[0, oy : oy + hs, ox : ox + ws] = _normalise(level)
-    candidates = []
+    canvas = plan.canvas(table)  # NHWC: a channels-last tensor without a copy
     with torch.inference_mode():
         pixels = torch.from_numpy(canvas).permute(0, 3, 1, 2).to(device)
-        reg_map, prob_map = nets.pnet(pixels, mosaic.outside.to(device))
-        reg_map, prob_map = reg_map[0].cpu().numpy(), prob_map[0, 1].cpu().numpy()
-        for scale, (oy, ox), (hs, ws) in zip(scales, mosaic.offsets, sizes):
-            # the level's P-Net output: one cell per 2 px, (ceil((hs - 2) / 2) - 4) rows
-            rows, cols = (hs - 1) // 2 - 4, (ws - 1) // 2 - 4
-            prob = prob_map[oy // 2 : oy // 2 + rows, ox // 2 : ox // 2 + cols]
-            ys, xs = np.nonzero(prob >= t0)
-            if len(ys) == 0:
-                continue
-            reg = reg_map[:, oy // 2 + ys, ox // 2 + xs].T
-            score = prob[ys, xs]
-            boxes = np.empty((len(ys), 9), np.float32)
-            fx, fy, fs = xs.astype(np.float32), ys.astype(np.float32), np.float32(scale)  # as torch, float32
-            boxes[:, 0] = np.floor((2 * fx + 1) / fs)
-            boxes[:, 1] = np.floor((2 * fy + 1) / fs)
-            boxes[:, 2] = np.floor((2 * fx + 12) / fs)
-            boxes[:, 3] = np.floor((2 * fy + 12) / fs)
-            boxes[:, 4] = score
-            boxes[:, 5:] = reg
-            candidates.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
-        if not candidates:
+        reg_map, prob_map = nets.pnet(pixels, plan.mosaic.outside.to(device))
+        boxes = plan.candidates(reg_map[0].cpu().numpy(), prob_map[0, 1].cpu().numpy(), t0)
+        if len(boxes) == 0:
             return Detections.empty()
-        boxes = np.concatenate(candidates)
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
         rw = boxes[:, 2] - boxes[:, 0]
         rh = boxes[:, 3] - boxes[:, 1]
@@ -526,7 +625,7 @@ def detect_faces(
         if len(valid) == 0:
             return Detections.empty()
         boxes = boxes[valid]
-        reg, prob = nets.rnet(torch.from_numpy(inputs).to(device))
+        reg, prob = nets.rnet(inputs.to(device))
         score = prob[:, 1].cpu().numpy()
         passed = score > t1
         if not passed.any():
@@ -541,7 +640,7 @@ def detect_faces(
         if len(valid) == 0:
             return Detections.empty()
         boxes = boxes[valid]
-        reg, pts, prob = nets.onet(torch.from_numpy(inputs).to(device))
+        reg, pts, prob = nets.onet(inputs.to(device))
         score = prob[:, 1].cpu().numpy()
         passed = score > t2
         if not passed.any():
@@ -582,7 +681,7 @@ def refine(image: np.ndarray, nets: MTCNNNets, boxes: np.ndarray) -> Detections:
         return Detections.empty()
     candidates = candidates[valid]
     with torch.inference_mode():
-        reg, pts, prob = nets.onet(torch.from_numpy(inputs).to(nets.device))
+        reg, pts, prob = nets.onet(inputs.to(nets.device))
     score = prob[:, 1].cpu().numpy()
     reg, pts = reg.cpu().numpy(), pts.cpu().numpy()
     bw = candidates[:, 2] - candidates[:, 0] + 1.0

@@ -140,15 +140,16 @@ def _draw_landmarks(image: np.ndarray, landmarks_px: np.ndarray) -> None:
         cv2.circle(image, (int(x), int(y)), int(round(radius * (1 << _SHIFT))), _LANDMARK_COLOR, -1, cv2.LINE_AA, _SHIFT)
 
 
-def save_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+def save_image(path: str | os.PathLike[str], image: np.ndarray, durable: bool = True) -> Path:
     """Write an overlay as ``.png`` or ``.jpg``, atomically (its folder is created):
     :func:`facerecon.imageio.save_image` limited to :data:`~facerecon.imageio.PNG_JPG`.
 
     Args:
         path: output file; the format follows the extension (``.png``, ``.jpg``, ``.jpeg``).
         image: ``(H, W, 3)`` uint8 RGB.
+        durable: flush the file to the disk before it replaces ``path`` (:mod:`facerecon.io_utils`).
 
     Raises:
         InputError: another extension, a malformed image, or a path that cannot be written.
     """
-    return imageio.save_image(path, image, suffixes=imageio.PNG_JPG)
+    return imageio.save_image(path, image, suffixes=imageio.PNG_JPG, durable=durable)

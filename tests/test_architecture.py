@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "facerecon.frames": 1,
     "facerecon.errors": 0,
     "facerecon.io_utils": 0,
+    "facerecon.allocator": 0,
     "facerecon.imageio": 0,
     "facerecon.progress": 0,
     "facerecon.config": 0,

@@ -126,6 +126,87 @@ def test_nms_equals_torchvision_and_facenet_pytorch(count: int) -> None:
         assert nms(boxes, scores, threshold, method="min").tolist() == np.asarray(ref_min).tolist()
 
 
+@pytest.mark.parametrize("count", [40, 700])  # all pairs at once; greedy loop
+def test_nms_with_groups_equals_torchvision_batched_nms(count: int) -> None:
+    """Groups (P-Net's pyramid levels): torchvision's ``batched_nms`` keeps the same boxes, and
+    each group's kept boxes, in order, are ``nms`` of that group alone."""
+    tv_ops = pytest.importorskip("torchvision.ops")
+    rng = np.random.default_rng(count + 1)
+    corner = rng.integers(0, 60, (count, 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + rng.integers(4, 30, (count, 2))], axis=1).astype(np.float32)
+    scores = (rng.integers(0, 6, count) / 5).astype(np.float32)
+    groups = rng.integers(0, 5, count)
+    kept = nms(boxes, scores, 0.5, groups=groups)
+    ref = tv_ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), 0.5).numpy()
+    assert sorted(kept.tolist()) == sorted(ref.tolist())
+    for g in range(5):
+        members = np.flatnonzero(groups == g)
+        alone = members[nms(boxes[members], scores[members], 0.5)]
+        assert [k for k in kept.tolist() if groups[k] == g] == alone.tolist()
+
+
+@pytest.mark.parametrize(("height", "width", "min_face"), [(551, 413, 41.3), (300, 640, 20.0), (97, 61, 20.0)])
+def test_pyramid_plan_equals_facenet_pytorch_level_by_level(height: int, width: int, min_face: float) -> None:
+    """The plan's mosaic holds each level as torch's ``interpolate(mode="area")`` of the image,
+    MTCNN-normalised (to float32 rounding: torch sums in floating point, the plan in integers);
+    its candidates are facenet-pytorch's ``generateBoundingBox``
+    and per-level NMS (torchvision's, 0.5) on each level's slice of P-Net's output, level after
+    level, bit for bit."""
+    pytest.importorskip("facenet_pytorch")
+    tv_ops = pytest.importorskip("torchvision.ops")
+    from facenet_pytorch.models.utils.detect_face import generateBoundingBox
+
+    from facerecon.mtcnn import pyramid_plan, pyramid_scales
+
+    rng = np.random.default_rng(height)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    plan = pyramid_plan(height, width, min_face)
+    scales = pyramid_scales(height, width, min_face)
+    assert plan is not None and plan.scales.tolist() == np.float32(scales).tolist()
+    canvas = plan.canvas(_integral(image))
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    sizes = [(int(height * s + 1), int(width * s + 1)) for s in scales]
+    for (oy, ox), (hs, ws) in zip(plan.mosaic.offsets, sizes):
+        level = torch.nn.functional.interpolate(pixels, size=(hs, ws), mode="area")
+        level = ((level - 127.5) * 0.0078125)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(canvas[0, oy : oy + hs, ox : ox + ws], level, rtol=0, atol=2.5e-7)
+    # P-Net on a random mosaic: our candidates against facenet-pytorch's per level
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        reg, prob = load_nets("cpu").pnet(torch.from_numpy(canvas).permute(0, 3, 1, 2), plan.mosaic.outside)
+    threshold = float(np.quantile(prob[0, 1].numpy(), 0.9))  # a random image: enough boxes to suppress
+    ours = plan.candidates(reg[0].numpy(), prob[0, 1].numpy(), threshold)
+    expected = []
+    for scale, (oy, ox), (hs, ws) in zip(scales, plan.mosaic.offsets, sizes):
+        rows, cols = (hs - 1) // 2 - 4, (ws - 1) // 2 - 4
+        window = (slice(None), slice(None), slice(oy // 2, oy // 2 + rows), slice(ox // 2, ox // 2 + cols))
+        boxes, _ = generateBoundingBox(reg[window], prob[window][:, 1], scale, threshold)
+        keep = tv_ops.nms(boxes[:, :4], boxes[:, 4], 0.5)
+        expected.append(boxes[keep].numpy())
+    expected = np.concatenate(expected)
+    assert len(ours) > 20
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_warm_up_leaves_results_alone_and_plans_the_size(shared_data: Path) -> None:
+    from facerecon import mtcnn
+    from facerecon.imageio import image_size, load_image
+
+    path = shared_data / "photos" / "JianzhuGuo.jpg"
+    if not path.is_file():
+        pytest.skip("no shared photo")
+    image = load_image(path)
+    cold = FaceDetector().crop(image)
+    mtcnn._PLANS.clear()
+    detector = FaceDetector()
+    detector.warm_up(image_size(path))
+    detector.finish_warm_up()
+    h, w = image.shape[:2]
+    assert (h, w, 0.1 * min(h, w), mtcnn.DEFAULT_FACTOR, 20.0) in mtcnn._PLANS  # the fast search's plan, made ahead
+    warm = detector.crop(image)
+    assert [c.to_dict() for c in warm] == [c.to_dict() for c in cold]
+
+
 # ---- against facenet-pytorch on real photos ----------------------------------------------------
 
 

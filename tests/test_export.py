@@ -11,6 +11,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from facerecon.errors import InputError
+from facerecon import io_utils
 from facerecon.mesh import export as export_module
 from facerecon.mesh.export import MESH_FORMATS, export_mesh, export_points, load_geometry
 from facerecon.mesh.templates import load_template
@@ -171,12 +172,12 @@ def test_failed_export_leaves_nothing_half_written(tmp_path: Path, hemisphere, m
     target = tmp_path / "face.obj"
     target.write_text("the previous file\n")
 
-    def broken_write(path, data):  # type: ignore[no-untyped-def]
-        Path(path).write_bytes(data[: len(data) // 2])  # half a file, then the disk fills up
+    def broken_write(fd, data):  # type: ignore[no-untyped-def]
+        os.write(fd, bytes(data[: len(data) // 2]))  # half a file, then the disk fills up
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_module, "_write_bytes", broken_write)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(io_utils, "_write_all", broken_write)
+    with pytest.raises(OSError, match="face.obj"):
         export_mesh(target, v, f)
     assert target.read_text() == "the previous file\n"
     assert _stray_files(tmp_path) == []
@@ -290,6 +291,20 @@ def test_format_fixed_equals_python_formatting(decimals: int, kind: str) -> None
     assert [t.lstrip("-") for t in fields] == [e.lstrip("-") for e in expected]  # the same digits
     widths = {len(line) for line in np.asarray(format_fixed(values, decimals)).view(f"S{format_fixed(values, decimals).shape[1]}").ravel()}
     assert len(widths) == 1  # fixed width: every row of fields has the same length
+
+
+def test_divmod_equals_numpy_up_to_2_to_the_53() -> None:
+    from facerecon.mesh.export import _divmod
+
+    rng = np.random.default_rng(7)
+    for divisor in (10, 10_000, 1_000_000):
+        k = rng.integers(0, (2**53 - 1) // divisor, 20_000)
+        mag = np.concatenate([rng.integers(0, 2**53, 20_000), k * divisor, k * divisor - 1, k * divisor + 1, [0, 2**53 - 1]])
+        mag = mag[(mag >= 0) & (mag < 2**53)].astype(np.int64)
+        whole, rest = _divmod(mag, divisor)
+        ref_whole, ref_rest = np.divmod(mag, divisor)
+        np.testing.assert_array_equal(whole, ref_whole)
+        np.testing.assert_array_equal(rest, ref_rest)
 
 
 @pytest.mark.parametrize("top", [9, 7001, 99999, 1234567])

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from facerecon.errors import InputError
-from facerecon.imageio import expand_image_inputs, load_image, save_image
+from facerecon.imageio import expand_image_inputs, image_size, load_image, save_image
 
 
 def _gradient(h: int = 24, w: int = 32) -> np.ndarray:
@@ -140,6 +140,13 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, transform
     expected = transform(stored)
     assert out.shape == expected.shape
     assert np.abs(out.astype(int) - expected.astype(int)).mean() < 3  # JPEG noise only
+    assert image_size(tmp_path / "r.jpg") == (expected.shape[1], expected.shape[0])  # from the header
+
+
+def test_image_size_of_a_file_that_is_not_an_image(tmp_path: Path) -> None:
+    (tmp_path / "x.jpg").write_bytes(b"not an image")
+    assert image_size(tmp_path / "x.jpg") is None
+    assert image_size(tmp_path / "missing.jpg") is None
 
 
 def test_missing_file(tmp_path: Path) -> None:

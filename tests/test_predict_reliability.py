@@ -90,13 +90,21 @@ def _predict_three_photos_with(tiny_run: dict, tmp_path: Path, monkeypatch: pyte
 def test_sigterm_while_writing_leaves_no_temporary_file(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM arriving in the middle of a mesh write (injected there): the half-written
     temporary file is removed, one line says what happened, exit 143."""
-    from facerecon.mesh import export
+    from facerecon import io_utils
 
-    def half_written_then_terminate(path, data):  # type: ignore[no-untyped-def]
-        Path(path).write_bytes(data[: len(data) // 3])
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises right here
+    real = io_utils._write_all
+    meshes = []
 
-    result, out = _predict_three_photos_with(tiny_run, tmp_path, monkeypatch, export, "_write_bytes", half_written_then_terminate)
+    def half_written_then_terminate(fd, data):  # type: ignore[no-untyped-def]
+        if bytes(data[:1]) == b"#":  # an .obj (the records are JSON)
+            meshes.append(fd)
+            if len(meshes) == 2:  # the second photo's mesh
+                os.write(fd, bytes(data[: len(data) // 3]))
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler raises right here
+        return real(fd, data)
+
+    monkeypatch.setattr(io_utils, "_write_all", half_written_then_terminate)
+    result, out = _predict_three_photos_with(tiny_run, tmp_path, monkeypatch, io_utils, "_write_all", lambda *args: None)
     assert result.exit_code == 143, result.output
     lines = _lines(result.output)
     assert len(lines) == 1 and "terminated" in lines[0], result.output

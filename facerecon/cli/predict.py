@@ -109,6 +109,9 @@ def predict(
     A video or camera gives one mesh per frame (frame_000123.obj; --every N) and one frames.jsonl.
     """
     _passive_openmp_when_busy()
+    from facerecon.allocator import retain_freed_memory
+
+    retain_freed_memory()  # before torch loads: what imports and loading free is reused without page faults
     installed = False
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -165,7 +168,7 @@ def _predict(
         )
         return
 
-    from facerecon.imageio import expand_image_inputs
+    from facerecon.imageio import expand_image_inputs, image_size
 
     paths = expand_image_inputs(inputs, recursive=recursive)
     if not paths:
@@ -199,9 +202,14 @@ def _predict(
     if checkpoint is None:
         info(f"using the default model shipped with facerecon ({ckpt.name})")
     t_load = time.perf_counter()
-    model = load_model(ckpt, device)
     detector = FaceDetector(device=device, min_probability=min_probability)
-    detector.nets  # MTCNN's weights: loading, not detection
+    # MTCNN's weights, then its first-call set-up (for the first photo's size) on the other core
+    # while the network loads: detection then starts warm
+    detector.warm_up(image_size(paths[0]))
+    try:
+        model = load_model(ckpt, device)
+    finally:  # never left running: an error here ends the process
+        detector.finish_warm_up()
     t_load = time.perf_counter() - t_load
     predictor = Predictor(model, detector, all_faces=all_faces, batch_size=batch_size if not single else 1)
 
@@ -310,6 +318,7 @@ def _predict_video(
 
     import torch
 
+    from facerecon.detect import FaceDetector
     from facerecon.engine.predict import load_model, resolve_checkpoint
     from facerecon.engine.video import VideoPredictor, open_frames
 
@@ -319,8 +328,13 @@ def _predict_video(
     ckpt = resolve_checkpoint(checkpoint)
     if checkpoint is None:
         info(f"using the default model shipped with facerecon ({ckpt.name})")
-    model = load_model(ckpt, device)
-    runner = VideoPredictor(model, device=device, min_probability=min_probability, every=every, mesh_format=ext, stages=stages)
+    detector = FaceDetector(device=device, min_probability=min_probability)
+    detector.warm_up(frames.size)  # on the other core while the network loads
+    try:
+        model = load_model(ckpt, device)
+    finally:
+        detector.finish_warm_up()
+    runner = VideoPredictor(model, detector=detector, every=every, mesh_format=ext, stages=stages)
     total = frames.frame_count
     if total is not None:
         total = -(-total // every)

@@ -355,15 +355,15 @@ class Predictor:
         return results
 
 
-def write_record(path: Path, record: dict) -> None:
-    """The JSON record, compact (no indentation), atomically."""
+def write_record(path: Path, record: dict, durable: bool = False) -> None:
+    """The JSON record, compact (no indentation), atomically (not flushed to the disk unless
+    ``durable``: see :mod:`facerecon.io_utils`)."""
     import json
 
-    from facerecon.io_utils import atomic_open
+    from facerecon.io_utils import atomic_write_bytes
 
     text = json.dumps(record, separators=(",", ":"), allow_nan=False)
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"), durable=durable)
 
 
 def write_result(
@@ -378,7 +378,8 @@ def write_result(
     ``image``, the photo) and the per-block meshes (``<stem>.stage<l><suffix>``); each file
     atomically; when writing fails or is interrupted, the files of this result already written
     are removed again (the record comes last: a mesh on disk always has its record). Returns the
-    paths."""
+    paths. The files are not flushed to the disk (recomputed in a fraction of a second; see
+    :mod:`facerecon.io_utils`)."""
     written: list[Path] = []
     try:
         _write_result_files(result, mesh_path, overlay_path, stages, image, overlay_mode, written)
@@ -399,7 +400,7 @@ def _write_result_files(
     """``write_result``'s files, each appended to ``written`` once it is complete; the record last."""
     from facerecon.mesh.export import export_mesh
 
-    export_mesh(mesh_path, result.vertices_px, result.faces, result.colors)
+    export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
     written.append(mesh_path)
     json_path = mesh_path.with_suffix(".json")
     record = result.record()
@@ -408,14 +409,14 @@ def _write_result_files(
         record["stages"] = []
         for level, (v, f) in enumerate(zip(result.stages_px, result.stage_faces)):
             stage_path = mesh_path.with_name(f"{mesh_path.stem}.stage{level}{mesh_path.suffix}")
-            export_mesh(stage_path, v, f)
+            export_mesh(stage_path, v, f, durable=False)
             record["stages"].append(stage_path.name)
             written.append(stage_path)
     if overlay_path is not None and image is not None:
         from facerecon.overlay import draw_mesh_overlay, save_image
 
         picture = draw_mesh_overlay(image, result.vertices_px, result.faces, result.landmarks_px, mode=overlay_mode)
-        save_image(overlay_path, picture)
+        save_image(overlay_path, picture, durable=False)
         record["overlay"] = overlay_path.name
         written.append(overlay_path)
     write_record(json_path, record)

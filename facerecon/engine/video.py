@@ -52,6 +52,9 @@ class FrameSource:
         self.frame_count: int | None = count if count > 0 and not is_camera else None
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if fps > 0 else 30.0
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        #: ``(width, height)`` of the frames as the source reports it; None when it does not.
+        self.size: tuple[int, int] | None = (width, height) if width > 0 and height > 0 else None
 
     def frames(self, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
         import cv2
@@ -176,15 +179,16 @@ class VideoPredictor:
         self.redetect_every = int(redetect_every)
 
     def _write_meshes(self, result: Any, mesh_path: Path) -> list[Path]:
-        """The frame's mesh (and per-block meshes with ``stages``), atomically; no per-frame JSON."""
+        """The frame's mesh (and per-block meshes with ``stages``), atomically, not flushed to the
+        disk (as ``predict``'s photos: :mod:`facerecon.io_utils`); no per-frame JSON."""
         from facerecon.mesh.export import export_mesh
 
-        export_mesh(mesh_path, result.vertices_px, result.faces, result.colors)
+        export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
         paths = [mesh_path]
         if self.stages:
             for level, (v, f) in enumerate(zip(result.stages_px, result.stage_faces)):
                 stage_path = mesh_path.with_name(f"{mesh_path.stem}.stage{level}{mesh_path.suffix}")
-                export_mesh(stage_path, v, f)
+                export_mesh(stage_path, v, f, durable=False)
                 paths.append(stage_path)
         return paths
 

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from facerecon.errors import InputError
-from facerecon.io_utils import atomic_path
+from facerecon.io_utils import atomic_path, atomic_write_bytes
 
 __all__ = [
     "MESH_FORMATS",
@@ -179,21 +179,36 @@ _HEADS: dict[tuple[int, int], np.ndarray] = {}
 
 def _field_heads(int_digits: int, sign_slot: int) -> np.ndarray:
     """``" " + [sign slot] + integer part`` of every field whose integer part has at most
-    ``int_digits`` (<= 4) digits: row ``i + 10**int_digits * negative`` (cached)."""
+    ``int_digits`` (<= 4) digits: row ``i + 10**int_digits * negative`` (cached; the negative
+    rows only with a sign slot)."""
     key = (int_digits, sign_slot)
     if key not in _HEADS:
         count = 10**int_digits
-        digits = _DIGITS4[:count, 4 - int_digits :]
-        heads = np.full((2 * count, 1 + sign_slot + int_digits), _SPACE, np.uint8)
-        heads[:count, 1 + sign_slot :] = digits
-        heads[count:, 1 + sign_slot :] = digits
-        hidden = np.zeros(count, np.intp)
-        for j in range(1, int_digits):
-            hidden += np.arange(count) < 10**j
-        rows = np.concatenate([hidden, hidden + int_digits * (sign_slot > 0)])
-        heads ^= np.take(_sign_masks(int_digits, sign_slot), rows, axis=0)
-        _HEADS[key] = heads
+        halves = 2 if sign_slot else 1
+        first = 1 + sign_slot  # the integer part's first byte
+        heads = np.full((halves, count, first + int_digits), _SPACE, np.uint8)
+        heads[:, :, first:] = _DIGITS4[:count, 4 - int_digits :]
+        for j in range(1, int_digits):  # numbers below 10**j: their first int_digits - j digits hidden
+            heads[:, : 10**j, first : first + int_digits - j] = _SPACE
+        if sign_slot:  # the minus sign just before the first digit shown
+            for j in range(1, int_digits + 1):
+                heads[1, 10 ** (j - 1) if j > 1 else 0 : 10**j, first + int_digits - j - 1] = _MINUS
+        _HEADS[key] = heads.reshape(halves * count, first + int_digits)
     return _HEADS[key]
+
+
+def _divmod(mag: np.ndarray, divisor: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.divmod(mag, divisor)`` for int64 ``0 <= mag < 2**53``, through a float64 division
+    (numpy's int64 division is not vectorised: ~10x slower). The float quotient is correctly
+    rounded, so truncating it is the true quotient or one above it (never below: the true
+    quotient's integer part is exactly representable); one above shows as a negative
+    remainder and is taken back."""
+    whole = (mag / float(divisor)).astype(np.int64)
+    rest = mag - whole * divisor
+    over = rest >> 63  # -1 where the remainder is negative, else 0
+    whole += over
+    rest -= over * divisor
+    return whole, rest
 
 
 def format_fixed(values: np.ndarray, decimals: int, sign: bool = True) -> np.ndarray:
@@ -214,8 +229,11 @@ def format_fixed(values: np.ndarray, decimals: int, sign: bool = True) -> np.nda
     """
     values = np.asarray(values)
     n, k = values.shape
-    scaled = values.astype(np.float64) * 10.0**decimals if decimals else values.astype(np.float64)
-    q = np.rint(scaled).astype(np.int64).ravel()
+    if not decimals and values.dtype.kind in "iu":  # integers (vertex indices): as they are
+        q = values.astype(np.int64).ravel()
+    else:
+        scaled = values.astype(np.float64) * 10.0**decimals if decimals else values.astype(np.float64)
+        q = np.rint(scaled).astype(np.int64).ravel()
     mag = np.abs(q)
     top = int(mag.max()) if mag.size else 0
     num_digits = max(len(str(top)), decimals + 1)
@@ -225,7 +243,7 @@ def format_fixed(values: np.ndarray, decimals: int, sign: bool = True) -> np.nda
     prefix = 1 + sign_slot + int_digits
     width = prefix + (1 + decimals if decimals else 0)
     if int_digits <= 4:  # the usual case (px, crop units, vertex indices): the integer part by table
-        whole, digits_left = np.divmod(mag, 10**decimals) if decimals else (mag, None)
+        whole, digits_left = _divmod(mag, 10**decimals) if decimals else (mag, None)
         rows = whole + 10**int_digits * neg if sign_slot else whole
         if not decimals:
             return np.take(_field_heads(int_digits, sign_slot), rows, axis=0).reshape(n, k * width)
@@ -238,7 +256,7 @@ def format_fixed(values: np.ndarray, decimals: int, sign: bool = True) -> np.nda
         words = np.empty((n * k, groups), np.uint32)
         rest = mag
         for g in range(groups - 1, 0, -1):
-            rest, low = np.divmod(rest, 10000)
+            rest, low = _divmod(rest, 10000)
             words[:, g] = np.take(_DIGITS4_WORDS, low)
         words[:, 0] = np.take(_DIGITS4_WORDS, rest)
         chars = words.view(np.uint8)[:, 4 * groups - num_digits :]
@@ -353,6 +371,7 @@ def export_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
     colors: Optional[np.ndarray] = None,
+    durable: bool = True,
 ) -> None:
     """Write a triangle mesh; the format follows the extension (see the module docstring).
 
@@ -363,6 +382,8 @@ def export_mesh(
         faces: ``(F, 3)`` int vertex indices, counter-clockwise seen from outside.
         colors: ``(V, 3)`` (or ``(V, 4)``, alpha ignored) per-vertex RGB, uint8 or float in
             [0, 1]; None for none. Dropped for ``.off`` and ``.stl``.
+        durable: flush the file to the disk before it replaces ``path``
+            (:mod:`facerecon.io_utils`; ``facerecon predict`` writes its meshes without).
 
     Raises:
         InputError: unknown extension (the message lists the supported ones), malformed arrays,
@@ -373,17 +394,7 @@ def export_mesh(
     v = _points_array(path, vertices, "vertices")
     f = _faces_array(path, faces, len(v))
     c = None if colors is None else _colors_uint8(path, colors, len(v))
-    data = mesh_bytes(suffix, v, f, c if suffix in _COLOUR_FORMATS else None)
-    with atomic_path(path) as tmp:
-        try:
-            _write_bytes(tmp, data)
-        except PermissionError:
-            raise InputError(f"{path}: cannot write here (permission denied)") from None
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
+    atomic_write_bytes(path, mesh_bytes(suffix, v, f, c if suffix in _COLOUR_FORMATS else None), durable=durable)
 
 
 def export_points(

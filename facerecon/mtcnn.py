@@ -526,14 +526,16 @@ class PyramidPlan:
 
 
 _PLANS: dict[tuple, PyramidPlan | None] = {}
+_NO_PLAN = object()
 
 
 def pyramid_plan(height: int, width: int, min_face: float, factor: float = DEFAULT_FACTOR, base_min_face: float = 20.0) -> PyramidPlan | None:
     """The :class:`PyramidPlan` of an image size (cached: the last few sizes); None when the
     pyramid is empty (an image too small for ``min_face``)."""
     key = (int(height), int(width), float(min_face), float(factor), float(base_min_face))
-    if key in _PLANS:
-        return _PLANS[key]
+    cached = _PLANS.get(key, _NO_PLAN)  # one lookup: another thread may drop entries meanwhile
+    if cached is not _NO_PLAN:
+        return cached  # type: ignore[return-value]
     scales = pyramid_scales(height, width, max(float(min_face), float(base_min_face)), factor, base_min_face)
     plan = _make_plan(height, width, scales) if scales else None
     with _LOCK:

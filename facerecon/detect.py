@@ -465,9 +465,8 @@ class FaceDetector:
             cv2.integral(np.zeros((4, 4, 3), np.uint8), sdepth=cv2.CV_32S)
             plan = None
             if image_size is not None:
-                small = self._detect_size(*image_size)
-                min_face = max(float(self.min_face_size), self.min_face_fraction * min(small))
-                plan = pyramid_plan(small[1], small[0], min_face, base_min_face=self.min_face_size)
+                width, height = self._detect_size(*image_size)
+                plan = pyramid_plan(height, width, self._fast_min_face(width, height), base_min_face=self.min_face_size)
 
             def zeros(n: int, h: int, w: int) -> torch.Tensor:
                 return torch.zeros((n, h, w, 3), device=nets.device).permute(0, 3, 1, 2)  # channels-last
@@ -514,7 +513,7 @@ class FaceDetector:
         _check_image(image)
         self.finish_warm_up()
         small, sx, sy = self._downscale(image)
-        min_face = max(float(self.min_face_size), self.min_face_fraction * min(small.shape[:2]))
+        min_face = self._fast_min_face(small.shape[1], small.shape[0])
         faces = self._to_crops(self._search(small, min_face, self.thresholds), sx, sy)
         if faces:
             self.last_search = "fast"
@@ -537,7 +536,7 @@ class FaceDetector:
         _check_image(image)
         self.finish_warm_up()
         small, sx, sy = self._downscale(image)
-        min_face = max(float(self.min_face_size), self.min_face_fraction * min(small.shape[:2]))
+        min_face = self._fast_min_face(small.shape[1], small.shape[0])
         return self._last_chances(small, min_face, sx, sy)
 
     def _last_chances(self, small: np.ndarray, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
@@ -631,6 +630,10 @@ class FaceDetector:
             return width, height
         s = self.max_detect_side / longer
         return max(1, round(width * s)), max(1, round(height * s))
+
+    def _fast_min_face(self, width: int, height: int) -> float:
+        """The fast search's smallest face, px of a detection copy of this size."""
+        return max(float(self.min_face_size), self.min_face_fraction * min(width, height))
 
     def _downscale(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         """A copy with longer side <= max_detect_side, and the x/y scale factors small/original."""

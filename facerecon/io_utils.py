@@ -46,21 +46,12 @@ def _temporary(path: Path, suffix: str) -> tuple[int, Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
-
-    The temporary name keeps the target's suffix (or ``suffix``) so that libraries that pick a
-    format from the extension (trimesh, h5py, cv2) behave the same. On any exception the
-    temporary file is removed and the target is left untouched. ``durable``: flush the file to
-    the disk before the rename (see the module docstring).
-    """
-    path = ensure_parent(path)
-    fd, tmp_path = _temporary(path, path.suffix if suffix is None else suffix)
-    os.close(fd)
+def _renamed_onto(path: Path, tmp_path: Path) -> Iterator[None]:
+    """The block completes ``tmp_path``; then it is renamed onto ``path``. On any exception the
+    temporary file is removed (the target untouched), and an ``OSError`` about the temporary
+    file is raised again naming the target."""
     try:
-        yield tmp_path
-        if durable:
-            _fsync(tmp_path)
+        yield
         os.replace(tmp_path, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -75,6 +66,24 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The temporary name keeps the target's suffix (or ``suffix``) so that libraries that pick a
+    format from the extension (trimesh, h5py, cv2) behave the same. On any exception the
+    temporary file is removed and the target is left untouched. ``durable``: flush the file to
+    the disk before the rename (see the module docstring).
+    """
+    path = ensure_parent(path)
+    fd, tmp_path = _temporary(path, path.suffix if suffix is None else suffix)
+    os.close(fd)
+    with _renamed_onto(path, tmp_path):
+        yield tmp_path
+        if durable:
+            _fsync(tmp_path)  # by path: a library may have written the file through its own handle
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", durable: bool = True, **kwargs: Any) -> Iterator[IO[Any]]:
     """``open()`` for writing, atomically: the file appears complete or not at all."""
     if not any(m in mode for m in "wx"):
@@ -86,27 +95,23 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", durable: bool = T
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (as :func:`atomic_path`), through the temporary
-    file's own descriptor: one open instead of three for a small file."""
+    file's own descriptor: one open instead of three for a small file.
+
+    Raises:
+        InputError: the folder cannot be written (permission denied).
+    """
     path = ensure_parent(path)
     fd, tmp_path = _temporary(path, path.suffix)
     try:
-        try:
-            _write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        if isinstance(exc, PermissionError):
-            raise InputError(f"{path}: cannot write here (permission denied)") from None
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
+        with _renamed_onto(path, tmp_path):
+            try:
+                _write_all(fd, data)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+    except PermissionError:
+        raise InputError(f"{path}: cannot write here (permission denied)") from None
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

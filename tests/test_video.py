@@ -6,6 +6,7 @@ needed)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,14 @@ def test_video_errors_are_one_line(tiny_run: dict, tmp_path: Path) -> None:
     result = _run_clip(tiny_run, not_video, tmp_path / "out")
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "clip.mp4" in lines[0], result.output
+    # in a real process too, where FFmpeg writes to the process's stderr itself
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "facerecon", "predict", str(not_video), "-o", str(tmp_path / "out2"), "--checkpoint", str(tiny_run["checkpoint"])],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "clip.mp4" in lines[0], proc.stdout + proc.stderr
     clip = tmp_path / "ok.avi"
     make_clip(_load_rgb(ASTRONAUT), clip, (256.0, 128.0), frames=2)
     result = _run_clip(tiny_run, clip, tmp_path / "x.obj")

@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -46,6 +46,19 @@ def _passive_openmp_when_busy() -> None:
         return
     if busy:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def _load_while_detector_warms(ckpt: Path, device: str, detector: Any, image_size: tuple[int, int] | None) -> Any:
+    """The network, loaded while MTCNN sets itself up on the other core (its weights, its first
+    calls, P-Net for ``image_size``): detection then starts warm. The set-up has finished when
+    this returns, also on an error (which ends the process)."""
+    from facerecon.engine.predict import load_model
+
+    detector.warm_up(image_size)
+    try:
+        return load_model(ckpt, device)
+    finally:
+        detector.finish_warm_up()
 
 
 def _check_writable(path: Path, what: str) -> None:
@@ -193,7 +206,7 @@ def _predict(
     import torch
 
     from facerecon.detect import FaceDetector
-    from facerecon.engine.predict import Predictor, load_model, resolve_checkpoint, write_result
+    from facerecon.engine.predict import Predictor, resolve_checkpoint, write_result
     from facerecon.engine.predict import load_photo as load_image
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -203,13 +216,7 @@ def _predict(
         info(f"using the default model shipped with facerecon ({ckpt.name})")
     t_load = time.perf_counter()
     detector = FaceDetector(device=device, min_probability=min_probability)
-    # MTCNN's weights, then its first-call set-up (for the first photo's size) on the other core
-    # while the network loads: detection then starts warm
-    detector.warm_up(image_size(paths[0]))
-    try:
-        model = load_model(ckpt, device)
-    finally:  # never left running: an error here ends the process
-        detector.finish_warm_up()
+    model = _load_while_detector_warms(ckpt, device, detector, image_size(paths[0]))
     t_load = time.perf_counter() - t_load
     predictor = Predictor(model, detector, all_faces=all_faces, batch_size=batch_size if not single else 1)
 
@@ -319,7 +326,7 @@ def _predict_video(
     import torch
 
     from facerecon.detect import FaceDetector
-    from facerecon.engine.predict import load_model, resolve_checkpoint
+    from facerecon.engine.predict import resolve_checkpoint
     from facerecon.engine.video import VideoPredictor, open_frames
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -329,11 +336,7 @@ def _predict_video(
     if checkpoint is None:
         info(f"using the default model shipped with facerecon ({ckpt.name})")
     detector = FaceDetector(device=device, min_probability=min_probability)
-    detector.warm_up(frames.size)  # on the other core while the network loads
-    try:
-        model = load_model(ckpt, device)
-    finally:
-        detector.finish_warm_up()
+    model = _load_while_detector_warms(ckpt, device, detector, frames.size)
     runner = VideoPredictor(model, detector=detector, every=every, mesh_format=ext, stages=stages)
     total = frames.frame_count
     if total is not None:

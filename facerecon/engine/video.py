@@ -97,6 +97,9 @@ def open_frames(path: str | os.PathLike[str] | None, camera: int | None = None) 
 
     with contextlib.suppress(Exception):  # OpenCV's own warnings would add lines to ours
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    # and FFmpeg's (e.g. "moov atom not found" for a file that is not a video): its log level is
+    # read when OpenCV opens its first capture; quiet unless the user chose one
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if camera is not None:
         if camera < 0:
             raise InputError(f"--camera {camera}: a camera index is >= 0")

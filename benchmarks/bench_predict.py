@@ -97,7 +97,8 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
     import torch
 
     from facerecon.detect import FaceDetector
-    from facerecon.engine.predict import Predictor, load_photo, write_record, write_result
+    from facerecon.engine.predict import Predictor, write_record, write_result
+    from facerecon.imageio import load_photo
     from facerecon.mesh.export import export_mesh
 
     image = load_photo(photo)
@@ -227,7 +228,7 @@ def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None
     import numpy as np
 
     from facerecon.detect import FaceDetector
-    from facerecon.engine.predict import load_photo
+    from facerecon.imageio import load_photo
     from facerecon.engine.video import VideoPredictor, open_frames
 
     image = load_photo(photo)
@@ -258,7 +259,8 @@ def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None
 
 def bench_folder(args: argparse.Namespace, model, tmp: Path) -> None:  # type: ignore[no-untyped-def]
     from facerecon.detect import FaceDetector
-    from facerecon.engine.predict import Predictor, load_photo, write_result
+    from facerecon.engine.predict import Predictor, write_result
+    from facerecon.imageio import load_photo
 
     folder = SHARED / "photos"
     photos = sorted(p for p in folder.glob("*.jpg") if p.stat().st_size < 5_000_000) if folder.is_dir() else []

@@ -27,7 +27,7 @@ def panel(sample, model, scale: int = 2) -> np.ndarray:  # noqa: ANN001
     import cv2
 
     from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
-    from facerecon.detect import crop_image, landmark_box
+    from facerecon.crop import crop_image, landmark_box
     from facerecon.frames import crop_to_image_3d, image_to_crop_px
 
     box = landmark_box(gt_landmarks_px(sample, model))

@@ -114,6 +114,50 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
         raise InputError(f"{path}: cannot write here (permission denied)") from None
 
 
+def check_writable_file(path: str | os.PathLike[str], what: str) -> None:
+    """Fail before any work when ``path`` (a file to be written, ``what`` it is) cannot be
+    written: its folder cannot be created or written, or the path is a folder.
+
+    Raises:
+        InputError: one line naming the path and the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name for the {what} (or another path)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the folder for the {what} ({exc.strerror or exc})") from None
+    _probe_folder(path.parent, path, what)
+
+
+def check_writable_folder(folder: str | os.PathLike[str], what: str) -> None:
+    """Fail before any work when ``folder`` (for ``what``, e.g. "meshes") is a file, or cannot
+    be created or written.
+
+    Raises:
+        InputError: one line naming the folder and the reason.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: the {what} go into a folder, and this is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create the folder for the {what} ({exc.strerror or exc})") from None
+    _probe_folder(folder, folder, what)
+
+
+def _probe_folder(folder: Path, named: Path, what: str) -> None:
+    """Create and remove a temporary file in ``folder``: the one sure test that it can be written."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".facerecon-probe.", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{named}: cannot write the {what} there ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_open(path, "w", encoding="utf-8") as fh:

@@ -14,6 +14,7 @@ PACKAGE = Path(facerecon.__file__).parent
 #: docs/architecture.md, top to bottom; a module's layer is that of its longest listed prefix.
 LAYERS: dict[str, int] = {
     "facerecon.cli": 4,
+    "facerecon.api": 4,
     "facerecon.__main__": 4,
     "facerecon.engine": 3,
     "facerecon.model": 2,
@@ -28,6 +29,7 @@ LAYERS: dict[str, int] = {
     "facerecon.plots": 2,
     "facerecon.ops": 1,
     "facerecon.frames": 1,
+    "facerecon.crop": 1,
     "facerecon.errors": 0,
     "facerecon.io_utils": 0,
     "facerecon.allocator": 0,
@@ -53,11 +55,27 @@ def _layer(module: str) -> int:
     return LAYERS[best]
 
 
+def _lazy_export_nodes(tree: ast.Module) -> set[int]:
+    """The nodes inside a module-level ``__getattr__`` (PEP 562): the package's lazy exports
+    (``from facerecon import Reconstructor`` loads :mod:`facerecon.api` on first use), which
+    are not a dependency of the module itself."""
+    return {
+        id(inner)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        for inner in ast.walk(node)
+    }
+
+
 def _imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The facerecon modules ``module`` imports anywhere in its file."""
+    """The facerecon modules ``module`` imports anywhere in its file (lazy exports aside)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    lazy = _lazy_export_nodes(tree)
+    for node in ast.walk(tree):
+        if id(node) in lazy:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -265,7 +265,7 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
     five points; without it the sample goes to the average crop."""
     from facerecon.data.cache import _Context, compute_sample
     from facerecon.data.face_model import load_face_model
-    from facerecon.detect import FaceCrop, square_box
+    from facerecon.crop import FaceCrop, square_box
 
     data, model_dir = fixture_set
     ref = list_samples(data, "aflw2000")[0]
@@ -306,7 +306,7 @@ def test_the_annotated_face_is_the_detection_that_overlaps_its_landmarks() -> No
     most, and none below IoU 0.3 (a face part, a face beside it). Hand-worked boxes: landmarks
     spanning x, y in [100, 200] give the square (95, 95, 110)."""
     from facerecon.data.cache import _pick_face
-    from facerecon.detect import FaceCrop
+    from facerecon.crop import FaceCrop
 
     lm = np.array([[100.0, 100.0], [200.0, 200.0], [150.0, 120.0]])
 

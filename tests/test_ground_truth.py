@@ -19,7 +19,7 @@ from facerecon.data.ground_truth import (
     vertex_normals,
 )
 from facerecon.data.readers import list_samples, read_sample
-from facerecon.detect import landmark_box
+from facerecon.crop import landmark_box
 from facerecon.frames import image_to_crop
 from facerecon.imageio import sample_colors
 
@@ -145,7 +145,7 @@ def test_aflw_landmark_vertices_match_pt3d(shared_data: Path) -> None:
 def test_aflw_ground_truth_lands_on_the_crop_image(shared_data: Path) -> None:
     """Colours stored per point (sampled from the original photo) agree with the 224 crop image
     sampled at the point's crop position, and far better than with a 3 px shift."""
-    from facerecon.detect import crop_image
+    from facerecon.crop import crop_image
 
     model = load_face_model(shared_data / "bfm-mean")
     for r in list_samples(shared_data / "aflw2000-3d")[:5]:

@@ -175,7 +175,7 @@ def test_predict_imports_only_what_it_needs(tmp_path: Path) -> None:
 
 
 def test_landmarks5_in_crop_units_by_hand() -> None:
-    from facerecon.detect import FaceCrop
+    from facerecon.crop import FaceCrop
     from facerecon.engine.predict import landmarks5_crop_units
 
     lm = np.array([[110, 120], [150, 120], [130, 140], [115, 160], [145, 160]], np.float32)
@@ -192,7 +192,7 @@ def test_landmarks5_in_crop_units_by_hand() -> None:
 def test_predict_passes_landmarks5_to_a_network_that_takes_them(tiny_run: dict, tmp_path: Path) -> None:
     """A network whose forward takes ``landmarks5`` (model v2) gets MTCNN's five points in crop
     units; one that does not is called with the image only (both go through the same Predictor)."""
-    from facerecon.detect import FaceCrop
+    from facerecon.crop import FaceCrop
     from facerecon.engine.predict import Predictor, load_model
 
     model = load_model(tiny_run["checkpoint"])

@@ -175,7 +175,7 @@ def _write_crops(
     image: Any, path: Path, stem: str, outdir: Path, chosen: list[Any], size: int, fmt: str, quality: int,
     all_faces: bool, summary: _Summary,
 ) -> list[dict[str, Any]]:
-    from facerecon.detect import crop_image
+    from facerecon.crop import crop_image
     from facerecon.imageio import save_image
 
     h, w = image.shape[:2]
@@ -197,7 +197,8 @@ def _crop_deferred(
     quality: int, summary: _Summary,
 ) -> list[dict[str, Any]]:
     """--fallback-mean: crop the images without a face with the mean box of those with one."""
-    from facerecon.detect import FaceCrop, FaceDetector, mean_relative_box
+    from facerecon.detect import FaceDetector
+    from facerecon.crop import FaceCrop, mean_relative_box
     from facerecon.imageio import load_image
 
     firsts = [r for r in records if r["face_index"] == 0 and not r["fallback"]]

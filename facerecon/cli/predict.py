@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 import typer
 
 from facerecon.cli._common import console, display_path, err_console, info, make_progress, state
-from facerecon.errors import FaceReconError, InputError
+from facerecon.errors import InputError
 
 ORDER = 60
 
@@ -46,53 +46,6 @@ def _passive_openmp_when_busy() -> None:
         return
     if busy:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
-def _load_while_detector_warms(ckpt: Path, device: str, detector: Any, image_size: tuple[int, int] | None) -> Any:
-    """The network, loaded while MTCNN sets itself up on the other core (its weights, its first
-    calls, P-Net for ``image_size``): detection then starts warm. The set-up has finished when
-    this returns, also on an error (which ends the process)."""
-    from facerecon.engine.predict import load_model
-
-    detector.warm_up(image_size)
-    try:
-        return load_model(ckpt, device)
-    finally:
-        detector.finish_warm_up()
-
-
-def _check_writable(path: Path, what: str) -> None:
-    """Fail now, before any inference, when ``path`` (a file to be written) cannot be written:
-    its folder cannot be created or written, or the path is a folder."""
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a file name for the {what} (or another path)")
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot create the folder for the {what} ({exc.strerror or exc})") from None
-    _probe_folder(folder, path, what)
-
-
-def _check_writable_folder(folder: Path, what: str) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: the {what} go into a folder, and this is a file")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot create the folder for the {what} ({exc.strerror or exc})") from None
-    _probe_folder(folder, folder, what)
-
-
-def _probe_folder(folder: Path, named: Path, what: str) -> None:
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".facerecon-probe.", dir=folder)
-    except OSError as exc:
-        raise InputError(f"{named}: cannot write the {what} there ({exc.strerror or exc})") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def predict(
@@ -170,146 +123,67 @@ def _predict(
         raise InputError("--camera reads frames from a camera: give no input files with it")
     if camera is None and not inputs:
         raise InputError("no input given: name image files, folders, globs or a video (or use --camera N)")
-    video = camera is not None or (len(inputs) == 1 and Path(inputs[0]).suffix.lower() in VIDEO_SUFFIXES)
-    for item in inputs:
-        if not any(ch in item for ch in "*?[") and not Path(item).exists():
-            raise InputError(f"{item}: no such file or folder")
-    if video:
-        _predict_video(
-            None if camera is not None else Path(inputs[0]), camera, output, checkpoint, ext, stages, min_probability,
-            device, every, max_frames, written,
-        )
+    missing = [item for item in inputs if not any(ch in item for ch in "*?[") and not Path(item).exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file or folder")
+    if camera is not None or (len(inputs) == 1 and Path(inputs[0]).suffix.lower() in VIDEO_SUFFIXES):
+        video = None if camera is not None else Path(inputs[0])
+        _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written)
         return
 
-    from facerecon.imageio import expand_image_inputs, image_size
+    from facerecon.engine.photos import plan_photos, write_photos
+    from facerecon.imageio import image_size
 
-    paths = expand_image_inputs(inputs, recursive=recursive)
-    if not paths:
-        raise InputError(f"no images found in {' '.join(inputs)}")
-    single = len(paths) == 1 and Path(inputs[0]).is_file() and len(inputs) == 1
-    if single and output.suffix.lower() not in MESH_FORMATS:
-        if output.suffix and not output.is_dir():
-            raise InputError(f"{output}: unknown mesh format {output.suffix!r} (use {', '.join(MESH_FORMATS)})")
-        single = False  # a folder for one image
-    if not single and output.exists() and not output.is_dir():
-        raise InputError(f"{output}: several images need an output folder, and this is a file")
-    # every output place is checked before the model loads and anything runs
-    if single:
-        _check_writable(output, "mesh")
-        if overlay is not None:
-            _check_writable(overlay, "overlay")
-    else:
-        _check_writable_folder(output, "meshes")
-        if overlay is not None:
-            _check_writable_folder(overlay, "overlays")
+    job = plan_photos(inputs, output, overlay, ext, recursive)  # every output place checked before the model loads
+    t_load = time.perf_counter()
+    rec = _reconstructor(
+        checkpoint, device, min_probability, image_size(job.photos[0]), all_faces=all_faces,
+        batch_size=1 if job.single else batch_size,
+    )
+    t_load = time.perf_counter() - t_load
+    with make_progress(disable=job.single) as bar:
+        task = bar.add_task("predict", total=len(job.photos), unit="img")
+        summary = write_photos(
+            rec.predictor, job, require_face=require_face, stages=stages, overlay_mode=overlay_mode,
+            on_photo=lambda: bar.advance(task), written=written,
+        )
+    _report_photos(summary, job, rec.predictor.timings, t_load, written)
 
-    import torch
 
-    from facerecon.detect import FaceDetector
-    from facerecon.engine.predict import Predictor, resolve_checkpoint, write_result
-    from facerecon.engine.predict import load_photo as load_image
+def _reconstructor(
+    checkpoint: Optional[Path], device: str, min_probability: float, first_size: tuple[int, int] | None, **kwargs: Any
+) -> Any:
+    """The model and detector (:class:`facerecon.api.Reconstructor`), saying which model is used."""
+    from facerecon.api import Reconstructor
+    from facerecon.engine.predict import resolve_checkpoint
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
     ckpt = resolve_checkpoint(checkpoint)
     if checkpoint is None:
         info(f"using the default model shipped with facerecon ({ckpt.name})")
-    t_load = time.perf_counter()
-    detector = FaceDetector(device=device, min_probability=min_probability)
-    model = _load_while_detector_warms(ckpt, device, detector, image_size(paths[0]))
-    t_load = time.perf_counter() - t_load
-    predictor = Predictor(model, detector, all_faces=all_faces, batch_size=batch_size if not single else 1)
+    return Reconstructor(ckpt, device=device, min_probability=min_probability, warm_up_size=first_size, **kwargs)
 
-    failed: list[tuple[Path, str]] = []
-    no_face: list[Path] = []
-    t_start = time.perf_counter()
 
-    def targets(source: Path, k: int) -> tuple[Path, Path | None]:
-        suffix = "" if k == 0 else f"_{k}"
-        if single:
-            mesh = output if k == 0 else output.with_name(f"{output.stem}{suffix}{output.suffix}")
-            ov = None
-            if overlay is not None:
-                ov = overlay if k == 0 else overlay.with_name(f"{overlay.stem}{suffix}{overlay.suffix}")
-            return mesh, ov
-        mesh = output / f"{source.stem}{suffix}{ext}"
-        ov = None if overlay is None else overlay / f"{source.stem}{suffix}.png"
-        return mesh, ov
-
-    # Faces waiting for the network: crops and colour sources only (PreparedFace), never the
-    # decoded photos, so memory does not grow with the batch size or the number of images.
-    pending: list = []
-    kept_image: dict[Path, object] = {}  # single mode: the one photo, for its overlay
-
-    def flush() -> None:
-        if not pending:
-            return
-        results = predictor.reconstruct(pending)
-        t0 = time.perf_counter()
-        for result in results:
-            mesh_path, ov_path = targets(result.source, result.face_index)
-            image = None
-            if ov_path is not None:
-                image = kept_image.get(result.source)
-                if image is None:
-                    image = load_image(result.source)  # decoded again, one at a time
-            written.extend(write_result(result, mesh_path, ov_path, stages=stages, image=image, overlay_mode=overlay_mode))
-            del image
-        predictor.timings.export += time.perf_counter() - t0
-        pending.clear()
-
-    with make_progress(disable=single) as bar:
-        task = bar.add_task("predict", total=len(paths), unit="img")
-        for path in paths:
-            try:
-                t0 = time.perf_counter()
-                image = load_image(path)
-                predictor.timings.decode += time.perf_counter() - t0
-                crops = predictor.crops_of(image)
-                if crops[0].fallback:
-                    if require_face:
-                        raise InputError(f"{path}: no face found (--require-face)")
-                    no_face.append(path)
-                pending.extend(predictor.prepare(path, image, crops))
-                if single:
-                    kept_image[path] = image
-                del image
-                predictor.timings.images += 1
-                if len(pending) >= predictor.batch_size:
-                    flush()
-            except FaceReconError as exc:
-                if single:
-                    raise
-                failed.append((path, str(exc)))
-            except OSError as exc:  # e.g. a full disk while writing: name the file, go on with the others
-                if single:
-                    raise
-                failed.append((path, f"{exc.filename or path}: {exc.strerror or exc}"))
-                pending.clear()
-            bar.advance(task)
-        flush()
-
-    elapsed = time.perf_counter() - t_start
-    t = predictor.timings
-    for path in no_face:
+def _report_photos(summary: Any, job: Any, t: Any, t_load: float, written: list[Path]) -> None:
+    """The warnings, failures and the one summary line of a photo run; exit 1 when any failed."""
+    for path in summary.no_face:
         err_console.print(f"[yellow]warning:[/yellow] {display_path(path)}: no face found; used the average crop", highlight=False, soft_wrap=True)
-    for path, why in failed:
+    for _path, why in summary.failed:
         err_console.print(f"[red]failed:[/red] {' '.join(why.split())}", highlight=False, soft_wrap=True)
-    if single:
+    if job.single:
         console.print(f"wrote {', '.join(display_path(p) for p in written)}", highlight=False, soft_wrap=True)
     else:
         console.print(
-            f"{t.images} image(s), {t.faces} face(s) -> {display_path(output)}; "
-            f"{len(no_face)} without a detected face, {len(failed)} failed",
+            f"{summary.images} image(s), {summary.faces} face(s) -> {display_path(job.output)}; "
+            f"{len(summary.no_face)} without a detected face, {len(summary.failed)} failed",
             highlight=False, soft_wrap=True,
         )
-    if state.verbose and t.images:
-        n = t.images
+    if state.verbose and summary.images:
+        n = summary.images
         info(
-            f"time per image: {t.per_item(n)}; {n / elapsed:.2f} images/s overall "
+            f"time per image: {t.per_item(n)}; {n / summary.elapsed:.2f} images/s overall "
             f"(model and detector loaded in {1000 * t_load:.0f} ms; first calls include one-off warm-up)"
         )
-    if failed:
+    if summary.failed:
         raise typer.Exit(1)
 
 
@@ -317,27 +191,16 @@ def _predict_video(
     path: Optional[Path], camera: Optional[int], output: Path, checkpoint: Optional[Path], ext: str, stages: bool,
     min_probability: float, device: str, every: int, max_frames: Optional[int], written: list[Path],
 ) -> None:
+    from facerecon.engine.video import open_frames
+    from facerecon.io_utils import check_writable_folder
     from facerecon.mesh.export import MESH_FORMATS
 
     if output.suffix.lower() in MESH_FORMATS and not output.is_dir():
         raise InputError(f"{output}: a video or camera gives one mesh per frame; give an output folder")
-    _check_writable_folder(output, "meshes")
-
-    import torch
-
-    from facerecon.detect import FaceDetector
-    from facerecon.engine.predict import resolve_checkpoint
-    from facerecon.engine.video import VideoPredictor, open_frames
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    check_writable_folder(output, "meshes")
     frames = open_frames(path, camera)  # a clear InputError for an unreadable file or a missing camera
-    ckpt = resolve_checkpoint(checkpoint)
-    if checkpoint is None:
-        info(f"using the default model shipped with facerecon ({ckpt.name})")
-    detector = FaceDetector(device=device, min_probability=min_probability)
-    model = _load_while_detector_warms(ckpt, device, detector, frames.size)
-    runner = VideoPredictor(model, detector=detector, every=every, mesh_format=ext, stages=stages)
+    rec = _reconstructor(checkpoint, device, min_probability, frames.size, batch_size=1)
+    runner = rec.video_runner(every=every, mesh_format=ext, stages=stages)
     total = frames.frame_count
     if total is not None:
         total = -(-total // every)
@@ -345,16 +208,14 @@ def _predict_video(
             total = min(total, max_frames)
     with make_progress() as bar:
         task = bar.add_task("frames", total=total, unit="frame")
-        summary = runner.run(frames, output, max_frames=max_frames, on_frame=lambda: bar.advance(task), written=written)
-    s = summary
+        s = runner.run(frames, output, max_frames=max_frames, on_frame=lambda: bar.advance(task), written=written)
     console.print(
         f"{s.frames} frame(s) -> {display_path(output)} ({display_path(s.jsonl)}): {s.detections} detection(s), "
         f"{s.tracked} tracked, {s.no_face} without a face; {s.fps:.1f} frames/s",
         highlight=False, soft_wrap=True,
     )
     if state.verbose and s.frames:
-        n = s.frames
-        info(f"time per frame: {s.per_item(n)}")
+        info(f"time per frame: {s.per_item(s.frames)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -43,15 +43,8 @@ from facerecon import __version__
 from facerecon.data.face_model import FaceModel, load_face_model
 from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
 from facerecon.data.readers import SampleRef, read_sample
-from facerecon.detect import (
-    CROP_SIZE,
-    FaceDetector,
-    RelativeBoxMean,
-    box_iou,
-    crop_image,
-    landmark_box,
-    relative_to_box,
-)
+from facerecon.detect import FaceDetector
+from facerecon.crop import CROP_SIZE, RelativeBoxMean, box_iou, crop_image, landmark_box, relative_to_box
 from facerecon.errors import FaceReconError, InputError
 from facerecon.frames import image_to_crop
 

@@ -95,6 +95,21 @@ class FaceResult:
     stage_faces: list[np.ndarray]
 
     @property
+    def box(self) -> tuple[float, float, float]:
+        """The square crop box ``(x0, y0, side)``, image px."""
+        return tuple(self.crop.box)  # type: ignore[return-value]  # (x0, y0, side) by construction
+
+    def save(
+        self, mesh_path: str | os.PathLike[str], overlay_path: str | os.PathLike[str] | None = None,
+        image: np.ndarray | None = None, stages: bool = False, overlay_mode: str = "shaded",
+    ) -> list[Path]:
+        """Write the mesh (by its suffix: ``.obj``, ``.ply``, ``.glb``, ...) and its JSON record
+        ``<mesh>.json``; with ``overlay_path`` and ``image`` (the photo), the overlay PNG too.
+        Returns the paths written (:func:`write_result`)."""
+        overlay = None if overlay_path is None else Path(overlay_path)
+        return write_result(self, Path(mesh_path), overlay, stages=stages, image=image, overlay_mode=overlay_mode)
+
+    @property
     def stages_px(self) -> list[np.ndarray]:
         """The mesh after each block in image px (computed when asked: only ``--stages`` needs it)."""
         from facerecon.frames import crop_to_image_3d
@@ -182,7 +197,7 @@ class PreparedFace:
 
 def prepare_face(source: Path, image: np.ndarray, crop: Any, face_index: int, size: int) -> PreparedFace:
     """Cut what :class:`Predictor` needs from the photo (see :class:`PreparedFace`)."""
-    from facerecon.detect import crop_image
+    from facerecon.crop import crop_image
 
     x0, y0, side = crop.box
     big = side * COLOUR_ENLARGE
@@ -196,48 +211,6 @@ def prepare_face(source: Path, image: np.ndarray, crop: Any, face_index: int, si
         colour_box=colour_box,
         colour_pixels=crop_image(image, colour_box, size=COLOUR_SIZE),
     )
-
-
-#: Photos of at least this many pixels are decoded by :func:`load_photo`'s lean path.
-LEAN_DECODE_PIXELS = 16_000_000
-
-
-def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
-    """:func:`facerecon.imageio.load_image`, with less memory for huge PNGs.
-
-    Pillow holds an RGB image as 4 bytes a pixel and ``load_image`` then copies it into numpy:
-    a 100 MP PNG peaks at ~1.3 GB. For a plain 8-bit RGB or grayscale PNG of at least
-    :data:`LEAN_DECODE_PIXELS` pixels with no EXIF rotation, OpenCV decodes straight into the
-    array (converted to RGB in place): the same pixels, one copy. Everything else (and every
-    error) goes through ``load_image``.
-    """
-    from facerecon.imageio import MAX_PIXELS, load_image
-
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            lean = (
-                im.format == "PNG"
-                and im.mode in ("RGB", "L")
-                and LEAN_DECODE_PIXELS <= im.size[0] * im.size[1] <= MAX_PIXELS
-                and "transparency" not in im.info
-                and im.getexif().get(0x0112, 1) == 1
-            )
-            size = im.size
-    except Exception:  # noqa: BLE001  (load_image reports the problem with its own words)
-        lean = False
-    if lean:
-        import cv2
-
-        flags = cv2.IMREAD_COLOR | getattr(cv2, "IMREAD_IGNORE_ORIENTATION", 0)
-        try:
-            bgr = cv2.imread(os.fspath(path), flags)
-        except cv2.error:
-            bgr = None
-        if bgr is not None and bgr.shape[:2] == (size[1], size[0]) and bgr.dtype == np.uint8:
-            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
-    return load_image(path)
 
 
 def landmarks5_crop_units(crops: Sequence[Any]) -> np.ndarray:
@@ -277,7 +250,7 @@ class Predictor:
     @property
     def input_size(self) -> int:
         """Side of the crops cut for the network (the cache's crop size; the network resizes)."""
-        from facerecon.detect import CROP_SIZE
+        from facerecon.crop import CROP_SIZE
 
         return CROP_SIZE
 
@@ -461,6 +434,5 @@ __all__ = [
     "prepare_face",
     "landmarks5_crop_units",
     "write_record",
-    "load_photo",
     "FaceReconError",
 ]

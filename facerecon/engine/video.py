@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from facerecon.engine.predict import Timings
+from facerecon.engine.predict import FaceResult, Timings
 from facerecon.errors import InputError
 
-__all__ = ["FrameSource", "open_frames", "VideoPredictor", "VideoSummary"]
+__all__ = ["FrameSource", "open_frames", "VideoPredictor", "VideoSummary", "FrameResult"]
 
 
 class FrameSource:
@@ -127,6 +127,24 @@ def open_frames(path: str | os.PathLike[str] | None, camera: int | None = None) 
 
 
 @dataclass
+class FrameResult:
+    """The face of one video frame (image px of the frame)."""
+
+    index: int  # the frame's index in the video, 0-based
+    time: float  # seconds from the start (a camera: since the first frame)
+    tracked: bool  # the face was tracked from the previous frame (no detection)
+    face: FaceResult
+
+    def record(self, mesh_name: str) -> dict:
+        """The frame's line of ``frames.jsonl``: the photo record of ``predict`` (without
+        ``source`` and ``frame``) with the frame's index, time and tracking flag."""
+        record = self.face.record()
+        record.pop("source", None)
+        record.pop("frame", None)
+        return {"frame": self.index, "time": round(self.time, 4), "tracked": self.tracked, **record, "mesh": mesh_name}
+
+
+@dataclass
 class VideoSummary(Timings):
     """What a video run did, with its time per stage (``Timings``: seconds, totals)."""
 
@@ -195,6 +213,51 @@ class VideoPredictor:
                 paths.append(stage_path)
         return paths
 
+    def reconstruct(
+        self, source: FrameSource, summary: VideoSummary | None = None, max_frames: int | None = None
+    ) -> Iterator[FrameResult]:
+        """Yield the face of every ``every``-th frame of ``source`` (see the module docstring),
+        at most ``max_frames``; ``summary`` (when given) counts frames, detections and time per
+        stage as they go. The source is closed when the iteration ends, however it ends."""
+        summary = VideoSummary() if summary is None else summary
+        previous = None  # the last frame's FaceCrop (a real detection) or None
+        since_detection = 0
+        try:
+            frames = source.frames(self.every)
+            while max_frames is None or summary.frames < max_frames:
+                t0 = time.perf_counter()
+                item = next(frames, None)
+                summary.decode += time.perf_counter() - t0
+                if item is None:
+                    break
+                index, t_video, frame = item
+                t0 = time.perf_counter()
+                crop, tracked = self._face_of(frame, previous, since_detection)
+                since_detection = since_detection + 1 if tracked else 0
+                summary.detections += int(not tracked)
+                summary.tracked += int(tracked)
+                summary.detect += time.perf_counter() - t0
+                previous = None if crop.fallback else crop
+                summary.no_face += int(crop.fallback)
+                prepared = self.predictor.prepare(Path(source.name), frame, [crop])
+                del frame
+                t_net = self.predictor.timings.network
+                (result,) = self.predictor.reconstruct(prepared)
+                summary.network += self.predictor.timings.network - t_net
+                summary.frames += 1
+                yield FrameResult(index, t_video, tracked, result)
+        finally:
+            source.close()
+
+    def _face_of(self, frame: np.ndarray, previous: Any, since_detection: int) -> tuple[Any, bool]:
+        """The frame's face, tracked from the previous frame's when that holds, else detected;
+        and whether it was tracked."""
+        if previous is not None and (self.redetect_every <= 0 or since_detection < self.redetect_every):
+            crop = self.detector.track(frame, previous)
+            if crop is not None:
+                return crop, True
+        return self.detector.crop(frame)[0], False
+
     def run(
         self,
         source: FrameSource,
@@ -214,60 +277,23 @@ class VideoPredictor:
         out.mkdir(parents=True, exist_ok=True)
         written = [] if written is None else written
         summary = VideoSummary(jsonl=out / "frames.jsonl")
-        previous = None  # the last frame's FaceCrop (a real detection) or None
-        since_detection = 0
         t_start = time.perf_counter()
         stopped: BaseException | None = None
         with atomic_path(summary.jsonl) as tmp_jsonl, open(tmp_jsonl, "w", encoding="utf-8") as log:
             try:
-                frames = source.frames(self.every)
-                while max_frames is None or summary.frames < max_frames:
+                for frame in self.reconstruct(source, summary, max_frames):
                     t0 = time.perf_counter()
-                    item = next(frames, None)
-                    summary.decode += time.perf_counter() - t0
-                    if item is None:
-                        break
-                    index, t_video, frame = item
-                    # ---- the face: tracked from the previous frame, or detected
-                    t0 = time.perf_counter()
-                    crop, tracked = None, False
-                    if previous is not None and (self.redetect_every <= 0 or since_detection < self.redetect_every):
-                        crop = self.detector.track(frame, previous)
-                        tracked = crop is not None
-                    if crop is None:
-                        crop = self.detector.crop(frame)[0]
-                        since_detection = 0
-                        summary.detections += 1
-                    else:
-                        since_detection += 1
-                        summary.tracked += 1
-                    summary.detect += time.perf_counter() - t0
-                    previous = None if crop.fallback else crop
-                    summary.no_face += int(crop.fallback)
-                    # ---- network and files
-                    prepared = self.predictor.prepare(Path(source.name), frame, [crop])
-                    del frame
-                    t_net = self.predictor.timings.network
-                    (result,) = self.predictor.reconstruct(prepared)
-                    summary.network += self.predictor.timings.network - t_net
-                    t0 = time.perf_counter()
-                    mesh_path = out / f"frame_{index:06d}{self.mesh_format}"
-                    paths = self._write_meshes(result, mesh_path)  # the record goes to frames.jsonl
-                    record = result.record()
-                    record.pop("source", None)
-                    record.pop("frame", None)
-                    record = {"frame": index, "time": round(t_video, 4), "tracked": tracked, **record, "mesh": mesh_path.name}
-                    log.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+                    mesh_path = out / f"frame_{frame.index:06d}{self.mesh_format}"
+                    paths = self._write_meshes(frame.face, mesh_path)  # the record goes to frames.jsonl
+                    log.write(json.dumps(frame.record(mesh_path.name), separators=(",", ":"), allow_nan=False) + "\n")
                     log.flush()
                     written.extend(paths)
                     summary.export += time.perf_counter() - t0
-                    summary.frames += 1
                     if on_frame is not None:
                         on_frame()
             except BaseException as exc:  # Ctrl-C, SIGTERM, an error: keep the frames logged so far
                 stopped = exc
             finally:
-                source.close()
                 summary.elapsed = time.perf_counter() - t_start
         # leaving the atomic_path block has renamed frames.jsonl into place, complete lines only
         written.append(summary.jsonl)

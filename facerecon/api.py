@@ -1,0 +1,120 @@
+"""facerecon from Python: load a model once, reconstruct photos, folders and videos.
+
+>>> from facerecon import Reconstructor
+>>> rec = Reconstructor()                       # the shipped model, on the CPU
+>>> face = rec.image("photo.jpg")[0]            # the most confident face
+>>> face.vertices_px.shape, face.pose           # (7001, 3) in the photo's pixel frame
+>>> face.save("face.obj")                       # + face.json (box, landmarks, pose)
+>>> for photo in rec.folder("photos/"):         # batched; photos without a face use the average crop
+...     print(photo.path, photo.error or len(photo.faces))
+
+``facerecon predict`` is a shell over this class (docs/api.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from facerecon.engine.photos import PhotoOutcome, reconstruct_photos
+from facerecon.engine.predict import FaceResult, LoadedModel, Predictor, load_model, resolve_checkpoint, write_result
+from facerecon.engine.video import FrameResult, VideoPredictor, open_frames
+from facerecon.errors import InputError
+
+__all__ = ["Reconstructor", "FaceResult", "PhotoOutcome", "FrameResult", "write_result"]
+
+
+class Reconstructor:
+    """A model and a face detector, loaded once.
+
+    Args:
+        checkpoint: a checkpoint from ``facerecon train``; None: the model shipped with facerecon.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        min_probability: the smallest MTCNN face probability counted as a face.
+        all_faces: every face of a photo instead of the most confident one.
+        batch_size: faces per network pass over a folder.
+        warm_up_size: ``(width, height)`` of the first photo when known: the detector sets
+            itself up for it on another core while the network loads (``predict`` does this).
+
+    Raises:
+        InputError: a missing or foreign checkpoint, or a CUDA device on a machine without one.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str] | None = None,
+        *,
+        device: str = "cpu",
+        min_probability: float = 0.9,
+        all_faces: bool = False,
+        batch_size: int = 8,
+        warm_up_size: tuple[int, int] | None = None,
+    ) -> None:
+        import torch
+
+        from facerecon.detect import FaceDetector
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine")
+        self.checkpoint = resolve_checkpoint(checkpoint)
+        self.detector = FaceDetector(device=device, min_probability=min_probability)
+        self.detector.warm_up(warm_up_size)  # MTCNN sets itself up on the other core while the network loads
+        try:
+            self.model: LoadedModel = load_model(self.checkpoint, device)
+        finally:
+            self.detector.finish_warm_up()
+        self.predictor = Predictor(self.model, self.detector, all_faces=all_faces, batch_size=batch_size)
+
+    def image(self, photo: str | os.PathLike[str] | np.ndarray) -> list[FaceResult]:
+        """The faces of one photo (a file, or an ``(H, W, 3)`` uint8 RGB array): the most
+        confident one unless ``all_faces``; when none is detected, one face from the average crop
+        (``face.crop.fallback`` is True)."""
+        from facerecon.imageio import load_photo
+
+        if isinstance(photo, np.ndarray):
+            source, image = Path("<array>"), photo
+        else:
+            source, image = Path(photo), load_photo(photo)
+        crops = self.predictor.crops_of(image)
+        return self.predictor.reconstruct(self.predictor.prepare(source, image, crops))
+
+    def folder(
+        self, inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, recursive: bool = False,
+        require_face: bool = False,
+    ) -> Iterator[PhotoOutcome]:
+        """The faces of every photo in ``inputs`` (a folder, a glob, files, or a list of them),
+        ``batch_size`` faces per network pass: one :class:`PhotoOutcome` per photo, in order.
+        An unreadable photo (or, with ``require_face``, one without a face) is skipped with its
+        ``error`` set; the others go on.
+
+        Raises:
+            InputError: ``inputs`` names no photo.
+        """
+        from facerecon.imageio import expand_image_inputs
+
+        items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        paths = expand_image_inputs([os.fspath(i) for i in items], recursive=recursive)
+        if not paths:
+            raise InputError(f"no images found in {' '.join(os.fspath(i) for i in items)}")
+        return reconstruct_photos(self.predictor, paths, require_face=require_face)
+
+    def video(
+        self, path: str | os.PathLike[str] | None = None, *, camera: int | None = None, every: int = 1,
+        max_frames: int | None = None,
+    ) -> Iterator[FrameResult]:
+        """The face of every ``every``-th frame of a video file (or of camera ``camera``),
+        tracked from frame to frame: one :class:`FrameResult` per frame, at most ``max_frames``.
+
+        Raises:
+            InputError: an unreadable video, or no such camera.
+        """
+        runner = VideoPredictor(self.model, detector=self.detector, every=every)
+        return runner.reconstruct(open_frames(path, camera), max_frames=max_frames)
+
+    def video_runner(self, every: int = 1, mesh_format: str = ".obj", stages: bool = False) -> VideoPredictor:
+        """A :class:`VideoPredictor` over this model and detector, which writes one mesh per frame
+        and ``frames.jsonl`` into a folder (``facerecon predict clip.mp4 -o out/``)."""
+        return VideoPredictor(self.model, detector=self.detector, every=every, mesh_format=mesh_format, stages=stages)

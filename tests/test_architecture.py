@@ -144,3 +144,11 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
     assert graph["facerecon.frames"] == {"facerecon.engine", "facerecon.engine.run"}
     assert "facerecon.frames" in graph["facerecon.engine.run"]
     assert _layer("facerecon.engine.run") > _layer("facerecon.frames")
+
+
+def test_the_predict_command_has_no_loop_over_photos_or_frames() -> None:
+    """``facerecon predict`` parses and prints; the loops over photos and frames are the
+    library's (facerecon.engine.photos, facerecon.engine.video), usable from Python."""
+    tree = ast.parse((PACKAGE / "cli" / "predict.py").read_text())
+    loops = [node.lineno for node in ast.walk(tree) if isinstance(node, (ast.For, ast.While, ast.AsyncFor))]
+    assert loops == []

@@ -263,7 +263,7 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
     """A photo whose full MTCNN search finds no face: with ``second_chance`` (the default, as
     ``predict``) the detector's second chance is asked next and its face makes the crop, with its
     five points; without it the sample goes to the average crop."""
-    from facerecon.data.cache import _Context, compute_sample
+    from facerecon.data.samples import SampleContext, compute_sample
     from facerecon.data.face_model import load_face_model
     from facerecon.crop import FaceCrop, square_box
 
@@ -286,7 +286,7 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
             return [face]
 
     detector = Detector()
-    ctx = _Context(model=load_face_model(model_dir), options=PrepareOptions(second_chance=second_chance), detector=detector)
+    ctx = SampleContext(model=load_face_model(model_dir), options=PrepareOptions(second_chance=second_chance), detector=detector)
     result = compute_sample(0, ref, ctx)
     assert result.error is None
     if not second_chance:
@@ -305,7 +305,7 @@ def test_the_annotated_face_is_the_detection_that_overlaps_its_landmarks() -> No
     """``prepare`` takes the detection whose 1.1x square crop box overlaps the landmarks' one
     most, and none below IoU 0.3 (a face part, a face beside it). Hand-worked boxes: landmarks
     spanning x, y in [100, 200] give the square (95, 95, 110)."""
-    from facerecon.data.cache import _pick_face
+    from facerecon.data.samples import pick_face
     from facerecon.crop import FaceCrop
 
     lm = np.array([[100.0, 100.0], [200.0, 200.0], [150.0, 120.0]])
@@ -315,8 +315,8 @@ def test_the_annotated_face_is_the_detection_that_overlaps_its_landmarks() -> No
 
     same, shifted, part = face(95, 95, 110), face(150, 95, 110), face(180, 180, 30)
     # IoU(same) = 1; IoU(shifted) = 55 * 110 / (2 * 110 * 110 - 55 * 110) = 1/3; IoU(part) = 625 / 12100
-    assert _pick_face([shifted, same], lm) is same
-    assert _pick_face([shifted], lm) is shifted
-    assert _pick_face([part], lm) is None
-    assert _pick_face([part, shifted], lm) is shifted
-    assert _pick_face([part], None) is part  # no landmarks: the most confident
+    assert pick_face([shifted, same], lm) is same
+    assert pick_face([shifted], lm) is shifted
+    assert pick_face([part], lm) is None
+    assert pick_face([part, shifted], lm) is shifted
+    assert pick_face([part], None) is part  # no landmarks: the most confident

@@ -40,19 +40,16 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from facerecon import __version__
+from facerecon.crop import CROP_SIZE, RelativeBoxMean
 from facerecon.data.face_model import FaceModel, load_face_model
-from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
-from facerecon.data.readers import SampleRef, read_sample
-from facerecon.detect import FaceDetector
-from facerecon.crop import CROP_SIZE, RelativeBoxMean, box_iou, crop_image, landmark_box, relative_to_box
+from facerecon.data.readers import SampleRef
+from facerecon.data.samples import ID_BYTES, SampleContext, SampleResult, compute_sample, make_context, worker_init, worker_process
 from facerecon.errors import FaceReconError, InputError
-from facerecon.frames import image_to_crop
 
 SCHEMA_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
 #: Fraction of the samples in (train, val, test) by default: 1600/200/200 for AFLW2000-3D.
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-_ID_BYTES = 512
 _POINT_CHUNK = 65536
 
 # name: (trailing shape, dtype) of the per-row datasets
@@ -68,7 +65,7 @@ _ROW_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
     "pose": ((3,), "f4"),
     "mm_per_unit": ((), "f4"),
     "image_sizes": ((2,), "i4"),
-    "_ids": ((), f"S{_ID_BYTES}"),
+    "_ids": ((), f"S{ID_BYTES}"),
 }
 # name: (trailing shape, dtype) of the per-point datasets
 _POINT_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
@@ -143,155 +140,6 @@ class PrepareSummary:
     file_bytes: int = 0
 
 
-@dataclass
-class _Result:
-    index: int
-    id: str
-    error: str | None = None
-    needs_fallback: bool = False
-    row: dict | None = None
-    cloud: dict | None = None
-
-
-# ----------------------------------------------------------------------------------------------
-# per-sample computation (runs in worker processes)
-
-
-@dataclass
-class _Context:
-    model: FaceModel | None
-    options: PrepareOptions
-    detector: object | None = None
-
-
-_WORKER_CTX: _Context | None = None
-
-
-def _make_context(model_path: str | None, options: PrepareOptions, model: FaceModel | None = None) -> _Context:
-    if model is None and model_path is not None:
-        model = load_face_model(model_path)
-    detector = None
-    if options.crop_from == "detector":
-        detector = FaceDetector(device=options.device, min_probability=options.min_probability)
-    return _Context(model=model, options=options, detector=detector)
-
-
-def _worker_init(model_path: str | None, options: PrepareOptions) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent alone handles Ctrl-C
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
-    global _WORKER_CTX
-    _WORKER_CTX = _make_context(model_path, options)
-
-
-def _worker_process(job: tuple[int, SampleRef]) -> _Result:
-    assert _WORKER_CTX is not None
-    return compute_sample(job[0], job[1], _WORKER_CTX)
-
-
-#: A detection is the annotated face when its crop box and the landmarks' crop box (both the
-#: 1.1x square) overlap by at least this IoU. On the shared AFLW2000-3D set, 99 % of the crops of
-#: MTCNN's full search overlap by 0.40 or more (median 0.60); below 0.3 are a face part, a smaller
-#: face beside it, or a false positive.
-MIN_FACE_IOU = 0.3
-
-
-def _pick_face(faces: list, landmarks_px: np.ndarray | None):  # noqa: ANN202
-    """The detection of the annotated face: the largest IoU of its crop box with the landmarks'
-    (most confident without landmarks); None when none reaches ``MIN_FACE_IOU``."""
-    if not faces:
-        return None
-    if landmarks_px is None:
-        return faces[0]
-    x0, y0, side = landmark_box(landmarks_px)
-    ref = (x0, y0, x0 + side, y0 + side)
-    ious = [box_iou((f.box[0], f.box[1], f.box[0] + f.box[2], f.box[1] + f.box[2]), ref) for f in faces]
-    best = int(np.argmax(ious))
-    return faces[best] if ious[best] >= MIN_FACE_IOU else None
-
-
-def compute_sample(index: int, ref: SampleRef, ctx: _Context, fallback_rel: Sequence[float] | None = None) -> _Result:
-    """Read, crop and build the ground truth of one source sample.
-
-    Returns a :class:`_Result` with the row and point arrays, or ``error`` (a bad sample), or
-    ``needs_fallback`` (no face detected: the caller supplies the fallback box).
-    """
-    try:
-        sample = read_sample(ref, ctx.model)
-        _check_finite_params(sample, ref)
-        width, height = sample.image_size
-        lm = gt_landmarks_px(sample, ctx.model)
-        probability, fallback = float("nan"), False
-        five = np.full((5, 2), np.nan, dtype=np.float32)
-        if fallback_rel is not None:
-            box, fallback = relative_to_box(fallback_rel, (width, height)), True
-        elif ctx.options.crop_from == "landmarks":
-            if lm is None:
-                raise InputError(f"{ref.id}: no landmarks for --crop-from landmarks")
-            box = landmark_box(lm)
-        else:
-            face = _pick_face(ctx.detector.detect(sample.image), lm)  # type: ignore[union-attr]
-            if face is None and ctx.options.second_chance:
-                face = _pick_face(ctx.detector.detect_second_chance(sample.image), lm)  # type: ignore[union-attr]
-            if face is None:
-                return _Result(index, ref.id, needs_fallback=True)
-            box, probability = tuple(float(v) for v in face.box), float(face.probability)
-            if face.landmarks5 is not None:
-                five = image_to_crop(np.asarray(face.landmarks5, dtype=np.float64), box)
-        crop = crop_image(sample.image, box, CROP_SIZE)
-        gt = build_ground_truth(sample, box, ctx.model)
-        _check_finite_ground_truth(gt, ref)
-        if len(ref.id.encode()) > _ID_BYTES:
-            raise InputError(f"{ref.id}: sample id longer than {_ID_BYTES} bytes")
-    except FaceReconError as exc:
-        return _Result(index, ref.id, error=str(exc))
-    except Exception as exc:  # a bad file must not stop a 60k-sample run; the reason is reported
-        return _Result(index, ref.id, error=f"{ref.id}: {type(exc).__name__}: {exc}")
-    row = {
-        "images": crop,
-        "landmarks": gt.landmarks,
-        "landmarks5": five.astype(np.float32),
-        "boxes": np.asarray(box, dtype=np.float64),
-        "probabilities": np.float32(probability),
-        "fallback": np.uint8(fallback),
-        "pose": gt.pose,
-        "mm_per_unit": np.float32(gt.mm_per_unit),
-        "image_sizes": np.array([width, height], dtype=np.int32),
-        "_ids": ref.id.encode(),
-    }
-    cloud = {"points": gt.points, "normals": gt.normals, "regions": gt.regions, "colors": gt.colors}
-    return _Result(index, ref.id, row=row, cloud=cloud)
-
-
-def _check_finite_params(sample, ref: SampleRef) -> None:  # noqa: ANN001
-    """Refuse NaN / inf face-model parameters where they enter (else they become NaN points)."""
-    params = getattr(sample, "params", None)
-    if params is None:
-        return
-    where = ref.annotation_path or ref.id
-    for name, values in (("Shape_Para", params.shape), ("Exp_Para", params.exp)):
-        bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
-        if bad.any():
-            raise InputError(f"{where}: {name} holds {int(bad.sum())} non-finite value(s) (NaN or inf)")
-
-
-def _check_finite_ground_truth(gt, ref: SampleRef) -> None:  # noqa: ANN001
-    """Refuse a ground truth with non-finite values (e.g. parameters so large they overflow)."""
-    for name in ("points", "normals"):
-        values = np.asarray(getattr(gt, name))
-        if not np.isfinite(values).all():
-            raise InputError(f"{ref.id}: the ground truth has non-finite {name} (NaN or inf; check its annotation)")
-    lm = np.asarray(gt.landmarks, dtype=np.float64)
-    if not (np.isfinite(lm).all() or np.isnan(lm).all()):
-        raise InputError(f"{ref.id}: the ground-truth landmarks are partly non-finite (check its annotation)")
-
-
 # ----------------------------------------------------------------------------------------------
 # the partial file
 
@@ -357,7 +205,7 @@ def _create_partial(path: Path, config: dict) -> "h5py.File":  # noqa: F821
         # larger than uncompressed ones); uncompressed, the loader also reads at ~1 GB/s.
         f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(_POINT_CHUNK, *shape))
     f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,))
-    f.create_dataset("_skipped_ids", shape=(0,), maxshape=(None,), dtype=f"S{_ID_BYTES}", chunks=(64,))
+    f.create_dataset("_skipped_ids", shape=(0,), maxshape=(None,), dtype=f"S{ID_BYTES}", chunks=(64,))
     f.create_dataset("_skipped_reasons", shape=(0,), maxshape=(None,), dtype="S1024", chunks=(64,))
     f.create_dataset("_progress", data=np.zeros(4, np.int64))
     f.attrs["_config"] = json.dumps(config, sort_keys=True)
@@ -460,7 +308,7 @@ class _Writer:
         self.f = f
         self.options = options
         self.n_src, self.rows, self.pts, self.skipped = _read_marker(f)
-        self._buf: list[_Result] = []
+        self._buf: list[SampleResult] = []
         self._skip_buf: list[tuple[bytes, bytes]] = []
         self._pending_src = 0
         self._last_flush = time.monotonic()
@@ -475,10 +323,10 @@ class _Writer:
         """Running mean of the detected boxes so far, relative to image size (deterministic)."""
         return self._rel_mean.value()
 
-    def add(self, res: _Result) -> None:
+    def add(self, res: SampleResult) -> None:
         """Queue one result; rows are written in blocks by :meth:`mark`."""
         if res.error is not None:
-            self._skip_buf.append((res.id.encode()[:_ID_BYTES], res.error.encode()[:1024]))
+            self._skip_buf.append((res.id.encode()[:ID_BYTES], res.error.encode()[:1024]))
         else:
             assert res.row is not None and res.cloud is not None
             self._buf.append(res)
@@ -494,7 +342,7 @@ class _Writer:
 
     def _block_bytes(self) -> int:
         """Bytes the queued block adds to the file (uncompressed: an upper bound)."""
-        total = len(self._skip_buf) * (_ID_BYTES + 1024)
+        total = len(self._skip_buf) * (ID_BYTES + 1024)
         for res in self._buf:
             total += sum(np.asarray(v).nbytes for v in res.row.values())  # type: ignore[union-attr]
             total += sum(np.asarray(v).nbytes for v in res.cloud.values()) + 8  # type: ignore[union-attr]
@@ -594,7 +442,7 @@ def read_split_file(path: Path) -> dict[str, int]:
 
 def _finish_bytes(rows: int, skipped: int, model: FaceModel | None) -> int:
     """What :func:`_finish` adds to the file, at most."""
-    total = rows * (_ID_BYTES + 32) + skipped * (_ID_BYTES + 1024 + 64)
+    total = rows * (ID_BYTES + 32) + skipped * (ID_BYTES + 1024 + 64)
     if model is not None:
         total += model.mean.nbytes + np.asarray(model.triangles).size * 4 + 68 * 4
     return total
@@ -655,8 +503,8 @@ def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, c
 
 
 def _results(
-    refs: Sequence[SampleRef], start: int, model_path: str | None, options: PrepareOptions, ctx: _Context
-) -> Iterator[_Result]:
+    refs: Sequence[SampleRef], start: int, model_path: str | None, options: PrepareOptions, ctx: SampleContext
+) -> Iterator[SampleResult]:
     jobs = ((i, refs[i]) for i in range(start, len(refs)))
     if options.workers <= 0:
         for job in jobs:
@@ -664,9 +512,9 @@ def _results(
         return
     import multiprocessing as mp
 
-    pool = mp.get_context("spawn").Pool(options.workers, initializer=_worker_init, initargs=(model_path, options))
+    pool = mp.get_context("spawn").Pool(options.workers, initializer=worker_init, initargs=(model_path, options))
     try:
-        yield from pool.imap(_worker_process, jobs, chunksize=1)
+        yield from pool.imap(worker_process, jobs, chunksize=1)
         pool.close()
     finally:
         pool.terminate()
@@ -732,7 +580,7 @@ def prepare_cache(
     f, resumed = _open_partial(part, config)
     writer = _Writer(f, options)
     resumed_from = writer.n_src if resumed else 0
-    ctx = _make_context(None, options, model)
+    ctx = make_context(None, options, model)
     mp_path = str(model_path) if model_path is not None else None
     results = _results(refs, writer.n_src, mp_path, options, ctx)
     try:
@@ -799,7 +647,6 @@ __all__ = [
     "PrepareOptions",
     "PrepareSummary",
     "assign_splits",
-    "compute_sample",
     "partial_path",
     "prepare_cache",
     "read_split_file",

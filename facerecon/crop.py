@@ -189,7 +189,7 @@ class RelativeBoxMean:
         self._sum = np.zeros(3)
         self.count = 0
 
-    def add(self, boxes: Sequence[float] | np.ndarray, image_sizes: Sequence[int] | np.ndarray) -> None:
+    def add(self, boxes: Sequence[Sequence[float]] | np.ndarray, image_sizes: Sequence[Sequence[int]] | np.ndarray) -> None:
         """Add ``(K, 3)`` boxes ``(x0, y0, side)`` image px of images of ``(K, 2)`` sizes ``(W, H)``."""
         rel = box_to_relative(np.asarray(boxes, dtype=np.float64).reshape(-1, 3), np.asarray(image_sizes).reshape(-1, 2))
         if len(rel):

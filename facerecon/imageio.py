@@ -71,8 +71,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
                         f"{MAX_PIXELS / 1e6:.0f} MP limit)"
                     )
                 im.load()
-                im = _exif_transpose(im)
-                return _to_rgb8(im)
+                return _to_rgb8(_exif_transpose(im))
     except InputError:
         raise
     except FileNotFoundError:

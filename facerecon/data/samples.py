@@ -46,7 +46,7 @@ class SampleContext:
 
     model: FaceModel | None
     options: Any
-    detector: object | None = None
+    detector: FaceDetector | None = None  # made when crops come from the detector
 
 
 _WORKER_CONTEXT: SampleContext | None = None
@@ -126,12 +126,14 @@ def compute_sample(index: int, ref: SampleRef, ctx: SampleContext, fallback_rel:
                 raise InputError(f"{ref.id}: no landmarks for --crop-from landmarks")
             box = landmark_box(lm)
         else:
-            face = pick_face(ctx.detector.detect(sample.image), lm)  # type: ignore[union-attr]
+            detector = ctx.detector
+            assert detector is not None, "crop_from='detector' makes a detector (make_context)"
+            face = pick_face(detector.detect(sample.image), lm)
             if face is None and ctx.options.second_chance:
-                face = pick_face(ctx.detector.detect_second_chance(sample.image), lm)  # type: ignore[union-attr]
+                face = pick_face(detector.detect_second_chance(sample.image), lm)
             if face is None:
                 return SampleResult(index, ref.id, needs_fallback=True)
-            box, probability = tuple(float(v) for v in face.box), float(face.probability)
+            box, probability = (float(face.box[0]), float(face.box[1]), float(face.box[2])), float(face.probability)
             if face.landmarks5 is not None:
                 five = image_to_crop(np.asarray(face.landmarks5, dtype=np.float64), box)
         crop = crop_image(sample.image, box, CROP_SIZE)

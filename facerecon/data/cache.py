@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from facerecon.detect import (
 )
 from facerecon.errors import FaceReconError, InputError
 from facerecon.frames import image_to_crop
+from facerecon.signals import Interrupted, Terminated, ignore_stop_signals
 
 SCHEMA_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
@@ -86,10 +88,9 @@ _POINT_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
 }
 
 
-class PrepareInterrupted(FaceReconError):
-    """Ctrl-C during ``prepare``: the partial file is flushed and closed; rerun to resume."""
-
-    exit_code = 130
+class PrepareInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM during ``prepare``: the partial file is flushed and closed; rerun to
+    resume (exit code 130 or 143, ``facerecon.signals``)."""
 
 
 @dataclass
@@ -184,9 +185,7 @@ def _make_context(model_path: str | None, options: PrepareOptions, model: FaceMo
 
 
 def _worker_init(model_path: str | None, options: PrepareOptions) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent alone handles Ctrl-C
+    ignore_stop_signals()  # the parent alone handles Ctrl-C and SIGTERM
     try:
         import torch
 
@@ -754,15 +753,16 @@ def prepare_cache(
         results.close()
         f.close()
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         results.close()  # stops the worker pool
         try:
             writer.mark()
         finally:
             f.close()
         raise PrepareInterrupted(
-            f"interrupted after {writer.done} of {len(refs)} samples; {part} keeps them: "
-            f"run the same command again to resume"
+            f"stopped after {writer.done} of {len(refs)} samples; {part} keeps them: "
+            f"run the same command again to resume",
+            signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT,
         ) from None
     except BaseException:
         results.close()

@@ -58,6 +58,15 @@ def _gather(values: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(values, 1, idx.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
+def _at(values: Tensor, idx: Tensor) -> Tensor:
+    """``values[:, idx]`` for (B, V, ...) ``values`` and a 1-D ``idx``, with a backward that adds in
+    a fixed order: ``index_select``'s backward (``index_add_``) walks ``idx`` in order, while an
+    indexed read's (``index_put_(accumulate=True)``) adds the repeated vertices of the edge
+    lists in thread order on the CPU at batch size 1 (measured: the same seed gave different
+    weights after one step)."""
+    return values.index_select(1, idx)
+
+
 def normal_loss(coords: Tensor, edges: Tensor, gt_normals: Tensor, idx_xy: Tensor) -> Tensor:
     """``mean over directed edges (p, k) of <p - k, n_q(p)>^2``, then over the batch.
 
@@ -69,9 +78,9 @@ def normal_loss(coords: Tensor, edges: Tensor, gt_normals: Tensor, idx_xy: Tenso
     """
     n = _gather(gt_normals.to(coords.dtype), idx_xy)  # (B, V, 3)
     a, b = edges[:, 0], edges[:, 1]
-    d = coords[:, a] - coords[:, b]  # (B, E, 3)
-    t_a = (d * n[:, a]).sum(-1)
-    t_b = (d * n[:, b]).sum(-1)  # <b - a, n_b>^2 == <a - b, n_b>^2
+    d = _at(coords, a) - _at(coords, b)  # (B, E, 3)
+    t_a = (d * _at(n, a)).sum(-1)
+    t_b = (d * _at(n, b)).sum(-1)  # <b - a, n_b>^2 == <a - b, n_b>^2
     return 0.5 * (t_a.square().mean() + t_b.square().mean())
 
 
@@ -115,7 +124,7 @@ def edge_loss(coords: Tensor, edges: Tensor, weights: Tensor | None = None) -> T
         edges: (E, 2) int64 undirected edges.
         weights: (B, E) float non-negative per-edge weights, or None.
     """
-    sq = (coords[:, edges[:, 0]] - coords[:, edges[:, 1]]).square().sum(-1)  # (B, E)
+    sq = (_at(coords, edges[:, 0]) - _at(coords, edges[:, 1])).square().sum(-1)  # (B, E)
     if weights is None:
         return sq.mean()
     w = weights.to(sq.dtype)
@@ -234,7 +243,7 @@ class MeshLoss(nn.Module):
             edge_w = None
             if cfg.weighted_edge:
                 w_v = _gather(weights.float(), nn_res.idx_xy)  # (B, V)
-                edge_w = 0.5 * (w_v[:, edges[:, 0]] + w_v[:, edges[:, 1]])
+                edge_w = 0.5 * (_at(w_v, edges[:, 0]) + _at(w_v, edges[:, 1]))
             sums["edge"] = sums["edge"] + edge_loss(coords32, edges, edge_w)
         weight = {
             "chamfer": cfg.chamfer,

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "facerecon.allocator": 0,
     "facerecon.imageio": 0,
     "facerecon.progress": 0,
+    "facerecon.signals": 0,
     "facerecon.config": 0,
     "facerecon": 0,
 }

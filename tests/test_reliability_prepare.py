@@ -131,3 +131,23 @@ def test_ctrl_c_while_finishing_then_rerun_finishes(tmp_path: Path, monkeypatch:
     monkeypatch.undo()
     prepare_cache(refs, out, model, opts)
     _assert_same_file(tmp_path / "ref.h5", out)
+
+
+@pytest.mark.parametrize("field, keep", [("Shape_Para", 10), ("Exp_Para", 5)])
+def test_a_cut_parameter_field_is_skipped_and_reported(field: str, keep: int, tmp_path: Path) -> None:
+    """A fit whose coefficients were cut short (10 of the 199 shape values) would read as the
+    missing ones set to zero, a plausible but wrong face: the sample is skipped and named."""
+    from facerecon.data.validate import check_cache
+
+    data, model = make_fixture_dataset(tmp_path, n=6)
+    mat = data / "image00003.mat"
+    fields = {k: v for k, v in scipy.io.loadmat(str(mat)).items() if not k.startswith("__")}
+    fields[field] = fields[field][:keep]
+    scipy.io.savemat(mat, fields)
+    out = tmp_path / "c.h5"
+    r = cli("prepare", str(data), str(out), "--face-model", str(model), "--crop-from", "landmarks")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "skipped 1 bad sample(s)" in text, text
+    assert f"image00003.mat: {field} holds {keep} values" in text, text
+    assert check_cache(out).n_samples == 5

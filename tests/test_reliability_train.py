@@ -252,7 +252,8 @@ def test_resume_with_a_corrupt_config_json_names_it(cache: Path, tmp_path: Path)
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_signal_to_the_process_group_with_loader_workers(sig: str, cache: Path, tmp_path: Path) -> None:
     """Ctrl-C in a terminal and a scheduler's SIGTERM reach the data-loader workers too: they must
-    not die under the step under way. The run saves and exits 130, without a traceback."""
+    not die under the step under way. The run saves and exits 130 (Ctrl-C) or 143 (SIGTERM), without a
+    traceback, with one line saying what was kept and how to resume."""
     import signal
     import time
 
@@ -271,9 +272,10 @@ def test_signal_to_the_process_group_with_loader_workers(sig: str, cache: Path, 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, output
+    assert proc.returncode == (130 if sig == "SIGINT" else 143), output
     assert "Traceback" not in output and "error" not in output.lower(), output
     assert "interrupted: saved" in output
+    assert f"{'interrupted (Ctrl-C)' if sig == 'SIGINT' else 'terminated (SIGTERM)'}: " in output and "--resume" in output
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["epoch"] < 50
     assert not list(out.glob(".*.tmp*"))
@@ -319,7 +321,7 @@ _WORKER_START_DRIVER = r"""
 import os, signal, sys
 import torch
 from torch.utils.data import DataLoader
-from facerecon.engine.train import _ignore_stop_signals, _stop_signals_blocked, _stop_requests
+from facerecon.signals import ignore_stop_signals, stop_requests, stop_signals_blocked
 
 class Slow(torch.utils.data.Dataset):
     def __len__(self):
@@ -327,9 +329,9 @@ class Slow(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return torch.tensor([i])
 
-with _stop_requests() as request:
-    loader = DataLoader(Slow(), batch_size=1, num_workers=2, worker_init_fn=_ignore_stop_signals)
-    with _stop_signals_blocked():
+with stop_requests() as request:
+    loader = DataLoader(Slow(), batch_size=1, num_workers=2, worker_init_fn=ignore_stop_signals)
+    with stop_signals_blocked():
         batches = iter(loader)
         os.killpg(0, getattr(signal, sys.argv[1]))  # while the workers start, before they ignore it
     got = sorted(int(b) for b in batches)

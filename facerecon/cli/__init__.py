@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors its own copy of click; older versions use click itself
@@ -27,6 +29,7 @@ _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 from facerecon import __version__
 from facerecon.cli._common import err_console, state
 from facerecon.errors import FaceReconError
+from facerecon.signals import Interrupted, Terminated, exit_code
 
 
 class _FaceReconGroup(TyperGroup):
@@ -56,9 +59,15 @@ class _FaceReconGroup(TyperGroup):
         except click.exceptions.ClickException as exc:
             _error_line(exc.format_message())
             sys.exit(exc.exit_code)
+        except Interrupted as exc:  # a long-running command's own account: what was kept, how to go on
+            err_console.print(f"[red]{escape(exc.line())}[/red]", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[red]Interrupted.[/red]")
-            sys.exit(130)
+            sys.exit(exit_code(signal.SIGINT))
+        except Terminated:
+            err_console.print("[red]Terminated.[/red]")
+            sys.exit(exit_code(signal.SIGTERM))
         except FaceReconError as exc:
             _report(exc)
             sys.exit(exc.exit_code)

@@ -15,6 +15,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, info, make_progress
 from facerecon.errors import FaceReconError, InputError
+from facerecon.signals import interruptible
 
 ORDER = 20
 
@@ -94,11 +95,15 @@ def detect_crop(
         raise InputError(f"{outdir}: exists and is not a folder")
 
     created = not outdir.exists()
+    summary = _Summary()
+    kept = lambda: (  # noqa: E731
+        f"{summary.crops} crop(s) and their records kept in {display_path(outdir)}; run the same command again to redo the rest"
+    )
     try:
-        with folder_lock(outdir, "detect-crop"):  # one run at a time per folder: records are merged
-            summary = _detect_crop_locked(
+        with interruptible(kept), folder_lock(outdir, "detect-crop"):  # one run at a time per folder: records are merged
+            _detect_crop_locked(
                 paths, outdir, records_path, device, min_probability, max_detect_side, size, fmt, quality,
-                all_faces, fallback_box, fallback_mean, as_csv,
+                all_faces, fallback_box, fallback_mean, as_csv, summary,
             )
     finally:
         if created:
@@ -116,14 +121,15 @@ def detect_crop(
 def _detect_crop_locked(
     paths: list[Path], outdir: Path, records_path: Path, device: str, min_probability: float, max_detect_side: int,
     size: int, fmt: str, quality: int, all_faces: bool, fallback_box: Any, fallback_mean: bool, as_csv: bool,
-) -> _Summary:
-    """The run itself, with OUTDIR locked: detect, crop, merge the records."""
+    summary: _Summary,
+) -> None:
+    """The run itself, with OUTDIR locked: detect, crop, merge the records (also when a signal
+    stops it: every crop written has its record)."""
     from facerecon.detect import FaceDetector
 
     old_records = _read_records(records_path)
     detector = FaceDetector(device=device, min_probability=min_probability, max_detect_side=max_detect_side)
     names = _output_names(paths, fmt)
-    summary = _Summary()
     new_records: list[dict[str, Any]] = []
     deferred: list[tuple[Path, str]] = []
     try:
@@ -143,7 +149,6 @@ def _detect_crop_locked(
         if new_records:  # never an empty records file when nothing was cropped
             _write_records(records_path, _merge_records(old_records, new_records, outdir), as_csv)
     _print_summary(summary, records_path if (new_records or old_records) else None)
-    return summary
 
 
 def _process(

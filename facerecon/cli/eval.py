@@ -11,6 +11,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, info, make_progress
 from facerecon.errors import InputError
+from facerecon.signals import interruptible
 
 ORDER = 50
 
@@ -112,24 +113,26 @@ def eval_command(
     labels = {"mean": "mean-face baseline", "five-point": "five-point baseline"}
     for b in baselines:
         runs.append((labels[b], b))
-    for label, model in runs:
-        from facerecon.data.dataset import FaceCacheDataset
+    done = lambda: f"{len(reports)} of {len(runs)} evaluation(s) done, nothing written (the report is written at the end); run the same command again"  # noqa: E731
+    with interruptible(done):  # Ctrl-C / SIGTERM: 130 / 143 and one line
+        for label, model in runs:
+            from facerecon.data.dataset import FaceCacheDataset
 
-        n = len(FaceCacheDataset(cache, split=split, points_per_region=None))
-        n = n if limit is None else min(n, limit)
-        with make_progress() as bar:
-            task = bar.add_task(f"eval {label}", total=n, unit="sample")
-            reports[label] = evaluate_cache(
-                str(cache),
-                split,
-                settings,
-                network=None if isinstance(model, str) else model.network,
-                baseline=model if isinstance(model, str) else None,
-                batch_size=batch_size,
-                device=device,
-                limit=limit,
-                on_batch=lambda k: bar.advance(task, k),
-            )
+            n = len(FaceCacheDataset(cache, split=split, points_per_region=None))
+            n = n if limit is None else min(n, limit)
+            with make_progress() as bar:
+                task = bar.add_task(f"eval {label}", total=n, unit="sample")
+                reports[label] = evaluate_cache(
+                    str(cache),
+                    split,
+                    settings,
+                    network=None if isinstance(model, str) else model.network,
+                    baseline=model if isinstance(model, str) else None,
+                    batch_size=batch_size,
+                    device=device,
+                    limit=limit,
+                    on_batch=lambda k: bar.advance(task, k),
+                )
 
     _print_table(reports, split, settings, cache)
     if output is not None:

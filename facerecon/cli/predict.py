@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -13,20 +12,12 @@ import typer
 
 from facerecon.cli._common import console, display_path, err_console, info, make_progress, state
 from facerecon.errors import InputError
+from facerecon.signals import interruptible
 
 ORDER = 60
 
 #: Extensions read as video (frames through OpenCV).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-
-
-class _Terminated(BaseException):
-    """Raised in the main thread by the SIGTERM handler, so that every ``atomic_path`` under way
-    removes its temporary file on the way out (a BaseException: nothing catches it by mistake)."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated()
 
 
 def _passive_openmp_when_busy() -> None:
@@ -78,33 +69,13 @@ def predict(
     from facerecon.allocator import retain_freed_memory
 
     retain_freed_memory()  # before torch loads: what imports and loading free is reused without page faults
-    installed = False
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        installed = True
-    except ValueError:  # not the main thread (a library caller): leave signals alone
-        previous = None
     written: list[Path] = []
-    try:
+    kept = lambda: f"stopped after {len(written)} file(s); no partial file left; run the same command again to redo the rest"  # noqa: E731
+    with interruptible(kept):  # Ctrl-C / SIGTERM (facerecon.signals): 130 / 143; atomic writes remove their temporaries
         _predict(
             inputs or [], output, checkpoint, fmt, overlay, overlay_mode, stages, all_faces, require_face,
             min_probability, batch_size, device, recursive, camera, every, max_frames, written,
         )
-    except _Terminated:
-        err_console.print(
-            f"[red]terminated (SIGTERM):[/red] stopped after {len(written)} file(s); no partial file left",
-            highlight=False, soft_wrap=True,
-        )
-        raise typer.Exit(143) from None
-    except KeyboardInterrupt:
-        err_console.print(
-            f"[red]interrupted (Ctrl-C):[/red] stopped after {len(written)} file(s); no partial file left",
-            highlight=False, soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _predict(

@@ -11,6 +11,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, info, make_progress
 from facerecon.errors import InputError
+from facerecon.signals import interruptible
 
 ORDER = 10
 
@@ -75,7 +76,8 @@ def prepare(
     total = min(len(refs), limit) if limit else len(refs)
     info(f"{display_path(dataset)}: {fmt}, {total} samples -> {display_path(output)}")
     command = shlex.join(["facerecon", *sys.argv[1:]]) if sys.argv else "facerecon prepare"
-    with make_progress() as progress:
+    kept = lambda: f"{display_path(partial_path(output))} keeps the samples done; run the same command again to resume"  # noqa: E731
+    with interruptible(kept), make_progress() as progress:  # Ctrl-C / SIGTERM: 130 / 143, the partial file closed
         task = progress.add_task("prepare", total=total, unit="samples")
 
         def on_progress(done: int, n: int, skipped: int) -> None:

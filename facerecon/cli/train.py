@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import tomllib
 from pathlib import Path
 from typing import Any, List, Optional
@@ -105,9 +106,11 @@ def train(
     summary = f"{result.epochs_done}/{cfg.train.epochs} epochs, {result.global_step} steps"
     if result.last_metrics:
         summary += ", val Chamfer {chamfer:.5g}".format(**result.last_metrics)
-    console.print(("[yellow]interrupted[/yellow]: " if result.interrupted else "done: ") + summary + f"; checkpoints in {display_path(out)}")
-    if result.interrupted:
-        raise typer.Exit(130)
+    if result.interrupted:  # Ctrl-C / SIGTERM (facerecon.signals): 130 / 143 and one line
+        from facerecon.signals import Interrupted
+
+        raise Interrupted(f"{summary}; {display_path(out / 'last.pt')} kept: continue with the same command and --resume", result.stop_signal or signal.SIGINT)
+    console.print("done: " + summary + f"; checkpoints in {display_path(out)}")
 
 
 def register(app: typer.Typer) -> None:

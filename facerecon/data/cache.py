@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from facerecon.data.face_model import FaceModel, load_face_model
 from facerecon.data.readers import SampleRef
 from facerecon.data.samples import ID_BYTES, SampleContext, SampleResult, compute_sample, make_context, worker_init, worker_process
 from facerecon.errors import FaceReconError, InputError
+from facerecon.signals import Interrupted, Terminated
 
 SCHEMA_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
@@ -76,10 +78,9 @@ _POINT_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
 }
 
 
-class PrepareInterrupted(FaceReconError):
-    """Ctrl-C during ``prepare``: the partial file is flushed and closed; rerun to resume."""
-
-    exit_code = 130
+class PrepareInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM during ``prepare``: the partial file is flushed and closed; rerun to
+    resume (exit code 130 or 143, ``facerecon.signals``)."""
 
 
 @dataclass
@@ -595,15 +596,16 @@ def prepare_cache(
         results.close()
         f.close()
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         results.close()  # stops the worker pool
         try:
             writer.mark()
         finally:
             f.close()
         raise PrepareInterrupted(
-            f"interrupted after {writer.done} of {len(refs)} samples; {part} keeps them: "
-            f"run the same command again to resume"
+            f"stopped after {writer.done} of {len(refs)} samples; {part} keeps them: "
+            f"run the same command again to resume",
+            signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT,
         ) from None
     except BaseException:
         results.close()

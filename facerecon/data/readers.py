@@ -50,6 +50,10 @@ FLIP_PERMUTATION_68: tuple[int, ...] = (
 )
 
 _MAT_FIELDS = ("Shape_Para", "Exp_Para", "Pose_Para")
+#: Values per field in the AFLW2000-3D / 300W-LP fits (3DDFA: the BFM's 199 shape components, the
+#: 29 of its expression model, the pose). A shorter field would read as its missing coefficients
+#: set to zero (the face model pads them), i.e. as a plausible but wrong face: refused instead.
+_MAT_LENGTHS = {"Shape_Para": 199, "Exp_Para": 29, "Pose_Para": 7}
 _CLOUD_SUFFIXES = (".ply", ".obj", ".npy")
 
 
@@ -251,12 +255,8 @@ def _read_mat_sample(ref: SampleRef, face_model) -> RawSample:  # noqa: ANN001
     missing = [k for k in _MAT_FIELDS if k not in mat]
     if missing:
         raise InputError(f"{ref.annotation_path}: missing field(s) {', '.join(missing)}")
-    params = Params3DMM(
-        shape=np.asarray(mat["Shape_Para"], dtype=np.float64).reshape(-1),
-        exp=np.asarray(mat["Exp_Para"], dtype=np.float64).reshape(-1),
-        pose=np.asarray(mat["Pose_Para"], dtype=np.float64).reshape(-1),
-    )
-    if params.pose.shape != (7,) or not np.all(np.isfinite(params.pose)) or params.pose[6] <= 0:
+    params = Params3DMM(*(_mat_vector(mat, name, ref.annotation_path) for name in _MAT_FIELDS))
+    if not np.all(np.isfinite(params.pose)) or params.pose[6] <= 0:
         raise InputError(f"{ref.annotation_path}: Pose_Para must be 7 finite numbers with a positive scale")
     image = load_image(ref.image_path)
     landmarks68 = None
@@ -281,6 +281,18 @@ def _read_mat_sample(ref: SampleRef, face_model) -> RawSample:  # noqa: ANN001
         landmarks2d=landmarks2d,
         flipped=ref.flipped,
     )
+
+
+def _mat_vector(mat: dict, name: str, path: Path) -> np.ndarray:
+    """Field ``name`` of a fit as a float64 vector of the length the format defines (else one
+    line naming the file, the field and both lengths)."""
+    try:
+        values = np.asarray(mat[name], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: {name} is not numeric") from None
+    if values.shape[0] != _MAT_LENGTHS[name]:
+        raise InputError(f"{path}: {name} holds {values.shape[0]} values, the format has {_MAT_LENGTHS[name]} (a cut or foreign fit)")
+    return values
 
 
 def _read_cloud(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -20,6 +20,7 @@ from facerecon.data.readers import SampleRef, read_sample
 from facerecon.detect import FaceDetector
 from facerecon.errors import FaceReconError, InputError
 from facerecon.frames import image_to_crop
+from facerecon.signals import ignore_stop_signals
 
 #: Longest sample id stored in a cache, bytes (UTF-8).
 ID_BYTES = 512
@@ -66,9 +67,7 @@ def make_context(model_path: str | None, options: Any, model: FaceModel | None =
 def worker_init(model_path: str | None, options: Any) -> None:
     """A worker process's set-up (``multiprocessing.Pool`` initializer): one torch thread, Ctrl-C
     left to the parent, its own context."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent alone handles Ctrl-C
+    ignore_stop_signals()  # the parent alone handles Ctrl-C and SIGTERM
     try:
         import torch
 

@@ -30,16 +30,16 @@ import json
 import math
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from facerecon.config import Config
+from facerecon.data.sampler import EpochSampler, loader_generator
 from facerecon.engine.checkpoint import (  # noqa: F401 (the last three: the old import paths, kept for users)
     clean_stale_temps,
     load_checkpoint,
@@ -64,6 +64,8 @@ from facerecon.engine.statistics import CacheStatistics, read_cache_statistics
 from facerecon.errors import FaceReconError, InputError
 from facerecon.io_utils import atomic_path, ensure_parent
 from facerecon.model.network import forward_batch
+from facerecon.progress import TrainingProgress, training_progress
+from facerecon.signals import StopRequest, ignore_stop_signals, stop_requests, stop_signals_blocked
 
 
 @dataclass
@@ -92,6 +94,8 @@ class TrainResult:
     interrupted: bool = False
     #: one parameter checksum per rank (sum and sum of squares, float64): equal when ranks agree
     rank_checksums: list[float] = field(default_factory=list)
+    #: the signal that stopped an interrupted run (``signal.SIGINT`` or ``signal.SIGTERM``)
+    stop_signal: int | None = None
 
 
 # ------------------------------------------------------------------------------------- launch
@@ -210,7 +214,7 @@ def train_worker(
         _train(run)
         return TrainResult(
             run.state["epoch"], run.state["global_step"], run.state["best"], run.state["metrics"], run.interrupted,
-            _rank_checksums(run.model, info),
+            _rank_checksums(run.model, info), run.stop_signal,
         )
 
 
@@ -243,6 +247,7 @@ class _Run:
     stop: bool = False  # stop after this step (--max-steps, Ctrl-C / SIGTERM)
     interrupted: bool = False  # by Ctrl-C / SIGTERM
     forced: bool = False  # by a second Ctrl-C: nothing more is saved
+    stop_signal: int | None = None  # the signal this process was stopped by (None: another rank's)
     last_saved: int = -1  # global step of the last last.pt written by this run
 
     @property
@@ -446,7 +451,7 @@ def _epoch_loader(run: _Run, epoch: int) -> DataLoader:
 
     tc = run.cfg.train
     run.train_set.set_epoch(epoch)
-    sampler = _EpochSampler(len(run.train_set), run.info, tc.seed, epoch, run.state["step_in_epoch"] * tc.batch_size)
+    sampler = EpochSampler(len(run.train_set), run.info.rank, run.info.world_size, tc.seed, epoch, run.state["step_in_epoch"] * tc.batch_size)
     return DataLoader(
         run.train_set,
         batch_size=tc.batch_size,
@@ -455,8 +460,8 @@ def _epoch_loader(run: _Run, epoch: int) -> DataLoader:
         collate_fn=collate_faces,
         pin_memory=run.device.type == "cuda",
         drop_last=False,
-        generator=_loader_generator(tc.seed, epoch),  # not the global RNG: exact mid-epoch resume
-        worker_init_fn=_ignore_stop_signals,  # the main process alone decides when to stop
+        generator=loader_generator(tc.seed, epoch),  # not the global RNG: exact mid-epoch resume
+        worker_init_fn=ignore_stop_signals,  # the main process alone decides when to stop
     )
 
 
@@ -464,17 +469,18 @@ def _epoch_loader(run: _Run, epoch: int) -> DataLoader:
 def _train(run: _Run) -> None:
     """The epochs, from the resumed position; then ``last.pt`` if the run stopped mid-epoch."""
     tc = run.cfg.train
-    with _stop_requests() as stop_request, _progress(run.opts, run.info, tc.epochs, run.steps_per_epoch, run.say) as progress:
+    with stop_requests() as stop_request, training_progress(run.info.is_main and not run.opts.quiet and run.opts.progress, tc.epochs, run.steps_per_epoch, run.say) as progress:
         try:
             for epoch in range(run.state["epoch"], tc.epochs):
                 if not _train_epoch(run, epoch, progress, stop_request):
                     break
         except KeyboardInterrupt:  # a second Ctrl-C: the step it broke is half done, save nothing
             run.interrupted = run.forced = True
+            run.stop_signal = signal.SIGINT
     _save_on_stop(run, progress)
 
 
-def _train_epoch(run: _Run, epoch: int, progress: _Progress, stop_request: _StopRequest) -> bool:
+def _train_epoch(run: _Run, epoch: int, progress: TrainingProgress, stop_request: StopRequest) -> bool:
     """One epoch's steps, then its end (validation, saving). False: the run stops here."""
     _train_steps(run, epoch, progress, stop_request)
     if run.stop and run.state["step_in_epoch"] < run.steps_per_epoch:
@@ -483,19 +489,19 @@ def _train_epoch(run: _Run, epoch: int, progress: _Progress, stop_request: _Stop
     if run.stop:
         return False
     if _agreed_stop(stop_request.requested, run.info, run.device):  # came during validation or saving
-        run.interrupted = True
+        run.interrupted, run.stop_signal = True, stop_request.signum
         return False
     return True
 
 
-def _train_steps(run: _Run, epoch: int, progress: _Progress, stop_request: _StopRequest) -> None:
+def _train_steps(run: _Run, epoch: int, progress: TrainingProgress, stop_request: StopRequest) -> None:
     """The epoch's batches (the rest of them on a mid-epoch resume), until a stop is asked for."""
     loader = _epoch_loader(run, epoch)
     run.model.train()
     progress.start_epoch(epoch, run.state["step_in_epoch"])
     progress.restore(run.state["running"])
     run.state["running"] = {}
-    with _stop_signals_blocked():  # workers start here: none may die of a signal before ignoring it
+    with stop_signals_blocked():  # workers start here: none may die of a signal before ignoring it
         batches = iter(loader)
     for batch in batches:
         _train_step(run, batch, epoch, progress)
@@ -504,11 +510,12 @@ def _train_steps(run: _Run, epoch: int, progress: _Progress, stop_request: _Stop
             return
         if _agreed_stop(stop_request.requested, run.info, run.device):  # Ctrl-C / SIGTERM: stop at this step boundary
             run.interrupted = run.stop = True
+            run.stop_signal = stop_request.signum
             return
 
 
 # ------------------------------------------------------------------------------------- step
-def _train_step(run: _Run, batch: dict, epoch: int, progress: _Progress) -> None:
+def _train_step(run: _Run, batch: dict, epoch: int, progress: TrainingProgress) -> None:
     """Forward, loss, backward and one optimizer step on one batch."""
     state, tc = run.state, run.cfg.train
     batch = _to_device(batch, run.device)
@@ -535,7 +542,7 @@ def _train_step(run: _Run, batch: dict, epoch: int, progress: _Progress) -> None
 
 
 # ------------------------------------------------------------------------------------- save
-def _end_epoch(run: _Run, epoch: int, progress: _Progress) -> None:
+def _end_epoch(run: _Run, epoch: int, progress: TrainingProgress) -> None:
     """A finished epoch: the schedule's step, validation, ``best.pt`` / ``last.pt``, ``metrics.jsonl``."""
     state = run.state
     run.scheduler.step()
@@ -560,7 +567,7 @@ def _end_epoch(run: _Run, epoch: int, progress: _Progress) -> None:
     barrier(run.info)
 
 
-def _save_on_stop(run: _Run, progress: _Progress) -> None:
+def _save_on_stop(run: _Run, progress: TrainingProgress) -> None:
     """After the loop: ``last.pt`` with the position and loss sums of a run stopped mid-epoch."""
     state = run.state
     if run.forced:
@@ -609,32 +616,6 @@ def _rank_checksums(model: nn.Module, info: DistInfo) -> list[float]:
     return [float(v) for v in gathered]
 
 
-# ------------------------------------------------------------------------------------- sampler
-class _EpochSampler(Sampler[int]):
-    """The epoch's shuffled order (seeded by seed + epoch, identical on every rank), this rank's
-    share of it (``order[rank::world]``, padded by wrapping like DistributedSampler), minus the
-    first ``skip`` items already consumed before a resume."""
-
-    def __init__(self, n: int, info: DistInfo, seed: int, epoch: int, skip: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=gen).tolist()
-        total = math.ceil(n / info.world_size) * info.world_size
-        order += order[: total - n]
-        self.indices = order[info.rank :: info.world_size][skip:]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _loader_generator(seed: int, epoch: int) -> torch.Generator:
-    """The training loader's own generator (its worker seeds), seeded by seed and epoch: creating
-    the loader again on a mid-epoch resume then leaves the global RNG as an uninterrupted run's."""
-    return torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
-
-
 # ------------------------------------------------------------------------------------- helpers
 def _silent(_message: str) -> None:
     pass
@@ -673,81 +654,7 @@ def _epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-# ------------------------------------------------------------------------------------- stop signals
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _stop_signals_blocked() -> Iterator[None]:
-    """Block Ctrl-C and SIGTERM in this thread while the data-loader workers are forked: a worker
-    inherits the blocked mask, so a signal to the process group that arrives before its
-    ``worker_init_fn`` ignores the signals stays pending instead of running torch's worker handler
-    (which ends the worker). The main process receives its own copy once the mask is restored."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """In a data-loader worker: ignore Ctrl-C and SIGTERM sent to the whole process group (torch
-    would end the worker and with it the batch the step under way waits for). The main process
-    finishes the step and shuts the workers down; they also end when it dies (torch's watchdog).
-    The worker starts with both signals blocked (``_stop_signals_blocked``): ignoring them discards
-    any that arrived meanwhile, and only then are they unblocked."""
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-
-
-class _StopRequest:
-    """Set by the first Ctrl-C or SIGTERM; the loop stops at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[_StopRequest]:
-    """Ctrl-C and SIGTERM (a scheduler's stop) only ask the loop to stop: it finishes the step
-    under way, saves ``last.pt`` and returns, so the checkpoint never holds a half-done step
-    (BatchNorm statistics of an aborted forward pass). A second Ctrl-C raises
-    ``KeyboardInterrupt`` at once (nothing is saved then). Forked data-loader workers inherit the
-    handler and ignore both signals (a signal to the whole process group must not kill the
-    batch the step under way waits for; the loader shuts them down), unless their parent is gone."""
-    request = _StopRequest()
-    owner = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:
-            if signum == signal.SIGTERM and os.getppid() != owner:  # orphaned: behave as by default
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTERM)
-            return
-        if request.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        request.requested = True
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: signals stay as they are
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        previous = {}
-    try:
-        yield request
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
+# ------------------------------------------------------------------------------------- stop
 def _agreed_stop(requested: bool, info: DistInfo, device: torch.device) -> bool:
     """Whether any rank was asked to stop (all ranks must stop after the same step)."""
     if not info.distributed:
@@ -755,78 +662,3 @@ def _agreed_stop(requested: bool, info: DistInfo, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if requested else 0.0], device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag.item() > 0)
-
-
-class _Progress:
-    """A rich progress bar on rank 0 with the loss terms, samples/s and ETA; running means per epoch."""
-
-    def __init__(self, bar: Any, epochs: int, steps_per_epoch: int, log: Callable[[str], None] | None = None) -> None:
-        self.bar = bar
-        self.log = log  # when stderr is not a terminal (a log file): a plain line every minute
-        self.last_log = time.perf_counter()
-        self.epoch = 0
-        self.epochs = epochs
-        self.steps = steps_per_epoch
-        self.task = None
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        self.samples = 0
-        self.t0 = time.perf_counter()
-
-    def start_epoch(self, epoch: int, done: int) -> None:
-        self.sums, self.count, self.samples, self.t0 = {}, 0, 0, time.perf_counter()
-        self.epoch, self.done = epoch, done
-        if self.bar is not None:
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-            self.task = self.bar.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps, completed=done, unit="batch", terms="")
-
-    def step(self, samples: int, loss: float, terms: dict[str, float]) -> None:
-        self.count += 1
-        self.samples += samples
-        self.sums["loss"] = self.sums.get("loss", 0.0) + loss
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
-        shown = " ".join(f"{k} {v / self.count:.3g}" for k, v in self.sums.items())
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, advance=1, terms=f"{shown} | {rate:.2f} samples/s")
-        if self.log is not None and time.perf_counter() - self.last_log > 60:
-            self.last_log = time.perf_counter()
-            step = self.done + self.count
-            self.log(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps}: {shown} | {rate:.2f} samples/s")
-
-    def running(self) -> dict:
-        """The epoch's sums so far (saved in a mid-epoch checkpoint)."""
-        return {"sums": dict(self.sums), "count": self.count}
-
-    def restore(self, running: dict) -> None:
-        """Continue the sums of a resumed epoch (so its means cover every step of it)."""
-        if running:
-            self.sums = {str(k): float(v) for k, v in dict(running.get("sums", {})).items()}
-            self.count = int(running.get("count", 0))
-            self.done = max(0, self.done - self.count)  # the progress line shows done + count
-
-    def epoch_means(self) -> dict[str, float]:
-        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        out["samples_per_s"] = self.samples / max(time.perf_counter() - self.t0, 1e-9)
-        return out
-
-
-@contextlib.contextmanager
-def _progress(
-    opts: TrainOptions, info: DistInfo, epochs: int, steps: int, say: Callable[[str], None]
-) -> Iterator[_Progress]:
-    if not info.is_main or opts.quiet or not opts.progress:
-        yield _Progress(None, epochs, steps)
-        return
-    from rich.progress import TextColumn
-
-    from facerecon.progress import err_console, make_progress
-
-    if not err_console.is_terminal:  # a log file: plain periodic lines instead of a live bar
-        yield _Progress(None, epochs, steps, log=say)
-        return
-    bar = make_progress(TextColumn("{task.fields[terms]}"))
-    with bar:
-        yield _Progress(bar, epochs, steps)

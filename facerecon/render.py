@@ -1,0 +1,351 @@
+"""Rasterising a triangle mesh with per-vertex attributes into an image: depth, coverage, which
+triangle covers each pixel, and any per-vertex values interpolated over the surface.
+
+OpenGL does the rasterising (moderngl on Mesa's EGL, headless; chosen by measurement against
+pyrender, trimesh/Embree ray casting, Open3D's legacy visualiser and a numpy z-buffer: see
+``benchmarks/bench_render.py`` and ``docs/render.md``). One pass writes each covered pixel's
+triangle and its barycentric coordinates (float32, perspective-correct); depth and every attribute
+are then interpolated from them in numpy, so any number of channels costs no second pass.
+
+Conventions:
+
+- Pixel ``(i, j)`` (row ``i``, column ``j``) is sampled at its centre, image px ``(j + 0.5, i + 0.5)``
+  (facerecon's ``image px``: the top-left corner of the image is (0, 0), x right, y down). A pixel
+  centre exactly on an edge shared by two triangles belongs to exactly one of them (OpenGL's
+  top-left rule).
+- Orthographic camera (the default): vertices are ``(x_px, y_px, z)`` in the photo's pixel frame,
+  ``z`` away from the camera (``facerecon.frames``): the smallest ``z`` is nearest and wins.
+- Perspective (pinhole) camera: vertices are ``(X, Y, Z)`` in the camera frame (X right, Y down,
+  Z > 0 forward), projected to ``(fx X / Z + cx, fy Y / Z + cy)`` image px; depth is ``Z``.
+- Both sides of every triangle are drawn (no culling): the nearer surface wins at each pixel.
+
+One OpenGL context per process, created at the first call and reused; calls from several threads
+are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .errors import DependencyError, InputError
+
+_VERTEX_SHADER = """
+#version 330
+in vec4 in_clip;
+in vec2 in_bary;
+out vec2 v_bary;
+void main() {
+    gl_Position = in_clip;
+    v_bary = in_bary;
+}
+"""
+
+_FRAGMENT_SHADER = """
+#version 330
+in vec2 v_bary;
+layout(location = 0) out vec4 out_bary;
+layout(location = 1) out int out_triangle;
+void main() {
+    out_bary = vec4(v_bary, 1.0 - v_bary.x - v_bary.y, 1.0);
+    out_triangle = gl_PrimitiveID + 1;
+}
+"""
+
+#: Framebuffers kept for reuse, one per image size (a video or a folder of same-sized photos
+#: reuses one; a few sizes are kept so that maps and textures of one photo do not evict each other).
+_MAX_FRAMEBUFFERS = 4
+
+
+@dataclass(frozen=True)
+class Camera:
+    """How vertices map to image px: ``orthographic`` (vertices already in image px) or ``perspective``.
+
+    Attributes:
+        kind: ``"orthographic"`` or ``"perspective"``.
+        fx, fy: focal lengths in px (perspective only).
+        cx, cy: the principal point in image px (perspective only).
+    """
+
+    kind: str = "orthographic"
+    fx: float = 0.0
+    fy: float = 0.0
+    cx: float = 0.0
+    cy: float = 0.0
+
+
+ORTHOGRAPHIC = Camera()
+
+
+def pinhole(fx: float, fy: float, cx: float, cy: float) -> Camera:
+    """A perspective camera with focal lengths ``fx, fy`` (px) and principal point ``(cx, cy)`` (image px)."""
+    if not (fx > 0 and fy > 0):
+        raise InputError(f"a pinhole camera needs positive focal lengths, got fx={fx}, fy={fy}")
+    return Camera("perspective", float(fx), float(fy), float(cx), float(cy))
+
+
+@dataclass
+class RenderResult:
+    """What one :func:`render` call produced, all ``(H, W, ...)`` arrays in image rows and columns.
+
+    Attributes:
+        depth: ``(H, W)`` float32: ``z`` (orthographic) or ``Z`` (perspective) of the nearest surface;
+            ``+inf`` where no triangle covers the pixel.
+        mask: ``(H, W)`` bool, True where a triangle covers the pixel.
+        triangle: ``(H, W)`` int64 index of the covering triangle, -1 where none.
+        barycentric: ``(H, W, 3)`` float32 weights of the covering triangle's corners (0 where none).
+        attributes: name -> ``(H, W, C)`` float32 interpolated values (0 where no triangle).
+    """
+
+    depth: np.ndarray
+    mask: np.ndarray
+    triangle: np.ndarray
+    barycentric: np.ndarray
+    faces: np.ndarray = field(repr=False)
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def interpolate(self, values: np.ndarray, background: float = 0.0) -> np.ndarray:
+        """Per-vertex ``values`` ``(N, C)`` or ``(N,)`` interpolated at every pixel: ``(H, W, C)`` or ``(H, W)`` float32."""
+        return interpolate(self.triangle, self.barycentric, self.faces, values, background)
+
+
+def interpolate(
+    triangle: np.ndarray, barycentric: np.ndarray, faces: np.ndarray, values: np.ndarray, background: float = 0.0
+) -> np.ndarray:
+    """Per-vertex ``values`` interpolated with a render's triangle and barycentric maps.
+
+    Args:
+        triangle: ``(H, W)`` int triangle index, -1 where none.
+        barycentric: ``(H, W, 3)`` float corner weights.
+        faces: ``(F, 3)`` int the rendered triangles.
+        values: ``(N, C)`` or ``(N,)`` per-vertex values.
+        background: the value where no triangle covers the pixel.
+
+    Returns:
+        ``(H, W, C)`` or ``(H, W)`` float32.
+    """
+    vals = np.asarray(values)
+    flat_vals = vals.reshape(vals.shape[0], -1).astype(np.float32, copy=False)
+    h, w = triangle.shape
+    out = np.full((h * w, flat_vals.shape[1]), background, dtype=np.float32)
+    idx = np.flatnonzero(triangle.reshape(-1) >= 0)
+    corners = faces[triangle.reshape(-1)[idx]]  # (P, 3)
+    bary = barycentric.reshape(-1, 3)[idx]
+    acc = bary[:, 0:1] * flat_vals[corners[:, 0]]
+    acc += bary[:, 1:2] * flat_vals[corners[:, 1]]
+    acc += bary[:, 2:3] * flat_vals[corners[:, 2]]
+    out[idx] = acc
+    return out.reshape((h, w) + vals.shape[1:])
+
+
+def render(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    size: tuple[int, int],
+    attributes: Optional[Mapping[str, np.ndarray]] = None,
+    camera: Camera = ORTHOGRAPHIC,
+) -> RenderResult:
+    """Rasterise a triangle mesh into an ``(H, W)`` image (conventions in the module docstring).
+
+    Args:
+        vertices: ``(N, 3)`` float: image px and depth (orthographic) or camera frame (perspective).
+        faces: ``(F, 3)`` int vertex indices.
+        size: ``(H, W)`` the image's rows and columns.
+        attributes: name -> ``(N, C)`` or ``(N,)`` per-vertex values to interpolate.
+        camera: :data:`ORTHOGRAPHIC` or a :func:`pinhole` camera.
+
+    Returns:
+        A :class:`RenderResult`.
+
+    Raises:
+        InputError: malformed arrays, a bad size, or (perspective) a vertex not in front of the camera.
+        DependencyError: moderngl or an EGL-capable OpenGL driver is missing.
+    """
+    v, f, (h, w) = _check(vertices, faces, size, attributes)
+    clip = _clip_coordinates(v, (h, w), camera)
+    triangle, bary = _rasterizer().draw(clip[f].reshape(-1, 4), (h, w))
+    depth = interpolate(triangle, bary, f, v[:, 2], background=np.inf)  # z (orthographic) or Z
+    result = RenderResult(depth=depth, mask=triangle >= 0, triangle=triangle, barycentric=bary, faces=f)
+    for name, values in (attributes or {}).items():
+        result.attributes[name] = result.interpolate(values)
+    return result
+
+
+def _check(
+    vertices: np.ndarray, faces: np.ndarray, size: tuple[int, int], attributes: Optional[Mapping[str, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces)
+    if v.ndim != 2 or v.shape[1] != 3 or not np.isfinite(v).all():
+        raise InputError(f"render expects finite (N, 3) vertices, got shape {v.shape}")
+    if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer):
+        raise InputError(f"render expects (F, 3) integer faces, got {f.shape} {f.dtype}")
+    if f.size and (f.min() < 0 or f.max() >= v.shape[0]):
+        raise InputError(f"render: face indices must lie in [0, {v.shape[0]}), got [{f.min()}, {f.max()}]")
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise InputError(f"render: size must be (rows, columns), got {size!r}") from None
+    if not (0 < h <= 16384 and 0 < w <= 16384):
+        raise InputError(f"render: image size must be 1..16384 px a side, got {h} x {w}")
+    for name, values in (attributes or {}).items():
+        if np.shape(values)[:1] != (v.shape[0],):
+            raise InputError(f"render: attribute '{name}' has shape {np.shape(values)}; expected ({v.shape[0]}, C)")
+    return v, f.astype(np.int64, copy=False), (h, w)
+
+
+def _clip_coordinates(v: np.ndarray, size: tuple[int, int], camera: Camera) -> np.ndarray:
+    """OpenGL clip coordinates ``(N, 4)`` float32; image row 0 is the framebuffer's first row.
+
+    ``y_ndc = 2 y / H - 1`` puts image row 0 at the bottom of OpenGL's window, which is the first
+    row ``glReadPixels`` returns: no flip is needed. Depth is mapped onto [-1, 1] nearest first.
+    """
+    h, w = size
+    out = np.empty((v.shape[0], 4), dtype=np.float64)
+    if camera.kind == "orthographic":
+        lo, hi = (v[:, 2].min(), v[:, 2].max()) if len(v) else (0.0, 1.0)
+        mid, half = (lo + hi) / 2.0, max((hi - lo) / 2.0 * 1.001, 1e-6)
+        out[:, 0] = 2.0 * v[:, 0] / w - 1.0
+        out[:, 1] = 2.0 * v[:, 1] / h - 1.0
+        out[:, 2] = (v[:, 2] - mid) / half
+        out[:, 3] = 1.0
+    elif camera.kind == "perspective":
+        z = v[:, 2]
+        if len(v) and z.min() <= 0:
+            raise InputError(f"perspective render: every vertex needs Z > 0 (in front of the camera), got Z = {z.min():.4g}")
+        near, far = (z.min() * 0.999, z.max() * 1.001) if len(v) else (1.0, 2.0)
+        far = max(far, near * 1.001)
+        out[:, 0] = 2.0 * (camera.fx * v[:, 0] + camera.cx * z) / w - z
+        out[:, 1] = 2.0 * (camera.fy * v[:, 1] + camera.cy * z) / h - z
+        out[:, 2] = (z * (far + near) - 2.0 * far * near) / (far - near)
+        out[:, 3] = z
+    else:
+        raise InputError(f"render: unknown camera kind '{camera.kind}' (orthographic, perspective)")
+    return out.astype(np.float32)
+
+
+class _Rasterizer:
+    """The process's OpenGL context, shader program and framebuffers (created once, used under a lock)."""
+
+    def __init__(self) -> None:
+        try:
+            import moderngl
+        except ImportError:
+            raise DependencyError(
+                "the renderer needs moderngl: pip install moderngl (and Mesa's EGL: Debian libegl1 libgl1-mesa-dri)"
+            ) from None
+        try:
+            self.ctx = moderngl.create_standalone_context(backend="egl")
+        except Exception as exc:  # glcontext raises plain Exceptions for a missing libEGL / driver
+            raise DependencyError(
+                f"the renderer could not create an OpenGL context through EGL ({exc}); "
+                "install Mesa's EGL (Debian: libegl1 libgl1-mesa-dri)"
+            ) from None
+        self.program = self.ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
+        self.framebuffers: dict[tuple[int, int], object] = {}
+        corner = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+        self._corner = corner
+        self.lock = threading.Lock()
+
+    def _framebuffer(self, size: tuple[int, int]):  # noqa: ANN202 (a moderngl.Framebuffer)
+        fbo = self.framebuffers.pop(size, None)
+        if fbo is None:
+            h, w = size
+            fbo = self.ctx.framebuffer(
+                color_attachments=[self.ctx.renderbuffer((w, h), 4, dtype="f4"), self.ctx.renderbuffer((w, h), 1, dtype="i4")],
+                depth_attachment=self.ctx.depth_renderbuffer((w, h)),
+            )
+            while len(self.framebuffers) >= _MAX_FRAMEBUFFERS:
+                self.framebuffers.pop(next(iter(self.framebuffers))).release()
+        self.framebuffers[size] = fbo  # most recently used last
+        return fbo
+
+    def draw(self, corners_clip: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Rasterise unindexed triangles ``(3F, 4)`` clip coordinates -> (triangle ``(H, W)``, barycentric ``(H, W, 3)``)."""
+        h, w = size
+        n = corners_clip.shape[0] // 3
+        bary_in = np.tile(self._corner, (n, 1))
+        data = np.concatenate([corners_clip, bary_in], axis=1).astype(np.float32)
+        with self.lock, self.ctx:
+            fbo = self._framebuffer((h, w))
+            fbo.use()
+            fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+            self.ctx.enable(self.ctx.DEPTH_TEST)
+            self.ctx.disable(self.ctx.CULL_FACE)
+            if n:
+                vbo = self.ctx.buffer(data.tobytes())
+                vao = self.ctx.vertex_array(self.program, [(vbo, "4f 2f", "in_clip", "in_bary")])
+                vao.render(mode=self.ctx.TRIANGLES)
+                vao.release()
+                vbo.release()
+            bary = np.frombuffer(fbo.read(components=4, attachment=0, dtype="f4"), dtype=np.float32)
+            tri = np.frombuffer(fbo.read(components=1, attachment=1, dtype="i4"), dtype=np.int32)
+        triangle = tri.reshape(h, w).astype(np.int64) - 1
+        barycentric = bary.reshape(h, w, 4)[..., :3].copy()
+        barycentric[triangle < 0] = 0.0
+        return triangle, barycentric
+
+
+_RASTERIZER: Optional[_Rasterizer] = None
+_CREATE_LOCK = threading.Lock()
+
+
+def _rasterizer() -> _Rasterizer:
+    global _RASTERIZER
+    if _RASTERIZER is None:
+        with _CREATE_LOCK:
+            if _RASTERIZER is None:
+                _RASTERIZER = _Rasterizer()
+    return _RASTERIZER
+
+
+def pncc_codes(reference_vertices: np.ndarray) -> np.ndarray:
+    """The projected normalised coordinate code of each vertex: its position on a reference (mean) face
+    scaled per axis onto [0, 1] (x, y, z each from the reference's minimum to its maximum).
+
+    Args:
+        reference_vertices: ``(N, 3)`` the reference face in any frame (one point per mesh vertex).
+
+    Returns:
+        ``(N, 3)`` float32 in [0, 1]; an axis of zero extent gives 0.5.
+    """
+    ref = np.asarray(reference_vertices, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape[1] != 3 or not np.isfinite(ref).all():
+        raise InputError(f"pncc_codes expects finite (N, 3) reference vertices, got shape {ref.shape}")
+    lo, hi = ref.min(axis=0), ref.max(axis=0)
+    span = hi - lo
+    codes = np.where(span > 0, (ref - lo) / np.where(span > 0, span, 1.0), 0.5)
+    return codes.astype(np.float32)
+
+
+def vertex_visibility(result: RenderResult, vertices: np.ndarray, tolerance: float, camera: Camera = ORTHOGRAPHIC) -> np.ndarray:
+    """Which vertices the camera sees: not behind another surface in ``result`` (a render of the same scene).
+
+    A vertex is hidden when the pixel under it is covered by a surface nearer than its own depth by
+    more than ``tolerance`` (in depth units: px for an orthographic render of a mesh in image px).
+    Vertices outside the image count as not visible.
+
+    Args:
+        result: a :func:`render` of the mesh (and any occluders).
+        vertices: ``(N, 3)`` in the render's frame.
+        tolerance: the depth slack for the vertex's own surface.
+        camera: the camera of ``result``.
+
+    Returns:
+        ``(N,)`` bool.
+    """
+    v = np.asarray(vertices, dtype=np.float64)
+    h, w = result.mask.shape
+    if camera.kind == "perspective":
+        z = np.where(v[:, 2] > 0, v[:, 2], np.inf)
+        xy = np.stack([camera.fx * v[:, 0] / z + camera.cx, camera.fy * v[:, 1] / z + camera.cy], axis=1)
+    else:
+        xy = v[:, :2]
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h) & np.isfinite(xy).all(axis=1)
+    col = np.clip(np.floor(np.nan_to_num(xy[:, 0])), 0, w - 1).astype(np.int64)
+    row = np.clip(np.floor(np.nan_to_num(xy[:, 1])), 0, h - 1).astype(np.int64)
+    nearest = result.depth[row, col].astype(np.float64)  # +inf where nothing is drawn: not hidden
+    return inside & (v[:, 2] <= nearest + tolerance)

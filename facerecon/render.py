@@ -33,31 +33,48 @@ import numpy as np
 
 from .errors import DependencyError, InputError
 
-_VERTEX_SHADER = """
-#version 330
-in vec4 in_clip;
-in vec2 in_bary;
-out vec2 v_bary;
-void main() {
-    gl_Position = in_clip;
-    v_bary = in_bary;
-}
-"""
+def _shaders(slots: int) -> tuple[str, str, str]:
+    """The vertex, geometry and fragment shaders writing geometry plus ``slots`` vec4s of attributes.
 
-_FRAGMENT_SHADER = """
-#version 330
-in vec2 v_bary;
-layout(location = 0) out vec4 out_bary;
-layout(location = 1) out int out_triangle;
-void main() {
-    out_bary = vec4(v_bary, 1.0 - v_bary.x - v_bary.y, 1.0);
-    out_triangle = gl_PrimitiveID + 1;
-}
-"""
+    The geometry shader gives each triangle's corners the barycentric weights (1, 0), (0, 1), (0, 0)
+    and passes the triangle's index on. Attachment 0 holds two barycentric weights, the depth
+    (perspective-correct) and the triangle's index + 1 (exact in float32 below 2^24 triangles);
+    attachment ``1 + i`` holds attribute vec4 ``i``.
+    """
+    rng = range(slots)
+    vertex = (
+        "#version 330\nin vec4 in_clip;\nin float in_depth;\nout float g_depth;\n"
+        + "".join(f"in vec4 in_a{i};\nout vec4 g_a{i};\n" for i in rng)
+        + "void main() {\n    gl_Position = in_clip;\n    g_depth = in_depth;\n"
+        + "".join(f"    g_a{i} = in_a{i};\n" for i in rng) + "}\n"
+    )
+    geometry = (
+        "#version 330\nlayout(triangles) in;\nlayout(triangle_strip, max_vertices = 3) out;\n"
+        "in float g_depth[];\nout vec3 v_bary_depth;\n"
+        + "".join(f"in vec4 g_a{i}[];\nout vec4 v_a{i};\n" for i in rng)
+        + "void main() {\n    for (int k = 0; k < 3; ++k) {\n        gl_Position = gl_in[k].gl_Position;\n"
+        "        v_bary_depth = vec3(k == 0 ? 1.0 : 0.0, k == 1 ? 1.0 : 0.0, g_depth[k]);\n"
+        + "".join(f"        v_a{i} = g_a{i}[k];\n" for i in rng)
+        + "        gl_PrimitiveID = gl_PrimitiveIDIn;\n        EmitVertex();\n    }\n    EndPrimitive();\n}\n"
+    )
+    fragment = (
+        "#version 330\nin vec3 v_bary_depth;\nlayout(location = 0) out vec4 out_pixel;\n"
+        + "".join(f"in vec4 v_a{i};\nlayout(location = {i + 1}) out vec4 out_a{i};\n" for i in rng)
+        + "void main() {\n    out_pixel = vec4(v_bary_depth, float(gl_PrimitiveID + 1));\n"
+        + "".join(f"    out_a{i} = v_a{i};\n" for i in rng) + "}\n"
+    )
+    return vertex, geometry, fragment
+
 
 #: Framebuffers kept for reuse, one per image size (a video or a folder of same-sized photos
 #: reuses one; a few sizes are kept so that maps and textures of one photo do not evict each other).
 _MAX_FRAMEBUFFERS = 4
+
+#: Attribute vec4s written in one pass (OpenGL 3.3 guarantees 8 colour attachments; one is geometry).
+_MAX_SLOTS = 7
+
+#: Triangle indices travel as float32 values, exact below 2^24.
+_MAX_TRIANGLES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -95,50 +112,46 @@ class RenderResult:
         depth: ``(H, W)`` float32: ``z`` (orthographic) or ``Z`` (perspective) of the nearest surface;
             ``+inf`` where no triangle covers the pixel.
         mask: ``(H, W)`` bool, True where a triangle covers the pixel.
-        triangle: ``(H, W)`` int64 index of the covering triangle, -1 where none.
-        barycentric: ``(H, W, 3)`` float32 weights of the covering triangle's corners (0 where none).
+        triangle: ``(H, W)`` int32 index of the covering triangle, -1 where none.
+        weights: ``(H, W, 2)`` float32 barycentric weights of the covering triangle's first two
+            corners (the third is ``1 - w0 - w1``; see :attr:`barycentric`); 0 where none.
+        faces: ``(F, 3)`` int64 the rendered triangles.
         attributes: name -> ``(H, W, C)`` float32 interpolated values (0 where no triangle).
     """
 
     depth: np.ndarray
     mask: np.ndarray
     triangle: np.ndarray
-    barycentric: np.ndarray
+    weights: np.ndarray = field(repr=False)
     faces: np.ndarray = field(repr=False)
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @property
+    def barycentric(self) -> np.ndarray:
+        """``(H, W, 3)`` float32 corner weights of the covering triangle (0 where none)."""
+        w = self.weights
+        third = np.where(self.mask, 1.0 - w[..., 0] - w[..., 1], 0.0).astype(np.float32)
+        return np.concatenate([w, third[..., None]], axis=-1)
+
     def interpolate(self, values: np.ndarray, background: float = 0.0) -> np.ndarray:
-        """Per-vertex ``values`` ``(N, C)`` or ``(N,)`` interpolated at every pixel: ``(H, W, C)`` or ``(H, W)`` float32."""
-        return interpolate(self.triangle, self.barycentric, self.faces, values, background)
-
-
-def interpolate(
-    triangle: np.ndarray, barycentric: np.ndarray, faces: np.ndarray, values: np.ndarray, background: float = 0.0
-) -> np.ndarray:
-    """Per-vertex ``values`` interpolated with a render's triangle and barycentric maps.
-
-    Args:
-        triangle: ``(H, W)`` int triangle index, -1 where none.
-        barycentric: ``(H, W, 3)`` float corner weights.
-        faces: ``(F, 3)`` int the rendered triangles.
-        values: ``(N, C)`` or ``(N,)`` per-vertex values.
-        background: the value where no triangle covers the pixel.
-
-    Returns:
-        ``(H, W, C)`` or ``(H, W)`` float32.
-    """
-    vals = np.asarray(values)
-    flat_vals = vals.reshape(vals.shape[0], -1).astype(np.float32, copy=False)
-    h, w = triangle.shape
-    out = np.full((h * w, flat_vals.shape[1]), background, dtype=np.float32)
-    idx = np.flatnonzero(triangle.reshape(-1) >= 0)
-    corners = faces[triangle.reshape(-1)[idx]]  # (P, 3)
-    bary = barycentric.reshape(-1, 3)[idx]
-    acc = bary[:, 0:1] * flat_vals[corners[:, 0]]
-    acc += bary[:, 1:2] * flat_vals[corners[:, 1]]
-    acc += bary[:, 2:3] * flat_vals[corners[:, 2]]
-    out[idx] = acc
-    return out.reshape((h, w) + vals.shape[1:])
+        """Per-vertex ``values`` ``(N, C)`` or ``(N,)`` at every pixel: ``(H, W, C)`` or ``(H, W)`` float32."""
+        vals = np.asarray(values)
+        flat = vals.reshape(vals.shape[0], -1).astype(np.float32, copy=False)
+        h, w = self.mask.shape
+        out = np.full((h * w, flat.shape[1]), background, dtype=np.float32)
+        idx = np.flatnonzero(self.mask)
+        corners = self.faces[self.triangle.reshape(-1)[idx]]  # (P, 3)
+        wts = self.weights.reshape(-1, 2)[idx]
+        first, second, third = flat[corners[:, 0]], flat[corners[:, 1]], flat[corners[:, 2]]
+        # w0 a + w1 b + (1 - w0 - w1) c = c + w0 (a - c) + w1 (b - c)
+        first -= third
+        second -= third
+        first *= wts[:, 0:1]
+        second *= wts[:, 1:2]
+        third += first
+        third += second
+        out[idx] = third
+        return out.reshape((h, w) + vals.shape[1:])
 
 
 def render(
@@ -166,12 +179,26 @@ def render(
     """
     v, f, (h, w) = _check(vertices, faces, size, attributes)
     clip = _clip_coordinates(v, (h, w), camera)
-    triangle, bary = _rasterizer().draw(clip[f].reshape(-1, 4), (h, w))
-    depth = interpolate(triangle, bary, f, v[:, 2], background=np.inf)  # z (orthographic) or Z
-    result = RenderResult(depth=depth, mask=triangle >= 0, triangle=triangle, barycentric=bary, faces=f)
-    for name, values in (attributes or {}).items():
-        result.attributes[name] = result.interpolate(values)
+    names = list(attributes or {})
+    columns = [_columns(attributes[n], v.shape[0]) for n in names]  # type: ignore[index]
+    packed = np.concatenate(columns, axis=1) if columns else np.zeros((v.shape[0], 0), np.float32)
+    pixels, channels = _rasterizer().draw(clip, v[:, 2], packed, f, (h, w))  # pixels: w0, w1, depth, triangle + 1
+    triangle = pixels[..., 3].astype(np.int32) - 1
+    mask = triangle >= 0
+    depth = np.where(mask, pixels[..., 2], np.float32(np.inf))
+    result = RenderResult(depth=depth, mask=mask, triangle=triangle, weights=pixels[..., :2], faces=f)
+    start = 0
+    for name, col in zip(names, columns):
+        shape = (h, w) + np.shape(attributes[name])[1:]  # type: ignore[index]
+        result.attributes[name] = channels[..., start:start + col.shape[1]].reshape(shape)
+        start += col.shape[1]
     return result
+
+
+def _columns(values: np.ndarray, n: int) -> np.ndarray:
+    """Per-vertex values as ``(N, C)`` float32 (``C`` = the product of the trailing axes)."""
+    vals = np.asarray(values, dtype=np.float32)
+    return vals.reshape(n, int(np.prod(vals.shape[1:], dtype=np.int64)))
 
 
 def _check(
@@ -183,6 +210,8 @@ def _check(
         raise InputError(f"render expects finite (N, 3) vertices, got shape {v.shape}")
     if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer):
         raise InputError(f"render expects (F, 3) integer faces, got {f.shape} {f.dtype}")
+    if f.shape[0] >= _MAX_TRIANGLES:
+        raise InputError(f"render: at most {_MAX_TRIANGLES - 1} triangles, got {f.shape[0]}")
     if f.size and (f.min() < 0 or f.max() >= v.shape[0]):
         raise InputError(f"render: face indices must lie in [0, {v.shape[0]}), got [{f.min()}, {f.max()}]")
     try:
@@ -228,7 +257,7 @@ def _clip_coordinates(v: np.ndarray, size: tuple[int, int], camera: Camera) -> n
 
 
 class _Rasterizer:
-    """The process's OpenGL context, shader program and framebuffers (created once, used under a lock)."""
+    """The process's OpenGL context, shader programs and framebuffers (created once, used under a lock)."""
 
     def __init__(self) -> None:
         try:
@@ -244,49 +273,74 @@ class _Rasterizer:
                 f"the renderer could not create an OpenGL context through EGL ({exc}); "
                 "install Mesa's EGL (Debian: libegl1 libgl1-mesa-dri)"
             ) from None
-        self.program = self.ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
-        self.framebuffers: dict[tuple[int, int], object] = {}
-        corner = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
-        self._corner = corner
+        self.programs: dict[int, object] = {}
+        self.framebuffers: dict[tuple[int, int, int], object] = {}
         self.lock = threading.Lock()
 
-    def _framebuffer(self, size: tuple[int, int]):  # noqa: ANN202 (a moderngl.Framebuffer)
-        fbo = self.framebuffers.pop(size, None)
+    def _program(self, slots: int):  # noqa: ANN202 (a moderngl.Program)
+        if slots not in self.programs:
+            vertex, geometry, fragment = _shaders(slots)
+            self.programs[slots] = self.ctx.program(
+                vertex_shader=vertex, geometry_shader=geometry, fragment_shader=fragment
+            )
+        return self.programs[slots]
+
+    def _framebuffer(self, h: int, w: int, slots: int):  # noqa: ANN202 (a moderngl.Framebuffer)
+        key = (h, w, slots)
+        fbo = self.framebuffers.pop(key, None)
         if fbo is None:
-            h, w = size
             fbo = self.ctx.framebuffer(
-                color_attachments=[self.ctx.renderbuffer((w, h), 4, dtype="f4"), self.ctx.renderbuffer((w, h), 1, dtype="i4")],
+                color_attachments=[self.ctx.renderbuffer((w, h), 4, dtype="f4") for _ in range(1 + slots)],
                 depth_attachment=self.ctx.depth_renderbuffer((w, h)),
             )
             while len(self.framebuffers) >= _MAX_FRAMEBUFFERS:
                 self.framebuffers.pop(next(iter(self.framebuffers))).release()
-        self.framebuffers[size] = fbo  # most recently used last
+        self.framebuffers[key] = fbo  # most recently used last
         return fbo
 
-    def draw(self, corners_clip: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Rasterise unindexed triangles ``(3F, 4)`` clip coordinates -> (triangle ``(H, W)``, barycentric ``(H, W, 3)``)."""
+    def draw(
+        self, clip: np.ndarray, depth: np.ndarray, values: np.ndarray, faces: np.ndarray, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rasterise -> (``(H, W, 4)`` weights w0 w1, depth, triangle + 1; ``(H, W, C)`` interpolated ``values`` ``(N, C)``)."""
         h, w = size
-        n = corners_clip.shape[0] // 3
-        bary_in = np.tile(self._corner, (n, 1))
-        data = np.concatenate([corners_clip, bary_in], axis=1).astype(np.float32)
+        channels = values.shape[1]
+        slots_total = -(-channels // 4)
+        out_values = np.zeros((h, w, 4 * slots_total), dtype=np.float32)
+        pixels = np.empty((h, w, 4), dtype=np.float32)
         with self.lock, self.ctx:
-            fbo = self._framebuffer((h, w))
-            fbo.use()
-            fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-            self.ctx.enable(self.ctx.DEPTH_TEST)
-            self.ctx.disable(self.ctx.CULL_FACE)
-            if n:
-                vbo = self.ctx.buffer(data.tobytes())
-                vao = self.ctx.vertex_array(self.program, [(vbo, "4f 2f", "in_clip", "in_bary")])
-                vao.render(mode=self.ctx.TRIANGLES)
-                vao.release()
-                vbo.release()
-            bary = np.frombuffer(fbo.read(components=4, attachment=0, dtype="f4"), dtype=np.float32)
-            tri = np.frombuffer(fbo.read(components=1, attachment=1, dtype="i4"), dtype=np.int32)
-        triangle = tri.reshape(h, w).astype(np.int64) - 1
-        barycentric = bary.reshape(h, w, 4)[..., :3].copy()
-        barycentric[triangle < 0] = 0.0
-        return triangle, barycentric
+            for first in range(0, max(slots_total, 1), _MAX_SLOTS):  # one pass unless > 28 channels
+                slots = min(_MAX_SLOTS, slots_total - first)
+                cols = values[:, 4 * first:4 * (first + slots)]
+                data = np.zeros((clip.shape[0], 5 + 4 * slots), dtype=np.float32)
+                data[:, :4] = clip
+                data[:, 4] = depth
+                data[:, 5:5 + cols.shape[1]] = cols
+                fbo = self._pass(data, faces, h, w, slots)
+                fbo.read_into(pixels, components=4, attachment=0, dtype="f4")
+                for i in range(slots):
+                    slot = np.empty((h, w, 4), dtype=np.float32)
+                    fbo.read_into(slot, components=4, attachment=1 + i, dtype="f4")
+                    out_values[..., 4 * (first + i):4 * (first + i + 1)] = slot
+        return pixels, out_values[..., :channels]
+
+    def _pass(self, data: np.ndarray, faces: np.ndarray, h: int, w: int, slots: int):  # noqa: ANN202
+        """Draw the indexed triangles into the framebuffer of ``(h, w, slots)`` and return it."""
+        fbo = self._framebuffer(h, w, slots)
+        fbo.use()
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        self.ctx.enable(self.ctx.DEPTH_TEST)
+        self.ctx.disable(self.ctx.CULL_FACE)
+        if faces.shape[0]:
+            vbo = self.ctx.buffer(data)
+            ibo = self.ctx.buffer(faces.astype(np.uint32))
+            names = ["in_clip", "in_depth"] + [f"in_a{i}" for i in range(slots)]
+            layout = "4f 1f" + " 4f" * slots
+            vao = self.ctx.vertex_array(self._program(slots), [(vbo, layout, *names)], index_buffer=ibo, index_element_size=4)
+            vao.render(mode=self.ctx.TRIANGLES)
+            vao.release()
+            ibo.release()
+            vbo.release()
+        return fbo
 
 
 _RASTERIZER: Optional[_Rasterizer] = None

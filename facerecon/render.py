@@ -375,31 +375,64 @@ def pncc_codes(reference_vertices: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32)
 
 
-def vertex_visibility(result: RenderResult, vertices: np.ndarray, tolerance: float, camera: Camera = ORTHOGRAPHIC) -> np.ndarray:
-    """Which vertices the camera sees: not behind another surface in ``result`` (a render of the same scene).
+def project(vertices: np.ndarray, camera: Camera = ORTHOGRAPHIC) -> np.ndarray:
+    """The image px ``(N, 2)`` float64 of vertices ``(N, 3)``: the dense 2D points of a mesh.
 
-    A vertex is hidden when the pixel under it is covered by a surface nearer than its own depth by
-    more than ``tolerance`` (in depth units: px for an orthographic render of a mesh in image px).
-    Vertices outside the image count as not visible.
+    Orthographic: ``(x, y)`` as they are; perspective: ``(fx X / Z + cx, fy Y / Z + cy)`` (NaN for
+    ``Z <= 0``).
+    """
+    v = np.asarray(vertices, dtype=np.float64)
+    if camera.kind != "perspective":
+        return v[:, :2].copy()
+    z = np.where(v[:, 2] > 0, v[:, 2], np.nan)
+    return np.stack([camera.fx * v[:, 0] / z + camera.cx, camera.fy * v[:, 1] / z + camera.cy], axis=1)
+
+
+def vertex_visibility(
+    result: RenderResult, vertices: np.ndarray, tolerance: float, camera: Camera = ORTHOGRAPHIC,
+    own: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Which points the camera sees: not behind another surface in ``result`` (a render of the scene).
+
+    A point is hidden when the pixel under it is covered by a surface nearer than its own depth by
+    more than ``tolerance`` (in depth units: px for an orthographic render of a mesh in image px),
+    unless the covering triangle is one of the point's ``own`` (its own surface seen at a grazing
+    angle, where the depth at the pixel centre can differ from the point's by more than any slack).
+    Points outside the image count as not visible.
 
     Args:
         result: a :func:`render` of the mesh (and any occluders).
-        vertices: ``(N, 3)`` in the render's frame.
-        tolerance: the depth slack for the vertex's own surface.
+        vertices: ``(N, 3)`` points in the render's frame.
+        tolerance: the depth slack for the point's own surface.
         camera: the camera of ``result``.
+        own: ``(N, K)`` int triangle indices of ``result`` on which each point lies (padded with
+            values below -1), e.g. :func:`incident_triangles` for the mesh's vertices; or None.
 
     Returns:
         ``(N,)`` bool.
     """
     v = np.asarray(vertices, dtype=np.float64)
     h, w = result.mask.shape
-    if camera.kind == "perspective":
-        z = np.where(v[:, 2] > 0, v[:, 2], np.inf)
-        xy = np.stack([camera.fx * v[:, 0] / z + camera.cx, camera.fy * v[:, 1] / z + camera.cy], axis=1)
-    else:
-        xy = v[:, :2]
+    xy = project(v, camera)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h) & np.isfinite(xy).all(axis=1)
     col = np.clip(np.floor(np.nan_to_num(xy[:, 0])), 0, w - 1).astype(np.int64)
     row = np.clip(np.floor(np.nan_to_num(xy[:, 1])), 0, h - 1).astype(np.int64)
     nearest = result.depth[row, col].astype(np.float64)  # +inf where nothing is drawn: not hidden
-    return inside & (v[:, 2] <= nearest + tolerance)
+    seen = v[:, 2] <= nearest + tolerance
+    if own is not None:
+        seen |= (np.asarray(own).reshape(len(v), -1) == result.triangle[row, col][:, None]).any(axis=1)
+    return inside & seen
+
+
+def incident_triangles(faces: np.ndarray, num_vertices: int) -> np.ndarray:
+    """``(N, K)`` int64: the triangles around each vertex (K = the largest valence), padded with -2."""
+    f = np.asarray(faces, dtype=np.int64)
+    flat = f.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    counts = np.bincount(flat, minlength=num_vertices)
+    k = int(counts.max()) if counts.size else 0
+    out = np.full((num_vertices, max(k, 1)), -2, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    slot = np.arange(flat.size) - np.repeat(starts, counts)
+    out[flat[order], slot] = order // 3
+    return out

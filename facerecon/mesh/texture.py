@@ -259,7 +259,10 @@ def layout_raster(layout: np.ndarray, faces: np.ndarray, size: int) -> RenderRes
     digest.update(np.ascontiguousarray(faces, np.int64).tobytes())
     key = (digest.digest(), int(size))
     if key not in _LAYOUT_CACHE:
-        flat = np.column_stack([np.asarray(layout, np.float64) * size, np.zeros(len(layout))])
+        lay = np.asarray(layout, np.float64)
+        # depth = the distance from the pole: where the layout folds over (a closed template's far
+        # pole), the side nearer the pole wins
+        flat = np.column_stack([lay * size, np.linalg.norm(lay - 0.5, axis=1)])
         if len(_LAYOUT_CACHE) >= 4:
             _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
         _LAYOUT_CACHE[key] = render(flat, faces, (size, size))

@@ -15,7 +15,6 @@ the rim of the hemisphere template on the inscribed circle.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,23 +249,14 @@ class UVTexture:
     covered: np.ndarray
 
 
-_LAYOUT_CACHE: dict[tuple[bytes, int], RenderResult] = {}
-
-
-def layout_raster(layout: np.ndarray, faces: np.ndarray, size: int) -> RenderResult:
-    """The layout rasterised into ``size x size`` texels: which triangle and where, for each texel (cached)."""
-    digest = hashlib.blake2b(np.ascontiguousarray(layout, np.float64).tobytes(), digest_size=16)
-    digest.update(np.ascontiguousarray(faces, np.int64).tobytes())
-    key = (digest.digest(), int(size))
-    if key not in _LAYOUT_CACHE:
-        lay = np.asarray(layout, np.float64)
-        # depth = the distance from the pole: where the layout folds over (a closed template's far
-        # pole), the side nearer the pole wins
-        flat = np.column_stack([lay * size, np.linalg.norm(lay - 0.5, axis=1)])
-        if len(_LAYOUT_CACHE) >= 4:
-            _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
-        _LAYOUT_CACHE[key] = render(flat, faces, (size, size))
-    return _LAYOUT_CACHE[key]
+def layout_raster(layout: np.ndarray, faces: np.ndarray, size: int, values: Optional[np.ndarray] = None) -> RenderResult:
+    """The layout rasterised into ``size x size`` texels: which triangle covers each texel, and
+    per-vertex ``values`` (e.g. the mesh's vertices) interpolated there (attribute ``"values"``)."""
+    lay = np.asarray(layout, np.float64)
+    # depth = the distance from the pole: where the layout folds over (a closed template's far
+    # pole), the side nearer the pole wins
+    flat = np.column_stack([lay * size, np.linalg.norm(lay - 0.5, axis=1)])
+    return render(flat, faces, (size, size), None if values is None else {"values": values})
 
 
 def uv_texture(
@@ -291,8 +281,8 @@ def uv_texture(
         raise InputError(f"uv_texture: the layout has {np.shape(layout)} rows; the mesh has {len(v)} vertices")
     if not 8 <= int(size) <= 8192:
         raise InputError(f"uv_texture: size must be 8..8192 texels, got {size}")
-    texels = layout_raster(layout, f, int(size))
-    points = texels.interpolate(v)[texels.mask]  # (P, 3) image px of each covered texel
+    texels = layout_raster(layout, f, int(size), v)
+    points = texels.attributes["values"][texels.mask].astype(np.float64)  # (P, 3) image px of each texel
     tol = default_tolerance(v) if tolerance is None else float(tolerance)
     depth, x0, y0 = face_depth(v, f, img.shape[:2])
     seen = vertex_visibility(depth, points - [x0, y0, 0.0], tol, own=texels.triangle[texels.mask])

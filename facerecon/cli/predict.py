@@ -48,7 +48,7 @@ def _passive_openmp_when_busy() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def predict(
+def predict(  # over 60 lines: one line per command-line option (typer reads them from the signature)
     inputs: List[str] = typer.Argument(None, help="Image files, folders or globs; or one video file (.mp4, .avi, .mov, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="A mesh file (.obj, .ply, .glb, .off, .stl) for one image; a folder for several, or for a video / camera."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model checkpoint. Default: the model shipped with facerecon."),
@@ -90,10 +90,10 @@ def predict(
         previous = None
     written: list[Path] = []
     try:
-        extras = _extra_outputs(texture, uv_texture, maps, dense_points)
         _predict(
             inputs or [], output, checkpoint, fmt, overlay, overlay_mode, stages, all_faces, require_face,
-            min_probability, batch_size, device, recursive, camera, every, max_frames, written, extras,
+            min_probability, batch_size, device, recursive, camera, every, max_frames, written,
+            _extra_outputs(texture, uv_texture, maps, dense_points),
         )
     except _Terminated:
         err_console.print(

@@ -394,9 +394,9 @@ def vertex_visibility(
 ) -> np.ndarray:
     """Which points the camera sees: not behind another surface in ``result`` (a render of the scene).
 
-    A point is hidden when the pixel under it is covered by a surface nearer than its own depth by
-    more than ``tolerance`` (in depth units: px for an orthographic render of a mesh in image px),
-    unless the covering triangle is one of the point's ``own`` (its own surface seen at a grazing
+    A point is hidden when the four pixel centres around it are all covered by surfaces nearer than
+    its own depth by more than ``tolerance`` (in depth units: px for an orthographic render of a
+    mesh in image px), unless the triangle covering its pixel is one of the point's ``own`` (its own surface seen at a grazing
     angle, where the depth at the pixel centre can differ from the point's by more than any slack).
     Points outside the image count as not visible.
 
@@ -415,10 +415,17 @@ def vertex_visibility(
     h, w = result.mask.shape
     xy = project(v, camera)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h) & np.isfinite(xy).all(axis=1)
-    col = np.clip(np.floor(np.nan_to_num(xy[:, 0])), 0, w - 1).astype(np.int64)
-    row = np.clip(np.floor(np.nan_to_num(xy[:, 1])), 0, h - 1).astype(np.int64)
-    nearest = result.depth[row, col].astype(np.float64)  # +inf where nothing is drawn: not hidden
-    seen = v[:, 2] <= nearest + tolerance
+    xy = np.nan_to_num(xy)
+    col = np.clip(np.floor(xy[:, 0]), 0, w - 1).astype(np.int64)
+    row = np.clip(np.floor(xy[:, 1]), 0, h - 1).astype(np.int64)
+    # the farthest of the four pixel centres around the point (+inf where nothing is drawn): hidden
+    # only when covered nearer all around, so a steep surface is not hidden by its own slope
+    c0 = np.clip(np.floor(xy[:, 0] - 0.5), 0, w - 1).astype(np.int64)
+    r0 = np.clip(np.floor(xy[:, 1] - 0.5), 0, h - 1).astype(np.int64)
+    c1, r1 = np.minimum(c0 + 1, w - 1), np.minimum(r0 + 1, h - 1)
+    d = result.depth
+    around = np.maximum(np.maximum(d[r0, c0], d[r0, c1]), np.maximum(d[r1, c0], d[r1, c1])).astype(np.float64)
+    seen = v[:, 2] <= around + tolerance
     if own is not None:
         seen |= (np.asarray(own).reshape(len(v), -1) == result.triangle[row, col][:, None]).any(axis=1)
     return inside & seen

@@ -3,9 +3,11 @@ triangle covers each pixel, and any per-vertex values interpolated over the surf
 
 OpenGL does the rasterising (moderngl on Mesa's EGL, headless; chosen by measurement against
 pyrender, trimesh/Embree ray casting, Open3D's legacy visualiser and a numpy z-buffer: see
-``benchmarks/bench_render.py`` and ``docs/render.md``). One pass writes each covered pixel's
-triangle and its barycentric coordinates (float32, perspective-correct); depth and every attribute
-are then interpolated from them in numpy, so any number of channels costs no second pass.
+``benchmarks/bench_render.py`` and ``docs/render.md``). One pass writes, for each covered pixel,
+its triangle, two barycentric weights and the depth, and the attributes OpenGL interpolated (float32,
+perspective-correct; four channels per colour attachment, seven attachments a pass). Any other
+per-vertex values can be interpolated afterwards from the triangles and weights
+(:meth:`RenderResult.interpolate`).
 
 Conventions:
 

@@ -100,6 +100,15 @@ def test_texture_needs_obj_or_glb(tmp_path, hemisphere, noise_photo) -> None:
         save_textured_mesh(tmp_path / "face.stl", textured)
 
 
+def test_textured_obj_is_all_or_nothing(tmp_path, hemisphere, noise_photo) -> None:
+    """When the .obj cannot be written (a folder is in its place), its image and .mtl are removed."""
+    _, tv, faces = hemisphere
+    (tmp_path / "face.obj").mkdir()
+    with pytest.raises((InputError, OSError)):
+        save_textured_mesh(tmp_path / "face.obj", texture_from_photo(noise_photo, _frontal(tv), faces))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.obj"]
+
+
 def _ellipsoid_turned(yaw_deg: float):
     """The ellipsoid template (a closed, nearly convex shape) 500x its size, turned about the vertical
     axis and centred in the photo; with the z of its face normals (trimesh; < 0: towards the camera)."""

@@ -15,6 +15,7 @@ the rim of the hemisphere template on the inscribed circle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,10 +173,19 @@ def save_textured_mesh(path: str | os.PathLike[str], textured: TexturedMesh, dur
         return [path]
     image_path = texture_path(path)
     mtl_path = path.with_suffix(".mtl")
-    save_image(image_path, textured.image, durable=durable)
     mtl = f"# written by facerecon\nnewmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {image_path.name}\n"
-    atomic_write_bytes(mtl_path, mtl.encode("utf-8"), durable=durable)
-    atomic_write_bytes(path, _obj_bytes(textured, mtl_path.name), durable=durable)
+    done: list[Path] = []
+    try:  # the three files, or none of them
+        save_image(image_path, textured.image, durable=durable)
+        done.append(image_path)
+        atomic_write_bytes(mtl_path, mtl.encode("utf-8"), durable=durable)
+        done.append(mtl_path)
+        atomic_write_bytes(path, _obj_bytes(textured, mtl_path.name), durable=durable)
+    except BaseException:
+        for p in done:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
     return [path, mtl_path, image_path]
 
 

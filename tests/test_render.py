@@ -189,3 +189,21 @@ def test_threads_share_one_context() -> None:
     for t in threads:
         t.join()
     assert len(results) == 15 and all((m == expected).all() for m in results)
+
+
+def test_torch_compiler_stack_loads_after_rendering(tmp_path) -> None:
+    """Rendering first, then ``import triton`` (what torchvision and torch.compile import) in the
+    same process: no crash from the OpenGL driver's LLVM (a fresh process, so the order is real)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    code = (
+        "import numpy as np\nfrom facerecon.render import render\n"
+        "render(np.array([[1, 1, 5], [9, 1, 5], [1, 7, 2.]]), np.array([[0, 1, 2]]), (8, 12))\n"
+        "import triton\nprint('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", (run.returncode, run.stderr[-500:])

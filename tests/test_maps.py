@@ -53,7 +53,7 @@ def test_two_faces_share_one_map_and_the_nearer_wins() -> None:
 
 def test_maps_are_written_as_png_and_read_back(tmp_path) -> None:
     cv2 = pytest.importorskip("cv2")
-    maps, enc = render_maps([QUAD], QUAD_F, (60, 80), ["depth", "pncc"], pncc_reference=QUAD)
+    maps, _ = render_maps([QUAD], QUAD_F, (60, 80), ["depth", "pncc"], pncc_reference=QUAD)
     depth_path = save_map(map_path(tmp_path / "photo", "depth"), maps["depth"])
     assert depth_path.name == "photo.depth.png"
     back = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)

@@ -153,7 +153,7 @@ def photo_extras(
         if extras.dense_points:
             face.record["dense_points_px"] = np.round(project(result.vertices_px), 2).tolist()
         files += face.files
-    for result, face, mesh_path in zip(results, faces, mesh_paths):
+    for face, mesh_path in zip(faces, mesh_paths):
         if face.textured is not None and mesh_path.suffix.lower() == ".obj":
             face.record["texture"] = texture_path(mesh_path).name
     return PhotoExtras(faces=faces, files=files)

@@ -7,8 +7,10 @@ z away from the camera, in pixels. The projection is orthographic: a vertex land
   the others are filled farthest first (by mean z), each with the Lambert shade of its face
   normal under a light at the camera, then the drawing is alpha-blended over the photo.
 - ``wireframe``: the anti-aliased edges of the camera-facing faces, alpha-blended.
+- ``dense``: every vertex of the camera-facing faces as a dot (the dense 2D points), alpha-blended.
 
-Landmarks are drawn last, opaque, as small dots.
+Landmarks are drawn last, opaque, as dots whose size follows the face's (its landmarks' extent), so
+that a small face in a group photo keeps its eyes visible.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from facerecon.errors import InputError
 
 __all__ = ["MODES", "draw_mesh_overlay", "face_normals", "save_image"]
 
-MODES = ("shaded", "wireframe")
+MODES = ("shaded", "wireframe", "dense")
 
 _SHIFT = 4  # OpenCV fixed-point bits: vertices are drawn with 1/16 px precision
 _AMBIENT = 0.3  # shade of a face seen edge-on; a face seen head-on gets 1.0
@@ -86,8 +88,8 @@ def draw_mesh_overlay(
             y down, z away from the camera, z in px).
         faces: ``(F, 3)`` int vertex indices.
         landmarks_px: ``(L, 2)`` or ``(L, 3)`` float landmarks in image px (z ignored), or None.
-        mode: ``"shaded"`` (filled, Lambert-shaded, back faces culled) or ``"wireframe"``
-            (anti-aliased edges of the camera-facing faces).
+        mode: ``"shaded"`` (filled, Lambert-shaded, back faces culled), ``"wireframe"``
+            (anti-aliased edges of the camera-facing faces) or ``"dense"`` (their vertices as dots).
         alpha: opacity of the mesh drawing over the photo, in [0, 1].
         color: RGB base colour of the mesh, 0-255.
 
@@ -121,8 +123,10 @@ def draw_mesh_overlay(
         order = np.argsort(-v[f].mean(axis=1)[:, 2], kind="stable")  # farthest first
         for i in order:
             cv2.fillConvexPoly(layer, polygons[i], tuple(int(c) for c in colors[i]), cv2.LINE_8, _SHIFT)
-    elif len(f):
+    elif mode == "wireframe" and len(f):
         cv2.polylines(layer, list(polygons.reshape(-1, 3, 1, 2)), True, tuple(int(c) for c in base), 1, cv2.LINE_AA, _SHIFT)
+    elif len(f):
+        _draw_dots(layer, v[np.unique(f), :2], _dot_radius(v[:, :2], 400.0, 0.5), tuple(int(c) for c in base))
     out = cv2.addWeighted(layer, float(alpha), np.ascontiguousarray(image), 1.0 - float(alpha), 0.0)
     if landmarks_px is not None:
         _draw_landmarks(out, landmarks_px)
@@ -130,14 +134,24 @@ def draw_mesh_overlay(
 
 
 def _draw_landmarks(image: np.ndarray, landmarks_px: np.ndarray) -> None:
-    import cv2
-
     pts = np.asarray(landmarks_px, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] not in (2, 3) or not np.isfinite(pts).all():
         raise InputError(f"overlay: landmarks_px must be a finite (L, 2) or (L, 3) array, got shape {pts.shape}")
-    radius = max(1.0, min(image.shape[:2]) / 250.0)
-    for x, y in _fixed_point(pts[:, :2]):
-        cv2.circle(image, (int(x), int(y)), int(round(radius * (1 << _SHIFT))), _LANDMARK_COLOR, -1, cv2.LINE_AA, _SHIFT)
+    _draw_dots(image, pts[:, :2], _dot_radius(pts[:, :2], 100.0, 1.0), _LANDMARK_COLOR)
+
+
+def _dot_radius(points_xy: np.ndarray, per: float, least: float) -> float:
+    """A dot radius in px that follows the face's size: its points' extent / ``per``, at least ``least``."""
+    extent = float(np.ptp(points_xy, axis=0).max()) if len(points_xy) > 1 else 0.0
+    return max(least, extent / per)
+
+
+def _draw_dots(image: np.ndarray, points_xy: np.ndarray, radius: float, color: Sequence[int]) -> None:
+    import cv2
+
+    r = int(round(radius * (1 << _SHIFT)))
+    for x, y in _fixed_point(points_xy):
+        cv2.circle(image, (int(x), int(y)), r, tuple(color), -1, cv2.LINE_AA, _SHIFT)
 
 
 def save_image(path: str | os.PathLike[str], image: np.ndarray, durable: bool = True) -> Path:

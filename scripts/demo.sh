@@ -14,6 +14,8 @@ if "$VENV/bin/python" -c 'from facerecon.engine.predict import default_checkpoin
   "$FR" -v predict "$PHOTO" -o "$OUT/astronaut.obj" --overlay "$OUT/astronaut_overlay.png" --stages
   "$FR" view "$OUT/astronaut.obj" --image "$PHOTO" --screenshot "$OUT/astronaut_view.png"
   "$FR" view "$OUT/astronaut.obj" --screenshot "$OUT/astronaut_mesh.png"
+  "$FR" predict "$PHOTO" -o "$OUT/astronaut_textured.obj" --texture --uv-texture "$OUT/astronaut_uv.png" \
+    --maps depth,pncc,normals
   echo
   echo "demo outputs in $OUT/:"
   echo "  astronaut.obj          the mesh, in the photo's pixel frame (astronaut.json: box, landmarks, pose)"
@@ -21,6 +23,9 @@ if "$VENV/bin/python" -c 'from facerecon.engine.predict import default_checkpoin
   echo "  astronaut_overlay.png  the mesh and its 68 landmarks drawn over the photo"
   echo "  astronaut_view.png     an offscreen Open3D render of the mesh over the photo"
   echo "  astronaut_mesh.png     an offscreen Open3D render of the mesh alone"
+  echo "  astronaut_textured.obj the mesh textured with the photo (.mtl, .texture.png beside it)"
+  echo "  astronaut_uv.png       the face's colours in the template's fixed UV layout (alpha: seen)"
+  echo "  astronaut_textured.{depth,pncc,normals}.png  the maps at the photo's size"
 else
   echo "no default model is installed: showing the template meshes instead"
   "$FR" make-initial-mesh hemisphere ellipsoid --out "$OUT/templates" --show --screenshot "$OUT/templates"

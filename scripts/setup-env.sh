@@ -10,10 +10,11 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 
-# 1. System libraries: Open3D needs libusb-1.0 to import; venv needs python3-venv on Debian.
+# 1. System libraries: Open3D needs libusb-1.0 to import; the renderer (moderngl) needs Mesa's EGL
+#    and its software OpenGL driver; venv needs python3-venv on Debian.
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
-  for pkg in libusb-1.0-0 libgomp1; do
+  for pkg in libusb-1.0-0 libgomp1 libegl1 libegl-mesa0 libgl1-mesa-dri; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
   if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "facerecon.viewer": 2,
     "facerecon.overlay": 2,
     "facerecon.plots": 2,
+    "facerecon.render": 2,
     "facerecon.ops": 1,
     "facerecon.frames": 1,
     "facerecon.crop": 1,

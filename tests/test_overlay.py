@@ -126,3 +126,28 @@ def test_save_image_errors(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(InputError):
         save_image(blocker / "overlay.png", img)
+
+
+def test_dense_mode_draws_the_vertices_only() -> None:
+    out = draw_mesh_overlay(_photo(), SQUARE, FRONT_FACES, mode="dense")
+    changed = (out != _photo()).any(axis=2)
+    for x, y in SQUARE[:, :2].astype(int):  # a dot over each corner vertex (pixels around (x, y))
+        assert changed[y - 1:y + 1, x - 1:x + 1].any()
+    assert not changed[30, 40] and changed.sum() < 4 * 16  # four dots, the inside not filled
+    assert np.array_equal(draw_mesh_overlay(_photo(), SQUARE, BACK_FACES, mode="dense"), _photo())  # culled
+
+
+def _landmark_area(extent: float, size: int = 1000) -> int:
+    """Pixels the first landmark's dot changes in a ``size`` px photo when the landmarks span ``extent`` px."""
+    img = np.zeros((size, size, 3), np.uint8)
+    landmarks = np.array([[50.5, 50.5], [50.5 + extent, 50.5]])
+    out = draw_mesh_overlay(img, SQUARE, FRONT_FACES[:0], landmarks_px=landmarks)
+    return int((out[:, :50 + int(extent) // 2] != 0).any(axis=2).sum())
+
+
+def test_landmark_dots_follow_the_face_size() -> None:
+    """Radius = the landmarks' extent / 100, at least 1 px, whatever the photo's size: a 60-px face
+    in a 1000-px group photo gets a 1-px dot (at most 4 x 4 anti-aliased pixels), not one sized by
+    the photo; a 400-px face a 4-px one (about pi 4^2 = 50 pixels)."""
+    assert _landmark_area(60.0) <= 16
+    assert 40 <= _landmark_area(400.0) <= 90

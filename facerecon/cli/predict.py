@@ -39,13 +39,13 @@ def _passive_openmp_when_busy() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def predict(
+def predict(  # over 60 lines: one line per command-line option (typer reads them from the signature)
     inputs: List[str] = typer.Argument(None, help="Image files, folders or globs; or one video file (.mp4, .avi, .mov, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="A mesh file (.obj, .ply, .glb, .off, .stl) for one image; a folder for several, or for a video / camera."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model checkpoint. Default: the model shipped with facerecon."),
     fmt: str = typer.Option("obj", "--format", help="Mesh format in folder / video mode: obj, ply, glb, off, stl."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Draw the mesh and landmarks over the photo: a PNG path for one image, a folder for several."),
-    overlay_mode: str = typer.Option("shaded", "--overlay-mode", help="shaded | wireframe."),
+    overlay_mode: str = typer.Option("shaded", "--overlay-mode", help="shaded | wireframe | dense (every vertex as a dot)."),
     stages: bool = typer.Option(False, "--stages", help="Also write the mesh after each block, coarse to fine (<name>.stage<l>.<ext>)."),
     all_faces: bool = typer.Option(False, "--all-faces", help="One mesh per detected face (<name>_<k>) instead of the most confident face."),
     require_face: bool = typer.Option(False, "--require-face", help="Treat an image with no detected face as an error instead of using the average crop."),
@@ -56,6 +56,10 @@ def predict(
     camera: Optional[int] = typer.Option(None, "--camera", help="Read frames from this camera (0: the first) instead of files; Ctrl-C stops."),
     every: int = typer.Option(1, "--every", min=1, help="Video / camera: reconstruct every Nth frame."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Video / camera: stop after this many frames reconstructed."),
+    texture: bool = typer.Option(False, "--texture", help="Texture the mesh with the photo (.obj + .mtl + <stem>.texture.png, or .glb); hidden parts grey."),
+    uv_texture: Optional[Path] = typer.Option(None, "--uv-texture", help="The face's colours in the template's fixed UV layout, alpha = seen: a PNG for one image, a folder for several."),
+    maps: Optional[str] = typer.Option(None, "--maps", help="Per-photo maps, comma-separated: depth (16-bit), pncc, normals -> <stem>.<map>.png."),
+    dense_points: bool = typer.Option(False, "--dense-points", help="Put every vertex's 2D position (image px) into the JSON record."),
 ) -> None:
     """Reconstruct a 3D face mesh from each photo, or from the frames of a video or a camera.
 
@@ -75,6 +79,7 @@ def predict(
         _predict(
             inputs or [], output, checkpoint, fmt, overlay, overlay_mode, stages, all_faces, require_face,
             min_probability, batch_size, device, recursive, camera, every, max_frames, written,
+            _extra_outputs(texture, uv_texture, maps, dense_points),
         )
 
 
@@ -82,11 +87,12 @@ def _predict(
     inputs: list[str], output: Path, checkpoint: Optional[Path], fmt: str, overlay: Optional[Path], overlay_mode: str,
     stages: bool, all_faces: bool, require_face: bool, min_probability: float, batch_size: int, device: str,
     recursive: bool, camera: Optional[int], every: int, max_frames: Optional[int], written: list[Path],
+    extras: Any = None,
 ) -> None:
     from facerecon.mesh.export import MESH_FORMATS
 
-    if overlay_mode not in ("shaded", "wireframe"):
-        raise InputError(f"--overlay-mode {overlay_mode!r}: use shaded or wireframe")
+    if overlay_mode not in ("shaded", "wireframe", "dense"):
+        raise InputError(f"--overlay-mode {overlay_mode!r}: use shaded, wireframe or dense")
     ext = "." + fmt.lower().lstrip(".")
     if ext not in MESH_FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(m.lstrip('.') for m in MESH_FORMATS)}")
@@ -99,6 +105,8 @@ def _predict(
         raise InputError(f"{missing[0]}: no such file or folder")
     if camera is not None or (len(inputs) == 1 and Path(inputs[0]).suffix.lower() in VIDEO_SUFFIXES):
         video = None if camera is not None else Path(inputs[0])
+        if extras is not None:
+            raise InputError("--texture, --uv-texture, --maps and --dense-points work on photos; a video or camera gives meshes and frames.jsonl")
         _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written)
         return
 
@@ -106,6 +114,8 @@ def _predict(
     from facerecon.imageio import image_size
 
     job = plan_photos(inputs, output, overlay, ext, recursive)  # every output place checked before the model loads
+    if extras is not None:
+        _check_extra_outputs(extras, job)
     t_load = time.perf_counter()
     rec = _reconstructor(
         checkpoint, device, min_probability, image_size(job.photos[0]), all_faces=all_faces,
@@ -116,9 +126,40 @@ def _predict(
         task = bar.add_task("predict", total=len(job.photos), unit="img")
         summary = write_photos(
             rec.predictor, job, require_face=require_face, stages=stages, overlay_mode=overlay_mode,
-            on_photo=lambda: bar.advance(task), written=written,
+            on_photo=lambda: bar.advance(task), written=written, extras=extras,
         )
     _report_photos(summary, job, rec.predictor.timings, t_load, written)
+
+
+def _extra_outputs(texture: bool, uv_texture: Optional[Path], maps: Optional[str], dense_points: bool) -> Any:
+    """The optional outputs asked for (:class:`facerecon.engine.outputs.ExtraOutputs`), or None."""
+    if not (texture or uv_texture is not None or maps is not None or dense_points):
+        return None
+    from facerecon.engine.outputs import ExtraOutputs
+
+    kinds: tuple[str, ...] = ()
+    if maps is not None:
+        from facerecon.mesh.maps import parse_map_kinds
+
+        kinds = parse_map_kinds(maps)
+    return ExtraOutputs(texture=texture, uv_texture=uv_texture, maps=kinds, dense_points=dense_points)
+
+
+def _check_extra_outputs(extras: Any, job: Any) -> None:
+    """The texture's mesh format and the UV textures' place, checked before the model loads."""
+    from facerecon.io_utils import check_writable_file, check_writable_folder
+
+    extras.check(job.output.suffix if job.single else job.suffix)
+    if extras.uv_texture is None:
+        return
+    if job.single:
+        if extras.uv_texture.suffix.lower() != ".png":
+            raise InputError(f"--uv-texture {extras.uv_texture}: for one image, give a .png file")
+        check_writable_file(extras.uv_texture, "UV texture")
+    elif extras.uv_texture.suffix.lower() == ".png" and not extras.uv_texture.is_dir():
+        raise InputError(f"--uv-texture {extras.uv_texture}: several images need a folder of UV textures")
+    else:
+        check_writable_folder(extras.uv_texture, "UV textures")
 
 
 def _reconstructor(

@@ -212,6 +212,7 @@ def write_photos(
     overlay_mode: str = "shaded",
     on_photo: Callable[[], None] | None = None,
     written: list[Path] | None = None,
+    extras: Any = None,
 ) -> PhotoSummary:
     """Reconstruct the job's photos and write each face's mesh, JSON record (and overlay) as its
     photo comes out of :func:`reconstruct_photos`.
@@ -219,7 +220,8 @@ def write_photos(
     A photo whose files cannot be written (a full disk) is reported in ``failed`` and the others
     go on; in ``single`` mode every error is raised. ``written`` receives each path as it is
     written, so a caller still knows them after an interruption; ``on_photo`` is called once per
-    photo (a progress bar).
+    photo (a progress bar); ``extras`` (:class:`facerecon.engine.outputs.ExtraOutputs`) adds
+    textures, maps and dense points.
     """
     written = [] if written is None else written
     summary = PhotoSummary()
@@ -232,7 +234,7 @@ def write_photos(
             if outcome.no_face:
                 summary.no_face.append(outcome.path)
             try:
-                _write_outcome(predictor, job, outcome, stages, overlay_mode, written)
+                _write_outcome(predictor, job, outcome, stages, overlay_mode, written, extras)
             except OSError as exc:  # e.g. a full disk: name the file, go on with the others
                 if job.single:
                     raise
@@ -246,16 +248,39 @@ def write_photos(
 
 
 def _write_outcome(
-    predictor: Predictor, job: PhotoJob, outcome: PhotoOutcome, stages: bool, overlay_mode: str, written: list[Path]
+    predictor: Predictor, job: PhotoJob, outcome: PhotoOutcome, stages: bool, overlay_mode: str, written: list[Path],
+    extras: Any = None,
 ) -> None:
     """One photo's files; the photo is decoded again for its overlays unless the outcome kept it."""
     from facerecon.imageio import load_photo
 
     t0 = time.perf_counter()
     image: Any = outcome.image
-    for result in outcome.faces:
+    face_extras: list[Any] = [None] * len(outcome.faces)
+    if extras is not None and extras.any and outcome.faces:
+        face_extras, image = _photo_extras(predictor, job, outcome, image, extras, written)
+    for result, extra in zip(outcome.faces, face_extras):
         mesh_path, overlay_path = job.targets(result.source, result.face_index)
         if overlay_path is not None and image is None:
             image = load_photo(result.source)
-        written.extend(write_result(result, mesh_path, overlay_path, stages=stages, image=image, overlay_mode=overlay_mode))
+        written.extend(write_result(
+            result, mesh_path, overlay_path, stages=stages, image=image, overlay_mode=overlay_mode, extra=extra,
+        ))
     predictor.timings.export += time.perf_counter() - t0
+
+
+def _photo_extras(
+    predictor: Predictor, job: PhotoJob, outcome: PhotoOutcome, image: Any, extras: Any, written: list[Path]
+) -> tuple[list[Any], Any]:
+    """The photo's maps and UV textures written, its meshes textured: (one FaceExtras per face,
+    the photo when it was decoded for them, else ``image`` as given)."""
+    from facerecon.engine.outputs import photo_extras, uv_target
+    from facerecon.imageio import load_photo
+
+    if extras.needs_photo and image is None:
+        image = load_photo(outcome.path)
+    mesh_paths = [job.targets(r.source, r.face_index)[0] for r in outcome.faces]
+    uv_paths = [uv_target(extras.uv_texture, job.single, r.source, r.face_index) for r in outcome.faces]
+    done = photo_extras(predictor.model, outcome.faces, image, mesh_paths, uv_paths, extras)
+    written.extend(done.files)
+    return done.faces, image

@@ -346,16 +346,18 @@ def write_result(
     stages: bool = False,
     image: np.ndarray | None = None,
     overlay_mode: str = "shaded",
+    extra: Any = None,
 ) -> list[Path]:
     """Write the mesh, its JSON record (``<mesh>.json``), optionally the overlay PNG (over
     ``image``, the photo) and the per-block meshes (``<stem>.stage<l><suffix>``); each file
     atomically; when writing fails or is interrupted, the files of this result already written
     are removed again (the record comes last: a mesh on disk always has its record). Returns the
     paths. The files are not flushed to the disk (recomputed in a fraction of a second; see
-    :mod:`facerecon.io_utils`)."""
+    :mod:`facerecon.io_utils`). ``extra`` (a :class:`facerecon.engine.outputs.FaceExtras`) textures
+    the mesh and adds its fields to the record."""
     written: list[Path] = []
     try:
-        _write_result_files(result, mesh_path, overlay_path, stages, image, overlay_mode, written)
+        _write_result_files(result, mesh_path, overlay_path, stages, image, overlay_mode, written, extra)
     except BaseException:  # Ctrl-C, SIGTERM, a full disk: no mesh is left without its record
         if written:  # the mesh is (re)written: its record, old or new, goes with it
             written.append(mesh_path.with_suffix(".json"))
@@ -368,16 +370,23 @@ def write_result(
 
 def _write_result_files(
     result: FaceResult, mesh_path: Path, overlay_path: Path | None, stages: bool, image: np.ndarray | None,
-    overlay_mode: str, written: list[Path],
+    overlay_mode: str, written: list[Path], extra: Any = None,
 ) -> None:
     """``write_result``'s files, each appended to ``written`` once it is complete; the record last."""
-    from facerecon.mesh.export import export_mesh
+    if extra is not None and extra.textured is not None:
+        from facerecon.mesh.texture import save_textured_mesh
 
-    export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
-    written.append(mesh_path)
+        written.extend(save_textured_mesh(mesh_path, extra.textured, durable=False))
+    else:
+        from facerecon.mesh.export import export_mesh
+
+        export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
+        written.append(mesh_path)
     json_path = mesh_path.with_suffix(".json")
     record = result.record()
     record["mesh"] = mesh_path.name
+    if extra is not None:
+        record.update(extra.record)
     if stages:
         record["stages"] = []
         for level, (v, f) in enumerate(zip(result.stages_px, result.stage_faces)):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import facerecon
 
 PACKAGE = Path(facerecon.__file__).parent
@@ -148,12 +150,13 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
     assert _layer("facerecon.engine.run") > _layer("facerecon.frames")
 
 
-def test_the_predict_command_has_no_loop_over_photos_or_frames() -> None:
-    """``facerecon predict`` parses and prints; the loops over photos and frames are the
-    library's (facerecon.engine.photos, facerecon.engine.video), usable from Python. Its only
+@pytest.mark.parametrize("command", ["predict", "detect_crop"])
+def test_the_photo_commands_have_no_loop_over_photos_or_frames(command: str) -> None:
+    """``facerecon predict`` and ``detect-crop`` parse and print; the loops over photos and frames
+    are the library's (facerecon.engine.photos, .video, .crops), usable from Python. Their only
     loops print the lines of a summary."""
-    printing = {"print", "display_path", "join", "split"}
-    tree = ast.parse((PACKAGE / "cli" / "predict.py").read_text())
+    printing = {"print", "display_path", "escape", "join", "split"}
+    tree = ast.parse((PACKAGE / "cli" / f"{command}.py").read_text())
     called = set()
     for loop in (node for node in ast.walk(tree) if isinstance(node, (ast.For, ast.While, ast.AsyncFor))):
         for call in (n for stmt in loop.body for n in ast.walk(stmt) if isinstance(n, ast.Call)):

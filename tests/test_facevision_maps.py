@@ -226,3 +226,26 @@ def test_no_face_no_landmarks() -> None:
     with pytest.raises(InputError, match="no face pixel"):
         landmarks_from_maps(np.zeros((8, 8)), np.zeros((8, 8, 3)), np.full((68, 3), 0.5))
     assert FOREGROUND_CODE < MIN_CODE
+
+
+def test_a_mesh_made_from_the_depth_map_lies_on_the_rendered_surface(tmp_path: Path) -> None:
+    """Round trip through the photo frame: the tiny cache's spherical caps -> depth map -> mesh."""
+    import h5py
+
+    from facerecon.frames import image_to_crop
+    from facerecon.mesh.from_depth import RefineOptions, synthesize_mesh
+
+    cache = make_tiny_cache(tmp_path / "c.h5", n=2, points=1500, same_topology=True)
+    with h5py.File(cache, "r") as f:
+        pts = f["points"][f["offsets"][1] : f["offsets"][2]].astype(np.float64)
+        box = f["boxes"][1]
+        codes = reference_codes(f["face_model/mean"][:])
+        tri = f["face_model/triangles"][:]
+    depth, _ = render_maps(pts, tri, codes, 64)
+    stages = synthesize_mesh(depth, box, options=RefineOptions(smooth_iterations=0))
+    back = image_to_crop(stages.cleaned.vertices, box).astype(np.float64)
+    radius = np.ptp(pts[:, 0]) / 2 / np.sin(np.radians(70))  # the caps span 70 degrees from their axis
+    centre = np.array([pts[:, 0].min() + np.ptp(pts[:, 0]) / 2, pts[:, 1].min() + np.ptp(pts[:, 1]) / 2, 0.0])
+    off_sphere = np.abs(np.linalg.norm(back - centre, axis=1) - radius)
+    assert np.median(off_sphere) < 0.005 and off_sphere.max() < 0.05
+    assert len(stages.cleaned.vertices) == int((depth > 0).sum())

@@ -235,7 +235,7 @@ def test_a_mesh_made_from_the_depth_map_lies_on_the_rendered_surface(tmp_path: P
     from facerecon.frames import image_to_crop
     from facerecon.mesh.from_depth import RefineOptions, synthesize_mesh
 
-    cache = make_tiny_cache(tmp_path / "c.h5", n=2, points=1500, same_topology=True)
+    cache = make_tiny_cache(tmp_path / "c.h5", n=5, points=1500, same_topology=True)
     with h5py.File(cache, "r") as f:
         pts = f["points"][f["offsets"][1] : f["offsets"][2]].astype(np.float64)
         box = f["boxes"][1]

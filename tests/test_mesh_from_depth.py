@@ -116,6 +116,20 @@ def test_laplacian_smoothing_lowers_a_bump_by_the_umbrella_amount() -> None:
     assert all(abs(a) > abs(b) for a, b in zip(heights, heights[1:]))
 
 
+def test_smoothing_keeps_a_tilted_plane_inside_its_rim() -> None:
+    """Every interior vertex has its neighbours in opposite pairs (one diagonal for every pixel
+    square), so the mean of its neighbours' depths on a plane is its own depth."""
+    depth = np.zeros((12, 12))
+    rows, cols = np.mgrid[0:12, 0:12]
+    depth[1:-1, 1:-1] = (0.5 + 0.02 * cols + 0.01 * rows)[1:-1, 1:-1]
+    mesh = delaunay_mesh(depth, BOX)
+    deg = _degrees(mesh.faces, len(mesh.vertices))
+    interior = (mesh.pixels.min(axis=1) >= 2) & (mesh.pixels.max(axis=1) <= 9)
+    assert (deg[interior] == 6).all()
+    smooth = laplacian_smooth(mesh, iterations=1, lamb=0.5)
+    assert smooth.vertices[interior, 2] == pytest.approx(mesh.vertices[interior, 2], abs=1e-9)
+
+
 def test_detail_filling_moves_a_vertex_by_gain_times_the_high_pass() -> None:
     n, sigma, gain, amp = 12, 1.0, 3.0, 0.4
     depth = _plane(0.6, n)

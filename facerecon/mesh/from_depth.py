@@ -6,8 +6,9 @@ Steps (each a function, :func:`synthesize_mesh` runs them in order and keeps eve
    ``facerecon.data.facevision_maps.FOREGROUND_CODE``) becomes a vertex at its centre, in the photo's pixel
    frame (the map covers the crop box ``(x0, y0, side)``; depth ``z`` away from the camera in
    image px, as ``facerecon.frames.crop_to_image_3d`` writes every mesh), and the pixels' x, y are
-   triangulated by Delaunay (``scipy.spatial.Delaunay``, Qhull). Triangles are wound so that their
-   normals point toward the camera (-z), as the ground truth's.
+   triangulated by Delaunay (``scipy.spatial.Delaunay``, Qhull; the ties of the pixel grid broken
+   the same way everywhere, :data:`_GRID_SHEAR`). Triangles are wound so that their normals point
+   toward the camera (-z), as the ground truth's.
 2. **Background triangles** (:func:`drop_background_triangles`): Delaunay fills the convex hull of
    the face pixels; a triangle whose centroid or any edge midpoint falls on a background pixel
    (depth code 0) spans no face and is dropped.
@@ -37,6 +38,14 @@ import numpy as np
 from facerecon.data.facevision_maps import FOREGROUND_CODE, code_to_depth, map_px_to_crop
 from facerecon.errors import InputError
 from facerecon.frames import crop_to_image_3d
+
+
+#: Pixel centres are cocircular four by four, and Qhull splits each square along either diagonal
+#: as its ties fall. A shear of x by this much per row (far below a pixel) makes every square the
+#: same parallelogram, split the same way: each interior vertex then has six neighbours in
+#: opposite pairs, so the umbrella operator keeps a slope (the mean of the neighbours of a linear
+#: depth is the vertex's own); with random diagonals smoothing turns slopes into a grain.
+_GRID_SHEAR = 1e-3
 
 
 @dataclass
@@ -107,8 +116,8 @@ def delaunay_mesh(depth: np.ndarray, box: Sequence[float]) -> FaceMesh:
     uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
     crop = np.concatenate([map_px_to_crop(uv, d.shape[0]), code_to_depth(d[rows, cols])[:, None]], axis=1)
     vertices = crop_to_image_3d(crop, box)
-    try:
-        faces = Delaunay(uv).simplices.astype(np.int64)
+    try:  # sheared by 1e-3 px a row: every pixel square splits along the same diagonal (see _GRID_SHEAR)
+        faces = Delaunay(uv + np.stack([_GRID_SHEAR * uv[:, 1], np.zeros(len(uv))], axis=1)).simplices.astype(np.int64)
     except Exception as exc:  # scipy's QhullError: the face pixels lie on one line
         raise InputError(f"the depth map's face pixels cannot be triangulated ({type(exc).__name__})") from None
     return FaceMesh(vertices, _toward_camera(vertices, faces), np.stack([rows, cols], axis=1))

@@ -35,10 +35,8 @@ SQUARE = np.array([[0, 1, 2], [0, 2, 3]])
 
 @pytest.fixture(scope="module", autouse=True)
 def _renderer() -> None:
-    from facerecon.render import render
-
-    try:
-        render(np.zeros((3, 3)) + np.eye(3), np.array([[0, 1, 2]]), (4, 4))
+    try:  # through render_maps: it readies the process for OpenGL before the first render
+        render_maps(np.eye(3), np.array([[0, 1, 2]]), np.zeros((3, 3)), 4)
     except DependencyError as exc:
         pytest.skip(f"no OpenGL renderer here: {exc}")
 
@@ -249,3 +247,37 @@ def test_a_mesh_made_from_the_depth_map_lies_on_the_rendered_surface(tmp_path: P
     off_sphere = np.abs(np.linalg.norm(back - centre, axis=1) - radius)
     assert np.median(off_sphere) < 0.005 and off_sphere.max() < 0.05
     assert len(stages.cleaned.vertices) == int((depth > 0).sum())
+
+
+def test_a_few_training_steps_on_a_tiny_cache_and_a_mesh_from_the_result(tmp_path: Path) -> None:
+    """Cache -> maps side file -> loader -> a few GAN steps -> the generator's maps -> a mesh and landmarks."""
+    import torch
+
+    from facerecon.data.facevision_maps import MapsDataset
+    from facerecon.mesh.from_depth import synthesize_mesh
+    from facerecon.model.facevision import FaceVisionGAN, network_input, train_step
+
+    cache = make_tiny_cache(tmp_path / "c.h5", n=8, points=600, same_topology=True)
+    with pytest.raises(InputError, match="make them"):
+        MapsDataset(cache)
+    make_maps_file(cache, size=64)
+    data = MapsDataset(cache, split="train")
+    assert len(data) == 4 and data[0]["depth"].shape == (1, 64, 64) and data[0]["pncc"].shape == (3, 64, 64)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=False)
+    torch.manual_seed(0)
+    gan = FaceVisionGAN(channels=8, levels=3, disc_channels=4)
+    opt_g = torch.optim.Adam(gan.generator.parameters(), lr=5e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam([p for d in gan.discriminators() for p in d.parameters()], lr=2e-4, betas=(0.5, 0.999))
+    history = []
+    for _ in range(4):
+        for batch in loader:
+            images = network_input(batch["image"], 64)
+            history.append(train_step(gan, images, batch["depth"], batch["pncc"], opt_g, opt_d))
+    assert history[-1]["depth_l1"] < history[0]["depth_l1"]
+    gan.eval()
+    with torch.inference_mode():
+        depth, pncc = gan.generator(network_input(torch.from_numpy(data[0]["image"][None]), 64))
+    stages = synthesize_mesh(depth[0, 0].numpy(), (0.0, 0.0, 224.0), data[0]["image"])
+    assert len(stages.smoothed.faces) > 0 and np.isfinite(stages.detailed.vertices).all()
+    _, _, codes = read_maps(maps_path(cache), [0])
+    assert np.isfinite(landmarks_from_maps(depth[0, 0].numpy(), pncc[0].permute(1, 2, 0).numpy(), codes)).all()

@@ -83,6 +83,26 @@ def reference_codes(mean_model: np.ndarray) -> np.ndarray:
     return pncc_codes(np.asarray(mean_model, dtype=np.float64).reshape(-1, 3) * np.array([1.0, -1.0, -1.0]))
 
 
+def _load_triton_first() -> None:
+    """Import triton (torch's GPU compiler, installed with CUDA builds of torch) before the renderer's
+    OpenGL context exists, when it is installed.
+
+    Mesa's EGL driver (llvmpipe) and triton each load their own LLVM, and importing triton after
+    an OpenGL context was created kills the process (a segmentation fault: torch 2.14 with
+    triton 3.8 and Mesa here). torch imports triton lazily, e.g. when the first optimizer is
+    built, so a training process that rendered its targets first would crash; imported first,
+    both work (0.2 s, once). ``facerecon.render`` itself does not do this yet.
+    """
+    import importlib.util
+    import sys
+
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton is torch's problem, not the maps': they render without it
+            pass
+
+
 def render_maps(points: np.ndarray, triangles: np.ndarray, codes: np.ndarray, size: int = MAP_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """The depth and PNCC maps of one face mesh in the crop frame.
 
@@ -98,6 +118,7 @@ def render_maps(points: np.ndarray, triangles: np.ndarray, codes: np.ndarray, si
     """
     from facerecon.render import render
 
+    _load_triton_first()
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or np.shape(codes) != pts.shape:
         raise InputError(f"render_maps expects (N, 3) points and codes, got {pts.shape} and {np.shape(codes)}")
@@ -369,3 +390,62 @@ def read_maps(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray) ->
             return depth, pncc, f["landmark_codes"][:]
     except OSError as exc:
         raise FaceReconError(f"{path}: cannot read the maps file ({exc})") from None
+
+
+class MapsDataset:
+    """The crops of one cache split with their target maps, for a ``torch.utils.data.DataLoader``
+    (map-style; numpy items, collated into tensors by the loader; no augmentation yet).
+
+    Args:
+        cache: the ``prepare`` cache; maps: its side file (default :func:`maps_path`), made by
+            :func:`make_maps_file` from this very cache (checked).
+        split: as ``facerecon.data.dataset.split_codes`` reads it (``"train"``, ``"train+val"``, ...).
+
+    Each item: ``image`` ``(224, 224, 3)`` uint8 (the network resizes it,
+    ``facerecon.model.facevision.network_input``), ``depth`` ``(1, S, S)`` and ``pncc`` ``(3, S, S)``
+    float32, ``index`` (the cache row).
+    """
+
+    def __init__(self, cache: str | os.PathLike[str], maps: str | os.PathLike[str] | None = None, split: str = "train") -> None:
+        import h5py
+
+        from facerecon.data.dataset import split_rows
+
+        self.cache, self.maps = Path(cache), maps_path(cache) if maps is None else Path(maps)
+        stored = _identity_of(self.maps)
+        try:
+            with h5py.File(self.cache, "r") as f:
+                identity = _cache_inputs(f, int(stored["size"]) if stored else MAP_SIZE)[0]
+                self.rows = split_rows(f["split"][:], split)
+        except OSError as exc:
+            raise InputError(f"{self.cache}: cannot open cache ({exc})") from None
+        if stored != identity:
+            raise InputError(f"{self.maps}: not the finished maps of {self.cache}; make them with make_maps_file")
+        self._files: tuple[Any, Any] | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def _h5(self) -> tuple[Any, Any]:
+        if self._files is None or self._pid != os.getpid():  # h5py handles must not cross a fork
+            import h5py
+
+            self._files = (h5py.File(self.cache, "r"), h5py.File(self.maps, "r"))
+            self._pid = os.getpid()
+        return self._files
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"] = None, None
+        return state
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        row = int(self.rows[item])
+        cache, maps = self._h5()
+        return {
+            "image": cache["images"][row],
+            "depth": maps["depth"][row].astype(np.float32)[None],
+            "pncc": np.ascontiguousarray(maps["pncc"][row].astype(np.float32).transpose(2, 0, 1)),
+            "index": row,
+        }

@@ -150,7 +150,8 @@ def landmarks_from_pncc(pncc: np.ndarray, mask: np.ndarray, landmark_codes: np.n
         raise InputError("the correspondence map has no face pixel: no landmarks can be found")
     codes = pncc[rows, cols].astype(np.float64)
     target = np.asarray(landmark_codes, dtype=np.float64)
-    d2 = (target**2).sum(1)[:, None] - 2.0 * target @ codes.T + (codes**2).sum(1)[None, :]
+    # by broadcasting, one code axis at a time: a (L, 3) x (3, P) BLAS product is ~10x slower here
+    d2 = sum((codes[None, :, k] - target[:, k, None]) ** 2 for k in range(3))
     best = np.argmin(d2, axis=1)
     r, c = rows[best], cols[best]
     out = np.stack([c + 0.5, r + 0.5], axis=1)
@@ -160,22 +161,29 @@ def landmarks_from_pncc(pncc: np.ndarray, mask: np.ndarray, landmark_codes: np.n
 
 
 def _subpixel_steps(pncc: np.ndarray, mask: np.ndarray, r: np.ndarray, c: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``(L, 2)`` steps ``(du, dv)`` in [-1, 1] from pixels ``(r, c)`` by a linear code model of their 3 x 3 face neighbourhood."""
+    """``(L, 2)`` steps ``(du, dv)`` in [-1, 1] from pixels ``(r, c)`` by a linear code model of their
+    3 x 3 face neighbourhood (weighted least squares, all landmarks at once; no step where the
+    neighbourhood does not determine the model)."""
     h, w = mask.shape
+    dv, du = (a.ravel() for a in np.mgrid[-1:2, -1:2])
+    design = np.stack([np.ones(9), du, dv], axis=1)  # (9, 3): c0, J_u, J_v
+    rr, cc = r[:, None] + dv[None], c[:, None] + du[None]  # (L, 9)
+    inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+    rr, cc = np.clip(rr, 0, h - 1), np.clip(cc, 0, w - 1)
+    wts = (inside & mask[rr, cc]).astype(np.float64)
+    normal = np.einsum("ki,lk,kj->lij", design, wts, design)  # (L, 3, 3)
+    rhs = np.einsum("ki,lk,lkc->lic", design, wts, pncc[rr, cc])  # (L, 3, 3 codes)
+    ok = np.abs(np.linalg.det(normal)) > 1e-9
+    coef = np.zeros_like(rhs)
+    coef[ok] = np.linalg.solve(normal[ok], rhs[ok])
+    jac = coef[:, 1:, :].transpose(0, 2, 1)  # (L, 3 codes, 2)
+    jtj = jac.transpose(0, 2, 1) @ jac
+    ok &= np.abs(np.linalg.det(jtj)) > 1e-12
     steps = np.zeros((r.size, 2))
-    offsets = np.array([(dv, du) for dv in (-1, 0, 1) for du in (-1, 0, 1)])
-    for k in range(r.size):
-        rr, cc = r[k] + offsets[:, 0], c[k] + offsets[:, 1]
-        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        ok[ok] &= mask[rr[ok], cc[ok]]
-        if ok.sum() < 4 or np.linalg.matrix_rank(offsets[ok]) < 2:
-            continue
-        design = np.concatenate([np.ones((ok.sum(), 1)), offsets[ok][:, ::-1]], axis=1)  # 1, du, dv
-        coef, *_ = np.linalg.lstsq(design, pncc[rr[ok], cc[ok]], rcond=None)  # (3, 3): c0, J_u, J_v
-        jac = coef[1:].T  # (3 codes, 2)
-        step, *_ = np.linalg.lstsq(jac, target[k] - coef[0], rcond=None)
-        steps[k] = np.clip(step, -1.0, 1.0)
-    return steps
+    if ok.any():
+        jtr = (jac.transpose(0, 2, 1) @ (target - coef[:, 0, :])[..., None])[..., 0]
+        steps[ok] = np.linalg.solve(jtj[ok], jtr[ok][..., None])[..., 0]
+    return np.clip(steps, -1.0, 1.0)
 
 
 def sample_depth(depth: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -25,8 +25,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,9 +43,10 @@ DEFAULT_WIDTH = 16
 
 def _cpu() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
@@ -73,11 +74,14 @@ def _network_costs(args: argparse.Namespace) -> dict[int, dict[str, float]]:
     runs: dict[int, dict[str, list[float]]] = {w: {"gan": [], "gen": [], "fwd": []} for w in WIDTHS}
     for _ in range(args.rounds):
         for w, (gan, opt_g, opt_d) in setups.items():
-            runs[w]["gan"].append(_best_ms(lambda: train_step(gan, x, d, p, opt_g, opt_d), args.repeats))
-            runs[w]["gen"].append(_best_ms(lambda: train_step(gan, x, d, p, opt_g, None, LossWeights(adversarial=0)), args.repeats))
+            def step(gan=gan, opt_g=opt_g, opt_d=opt_d, adversarial=1.0):
+                return train_step(gan, x, d, p, opt_g, opt_d if adversarial else None, LossWeights(adversarial=adversarial))
+
+            runs[w]["gan"].append(_best_ms(step, args.repeats))
+            runs[w]["gen"].append(_best_ms(lambda step=step: step(adversarial=0.0), args.repeats))
             gan.eval()
             with torch.inference_mode():
-                runs[w]["fwd"].append(_best_ms(lambda: gan.generator(x[:1]), args.repeats * 4))
+                runs[w]["fwd"].append(_best_ms(lambda gan=gan: gan.generator(x[:1]), args.repeats * 4))
     out = {}
     for w, (gan, _, _) in setups.items():
         buf = io.BytesIO()
@@ -91,11 +95,13 @@ def _network_costs(args: argparse.Namespace) -> dict[int, dict[str, float]]:
 
 def _shipped_model_ms(repeats: int) -> float | None:
     """The shipped default model's network at batch 1 (224 px, five points), or None when it cannot be loaded."""
+    from facerecon.errors import FaceReconError
+
     try:
         from facerecon.engine.predict import load_model
 
         model = load_model(ROOT / "facerecon" / "assets" / "default_model.pt")
-    except Exception:  # the peer is optional: a restructured predict API must not stop this benchmark
+    except (ImportError, FaceReconError, OSError, KeyError, RuntimeError):  # the peer is optional
         return None
     net = model.network.eval()
     batch = torch.rand(1, 3, 224, 224)

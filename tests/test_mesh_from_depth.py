@@ -4,6 +4,8 @@ bump by the umbrella operator's amount, detail filling moves a vertex by gain x 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -113,7 +115,7 @@ def test_laplacian_smoothing_lowers_a_bump_by_the_umbrella_amount() -> None:
     assert smooth.vertices[far, 2] == pytest.approx(np.full(far.size, flat))
     # ten iterations flatten it further, monotonically
     heights = [laplacian_smooth(mesh, k, 0.5).vertices[peak, 2] - flat for k in (1, 2, 5, 10)]
-    assert all(abs(a) > abs(b) for a, b in zip(heights, heights[1:]))
+    assert all(abs(a) > abs(b) for a, b in itertools.pairwise(heights))
 
 
 def test_smoothing_keeps_a_tilted_plane_inside_its_rim() -> None:

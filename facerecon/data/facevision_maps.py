@@ -33,8 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,14 +94,14 @@ def _load_triton_first() -> None:
     built, so a training process that rendered its targets first would crash; imported first,
     both work (0.2 s, once). ``facerecon.render`` itself does not do this yet.
     """
+    import contextlib
     import importlib.util
     import sys
 
     if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        try:
+        # a broken triton is torch's problem, not the maps': they render without it
+        with contextlib.suppress(ImportError, OSError, RuntimeError):
             import triton  # noqa: F401
-        except Exception:  # a broken triton is torch's problem, not the maps': they render without it
-            pass
 
 
 def render_maps(points: np.ndarray, triangles: np.ndarray, codes: np.ndarray, size: int = MAP_SIZE) -> tuple[np.ndarray, np.ndarray]:

@@ -30,15 +30,14 @@ Steps (each a function, :func:`synthesize_mesh` runs them in order and keeps eve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 from facerecon.data.facevision_maps import FOREGROUND_CODE, code_to_depth, map_px_to_crop
 from facerecon.errors import InputError
 from facerecon.frames import crop_to_image_3d
-
 
 #: Pixel centres are cocircular four by four, and Qhull splits each square along either diagonal
 #: as its ties fall. A shear of x by this much per row (far below a pixel) makes every square the
@@ -105,7 +104,7 @@ def delaunay_mesh(depth: np.ndarray, box: Sequence[float]) -> FaceMesh:
     Returns:
         The raw :class:`FaceMesh` (faces wound toward the camera).
     """
-    from scipy.spatial import Delaunay
+    from scipy.spatial import Delaunay, QhullError
 
     d = np.asarray(depth, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
@@ -118,7 +117,7 @@ def delaunay_mesh(depth: np.ndarray, box: Sequence[float]) -> FaceMesh:
     vertices = crop_to_image_3d(crop, box)
     try:  # sheared by 1e-3 px a row: every pixel square splits along the same diagonal (see _GRID_SHEAR)
         faces = Delaunay(uv + np.stack([_GRID_SHEAR * uv[:, 1], np.zeros(len(uv))], axis=1)).simplices.astype(np.int64)
-    except Exception as exc:  # scipy's QhullError: the face pixels lie on one line
+    except QhullError as exc:  # the face pixels lie on one line
         raise InputError(f"the depth map's face pixels cannot be triangulated ({type(exc).__name__})") from None
     return FaceMesh(vertices, _toward_camera(vertices, faces), np.stack([rows, cols], axis=1))
 

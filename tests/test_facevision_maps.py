@@ -139,6 +139,30 @@ def test_interrupted_runs_resume_to_the_same_file(tmp_path: Path) -> None:
         assert np.array_equal(a, b)
 
 
+def test_a_full_disk_stops_before_writing_and_the_rerun_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from facerecon.errors import FaceReconError
+
+    cache = make_tiny_cache(tmp_path / "c.h5", n=5, points=600, same_topology=True)
+    real = shutil.disk_usage
+    calls = []
+
+    def usage(path: object) -> object:
+        calls.append(path)
+        full = namedtuple("usage", "total used free")(1 << 30, 1 << 30, 1000)
+        return full if len(calls) == 2 else real(path)  # the second block finds the disk full
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    with pytest.raises(FaceReconError, match="2 rows are kept"):
+        make_maps_file(cache, size=32, block=2)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    seen: list[int] = []
+    make_maps_file(cache, size=32, block=2, on_progress=lambda a, b: seen.append(a))
+    assert seen == [4, 5]
+
+
 def test_scan_caches_have_no_maps(tmp_path: Path) -> None:
     cache = make_tiny_cache(tmp_path / "scan.h5", n=5, points=300, same_topology=False)
     with pytest.raises(InputError, match="face model's vertices"):

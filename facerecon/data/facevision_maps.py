@@ -341,6 +341,7 @@ def make_maps_file(
         try:
             for a in range(done, n, step):
                 b = min(n, a + step)
+                _ensure_space(partial, (b - a) * size * size * 4 * 2, a)
                 made = [render_maps(src["points"][offsets[i] : offsets[i + 1]], triangles, codes, size) for i in range(a, b)]
                 f["depth"][a:b] = np.stack([d for d, _ in made]).astype(np.float16)
                 f["pncc"][a:b] = np.stack([p for _, p in made]).astype(np.float16)
@@ -353,6 +354,19 @@ def make_maps_file(
             f.close()
     _finish(partial, out, identity)
     return out
+
+
+def _ensure_space(path: Path, nbytes: int, done: int) -> None:
+    """Refuse the next block unless the disk has room for it uncompressed (HDF5 cannot recover
+    from a failed write; the partial file is closed cleanly instead and the rerun resumes)."""
+    import shutil
+
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes + (1 << 20):
+        raise FaceReconError(
+            f"{path}: no space left for the next maps ({free / 1e6:.1f} MB free); {done} rows are kept: "
+            "free some space and run again to resume"
+        )
 
 
 def _finish(partial: Path, out: Path, identity: dict) -> None:

@@ -31,7 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facerecon.data.facevision_maps import landmarks_from_maps, reference_codes, render_maps
+from facerecon.data.facevision_maps import (
+    landmarks_from_maps,
+    reference_codes,
+    render_maps,
+)
 from facerecon.mesh.from_depth import synthesize_mesh
 from facerecon.model.facevision import FaceVisionGAN, LossWeights, train_step
 

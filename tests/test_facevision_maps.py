@@ -35,7 +35,7 @@ SQUARE = np.array([[0, 1, 2], [0, 2, 3]])
 
 @pytest.fixture(scope="module", autouse=True)
 def _renderer() -> None:
-    try:  # through render_maps: it readies the process for OpenGL before the first render
+    try:
         render_maps(np.eye(3), np.array([[0, 1, 2]]), np.zeros((3, 3)), 4)
     except DependencyError as exc:
         pytest.skip(f"no OpenGL renderer here: {exc}")

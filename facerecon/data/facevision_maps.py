@@ -84,26 +84,6 @@ def reference_codes(mean_model: np.ndarray) -> np.ndarray:
     return pncc_codes(np.asarray(mean_model, dtype=np.float64).reshape(-1, 3) * np.array([1.0, -1.0, -1.0]))
 
 
-def _load_triton_first() -> None:
-    """Import triton (torch's GPU compiler, installed with CUDA builds of torch) before the renderer's
-    OpenGL context exists, when it is installed.
-
-    Mesa's EGL driver (llvmpipe) and triton each load their own LLVM, and importing triton after
-    an OpenGL context was created kills the process (a segmentation fault: torch 2.14 with
-    triton 3.8 and Mesa here). torch imports triton lazily, e.g. when the first optimizer is
-    built, so a training process that rendered its targets first would crash; imported first,
-    both work (0.2 s, once). ``facerecon.render`` itself does not do this yet.
-    """
-    import contextlib
-    import importlib.util
-    import sys
-
-    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        # a broken triton is torch's problem, not the maps': they render without it
-        with contextlib.suppress(ImportError, OSError, RuntimeError):
-            import triton  # noqa: F401
-
-
 def render_maps(points: np.ndarray, triangles: np.ndarray, codes: np.ndarray, size: int = MAP_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """The depth and PNCC maps of one face mesh in the crop frame.
 
@@ -119,7 +99,6 @@ def render_maps(points: np.ndarray, triangles: np.ndarray, codes: np.ndarray, si
     """
     from facerecon.render import render
 
-    _load_triton_first()
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or np.shape(codes) != pts.shape:
         raise InputError(f"render_maps expects (N, 3) points and codes, got {pts.shape} and {np.shape(codes)}")

@@ -35,7 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facerecon.data.facevision_maps import FOREGROUND_CODE, code_to_depth, map_px_to_crop
+from facerecon.data.facevision_maps import (
+    FOREGROUND_CODE,
+    code_to_depth,
+    map_px_to_crop,
+)
 from facerecon.errors import InputError
 from facerecon.frames import crop_to_image_3d
 

@@ -136,26 +136,16 @@ class FaceDetector:
 
     def _warm(self, nets: Any, image_size: tuple[int, int] | None) -> None:
         import cv2
-        import torch
 
-        from facerecon.mtcnn import pyramid_plan
+        from facerecon.mtcnn_cascade import pyramid_plan
 
-        with contextlib.suppress(Exception), torch.inference_mode():  # a warm-up: never an error of its own
+        with contextlib.suppress(Exception):  # a warm-up: never an error of its own
             cv2.integral(np.zeros((4, 4, 3), np.uint8), sdepth=cv2.CV_32S)
             plan = None
             if image_size is not None:
                 width, height = self._detect_size(*image_size)
                 plan = pyramid_plan(height, width, self._fast_min_face(width, height), base_min_face=self.min_face_size)
-
-            def zeros(n: int, h: int, w: int) -> torch.Tensor:
-                return torch.zeros((n, h, w, 3), device=nets.device).permute(0, 3, 1, 2)  # channels-last
-
-            if plan is None:
-                nets.pnet(zeros(1, 12, 12))
-            else:
-                nets.pnet(zeros(1, *plan.mosaic.shape), plan.mosaic.outside.to(nets.device))
-            nets.rnet(zeros(1, 24, 24))
-            nets.onet(zeros(1, 48, 48))
+            nets.warm(None if plan is None else plan.mosaic)
 
     def finish_warm_up(self) -> None:
         """Wait for :meth:`warm_up` to finish (at once when none runs)."""
@@ -268,7 +258,7 @@ class FaceDetector:
         five landmarks exactly as the full cascade's last stage gives them. None otherwise (the
         caller then runs :meth:`crop`). About 1 ms instead of a pyramid search.
         """
-        from facerecon.mtcnn import refine
+        from facerecon.mtcnn_cascade import refine
 
         _check_image(image)
         self.finish_warm_up()
@@ -327,10 +317,10 @@ class FaceDetector:
 
     def _search(self, small: np.ndarray, min_face: float, thresholds: Sequence[float]) -> Any:
         """MTCNN on the detection copy (:func:`facerecon.mtcnn.detect_faces`)."""
-        from facerecon.mtcnn import detect_faces
+        from facerecon.mtcnn_cascade import detect_faces
 
         if min(small.shape[:2]) < self.min_face_size:  # MTCNN's pyramid would be empty
-            from facerecon.mtcnn import Detections
+            from facerecon.mtcnn_cascade import Detections
 
             return Detections.empty()
         return detect_faces(small, self.nets, min_face=min_face, thresholds=thresholds, base_min_face=self.min_face_size)

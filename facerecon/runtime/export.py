@@ -1,0 +1,659 @@
+"""ONNX export of facerecon's networks (every kind: model v1, model v2 with graph blocks or the
+spiral decoder) and of MTCNN's three networks.
+
+The training modules use operations that export badly or not at all (sparse CSR products for the
+neighbour sums, ``embedding_bag`` taps, ``torch.linalg`` solves and SVDs, in-place writes). Each
+gets an export-time equivalent here, built from the trained module's own weights and tested equal
+to it (``tests/test_onnx_export.py``):
+
+* neighbour sums: a padded ``(V, D)`` neighbour table (padding points at an appended zero row),
+  one ``Gather`` and one ``ReduceSum`` (:class:`NeighbourTable`);
+* perceptual pooling: ``GridSample`` (bilinear, border, ``align_corners=False``, the training
+  path's sampler); the five-point alignment's warp: its affine grid computed in the graph and
+  ``GridSample`` with zero padding;
+* the resize to the network's input size (antialiased bilinear) and O-Net's 48 px input: one
+  constant matrix per axis (a separable linear map, baked from ``torch.nn.functional.interpolate``);
+* the scaled-orthographic pose fit: the pseudo-inverse of the fixed model points baked, and the
+  nearest scaled rotation of a 2x3 matrix in closed form (``(M M^T)^(-1/2) M``) instead of an SVD;
+* unpooling: two gathers and ``a + t (b - a)`` with ``t`` baked; the landmark head's softmax baked;
+* vertex normals (spiral decoder): face normals by gathers, summed per vertex through a padded
+  vertex-to-face table.
+
+Batch norms are folded into their convolutions by the exporter (eval mode, constant folding).
+The network's ONNX input is the crops as the predict path cuts them, ``(B, 224, 224, 3)`` uint8,
+and for model v2 MTCNN's five points ``(B, 5, 2)`` crop units (NaN rows: none); its outputs are
+``vertices`` (B, V, 3) crop units, ``landmarks`` (B, 68, 3) where the model has them, ``colors``
+where it has a colour head, and ``stage0``, ``stage1``, ... (the mesh after each block). The file's
+metadata holds what a runtime needs besides (:data:`META_KEY`): the triangles of each stage, the
+landmark reference for the head pose, the input size.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from facerecon.errors import FaceReconError, InputError
+
+__all__ = ["META_KEY", "OPSET", "export_onnx", "export_mtcnn", "export_module", "ExportNetwork", "NeighbourTable", "resize_matrix"]
+
+#: The ONNX metadata key holding the runtime's JSON description of an exported network.
+META_KEY = "facerecon"
+#: The ONNX opset written (GridSample needs >= 16).
+OPSET = 17
+
+
+# ------------------------------------------------------------------------------ building blocks
+def neighbour_table(crow: Tensor, col: Tensor, num_vertices: int) -> Tensor:
+    """(V, D) int64 neighbour indices from CSR lists, D the largest degree, padded with V (a row
+    of zeros appended to the features)."""
+    crow, col = crow.cpu(), col.cpu()
+    deg = (crow[1:] - crow[:-1]).tolist()
+    table = torch.full((num_vertices, max(1, max(deg, default=1))), num_vertices, dtype=torch.long)
+    for v, d in enumerate(deg):
+        table[v, :d] = col[crow[v] : crow[v] + d]
+    return table
+
+
+class NeighbourTable(nn.Module):
+    """``sum_{q in N(p)} x_q`` as one gather and one sum over a padded neighbour table."""
+
+    def __init__(self, table: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(V, B, C) vertex-major -> (V, B, C)."""
+        return F.pad(x, (0, 0, 0, 0, 0, 1))[self.table].sum(1)
+
+
+def _graph_conv(conv: nn.Module, x: Tensor, nsum: NeighbourTable) -> Tensor:
+    """``GraphConv.forward_vertex_major`` with the neighbour sum as a gather."""
+    if conv.in_channels < conv.out_channels:
+        out = F.linear(x, conv.weight0, conv.bias)
+        return out + F.linear(nsum(x), conv.weight1)
+    both = F.linear(x, torch.cat([conv.weight0, conv.weight1], 0))
+    out, h1 = both[..., : conv.out_channels], both[..., conv.out_channels :]
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out + nsum(h1)
+
+
+def _bilinear(table: Tensor, size: tuple[int, int], grid: Tensor, zeros: bool = False) -> Tensor:
+    """``grid_sample(..., mode="bilinear", align_corners=False)`` as four row gathers (ONNX
+    Runtime's ``GridSample`` is several times slower on the CPU).
+
+    Args:
+        table: (B, H W, C) a map's pixels, channels last (row-major).
+        size: (H, W) of the map.
+        grid: (B, N, 2) sampling locations.
+        zeros: ``padding_mode="zeros"`` (taps outside read 0), else ``"border"`` (clipped).
+
+    Returns:
+        (B, N, C).
+    """
+    h, w = int(size[0]), int(size[1])
+    scale = torch.tensor([w, h], dtype=grid.dtype)
+    pos = ((grid + 1.0) * scale - 1.0) * 0.5
+    if not zeros:
+        pos = torch.minimum(torch.clamp(pos, min=0.0), scale - 1.0)
+    lo = torch.floor(pos)
+    w_hi = pos - lo
+    w_lo = 1.0 - w_hi
+    lo_i = lo.long()
+    c = table.shape[-1]
+    flat = table.reshape(-1, c)
+    offset = (torch.arange(table.shape[0]) * (h * w))[:, None]
+    out = None
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi, yi = lo_i[..., 0] + dx, lo_i[..., 1] + dy
+            weight = (w_hi[..., 0] if dx else w_lo[..., 0]) * (w_hi[..., 1] if dy else w_lo[..., 1])
+            if zeros:
+                inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+                weight = weight * inside.to(weight.dtype)
+            xi, yi = torch.clamp(xi, 0, w - 1), torch.clamp(yi, 0, h - 1)
+            term = flat[offset + yi * w + xi] * weight[..., None]
+            out = term if out is None else out + term
+    return out
+
+
+def _table(fmap: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H W, C)."""
+    return fmap.permute(0, 2, 3, 1).reshape(fmap.shape[0], -1, fmap.shape[1])
+
+
+def _sample(fmap: Tensor, grid: Tensor) -> Tensor:
+    """(B, C, H, W), (B, V, 2) -> (V, B, C) bilinear samples (border, align_corners=False)."""
+    return _bilinear(_table(fmap), tuple(fmap.shape[-2:]), grid).transpose(0, 1)
+
+
+def _bilinear_stacked(table: Tensor, sizes: Sequence[tuple[int, int]], grid: Tensor) -> Tensor:
+    """``sum_i grid_sample(map_i, grid)`` (bilinear, border, ``align_corners=False``) of M maps
+    stacked in one channels-last table: the taps of all maps computed at once, one gather.
+
+    Args:
+        table: (B, R, C) the maps' pixels, row-major, map after map (R = sum H_i W_i).
+        sizes: (H_i, W_i) of each map.
+        grid: (B, V, 2) sampling locations.
+
+    Returns:
+        (B, V, C).
+    """
+    starts = np.cumsum([0] + [h * w for h, w in sizes])[:-1].tolist()
+    scale = torch.tensor([[w, h] for h, w in sizes], dtype=grid.dtype)  # (M, 2)
+    pos = ((grid[:, :, None, :] + 1.0) * scale - 1.0) * 0.5  # (B, V, M, 2)
+    pos = torch.minimum(torch.clamp(pos, min=0.0), scale - 1.0)
+    lo = torch.floor(pos)
+    w_hi = pos - lo
+    w_lo = 1.0 - w_hi
+    last = (scale - 1.0).long()
+    lo_i = torch.minimum(torch.clamp(lo.long(), min=0), last)  # clamped again: NaN locations stay in bounds
+    hi_i = torch.minimum(lo_i + 1, last)
+    width = torch.tensor([w for _, w in sizes], dtype=torch.long)
+    rows = table.shape[1]
+    base = torch.tensor(starts, dtype=torch.long) + (torch.arange(table.shape[0]) * rows)[:, None, None]  # (B, 1, M)
+    y0, y1 = lo_i[..., 1] * width, hi_i[..., 1] * width
+    x0, x1 = lo_i[..., 0] + base, hi_i[..., 0] + base
+    index = torch.stack([y0 + x0, y0 + x1, y1 + x0, y1 + x1], dim=-1)  # (B, V, M, 4)
+    wx0, wx1, wy0, wy1 = w_lo[..., 0], w_hi[..., 0], w_lo[..., 1], w_hi[..., 1]
+    weight = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], dim=-1)
+    gathered = table.reshape(-1, table.shape[-1])[index.flatten(2)]  # (B, V, 4 M, C)
+    return (weight.flatten(2)[:, :, None, :] @ gathered).squeeze(2)  # a MatMul: ~2x a Mul + ReduceSum
+
+
+def _pool_conv(pc: nn.Module, maps: Sequence[Tensor], grid: Tensor, extra: Tensor, nsum: NeighbourTable) -> Tensor:
+    """``PerceptualGraphConv.forward``: every map projected by its part of W0 and W1 first (a 1x1
+    convolution, the ``pre`` order: the sum is the same in either order), then all maps sampled
+    in one stacked gather."""
+    c_img = sum(pc.image_channels)
+    h = pc.out_channels
+    tables = []
+    for i, fmap in enumerate(maps):
+        w0, w1 = pc._image_weights(i)
+        tables.append(F.linear(_table(fmap), torch.cat([w0, w1], 0)))
+    sampled = _bilinear_stacked(torch.cat(tables, 1), [tuple(m.shape[-2:]) for m in maps], grid).transpose(0, 1)
+    bias = torch.cat([pc.bias, torch.zeros_like(pc.bias)])
+    both = F.linear(extra, torch.cat([pc.weight0[:, c_img:], pc.weight1[:, c_img:]], 0), bias) + sampled
+    return both[..., :h] + nsum(both[..., h:])
+
+
+def _deform_block(block: nn.Module, maps: Sequence[Tensor], grid: Tensor, extra: Tensor, nsum: NeighbourTable) -> tuple[Tensor, Tensor]:
+    """``DeformBlock.forward``: (out (V, B, 3), hidden (V, B, H))."""
+    x = torch.relu(_pool_conv(block.pool_conv, maps, grid, extra, nsum))
+    g = block.gresnet
+    for conv1, conv2 in g.pairs:
+        y = torch.relu(_graph_conv(conv1, x, nsum))
+        y = torch.relu(_graph_conv(conv2, y, nsum))
+        x = 0.5 * (x + y)
+    return _graph_conv(g.conv_out, x, nsum), x
+
+
+def _unpool(unpool: nn.Module, x: Tensor, dim: int) -> Tensor:
+    """``Unpool.forward``: the new vertices ``a + t (b - a)`` appended along ``dim``."""
+    edges = unpool.edges
+    a = x.index_select(dim, edges[:, 0])
+    b = x.index_select(dim, edges[:, 1])
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    t = unpool.positions().detach().to(x.dtype).view(shape)
+    return torch.cat([x, a + t * (b - a)], dim=dim)
+
+
+def resize_matrix(src: int, dst: int) -> Tensor:
+    """(dst, src) float32: ``interpolate(..., mode="bilinear", align_corners=False,
+    antialias=True)`` along one axis as a matrix (the filter is separable and linear)."""
+    # a basis image per input row, 8 columns wide: with a single column PyTorch's CPU kernel takes
+    # another path whose weights differ from the ones it uses on real images
+    eye = torch.eye(src, dtype=torch.float32)[:, None, :, None].expand(src, 1, src, 8)
+    cols = F.interpolate(eye.contiguous(), size=(dst, 8), mode="bilinear", align_corners=False, antialias=True)
+    return cols[:, 0, :, 0].t().contiguous()
+
+
+def _resize(image: Tensor, matrix: Tensor | None) -> Tensor:
+    """(B, C, S, S) -> (B, C, s, s) with :func:`resize_matrix` ``(s, S)`` on both axes."""
+    if matrix is None:
+        return image
+    return matrix @ image @ matrix.t()
+
+
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """Cross product over the last axis (3)."""
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-1)
+
+
+def _inv2(m: Tensor) -> Tensor:
+    """(B, 2, 2) inverses in closed form."""
+    a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    det = a * d - b * c
+    return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], 1) / det[:, None, None]
+
+
+def _nearest_scaled_rotation(m: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 2, 3) -> (mean singular value (B,), ``U V^T`` (B, 2, 3)) of ``m = U S V^T``, in closed
+    form: ``U V^T = (m m^T)^(-1/2) m`` and ``s1 + s2 = sqrt(tr A + 2 sqrt(det A))`` for
+    ``A = m m^T`` (``sqrt(A) = (A + sqrt(det A) I) / (s1 + s2)``)."""
+    a = m @ m.transpose(1, 2)
+    det = (a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]).clamp(min=0.0)
+    sd = torch.sqrt(det)
+    st = torch.sqrt(a[:, 0, 0] + a[:, 1, 1] + 2.0 * sd)
+    eye = torch.eye(2, dtype=m.dtype)
+    root = (a + sd[:, None, None] * eye) / st[:, None, None]
+    return 0.5 * st, _inv2(root) @ m
+
+
+def _rotation_6d(d6: Tensor) -> Tensor:
+    """``facerecon.model.face_prior.rotation_6d`` with the cross product written out."""
+    a1 = d6[:, 0:3] + torch.tensor([1.0, 0.0, 0.0])
+    a2 = d6[:, 3:6] + torch.tensor([0.0, 1.0, 0.0])
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    return torch.stack([b1, b2, _cross(b1, b2)], dim=1)
+
+
+def _affine_grid(theta: Tensor, size: int) -> Tensor:
+    """``affine_grid(theta, [B, C, size, size], align_corners=False)`` as (B, size * size, 2)."""
+    lin = (torch.arange(size, dtype=torch.float32) * 2.0 + 1.0) / size - 1.0
+    ys, xs = torch.meshgrid(lin, lin, indexing="ij")
+    base = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, size * size, 3)
+    return base @ theta.transpose(1, 2)
+
+
+def _vertex_face_table(faces: Tensor, num_vertices: int) -> Tensor:
+    """(V, D) int64: the faces of each vertex, padded with F (a zero row appended)."""
+    faces = faces.cpu()
+    lists: list[list[int]] = [[] for _ in range(num_vertices)]
+    for f, tri in enumerate(faces.tolist()):
+        for v in tri:
+            lists[v].append(f)
+    width = max(1, max(len(x) for x in lists))
+    table = torch.full((num_vertices, width), faces.shape[0], dtype=torch.long)
+    for v, fs in enumerate(lists):
+        table[v, : len(fs)] = torch.tensor(fs, dtype=torch.long)
+    return table
+
+
+# ------------------------------------------------------------------------------ the network
+class ExportNetwork(nn.Module):
+    """A trained facerecon network (``FaceReconNet`` or ``PriorFaceNet``, graph or spiral decoder)
+    in export form: the same function, written with operations ONNX Runtime runs well.
+
+    ``forward(crops (B, S, S, 3) uint8[, landmarks5 (B, 5, 2)])`` returns a tuple in
+    :attr:`output_names` order.
+    """
+
+    def __init__(self, network: nn.Module, crop_size: int) -> None:
+        super().__init__()
+        self.net = network.eval()
+        cfg = network.cfg
+        self.prior = getattr(cfg, "start", "template") == "prior"
+        self.spiral = self.prior and network.spiral_decoder is not None
+        size = cfg.image_size or crop_size
+        self.size = int(size)
+        self.crop_size = int(crop_size)
+        self.register_buffer("resize", resize_matrix(crop_size, size) if size != crop_size else None)
+        h = network.hierarchy
+        self.nsums = nn.ModuleList(
+            NeighbourTable(neighbour_table(getattr(h, f"adj_crow_{l}"), getattr(h, f"adj_col_{l}"), h.num_vertices(l)))
+            for l in range(network.num_blocks)
+        )
+        head = network.landmark_head
+        self.register_buffer("landmark_weights", None if head is None else torch.softmax(head.logits.detach().float(), dim=1))
+        if self.prior:
+            self._init_prior(network)
+        if self.spiral:
+            last = network.num_blocks - 1
+            self.register_buffer("normal_faces", h.faces(last).clone())
+            self.register_buffer("vertex_faces", _vertex_face_table(h.faces(last), h.num_vertices(last)))
+        self.output_names = ["vertices"] + (["landmarks"] if head is not None else [])
+        self.output_names += ["colors"] if getattr(network, "colour_head", None) is not None else []
+        self.output_names += [f"stage{k}" for k in range(len(self.stage_faces()))]
+
+    def _init_prior(self, net: nn.Module) -> None:
+        five3d = net.prior_five3d.float()
+        xc = five3d - five3d.mean(0, keepdim=True)
+        self.register_buffer("pinv", torch.linalg.solve(xc.T @ xc, xc.T))  # as fit_scaled_orthographic
+        self.aligned = bool(net.cfg.five_point and bool(net.prior_five_ref.abs().sum() > 0))
+        self.register_buffer("onet_resize", resize_matrix(self.size, 48) if net.onet is not None else None)
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["crops", "landmarks5"] if self.prior else ["crops"]
+
+    def stage_faces(self) -> list[Tensor]:
+        """The triangles of each ``stage`` output."""
+        h, last = self.net.hierarchy, self.net.num_blocks - 1
+        if self.spiral:
+            return [h.faces(last), h.faces(last)]
+        return [h.faces(l) for l in range(self.net.num_blocks)]
+
+    def forward(self, crops: Tensor, landmarks5: Tensor | None = None) -> tuple[Tensor, ...]:
+        image = crops.permute(0, 3, 1, 2).float() / 255.0
+        image = _resize(image, self.resize)
+        if self.prior:
+            stages, landmarks, colors = self._prior_forward(image, landmarks5)
+        else:
+            stages, landmarks, colors = self._template_forward(image)
+        out = [stages[-1]] + ([landmarks] if landmarks is not None else []) + ([colors] if colors is not None else [])
+        return tuple(out + stages)
+
+    def _landmarks(self, vertices: Tensor) -> Tensor | None:
+        return None if self.landmark_weights is None else self.landmark_weights @ vertices
+
+    # -------------------------------------------------------------------- model v1
+    def _template_forward(self, image: Tensor) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+        net = self.net
+        maps = net.backbone(image)
+        coords = net.initial_coords().unsqueeze(0).expand(image.shape[0], -1, -1)
+        feats: Tensor | None = None
+        stages = []
+        for level, block in enumerate(net.blocks):
+            if level > 0:
+                coords = _unpool(net.unpools[level - 1], coords, 1)
+                feats = _unpool(net.unpools[level - 1], feats, 0)
+            extra = coords.transpose(0, 1)
+            if feats is not None:
+                extra = torch.cat([extra, feats], dim=2)
+            out, feats = _deform_block(block, maps, net._project(coords), extra, self.nsums[level])
+            out = out.transpose(0, 1)
+            coords = coords + out if net.cfg.coord_mode == "offset" else out
+            stages.append(coords)
+        colors = None
+        if net.colour_head is not None:
+            nsum = self.nsums[net.num_blocks - 1]
+            x = torch.relu(_graph_conv(net.colour_head.conv1, feats, nsum))
+            colors = torch.sigmoid(_graph_conv(net.colour_head.conv2, x, nsum)).transpose(0, 1)
+        return stages, self._landmarks(coords), colors
+
+    # -------------------------------------------------------------------- model v2
+    def _align(self, five: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``PriorFaceNet._align``: (A (B, 2, 2), t (B, 2), aligned five points (B, 5, 2))."""
+        ref = self.net.prior_five_ref.float()
+        ok = torch.isfinite(five).all(-1).all(-1)
+        five = torch.where(ok[:, None, None], five, ref[None])
+        if self.aligned:
+            from facerecon.model.face_prior import similarity_2d
+
+            a, t = similarity_2d(five, ref)
+        else:
+            a = torch.zeros_like(five[:, :2, :]) + torch.eye(2)
+            t = torch.zeros_like(five[:, 0, :])
+        return a, t, five @ a.transpose(1, 2) + t[:, None, :]
+
+    def _pose(self, five_fit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``fit_scaled_orthographic(prior_five3d, five_fit)`` without solves or SVDs."""
+        x = self.net.prior_five3d.float()
+        yc = five_fit - five_fit.mean(1, keepdim=True)
+        m = (self.pinv @ yc).transpose(1, 2)
+        s, r12 = _nearest_scaled_rotation(m)
+        rot = torch.cat([r12, _cross(r12[:, 0], r12[:, 1])[:, None, :]], dim=1)
+        t = five_fit.mean(1) - s[:, None] * (x.mean(0) @ r12.transpose(1, 2))
+        return s, rot, t
+
+    def _prior_forward(self, image: Tensor, landmarks5: Tensor) -> tuple[list[Tensor], Tensor | None, None]:
+        net = self.net
+        size = self.size
+        a, t, five_al = self._align(landmarks5.float())
+        a_inv = _inv2(a)
+        if self.aligned:
+            theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)
+            warped = _bilinear(_table(image), (size, size), _affine_grid(theta, size), zeros=True)
+            image = warped.transpose(1, 2).reshape(-1, 3, size, size)
+        maps = net.backbone(image)
+        g = F.adaptive_avg_pool2d(maps[-1], 4).flatten(1) if net.cfg.head_pool == "grid" else maps[-1].mean((2, 3))
+        ref = net.prior_five_ref.float()
+        parts = [g, (five_al - ref[None]).reshape(-1, 10) * 10.0]
+        if net.onet is not None:
+            parts.append(net.onet.features((_resize(image, self.onet_resize) * 255.0 - 127.5) * 0.0078125))
+        h = net.head(torch.cat(parts, dim=1))
+        out = net.head_out(h)
+        d6, dlog_s, dt, coeff = out[:, :6], out[:, 6], out[:, 7:10], out[:, 10:]
+        five_fit = five_al if self.aligned else torch.zeros_like(five_al) + ref[None]
+        s0, r0, t0 = self._pose(five_fit)
+        rot = r0 @ _rotation_6d(0.1 * d6)
+        s = s0 * torch.exp(0.1 * dlog_s)
+        k = net.prior_basis.shape[0]
+        shape = net.prior_mean[None] + ((coeff * net.prior_std[None]) @ net.prior_basis.reshape(k, -1)).reshape(coeff.shape[0], -1, 3)
+        base = s[:, None, None] * shape @ rot.transpose(1, 2)
+        lm_z = s * (net.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]
+        shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
+        base = base + shift[:, None, :]
+        z_scale = torch.sqrt(torch.abs(a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]))
+
+        def to_crop(x: Tensor) -> Tensor:
+            xy = (x[..., :2] - t[:, None, :]) @ a_inv.transpose(1, 2)
+            return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
+
+        if self.spiral:
+            stages = [to_crop(c) for c in self._spiral(base, h, image, maps)]
+        else:
+            stages = [to_crop(c) for c in self._graph_blocks(base, maps)]
+        return stages, self._landmarks(stages[-1]), None
+
+    def _graph_blocks(self, base: Tensor, maps: Sequence[Tensor]) -> list[Tensor]:
+        net = self.net
+        residual: Tensor | None = None
+        feats: Tensor | None = None
+        out = []
+        for level, block in enumerate(net.blocks):
+            base_l = base[:, : net.hierarchy.num_vertices(level)]
+            if residual is None:
+                coords_in = base_l
+            else:
+                residual = _unpool(net.unpools[level - 1], residual, 1)
+                feats = _unpool(net.unpools[level - 1], feats, 0)
+                coords_in = base_l + residual
+            extra = coords_in.transpose(0, 1)
+            if feats is not None:
+                extra = torch.cat([extra, feats], dim=2)
+            delta, feats = _deform_block(block, maps, coords_in[..., :2], extra, self.nsums[level])
+            delta = delta.transpose(0, 1)
+            residual = delta if residual is None else residual + delta
+            out.append(base_l + residual)
+        return out
+
+    # -------------------------------------------------------------------- spiral decoder
+    def _normals(self, coords: Tensor) -> Tensor:
+        """``VertexNormals``: area-weighted unit vertex normals, (B, V, 3)."""
+        f = self.normal_faces
+        a, b, c = coords[:, f[:, 0]], coords[:, f[:, 1]], coords[:, f[:, 2]]
+        fn = _cross(b - a, c - a)
+        fn = torch.cat([fn, torch.zeros_like(fn[:, :1])], dim=1)
+        vn = fn[:, self.vertex_faces].sum(2)
+        return F.normalize(vn, dim=-1, eps=1e-12)
+
+    def _spiral(self, base: Tensor, embedding: Tensor, image: Tensor, maps: Sequence[Tensor]) -> list[Tensor]:
+        dec, ref = self.net.spiral_decoder, self.net.spiral_refine
+        x = F.elu(dec.fc(embedding)).reshape(-1, dec.v0, dec.widths[0])
+        for level, conv in enumerate(dec.convs):
+            x = F.elu(_spiral_conv(conv, x))
+            if level + 1 < dec.levels:
+                x = _unpool(dec.unpools[level], x, 1)
+        coarse = base + _spiral_conv(dec.head, x)
+        xy = coarse[..., :2]
+        rgb = _sample(image, xy).transpose(0, 1)
+        x = F.elu(_spiral_conv(ref.down1, torch.cat([self._normals(coarse), rgb], dim=-1)))
+        x = F.elu(_spiral_conv(ref.down2, x[:, : ref.n_mid]))
+        x = F.elu(_spiral_conv(ref.down3, x[:, : ref.n_coarse]))
+        x = x + ref.addf3(_sample(maps[-1], xy[:, : ref.n_coarse]).transpose(0, 1))
+        x = F.elu(_spiral_conv(ref.up2, _unpool(ref.unpool_mid, x, 1)))
+        x = x + ref.addf2(_sample(maps[-2], xy[:, : ref.n_mid]).transpose(0, 1))
+        x = F.elu(_spiral_conv(ref.up1, _unpool(ref.unpool_fine, x, 1)))
+        return [coarse, coarse + _spiral_conv(ref.out, x)]
+
+
+def _spiral_conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """``SpiralConv.forward``: the spiral's features gathered (zero row appended), one linear layer."""
+    padded = F.pad(x, (0, 0, 0, 1))
+    v, length = conv.indices.shape
+    gathered = padded[:, conv.indices.reshape(-1)].reshape(-1, v, length * x.shape[-1])
+    return conv.linear(gathered)
+
+
+# ------------------------------------------------------------------------------ writing
+def _npz_text(arrays: dict[str, np.ndarray]) -> str:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def export_module(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: str | os.PathLike[str],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic: dict[str, dict[int, str]],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Trace ``module`` on ``args`` into an ONNX file at ``path`` (written atomically), with
+    ``metadata`` as the model's metadata properties.
+
+    Raises:
+        DependencyError: the ``onnx`` package is missing.
+    """
+    try:
+        import onnx
+    except ImportError:
+        from facerecon.errors import DependencyError
+
+        raise DependencyError("ONNX export needs the onnx package: pip install onnx") from None
+    from facerecon.io_utils import atomic_write_bytes
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            module, args, buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = Path(path)
+    atomic_write_bytes(path, model.SerializeToString(), durable=False)
+    return path
+
+
+def network_metadata(wrapper: ExportNetwork, landmark_reference: np.ndarray | None, source: str) -> dict[str, str]:
+    """The JSON the runtime reads (:data:`META_KEY`): kind, sizes, stage triangles, landmark reference."""
+    from facerecon import __version__
+
+    net = wrapper.net
+    arrays = {f"faces{k}": f.cpu().numpy().astype(np.int32) for k, f in enumerate(wrapper.stage_faces())}
+    if landmark_reference is not None:
+        arrays["landmark_reference"] = np.asarray(landmark_reference, dtype=np.float64)
+    kind = "v2-spiral" if wrapper.spiral else "v2" if wrapper.prior else "v1"
+    info = {
+        "format": 1,
+        "kind": kind,
+        "crop_size": wrapper.crop_size,
+        "inputs": wrapper.input_names,
+        "outputs": wrapper.output_names,
+        "backbone": net.cfg.backbone,
+        "template": net.cfg.template,
+        "facerecon_version": __version__,
+        "source": source,
+        "arrays": _npz_text(arrays),
+    }
+    return {META_KEY: json.dumps(info)}
+
+
+def export_network(
+    network: nn.Module,
+    path: str | os.PathLike[str],
+    landmark_reference: np.ndarray | None = None,
+    crop_size: int | None = None,
+    source: str = "",
+) -> Path:
+    """Export a built network (eval mode, on the CPU) as ONNX (see the module docstring)."""
+    from facerecon.detect import CROP_SIZE
+
+    crop_size = int(crop_size or CROP_SIZE)
+    wrapper = ExportNetwork(network.cpu().eval(), crop_size)
+    gen = torch.Generator().manual_seed(0)
+    crops = torch.randint(0, 256, (2, crop_size, crop_size, 3), dtype=torch.uint8, generator=gen)
+    args: tuple[Tensor, ...] = (crops,)
+    if wrapper.prior:
+        args = (crops, network.prior_five_ref.detach().float().cpu()[None].repeat(2, 1, 1))
+    dynamic = {name: {0: "batch"} for name in wrapper.input_names + wrapper.output_names}
+    meta = network_metadata(wrapper, landmark_reference, source)
+    return export_module(wrapper, args, path, wrapper.input_names, wrapper.output_names, dynamic, meta)
+
+
+def export_onnx(checkpoint: str | os.PathLike[str] | None, path: str | os.PathLike[str]) -> Path:
+    """Export the network of ``checkpoint`` (default: the shipped model) to ``path`` (.onnx).
+
+    Raises:
+        InputError: the checkpoint cannot be read (see ``facerecon.engine.predict.load_model``).
+    """
+    from facerecon.engine.predict import load_model, resolve_checkpoint
+
+    source = resolve_checkpoint(checkpoint)
+    model = load_model(source, device="cpu")
+    try:
+        return export_network(model.network, path, model.landmark_reference, source=source.name)
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:  # pragma: no cover
+        raise FaceReconError(f"ONNX export of {source} failed: {' '.join(str(exc).split())[:300]}") from None
+
+
+# ------------------------------------------------------------------------------ MTCNN
+class _PNetExport(nn.Module):
+    """P-Net on an NHWC mosaic with its outside mask (see ``facerecon.mtcnn.PNet``)."""
+
+    def __init__(self, pnet: nn.Module) -> None:
+        super().__init__()
+        self.pnet = pnet
+
+    def forward(self, canvas: Tensor, outside: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.pnet
+        x = p.prelu1(p.conv1(canvas.permute(0, 3, 1, 2)))
+        x = torch.where(outside, torch.full_like(x[:1, :1, :1, :1], -1e9), x)
+        x = p.pool1(x)
+        x = p.prelu3(p.conv3(p.prelu2(p.conv2(x))))
+        return p.conv4_2(x), torch.softmax(p.conv4_1(x), dim=1)
+
+
+class _CropNetExport(nn.Module):
+    """R-Net or O-Net on NHWC crops."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, crops: Tensor) -> tuple[Tensor, ...]:
+        return self.net(crops.permute(0, 3, 1, 2))
+
+
+def export_mtcnn(folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """MTCNN's three networks (facenet-pytorch's weights) as ``pnet.onnx``, ``rnet.onnx`` and
+    ``onet.onnx`` in ``folder``: NHWC float32 inputs (MTCNN-normalised), dynamic sizes."""
+    from facerecon.mtcnn import load_nets
+
+    nets = load_nets("cpu")
+    folder = Path(folder)
+    out = {}
+    pnet = _PNetExport(nets.pnet)
+    canvas = torch.zeros(1, 40, 50, 3)
+    out["pnet"] = export_module(
+        pnet, (canvas, torch.zeros(1, 1, 38, 48, dtype=torch.bool)), folder / "pnet.onnx", ["canvas", "outside"], ["reg", "prob"],
+        {"canvas": {1: "h", 2: "w"}, "outside": {2: "h2", 3: "w2"}, "reg": {2: "ch", 3: "cw"}, "prob": {2: "ch", 3: "cw"}},
+    )
+    for name, size, outputs in (("rnet", 24, ["reg", "prob"]), ("onet", 48, ["reg", "points", "prob"])):
+        net = _CropNetExport(getattr(nets, name))
+        dynamic = {k: {0: "n"} for k in ["crops", *outputs]}
+        out[name] = export_module(net, (torch.zeros(2, size, size, 3),), folder / f"{name}.onnx", ["crops"], outputs, dynamic)
+    return out

@@ -332,3 +332,16 @@ def _reduced_span(start: float, side: float, factor: int, extent: int) -> tuple[
     origin = base - factor * math.ceil((base - lo) / factor)
     n = math.ceil((hi - origin) / factor)
     return origin, max(n, 0)
+
+
+def landmarks5_crop_units(crops: Sequence[Any]) -> np.ndarray:
+    """MTCNN's five points of each crop in crop units, ``(B, 5, 2)`` float32 (NaN rows: none),
+    by ``facerecon.frames.image_to_crop``, in ``FaceCrop.landmarks5``'s order: left eye, right
+    eye, nose, left and right mouth corner."""
+    from facerecon.frames import image_to_crop
+
+    out = np.full((len(crops), 5, 2), np.nan, np.float32)
+    for b, crop in enumerate(crops):
+        if crop.landmarks5 is not None:
+            out[b] = image_to_crop(np.asarray(crop.landmarks5, dtype=np.float64).reshape(5, 2), crop.box)
+    return out

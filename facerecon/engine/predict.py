@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from facerecon.crop import landmarks5_crop_units  # noqa: F401  (numpy only: shared with facerecon.runtime)
 from facerecon.errors import FaceReconError, InputError
 
 
@@ -213,17 +214,6 @@ def prepare_face(source: Path, image: np.ndarray, crop: Any, face_index: int, si
     )
 
 
-def landmarks5_crop_units(crops: Sequence[Any]) -> np.ndarray:
-    """MTCNN's five points of each crop in crop units, ``(B, 5, 2)`` float32 (NaN rows: none),
-    by ``facerecon.frames.image_to_crop``, in ``FaceCrop.landmarks5``'s order: left eye, right
-    eye, nose, left and right mouth corner."""
-    from facerecon.frames import image_to_crop
-
-    out = np.full((len(crops), 5, 2), np.nan, np.float32)
-    for b, crop in enumerate(crops):
-        if crop.landmarks5 is not None:
-            out[b] = image_to_crop(np.asarray(crop.landmarks5, dtype=np.float64).reshape(5, 2), crop.box)
-    return out
 
 
 def _accepts_landmarks5(network: torch.nn.Module) -> bool:

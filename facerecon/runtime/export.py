@@ -19,7 +19,8 @@ to it (``tests/test_onnx_export.py``):
 * vertex normals (spiral decoder): face normals by gathers, summed per vertex through a padded
   vertex-to-face table.
 
-Batch norms are folded into their convolutions by the exporter (eval mode, constant folding).
+Batch norms are folded into their convolutions (``facerecon.model.backbones.fold_batch_norms``)
+before tracing; constants are folded by the exporter.
 The network's ONNX input is the crops as the predict path cuts them, ``(B, 224, 224, 3)`` uint8,
 and for model v2 MTCNN's five points ``(B, 5, 2)`` crop units (NaN rows: none); its outputs are
 ``vertices`` (B, V, 3) crop units, ``landmarks`` (B, 68, 3) where the model has them, ``colors``
@@ -44,11 +45,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from facerecon.errors import FaceReconError, InputError
+from facerecon.runtime.session import META_KEY, MTCNN_FILES
 
 __all__ = ["META_KEY", "OPSET", "export_onnx", "export_mtcnn", "export_module", "ExportNetwork", "NeighbourTable", "resize_matrix"]
 
-#: The ONNX metadata key holding the runtime's JSON description of an exported network.
-META_KEY = "facerecon"
 #: The ONNX opset written (GridSample needs >= 16).
 OPSET = 17
 
@@ -227,6 +227,15 @@ def _resize(image: Tensor, matrix: Tensor | None) -> Tensor:
     return matrix @ image @ matrix.t()
 
 
+def _grid_pool(fmap: Tensor, cells: int) -> Tensor:
+    """``adaptive_avg_pool2d(fmap, cells).flatten(1)`` as slices of the map's fixed size (the
+    exporter cannot size an adaptive pool on a map whose size it does not know)."""
+    h, w = (int(n) for n in fmap.shape[-2:])
+    bins = [[(i * n // cells, -(-(i + 1) * n // cells)) for i in range(cells)] for n in (h, w)]
+    parts = [fmap[:, :, y0:y1, x0:x1].mean((2, 3)) for y0, y1 in bins[0] for x0, x1 in bins[1]]
+    return torch.stack(parts, dim=2).flatten(1)
+
+
 def _cross(a: Tensor, b: Tensor) -> Tensor:
     """Cross product over the last axis (3)."""
     a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
@@ -304,6 +313,9 @@ class ExportNetwork(nn.Module):
         self.size = int(size)
         self.crop_size = int(crop_size)
         self.register_buffer("resize", resize_matrix(crop_size, size) if size != crop_size else None)
+        from facerecon.model.backbones import fold_batch_norms
+
+        self.stages = [fold_batch_norms(stage) for stage in network.backbone._stages]  # plain list: not state
         h = network.hierarchy
         self.nsums = nn.ModuleList(
             NeighbourTable(neighbour_table(getattr(h, f"adj_crow_{l}"), getattr(h, f"adj_col_{l}"), h.num_vertices(l)))
@@ -323,6 +335,8 @@ class ExportNetwork(nn.Module):
 
     def _init_prior(self, net: nn.Module) -> None:
         five3d = net.prior_five3d.float()
+        if not bool(five3d.abs().sum() > 0):
+            raise InputError("this model v2 network has no face prior yet (it is set when training starts): nothing to export")
         xc = five3d - five3d.mean(0, keepdim=True)
         self.register_buffer("pinv", torch.linalg.solve(xc.T @ xc, xc.T))  # as fit_scaled_orthographic
         self.aligned = bool(net.cfg.five_point and bool(net.prior_five_ref.abs().sum() > 0))
@@ -349,13 +363,22 @@ class ExportNetwork(nn.Module):
         out = [stages[-1]] + ([landmarks] if landmarks is not None else []) + ([colors] if colors is not None else [])
         return tuple(out + stages)
 
+    def _backbone(self, image: Tensor) -> list[Tensor]:
+        """``Backbone.forward`` on the stages with their batch norms folded into the convolutions."""
+        x = self.net.backbone.preprocess(image)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
     def _landmarks(self, vertices: Tensor) -> Tensor | None:
         return None if self.landmark_weights is None else self.landmark_weights @ vertices
 
     # -------------------------------------------------------------------- model v1
     def _template_forward(self, image: Tensor) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
         net = self.net
-        maps = net.backbone(image)
+        maps = self._backbone(image)
         coords = net.initial_coords().unsqueeze(0).expand(image.shape[0], -1, -1)
         feats: Tensor | None = None
         stages = []
@@ -411,8 +434,8 @@ class ExportNetwork(nn.Module):
             theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)
             warped = _bilinear(_table(image), (size, size), _affine_grid(theta, size), zeros=True)
             image = warped.transpose(1, 2).reshape(-1, 3, size, size)
-        maps = net.backbone(image)
-        g = F.adaptive_avg_pool2d(maps[-1], 4).flatten(1) if net.cfg.head_pool == "grid" else maps[-1].mean((2, 3))
+        maps = self._backbone(image)
+        g = _grid_pool(maps[-1], 4) if net.cfg.head_pool == "grid" else maps[-1].mean((2, 3))
         ref = net.prior_five_ref.float()
         parts = [g, (five_al - ref[None]).reshape(-1, 10) * 10.0]
         if net.onet is not None:
@@ -536,7 +559,10 @@ def export_module(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(
+            # PRESERVE (the module is in eval mode): the exporter's own batch-norm fusion in EVAL mode
+            # mis-wires batch norms whose parameters are identical (freshly initialised ones)
             module, args, buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            training=torch.onnx.TrainingMode.PRESERVE,
             input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic,
         )
     model = onnx.load_from_string(buf.getvalue())
@@ -639,8 +665,10 @@ class _CropNetExport(nn.Module):
 
 
 def export_mtcnn(folder: str | os.PathLike[str]) -> dict[str, Path]:
-    """MTCNN's three networks (facenet-pytorch's weights) as ``pnet.onnx``, ``rnet.onnx`` and
-    ``onet.onnx`` in ``folder``: NHWC float32 inputs (MTCNN-normalised), dynamic sizes."""
+    """MTCNN's three networks (facenet-pytorch's weights) as ``mtcnn_pnet.onnx``,
+    ``mtcnn_rnet.onnx`` and ``mtcnn_onet.onnx`` in ``folder``
+    (:data:`facerecon.runtime.session.MTCNN_FILES`): NHWC float32 inputs (MTCNN-normalised),
+    dynamic sizes."""
     from facerecon.mtcnn import load_nets
 
     nets = load_nets("cpu")
@@ -649,11 +677,11 @@ def export_mtcnn(folder: str | os.PathLike[str]) -> dict[str, Path]:
     pnet = _PNetExport(nets.pnet)
     canvas = torch.zeros(1, 40, 50, 3)
     out["pnet"] = export_module(
-        pnet, (canvas, torch.zeros(1, 1, 38, 48, dtype=torch.bool)), folder / "pnet.onnx", ["canvas", "outside"], ["reg", "prob"],
+        pnet, (canvas, torch.zeros(1, 1, 38, 48, dtype=torch.bool)), folder / MTCNN_FILES["pnet"], ["canvas", "outside"], ["reg", "prob"],
         {"canvas": {1: "h", 2: "w"}, "outside": {2: "h2", 3: "w2"}, "reg": {2: "ch", 3: "cw"}, "prob": {2: "ch", 3: "cw"}},
     )
     for name, size, outputs in (("rnet", 24, ["reg", "prob"]), ("onet", 48, ["reg", "points", "prob"])):
         net = _CropNetExport(getattr(nets, name))
         dynamic = {k: {0: "n"} for k in ["crops", *outputs]}
-        out[name] = export_module(net, (torch.zeros(2, size, size, 3),), folder / f"{name}.onnx", ["crops"], outputs, dynamic)
+        out[name] = export_module(net, (torch.zeros(2, size, size, 3),), folder / MTCNN_FILES[name], ["crops"], outputs, dynamic)
     return out

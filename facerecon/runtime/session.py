@@ -1,0 +1,177 @@
+"""ONNX Runtime sessions for the exported network and MTCNN: inference without torch.
+
+Imports numpy, onnxruntime and facerecon's torch-free modules only (``tests/test_runtime.py``
+checks that ``torch`` is never imported). Sessions run on 2 intra-op threads whose workers do not
+spin (``session.intra_op.allow_spinning = 0``): spinning workers starve every other thread of a
+2-core machine (docs/runtime.md).
+
+* :class:`MeshRuntime`: an exported network (``facerecon export``) on a batch of crops, all faces of
+  a photo at once (the batch axis is dynamic).
+* :class:`OnnxMTCNN`: MTCNN's three networks with the cascade's interface
+  (:mod:`facerecon.mtcnn_cascade`); :class:`OnnxFaceDetector` is ``FaceDetector``'s crop policy on them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facerecon.detect import FaceDetector
+from facerecon.errors import DependencyError, InputError
+
+__all__ = [
+    "META_KEY", "MTCNN_FILES", "make_session", "MeshRuntime", "OnnxMTCNN", "OnnxFaceDetector",
+    "default_onnx_model", "asset_path",
+]
+
+#: The ONNX metadata key holding an exported network's description (``facerecon.runtime.export``).
+META_KEY = "facerecon"
+#: MTCNN's exported networks, by stage, as shipped in ``facerecon/assets``.
+MTCNN_FILES = {"pnet": "mtcnn_pnet.onnx", "rnet": "mtcnn_rnet.onnx", "onet": "mtcnn_onet.onnx"}
+#: Intra-op threads of every session (the project's machines have 2 cores).
+DEFAULT_THREADS = 2
+
+
+def asset_path(name: str) -> Path | None:
+    """A file shipped in ``facerecon/assets``, or None when this installation lacks it."""
+    path = Path(__file__).resolve().parent.parent / "assets" / name
+    return path if path.is_file() else None
+
+
+def default_onnx_model() -> Path | None:
+    """The shipped default model as ONNX (``facerecon/assets/default_model.onnx``), when present."""
+    return asset_path("default_model.onnx")
+
+
+def make_session(model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_THREADS) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU with ``threads`` non-spinning intra-op threads.
+
+    Raises:
+        DependencyError: onnxruntime is not installed.
+        InputError: the file is missing or not an ONNX model.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DependencyError("the ONNX runtime needs onnxruntime: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # warnings about unused initialisers are not the user's concern
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise InputError(f"{model}: no such ONNX model (write one with 'facerecon export')")
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else os.fspath(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
+        raise InputError(f"{model if not isinstance(model, bytes) else 'model'}: not a usable ONNX model ({' '.join(str(exc).split())[:200]})") from None
+
+
+class MeshRuntime:
+    """An exported facerecon network in ONNX Runtime.
+
+    Attributes:
+        path: the ``.onnx`` file.
+        info: the export's description (kind, backbone, template, facerecon version, ...).
+        crop_size: side of the crops the network takes, px.
+        stage_faces: (F_k, 3) int64 triangles of each stage; the last is the mesh's.
+        landmark_reference: (68, 3) frontal landmarks for the head pose, or None.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int = DEFAULT_THREADS) -> None:
+        self.path = Path(path)
+        self.session = make_session(self.path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        if meta is None:
+            raise InputError(f"{self.path}: not a facerecon network export (write one with 'facerecon export')")
+        self.info: dict[str, Any] = json.loads(meta)
+        arrays = np.load(io.BytesIO(base64.b64decode(self.info.pop("arrays"))))
+        self.crop_size = int(self.info["crop_size"])
+        self.input_names = list(self.info["inputs"])
+        self.output_names = list(self.info["outputs"])
+        self.stage_faces = [arrays[f"faces{k}"].astype(np.int64) for k in range(sum(n.startswith("stage") for n in self.output_names))]
+        self.landmark_reference = arrays["landmark_reference"] if "landmark_reference" in arrays.files else None
+
+    @property
+    def takes_landmarks5(self) -> bool:
+        """Whether the network takes MTCNN's five points (model v2)."""
+        return "landmarks5" in self.input_names
+
+    def run(self, crops: np.ndarray, landmarks5: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The network on a batch.
+
+        Args:
+            crops: (B, S, S, 3) uint8 RGB crops (S = ``crop_size``).
+            landmarks5: (B, 5, 2) float MTCNN five points in crop units (NaN rows: none), for
+                networks that take them; None gives NaN rows.
+
+        Returns:
+            ``vertices`` (B, V, 3) crop units, ``landmarks`` (B, 68, 3), ``colors`` (B, V, 3) in
+            [0, 1] where the model has them, ``stage0``... (B, V_k, 3): float32 arrays by name.
+        """
+        crops = np.ascontiguousarray(crops, dtype=np.uint8)
+        if crops.ndim != 4 or crops.shape[1:] != (self.crop_size, self.crop_size, 3):
+            raise InputError(f"crops must be (B, {self.crop_size}, {self.crop_size}, 3) uint8, got shape {crops.shape}")
+        feeds = {"crops": crops}
+        if self.takes_landmarks5:
+            if landmarks5 is None:
+                landmarks5 = np.full((len(crops), 5, 2), np.nan, np.float32)
+            feeds["landmarks5"] = np.ascontiguousarray(landmarks5, dtype=np.float32).reshape(len(crops), 5, 2)
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+class OnnxMTCNN:
+    """MTCNN's three exported networks with the cascade's interface (NHWC float32 in, numpy out).
+
+    Args:
+        folder: where ``mtcnn_pnet.onnx``, ``mtcnn_rnet.onnx``, ``mtcnn_onet.onnx`` are
+            (default: the shipped ones in ``facerecon/assets``).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None, threads: int = DEFAULT_THREADS) -> None:
+        paths = {k: (Path(folder) / name if folder is not None else asset_path(name)) for k, name in MTCNN_FILES.items()}
+        missing = [MTCNN_FILES[k] for k, p in paths.items() if p is None or not p.is_file()]
+        if missing:
+            raise DependencyError(f"MTCNN's ONNX networks are missing ({', '.join(missing)}); write them with 'facerecon export --mtcnn FOLDER'")
+        self.pnet, self.rnet, self.onet = (make_session(paths[k], threads) for k in ("pnet", "rnet", "onet"))
+
+    def run_pnet(self, canvas: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(1, H, W, 3), (1, 1, H - 2, W - 2) bool -> regression (4, h, w), probability (h, w)."""
+        reg, prob = self.pnet.run(None, {"canvas": np.ascontiguousarray(canvas, np.float32), "outside": np.ascontiguousarray(outside, bool)})
+        return reg[0], prob[0, 1]
+
+    def run_rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 24, 24, 3) -> regression (N, 4), probability (N,)."""
+        reg, prob = self.rnet.run(None, {"crops": np.ascontiguousarray(crops, np.float32)})
+        return reg, prob[:, 1]
+
+    def run_onet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 48, 48, 3) -> regression (N, 4), points (N, 10), probability (N,)."""
+        reg, pts, prob = self.onet.run(None, {"crops": np.ascontiguousarray(crops, np.float32)})
+        return reg, pts, prob[:, 1]
+
+    def warm(self, mosaic: Any) -> None:
+        """One call of each network (P-Net at the mosaic's size when given)."""
+        shape = (12, 12) if mosaic is None else mosaic.shape
+        self.run_pnet(np.zeros((1, *shape, 3), np.float32), np.zeros((1, 1, shape[0] - 2, shape[1] - 2), bool))
+        self.run_rnet(np.zeros((1, 24, 24, 3), np.float32))
+        self.run_onet(np.zeros((1, 48, 48, 3), np.float32))
+
+
+class OnnxFaceDetector(FaceDetector):
+    """:class:`facerecon.detect.FaceDetector` (the same crop policy and searches) on
+    :class:`OnnxMTCNN`. ``mtcnn_folder``: where the exported networks are (default: shipped)."""
+
+    def __init__(self, mtcnn_folder: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(device="cpu", **kwargs)
+        self.mtcnn_folder = mtcnn_folder
+
+    def _load_nets(self) -> OnnxMTCNN:
+        return OnnxMTCNN(self.mtcnn_folder)

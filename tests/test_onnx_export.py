@@ -1,0 +1,218 @@
+"""ONNX export (facerecon/runtime/export.py): ONNX Runtime's outputs equal PyTorch's within 1e-4
+crop units, on the shipped model and on random weights of every network kind (model v1 with a
+colour head, model v2 with graph blocks, model v2 with the spiral decoder), at several batch sizes;
+the export-time equivalents against the operations they replace (scipy, numpy, PyTorch's own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from facerecon.config import Config  # noqa: E402
+from facerecon.runtime.export import (  # noqa: E402
+    NeighbourTable,
+    _nearest_scaled_rotation,
+    export_mtcnn,
+    export_network,
+    neighbour_table,
+    resize_matrix,
+)
+from facerecon.runtime.session import MeshRuntime, OnnxMTCNN  # noqa: E402
+
+TOL = 1e-4  # crop units
+FIVE = np.array([[-0.33, -0.28], [0.33, -0.28], [0.0, 0.05], [-0.27, 0.38], [0.27, 0.38]], np.float32)
+
+
+def _inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random crops and jittered five points; the last row has no five points (NaN)."""
+    rng = np.random.default_rng(seed)
+    crops = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    five = (FIVE[None] + rng.normal(0, 0.04, (batch, 5, 2))).astype(np.float32)
+    if batch > 1:
+        five[-1] = np.nan
+    return crops, five
+
+
+def _torch_outputs(network: torch.nn.Module, crops: np.ndarray, five: np.ndarray) -> dict[str, np.ndarray]:
+    image = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    with torch.inference_mode():
+        if network.cfg.start == "prior":
+            pred = network(image, landmarks5=torch.from_numpy(five))
+        else:
+            pred = network(image)
+    out = {"vertices": pred.vertices.numpy()}
+    if pred.landmarks is not None:
+        out["landmarks"] = pred.landmarks.numpy()
+    if pred.colors is not None:
+        out["colors"] = pred.colors.numpy()
+    out.update({f"stage{k}": c.numpy() for k, c in enumerate(pred.coords)})
+    return out
+
+
+def _assert_equal_outputs(runtime: MeshRuntime, network: torch.nn.Module, batches: tuple[int, ...] = (3, 1)) -> None:
+    for batch in batches:
+        crops, five = _inputs(batch, seed=batch)
+        ours = runtime.run(crops, five)
+        ref = _torch_outputs(network, crops, five)
+        assert sorted(ours) == sorted(ref)
+        for name, value in ref.items():
+            assert ours[name].shape == value.shape, name
+            np.testing.assert_allclose(ours[name], value, atol=TOL, rtol=0, err_msg=name)
+
+
+def _randomise(network: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every weight and statistic random (zero-initialised heads included), so each part of the
+    function shows in the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in network.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "logit" in name:  # adaptive unpooling positions, landmark assignments
+                p.copy_(noise)
+            elif p.ndim == 1:  # biases, and batch-norm scales around 1
+                p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.05 * noise)
+            else:  # signals stay O(1) through the layers (neighbour weights: a sum of ~6)
+                p.copy_(noise * 0.5 / p[0].numel() ** 0.5 / (6.0 if name.endswith("weight1") else 1.0))
+        for name, b in network.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+            elif name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+        if network.cfg.start == "prior":
+            network.prior_mean.normal_(0, 0.3, generator=gen)
+            network.prior_basis.normal_(0, 0.01, generator=gen)
+            network.prior_std.uniform_(0.5, 1.5, generator=gen)
+            network.prior_landmarks.normal_(0, 0.3, generator=gen)
+            network.prior_five3d.copy_(torch.tensor([[-0.3, -0.2, -0.1], [0.3, -0.2, -0.1], [0.0, 0.1, -0.35], [-0.22, 0.4, -0.08], [0.22, 0.4, -0.08]]))
+            network.prior_five_ref.copy_(torch.from_numpy(FIVE))
+    return network.eval()
+
+
+TINY = {
+    "v1 (graph blocks from the template, colour head)": {
+        "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.hidden": 16, "model.layers_per_block": 4,
+        "model.colour": True, "model.landmarks": True,
+    },
+    "v2 graph (posed prior, grid head, O-Net features)": {
+        "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.start": "prior", "model.prior_components": 6,
+        "model.head_hidden": 32, "model.hidden_per_block": [16, 12, 8, 8], "model.layers_per_block_list": [4, 2, 2, 2],
+        "model.head_pool": "grid", "model.onet_features": True,
+    },
+    "v2 spiral": {
+        "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.start": "prior", "model.decoder": "spiral",
+        "model.prior_components": 4, "model.head_hidden": 32, "model.spiral_widths": [8, 8, 8, 8],
+    },
+}
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_random_weights_of_each_kind_run_the_same_in_onnx_runtime(kind: str, tmp_path: Path) -> None:
+    from facerecon.model.network import build_network
+
+    if TINY[kind].get("model.onet_features"):
+        pytest.importorskip("facenet_pytorch")
+    network = _randomise(build_network(Config().replace(TINY[kind]).model), seed=len(kind))
+    reference = np.random.default_rng(1).normal(size=(68, 3))
+    path = export_network(network, tmp_path / "net.onnx", landmark_reference=reference)
+    runtime = MeshRuntime(path)
+    _assert_equal_outputs(runtime, network)
+    last = network.num_blocks - 1
+    np.testing.assert_array_equal(runtime.stage_faces[-1], network.hierarchy.faces(last).numpy())
+    np.testing.assert_array_equal(runtime.landmark_reference, reference)
+
+
+def test_shipped_model_runs_the_same_in_onnx_runtime(tmp_path: Path) -> None:
+    from facerecon.engine.predict import default_checkpoint, load_model
+    from facerecon.runtime.export import export_onnx
+
+    if default_checkpoint() is None:
+        pytest.skip("this checkout ships no default model")
+    model = load_model(default_checkpoint())
+    path = export_onnx(None, tmp_path / "shipped.onnx")
+    _assert_equal_outputs(MeshRuntime(path), model.network, batches=(4, 1))
+    # the copy shipped in facerecon/assets is an export of the shipped checkpoint
+    from facerecon.runtime.session import default_onnx_model
+
+    shipped = default_onnx_model()
+    assert shipped is not None, "facerecon/assets/default_model.onnx is missing: run 'facerecon export'"
+    _assert_equal_outputs(MeshRuntime(shipped), model.network, batches=(2,))
+
+
+def test_mtcnn_networks_run_the_same_in_onnx_runtime(tmp_path: Path) -> None:
+    pytest.importorskip("facenet_pytorch")
+    from facerecon.mtcnn import load_nets, pack_levels
+
+    export_mtcnn(tmp_path)
+    ours, ref = OnnxMTCNN(tmp_path), load_nets("cpu")
+    rng = np.random.default_rng(0)
+    sizes = [(60, 45), (43, 32), (30, 23), (13, 12)]
+    mosaic = pack_levels(sizes)
+    canvas = rng.uniform(-1, 1, (1, *mosaic.shape, 3)).astype(np.float32)
+    (reg, prob), (ref_reg, ref_prob) = ours.run_pnet(canvas, mosaic.outside), ref.run_pnet(canvas, mosaic.outside)
+    for (oy, ox), (h, w) in zip(mosaic.offsets, sizes):  # each level's own cells (between levels: ~1e9)
+        cells = (slice(oy // 2, oy // 2 + (h - 1) // 2 - 4), slice(ox // 2, ox // 2 + (w - 1) // 2 - 4))
+        np.testing.assert_allclose(reg[(slice(None), *cells)], ref_reg[(slice(None), *cells)], atol=1e-5)
+        np.testing.assert_allclose(prob[cells], ref_prob[cells], atol=1e-5)
+    for size, run in ((24, "run_rnet"), (48, "run_onet")):
+        crops = rng.uniform(-1, 1, (5, size, size, 3)).astype(np.float32)
+        for a, b in zip(getattr(ours, run)(crops), getattr(ref, run)(crops)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# ---- export-time equivalents ------------------------------------------------------------------
+
+
+def test_resize_matrix_is_pytorchs_antialiased_bilinear_resize() -> None:
+    image = torch.rand(2, 3, 224, 224)
+    m = resize_matrix(224, 128)
+    ref = F.interpolate(image, size=(128, 128), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(m @ image @ m.t(), ref, atol=2e-6, rtol=0)
+
+
+def test_nearest_scaled_rotation_equals_the_svd() -> None:
+    m = torch.randn(64, 2, 3, dtype=torch.float64)
+    u, sig, vh = torch.linalg.svd(m, full_matrices=False)
+    s, r = _nearest_scaled_rotation(m)
+    torch.testing.assert_close(s, sig.mean(1))
+    torch.testing.assert_close(r, u @ vh)
+
+
+def test_neighbour_table_sums_what_the_sparse_adjacency_sums() -> None:
+    from scipy.sparse import csr_matrix
+
+    from facerecon.mesh.templates import load_template
+    from facerecon.model.graph import MeshHierarchy
+
+    h = MeshHierarchy.from_template(load_template("hemisphere"))
+    level = 2
+    crow, col = h.adj_crow_2, h.adj_col_2
+    v = h.num_vertices(level)
+    x = torch.randn(v, 3, 5)
+    ours = NeighbourTable(neighbour_table(crow, col, v))(x)
+    adj = csr_matrix((np.ones(len(col)), col.numpy(), crow.numpy()), shape=(v, v))
+    ref = (adj @ x.reshape(v, -1).double().numpy()).reshape(v, 3, 5)
+    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+
+
+def test_export_subcommand_writes_a_model_that_loads(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from facerecon.cli import app
+    from facerecon.engine.predict import default_checkpoint
+
+    if default_checkpoint() is None:
+        pytest.skip("this checkout ships no default model")
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(app, ["export", str(out), "--mtcnn", str(tmp_path / "mtcnn")])
+    assert result.exit_code == 0, result.output
+    assert MeshRuntime(out).takes_landmarks5
+    OnnxMTCNN(tmp_path / "mtcnn")
+    bad = CliRunner().invoke(app, ["export", str(tmp_path / "x.onnx"), "--checkpoint", str(tmp_path / "missing.pt")])
+    assert bad.exit_code == 2

@@ -1,0 +1,170 @@
+"""The ONNX runtime against the PyTorch path, measured in the same run.
+
+Prints, with the CPU model and the load average (timings taken while other jobs run are not
+comparable):
+
+* the network, warm, at batch 1 and 10 (random crops, the shipped model): PyTorch (inference
+  mode) against ONNX Runtime (``facerecon.runtime.session.MeshRuntime``), ms per batch and per
+  face, and their ratio; the issue's goal is <= 8 ms per face at batch 1;
+* MTCNN, warm, with facerecon's crop policy (the most confident face, and all faces) on
+  JianzhuGuo.jpg and t1.jpg of ../shared/data/photos (the bundled astronaut when absent):
+  PyTorch's networks against ONNX Runtime's, same cascade;
+* fresh processes reconstructing one photo: the runtime (``RuntimePredictor``, never imports
+  torch) against ``facerecon predict photo -o face.obj`` (PyTorch), wall time; the goal for the
+  runtime is <= 1.5 s.
+
+Both sides run on ``--threads`` threads (2: the project's machines); ONNX Runtime's workers do not
+spin. Measurements alternate between the two sides, ``--rounds`` times, and the medians are printed.
+
+    python benchmarks/bench_runtime.py [--threads 2] [--repeats 10] [--rounds 2] [--processes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "data" / "photos"
+sys.path.insert(0, str(ROOT))
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return "unknown CPU"
+
+
+def _median_ms(fn, repeats: int, warm: int = 3) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def _alternate(a, b, repeats: int, rounds: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Medians of ``a`` and ``b`` measured in alternating rounds."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(_median_ms(a, repeats))
+        tb.append(_median_ms(b, repeats))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def bench_network(threads: int, repeats: int, rounds: int) -> None:
+    import numpy as np
+    import torch
+
+    from facerecon.engine.predict import default_checkpoint, load_model
+    from facerecon.runtime.session import MeshRuntime, default_onnx_model
+
+    model = load_model(default_checkpoint())
+    runtime = MeshRuntime(default_onnx_model(), threads=threads)
+    rng = np.random.default_rng(0)
+    five0 = np.array([[-0.33, -0.28], [0.33, -0.28], [0.0, 0.05], [-0.27, 0.38], [0.27, 0.38]], np.float32)
+    print(f"{'network':<28} {'PyTorch ms':>11} {'ONNX RT ms':>11} {'per face':>16} {'torch/ORT':>9}")
+    for batch in (1, 10):
+        crops = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+        five = np.repeat(five0[None], batch, 0)
+        image = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+        lm = torch.from_numpy(five)
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                model.network(image, landmarks5=lm)
+
+        t_torch, t_ort = _alternate(run_torch, lambda: runtime.run(crops, five), repeats, rounds)
+        per = f"{t_torch / batch:.1f} / {t_ort / batch:.1f}"
+        print(f"{f'batch {batch}':<28} {t_torch:>11.1f} {t_ort:>11.1f} {per:>16} {t_torch / t_ort:>8.2f}x")
+
+
+def bench_detection(threads: int, repeats: int, rounds: int) -> None:
+    from facerecon.detect import FaceDetector
+    from facerecon.imageio import load_image
+    from facerecon.runtime.session import OnnxFaceDetector
+
+    photos = [PHOTOS / n for n in ("JianzhuGuo.jpg", "t1.jpg") if (PHOTOS / n).is_file()]
+    photos = photos or [ROOT / "facerecon" / "assets" / "astronaut.png"]
+    torch_det, onnx_det = FaceDetector(), OnnxFaceDetector()
+    print(f"\n{'MTCNN (crop policy)':<28} {'PyTorch ms':>11} {'ONNX RT ms':>11} {'faces':>16} {'torch/ORT':>9}")
+    for photo in photos:
+        image = load_image(photo)
+        for all_faces in (False, True):
+            n = len(onnx_det.crop(image, all_faces=all_faces))
+            t_torch, t_ort = _alternate(
+                lambda: torch_det.crop(image, all_faces=all_faces), lambda: onnx_det.crop(image, all_faces=all_faces), repeats, rounds
+            )
+            label = f"{photo.name} {'all' if all_faces else 'best'}"
+            print(f"{label:<28} {t_torch:>11.1f} {t_ort:>11.1f} {n:>16} {t_torch / t_ort:>8.2f}x")
+
+
+RUNTIME_SCRIPT = (
+    "import sys\n"
+    "from facerecon.imageio import load_image\n"
+    "from facerecon.runtime.predict import RuntimePredictor\n"
+    "faces = RuntimePredictor().predict(load_image(sys.argv[1]))\n"
+    "assert faces and 'torch' not in sys.modules\n"
+)
+
+
+def bench_processes(threads: int, processes: int) -> None:
+    photo = PHOTOS / "JianzhuGuo.jpg"
+    photo = photo if photo.is_file() else ROOT / "facerecon" / "assets" / "astronaut.png"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {
+            "runtime (ONNX, no torch)": [sys.executable, "-c", RUNTIME_SCRIPT, str(photo)],
+            "facerecon predict (torch)": [sys.executable, "-m", "facerecon", "--quiet", "predict", str(photo), "-o", f"{tmp}/face.obj"],
+        }
+        walls: dict[str, list[float]] = {k: [] for k in commands}
+        for _ in range(processes):
+            for name, cmd in commands.items():
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=env, check=True, capture_output=True)
+                walls[name].append(time.perf_counter() - t0)
+    print(f"\nfresh process, one photo ({photo.name}), wall s (median of {processes})")
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    for name, value in med.items():
+        print(f"  {name:<28} {value:6.2f} s")
+    print(f"  ratio torch / runtime        {med['facerecon predict (torch)'] / med['runtime (ONNX, no torch)']:6.2f}x   (goal: runtime <= 1.5 s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma-separated: network, detection, process")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"{_cpu_model()}, {args.threads} threads, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if "network" not in skip:
+        bench_network(args.threads, args.repeats, args.rounds)
+    if "detection" not in skip:
+        bench_detection(args.threads, args.repeats, args.rounds)
+    if "process" not in skip:
+        bench_processes(args.threads, args.processes)
+    print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from facerecon.detect import FaceCrop, box_iou  # noqa: E402
+from facerecon.crop import FaceCrop, box_iou  # noqa: E402
 from facerecon.imageio import load_image, save_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

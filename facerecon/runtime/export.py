@@ -612,7 +612,7 @@ def export_network(
     source: str = "",
 ) -> Path:
     """Export a built network (eval mode, on the CPU) as ONNX (see the module docstring)."""
-    from facerecon.detect import CROP_SIZE
+    from facerecon.crop import CROP_SIZE
 
     crop_size = int(crop_size or CROP_SIZE)
     wrapper = ExportNetwork(network.cpu().eval(), crop_size)

@@ -38,6 +38,9 @@ class Reconstructor:
         batch_size: faces per network pass over a folder.
         warm_up_size: ``(width, height)`` of the first photo when known: the detector sets
             itself up for it on another core while the network loads (``predict`` does this).
+        runtime: ``"torch"`` (PyTorch), or ``"onnx"``: the network and MTCNN in ONNX Runtime on
+            the CPU (docs/runtime.md), ``checkpoint`` then an exported ``.onnx`` file (None: the
+            shipped one); photos and folders only.
 
     Raises:
         InputError: a missing or foreign checkpoint, or a CUDA device on a machine without one.
@@ -52,7 +55,14 @@ class Reconstructor:
         all_faces: bool = False,
         batch_size: int = 8,
         warm_up_size: tuple[int, int] | None = None,
+        runtime: str = "torch",
     ) -> None:
+        if runtime not in ("torch", "onnx"):
+            raise InputError(f"runtime {runtime!r}: use 'torch' or 'onnx'")
+        self.runtime = runtime
+        if runtime == "onnx":
+            self._init_onnx(checkpoint, device, min_probability, all_faces, batch_size)
+            return
         import torch
 
         from facerecon.detect import FaceDetector
@@ -67,6 +77,19 @@ class Reconstructor:
         finally:
             self.detector.finish_warm_up()
         self.predictor = Predictor(self.model, self.detector, all_faces=all_faces, batch_size=batch_size)
+
+    def _init_onnx(self, model: str | os.PathLike[str] | None, device: str, min_probability: float, all_faces: bool, batch_size: int) -> None:
+        """``runtime="onnx"``: the exported network and MTCNN in ONNX Runtime."""
+        from facerecon.runtime.predict import resolve_onnx_model
+        from facerecon.runtime.predictor import OnnxPredictor
+        from facerecon.runtime.session import OnnxFaceDetector
+
+        if device != "cpu":
+            raise InputError(f"--device {device}: the ONNX runtime runs on the CPU; use the PyTorch runtime for {device}")
+        self.checkpoint = resolve_onnx_model(model)
+        self.detector = OnnxFaceDetector(min_probability=min_probability)
+        self.predictor = OnnxPredictor(self.checkpoint, self.detector, all_faces=all_faces, batch_size=batch_size)
+        self.model = None  # type: ignore[assignment]  (video needs the PyTorch runtime)
 
     def image(self, photo: str | os.PathLike[str] | np.ndarray) -> list[FaceResult]:
         """The faces of one photo (a file, or an ``(H, W, 3)`` uint8 RGB array): the most
@@ -111,10 +134,15 @@ class Reconstructor:
         Raises:
             InputError: an unreadable video, or no such camera.
         """
-        runner = VideoPredictor(self.model, detector=self.detector, every=every)
+        runner = VideoPredictor(self._torch_model("video"), detector=self.detector, every=every)
         return runner.reconstruct(open_frames(path, camera), max_frames=max_frames)
 
     def video_runner(self, every: int = 1, mesh_format: str = ".obj", stages: bool = False) -> VideoPredictor:
         """A :class:`VideoPredictor` over this model and detector, which writes one mesh per frame
         and ``frames.jsonl`` into a folder (``facerecon predict clip.mp4 -o out/``)."""
-        return VideoPredictor(self.model, detector=self.detector, every=every, mesh_format=mesh_format, stages=stages)
+        return VideoPredictor(self._torch_model("video"), detector=self.detector, every=every, mesh_format=mesh_format, stages=stages)
+
+    def _torch_model(self, what: str) -> LoadedModel:
+        if self.model is None:
+            raise InputError(f"{what} runs on the PyTorch runtime: use Reconstructor(runtime='torch')")
+        return self.model

@@ -139,3 +139,24 @@ def test_runtime_reports_a_missing_model_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(InputError, match="not a usable ONNX model"):
         MeshRuntime(tmp_path / "junk.onnx")
+
+
+def test_reconstructor_on_the_onnx_runtime_matches_the_torch_runtime() -> None:
+    """``Reconstructor(runtime="onnx")``: the same crops, the same vertices within 1e-4 crop units."""
+    pytest.importorskip("facenet_pytorch")
+    from facerecon.api import Reconstructor
+    from facerecon.errors import InputError
+
+    photo = ROOT / "facerecon" / "assets" / "astronaut.png"
+    ours = Reconstructor(runtime="onnx").image(photo)
+    ref = Reconstructor().image(photo)
+    assert len(ours) == len(ref) == 1
+    side = ref[0].crop.box[2]
+    assert np.abs(np.asarray(ours[0].crop.box) - np.asarray(ref[0].crop.box)).max() < 0.01 * side
+    # the same crop through both networks
+    rec = Reconstructor(runtime="onnx")
+    face = rec.predictor.reconstruct([(photo, load_image(photo), ref[0].crop, 0)])[0]
+    np.testing.assert_allclose(face.stages_crop[-1], ref[0].stages_crop[-1], atol=1e-4)
+    assert face.pose is not None and np.allclose(face.pose, ref[0].pose, atol=0.05)
+    with pytest.raises(InputError, match="PyTorch runtime"):
+        rec.video(photo)

@@ -269,6 +269,20 @@ class Predictor:
         self.timings.network += time.perf_counter() - t0
         return pred
 
+    def network_outputs(self, pixels: np.ndarray, crops: Sequence[Any]) -> dict[str, Any]:
+        """:meth:`run_network` as numpy: ``vertices`` (B, V, 3), ``landmarks`` (B, 68, 3) or
+        None, ``colors`` (B, V, 3) in [0, 1] or None, ``stages`` (per block (B, V_l, 3)) float32,
+        crop units; ``stage_faces`` (per block (F_l, 3) int64). The one method another runtime
+        (``facerecon.runtime.predictor.OnnxPredictor``) replaces."""
+        pred = self.run_network(pixels, crops)
+        return {
+            "vertices": pred.vertices.float().cpu().numpy(),
+            "landmarks": None if pred.landmarks is None else pred.landmarks.float().cpu().numpy(),
+            "colors": None if pred.colors is None else pred.colors.float().cpu().numpy(),
+            "stages": [c.float().cpu().numpy() for c in pred.coords],
+            "stage_faces": [f.cpu().numpy().astype(np.int64) for f in pred.faces],
+        }
+
     def reconstruct(self, items: Sequence[Any]) -> list[FaceResult]:
         """Run the network on faces, ``batch_size`` at a time.
 
@@ -282,12 +296,8 @@ class Predictor:
         results: list[FaceResult] = []
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
-            pred = self.run_network(np.stack([p.pixels for p in chunk]), [p.crop for p in chunk])
-            verts = pred.vertices.float().cpu().numpy()
-            lms = None if pred.landmarks is None else pred.landmarks.float().cpu().numpy()
-            cols = None if pred.colors is None else pred.colors.float().cpu().numpy()
-            stages = [c.float().cpu().numpy() for c in pred.coords]
-            stage_faces = [f.cpu().numpy().astype(np.int64) for f in pred.faces]
+            out = self.network_outputs(np.stack([p.pixels for p in chunk]), [p.crop for p in chunk])
+            verts, lms, cols, stages, stage_faces = (out[k] for k in ("vertices", "landmarks", "colors", "stages", "stage_faces"))
             faces = stage_faces[-1]
             for b, face in enumerate(chunk):
                 v_px = crop_to_image_3d(verts[b], face.crop.box)

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 
 #: The subcommands in pipeline order (docs/index.md), one per non-private module of facerecon/cli/.
-SUBCOMMANDS = ["prepare", "detect-crop", "make-initial-mesh", "train", "eval", "predict", "view", "info"]
+SUBCOMMANDS = ["prepare", "detect-crop", "make-initial-mesh", "train", "eval", "predict", "export", "view", "info"]
 
 
 def test_help_lists_subcommands() -> None:

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "facerecon.crop": 1,
     "facerecon.errors": 0,
     "facerecon.io_utils": 0,
+    "facerecon.machine": 0,
     "facerecon.allocator": 0,
     "facerecon.imageio": 0,
     "facerecon.progress": 0,

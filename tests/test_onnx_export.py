@@ -27,6 +27,12 @@ from facerecon.runtime.export import (  # noqa: E402
 from facerecon.runtime.session import MeshRuntime, OnnxMTCNN  # noqa: E402
 
 TOL = 1e-4  # crop units
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's optimised copies of the test's models go to a temporary cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 FIVE = np.array([[-0.33, -0.28], [0.33, -0.28], [0.0, 0.05], [-0.27, 0.38], [0.27, 0.38]], np.float32)
 
 

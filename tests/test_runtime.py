@@ -62,7 +62,7 @@ def _run_runtime(photos: list[Path], tmp_path: Path) -> tuple[dict, list[dict]]:
     for k, photo in enumerate(photos):
         outs.append(tmp_path / f"out{k}.npz")
         args += [str(photo), str(outs[-1])]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_WAIT_POLICY="PASSIVE", XDG_CACHE_HOME=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -111,6 +111,30 @@ def test_runtime_never_imports_torch_and_matches_the_torch_path(tmp_path: Path) 
         _compare_with_torch(photo, result)
     if len(photos) == 1:
         pytest.skip("../shared/data/photos is absent: compared on the synthetic image only")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's optimised copies go to a temporary cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_optimised_copy_is_kept_per_machine_and_gives_the_same_outputs(tmp_path: Path) -> None:
+    from facerecon.runtime.session import MeshRuntime, default_onnx_model, optimised_model_path
+
+    if default_onnx_model() is None:
+        pytest.skip("no shipped ONNX model")
+    cached = optimised_model_path(default_onnx_model())
+    assert cached is not None and str(cached).startswith(str(tmp_path / "cache")) and not cached.exists()
+    rng = np.random.default_rng(5)
+    crops = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    first = MeshRuntime(default_onnx_model()).run(crops)["vertices"]
+    assert cached.is_file() and not list(cached.parent.glob(".*.tmp"))
+    second = MeshRuntime(default_onnx_model()).run(crops)["vertices"]  # loaded from the copy
+    np.testing.assert_array_equal(first, second)
+    cached.write_bytes(b"damaged")  # a damaged copy is made again
+    np.testing.assert_array_equal(MeshRuntime(default_onnx_model()).run(crops)["vertices"], first)
+    assert cached.stat().st_size > 1000
 
 
 def test_mesh_runtime_takes_all_faces_in_one_batch() -> None:

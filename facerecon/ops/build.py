@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from facerecon.machine import cpu_identity  # noqa: F401  (part of this module's interface)
+
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("bindings.cpp", "knn_cpu.cpp")
 CUDA_SOURCES = ("knn_cuda.cu",)
@@ -68,22 +70,6 @@ def cache_root() -> Path:
         return Path(os.environ["TORCH_EXTENSIONS_DIR"]).expanduser() / "facerecon"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     return base / "facerecon" / "extensions"
-
-
-def cpu_identity() -> str:
-    """Architecture, CPU model and feature flags (what ``-march=native`` depends on)."""
-    ident = [platform.machine(), platform.system()]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip()
-                if key in ("model name", "flags", "Features", "CPU part", "CPU implementer"):
-                    ident.append(line.strip())
-                if not line.strip() and len(ident) > 2:
-                    break  # the first processor is enough
-    except OSError:
-        ident.append(platform.processor())
-    return "\n".join(ident)
 
 
 def native_enabled() -> bool:

@@ -7,10 +7,12 @@ gets an export-time equivalent here, built from the trained module's own weights
 to it (``tests/test_onnx_export.py``):
 
 * neighbour sums: a padded ``(V, D)`` neighbour table (padding points at an appended zero row),
-  one ``Gather`` and one ``ReduceSum`` (:class:`NeighbourTable`);
-* perceptual pooling: ``GridSample`` (bilinear, border, ``align_corners=False``, the training
-  path's sampler); the five-point alignment's warp: its affine grid computed in the graph and
-  ``GridSample`` with zero padding;
+  one row gather and one add per neighbour slot (:class:`NeighbourTable`);
+* perceptual pooling: every map projected by its part of W0 / W1 first, the maps stacked in one
+  channels-last table, the bilinear taps of all maps computed at once, one gather and one batched
+  ``MatMul`` (:func:`_bilinear_stacked`; border padding, ``align_corners=False``). ONNX Runtime's
+  ``GridSample`` is several times slower on the CPU. The five-point alignment's warp: its affine
+  grid computed in the graph and the same gathers with zero padding (:func:`_bilinear`);
 * the resize to the network's input size (antialiased bilinear) and O-Net's 48 px input: one
   constant matrix per axis (a separable linear map, baked from ``torch.nn.functional.interpolate``);
 * the scaled-orthographic pose fit: the pseudo-inverse of the fixed model points baked, and the
@@ -20,7 +22,8 @@ to it (``tests/test_onnx_export.py``):
   vertex-to-face table.
 
 Batch norms are folded into their convolutions (``facerecon.model.backbones.fold_batch_norms``)
-before tracing; constants are folded by the exporter.
+before tracing; constants are folded by the exporter (in ``PRESERVE`` training mode: its own
+eval-mode batch-norm fusion mis-wires batch norms whose parameters are identical).
 The network's ONNX input is the crops as the predict path cuts them, ``(B, 224, 224, 3)`` uint8,
 and for model v2 MTCNN's five points ``(B, 5, 2)`` crop units (NaN rows: none); its outputs are
 ``vertices`` (B, V, 3) crop units, ``landmarks`` (B, 68, 3) where the model has them, ``colors``
@@ -47,9 +50,9 @@ from torch.nn import functional as F
 from facerecon.errors import FaceReconError, InputError
 from facerecon.runtime.session import META_KEY, MTCNN_FILES
 
-__all__ = ["META_KEY", "OPSET", "export_onnx", "export_mtcnn", "export_module", "ExportNetwork", "NeighbourTable", "resize_matrix"]
+__all__ = ["META_KEY", "OPSET", "export_onnx", "export_network", "export_mtcnn", "export_module", "ExportNetwork", "NeighbourTable", "resize_matrix"]
 
-#: The ONNX opset written (GridSample needs >= 16).
+#: The ONNX opset written.
 OPSET = 17
 
 

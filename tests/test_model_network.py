@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 import pytest
 import torch
 
-from facerecon.config import LossConfig, ModelConfig
+from facerecon.config import Config, LossConfig, ModelConfig
 from facerecon.losses import MeshLoss
 from facerecon.mesh.templates import load_template
 from facerecon.model import build_network
@@ -20,8 +18,15 @@ def hemisphere():
     return load_template("hemisphere")
 
 
+#: The ``[model.*]`` table of each setting the tests vary (the others are ``[model]`` keys).
+_TABLE = {"colour": "pixel2mesh", "template_scale": "pixel2mesh", "template_offset": "pixel2mesh", "coord_mode": "pixel2mesh",
+          "projection": "camera", "project_mode": "graph", "adaptive_unpool": "graph"}
+
+
 def _cfg(**kw) -> ModelConfig:
-    return dataclasses.replace(ModelConfig(backbone="resnet18", hidden=32), **kw)
+    settings = {"model.backbone": "resnet18", "model.graph.hidden": 32}
+    settings.update({f"model.{_TABLE[k]}.{k}" if k in _TABLE else f"model.{k}": v for k, v in kw.items()})
+    return Config().replace(settings).model
 
 
 def test_forward_real_hemisphere_batch2(hemisphere) -> None:

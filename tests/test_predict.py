@@ -122,7 +122,7 @@ def test_predict_bad_inputs(tiny_run: dict, tmp_path: Path) -> None:
     blocker.write_text("a file where a folder should be")
     wrong = tmp_path / "wrong.pt"
     data = torch.load(ckpt, weights_only=True)
-    data["config"]["model"]["hidden"] = 48  # weights no longer match the described network
+    data["config"]["model"]["graph"]["hidden"] = 48  # weights no longer match the described network
     torch.save(data, wrong)
     cases = {
         "missing checkpoint": ([str(photo), "-o", str(tmp_path / "a.obj"), "--checkpoint", str(tmp_path / "nope.pt")], "not found"),

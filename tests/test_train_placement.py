@@ -27,7 +27,7 @@ def test_placed_template_spans_the_mean_face(tmp_path: Path) -> None:
     cache = make_tiny_cache(tmp_path / "c.h5", n=9, points=300, same_topology=True, seed=4)
     cfg = Config()
     fitted = fit_template_placement(cfg, cache)
-    scale, offset = np.array(fitted.model.template_scale), np.array(fitted.model.template_offset)
+    scale, offset = np.array(fitted.model.pixel2mesh.template_scale), np.array(fitted.model.pixel2mesh.template_offset)
     mean = _train_mean_face(cache)
     template = load_template("hemisphere")
     for level in template.levels:  # every level: the finer ones subdivide the same bounding box

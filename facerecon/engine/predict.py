@@ -227,13 +227,7 @@ def landmarks5_crop_units(crops: Sequence[Any]) -> np.ndarray:
 
 
 def _accepts_landmarks5(network: torch.nn.Module) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(network.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "landmarks5" in params
+    return bool(getattr(network, "takes_five_points", False))
 
 
 class Predictor:

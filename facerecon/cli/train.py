@@ -63,14 +63,10 @@ def train(
     from facerecon.config import command_line_overrides
     from facerecon.engine.train import TrainOptions, check_train_inputs, run_training
 
-    overrides = command_line_overrides(set_, {
-        "train.batch_size": ("--batch-size", batch_size),
-        "train.epochs": ("--epochs", epochs),
-        "train.lr": ("--lr", lr),
-        "model.backbone": ("--backbone", backbone),
+    overrides = command_line_overrides(set_, {  # the shortcut flags: each a spelling of one key
+        "train.batch_size": ("--batch-size", batch_size), "train.epochs": ("--epochs", epochs), "train.lr": ("--lr", lr),
+        "model.backbone": ("--backbone", backbone), "train.num_workers": ("--workers", workers), "train.seed": ("--seed", seed),
         "model.backbone_weights": ("--backbone-weights", str(backbone_weights) if backbone_weights else None),
-        "train.num_workers": ("--workers", workers),
-        "train.seed": ("--seed", seed),
     })
     cfg = _run_config(config, out, resume, overrides)
     if gpus is None:

@@ -9,7 +9,7 @@ A checkpoint is a plain dict of tensors and Python values, loadable with
 * :func:`load_checkpoint` refuses, with one line naming the file, what is not a facerecon
   checkpoint: an empty or truncated file, a pickle that needs code to load (never executed),
   a missing ``config`` or ``model``, non-finite weights, and model sizes no network could have
-  (``model.hidden = 1e6``) before anything is allocated.
+  (``model.graph.hidden = 1e6``; earlier flat spellings translated first) before anything is allocated.
 * :func:`clean_stale_temps` removes the temporary files a killed writer left behind.
 """
 

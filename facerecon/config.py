@@ -462,7 +462,7 @@ def command_line_overrides(sets: Sequence[str], flags: Mapping[str, tuple[str, A
 
 
 # ------------------------------------------------------------------------------------- earlier spellings
-#: ``[model]`` keys of the flat spelling (up to facerecon 0.x, one table of 31 keys): old key ->
+#: ``[model]`` keys of the flat spelling of earlier versions (one table of 31 keys): old key ->
 #: (new key under ``model``, the network kinds that read it then). ``start`` and ``decoder`` become
 #: ``kind``; a key the old network kind did not read is dropped (it had no effect: the same network
 #: is built; every checkpoint stores every key, and the shipped configs carried some).
@@ -591,7 +591,8 @@ def _drop_default_tables(model: dict[str, Any], items: Sequence[Override]) -> No
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """``data[a][b][c] = value`` for ``key = "a.b.c"``, a leaf of ``Config``; a family table that
     ``to_dict`` left out is created."""
-    node, cls = data, Config
+    node: dict[str, Any] = data
+    cls: type = Config
     parts = key.split(".")
     for part in parts[:-1]:
         sub = _table_type(cls, part)
@@ -609,7 +610,7 @@ def _table_type(cls: type, name: str) -> type | None:
     if not any(f.name == name for f in dataclasses.fields(cls)):
         return None
     tp = typing.get_type_hints(cls)[name]
-    return tp if dataclasses.is_dataclass(tp) else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
 def _to_plain(value: Any) -> Any:

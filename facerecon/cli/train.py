@@ -71,17 +71,8 @@ def train(
     cfg = _run_config(config, out, resume, overrides)
     if gpus is None:
         gpus = 1 if torch.cuda.is_available() else 0
-    opts = TrainOptions(
-        cache=cache,
-        out=out,
-        gpus=gpus,
-        nproc=nproc,
-        resume=resume,
-        max_steps=max_steps,
-        validate=not no_validate,
-        val_limit=val_limit,
-        quiet=state.quiet,
-    )
+    opts = TrainOptions(cache=cache, out=out, gpus=gpus, nproc=nproc, resume=resume, max_steps=max_steps,
+                        validate=not no_validate, val_limit=val_limit, quiet=state.quiet)
     check_train_inputs(cfg, opts)
     where = f"{gpus} GPU(s)" if gpus else f"CPU x {nproc} process(es)"
     info(f"training {cfg.model.backbone} on {display_path(cache)} -> {display_path(out)} ({where})")

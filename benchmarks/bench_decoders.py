@@ -104,7 +104,7 @@ def _network(cfg: Config, checkpoint: Path | None) -> tuple[torch.nn.Module, int
         return load_model(checkpoint, "cpu").network, checkpoint.stat().st_size
     torch.manual_seed(0)
     net = build_network(cfg.model)
-    if cfg.model.start == "prior":
+    if cfg.model.starts_from_prior:
         _synthetic_prior(net)
     return net, None
 
@@ -138,7 +138,7 @@ def main() -> None:
         net, file_size = _network(cfg, ckpt)
         net.eval()
         one = _batch(1, net.num_vertices, gen)
-        prior = cfg.model.start == "prior"
+        prior = cfg.model.starts_from_prior
 
         def forward(net=net, one=one, prior=prior) -> None:  # noqa: ANN001
             with torch.inference_mode():
@@ -162,7 +162,7 @@ def main() -> None:
         loss_fn = MeshLoss(cfg.loss)
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], 1e-4)
         batch = _batch(16, net.num_vertices, gen)
-        prior = cfg.model.start == "prior"
+        prior = cfg.model.starts_from_prior
 
         def step() -> None:
             pred = net(batch["image"], landmarks5=batch["landmarks5"]) if prior else net(batch["image"])

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from facerecon.config import LossConfig, ModelConfig
+from facerecon.config import GraphConfig, LossConfig, ModelConfig
 from facerecon.losses import MeshLoss
 from facerecon.mesh.templates import load_template
 from facerecon.model import MeshHierarchy, build_network
@@ -98,7 +98,7 @@ def bench_network(template, backbones: list[str], repeats: int, device: torch.de
     for backbone in backbones:
         for mode in ("auto", "pre", "post"):
             torch.manual_seed(0)
-            cfg = ModelConfig(backbone=backbone, project_mode=mode)  # type: ignore[arg-type]
+            cfg = ModelConfig(backbone=backbone, graph=GraphConfig(project_mode=mode))  # type: ignore[arg-type]
             net = build_network(cfg, template, device=device)
             opt = torch.optim.Adam(net.parameters(), lr=1e-4)
             b1, b4 = _batch(1, device, gen), _batch(4, device, gen)

@@ -38,8 +38,8 @@ def shared_subdir(name: str) -> Path:
 # narrow G-ResNets so a CPU step takes about a second.
 TINY_MODEL = {
     "model.backbone": "resnet18",
-    "model.hidden": 32,
-    "model.layers_per_block": 4,
+    "model.graph.hidden": 32,
+    "model.graph.layers_per_block": 4,
     "train.points_per_region": [300, 100, 100],
     "train.num_workers": 0,
     "train.batch_size": 2,

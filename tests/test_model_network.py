@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 import pytest
 import torch
 
-from facerecon.config import LossConfig, ModelConfig
+from facerecon.config import Config, LossConfig, ModelConfig
+from facerecon.errors import InputError
 from facerecon.losses import MeshLoss
 from facerecon.mesh.templates import load_template
 from facerecon.model import build_network
@@ -20,8 +19,15 @@ def hemisphere():
     return load_template("hemisphere")
 
 
+#: The ``[model.*]`` table of each setting the tests vary (the others are ``[model]`` keys).
+_TABLE = {"colour": "pixel2mesh", "template_scale": "pixel2mesh", "template_offset": "pixel2mesh", "coord_mode": "pixel2mesh",
+          "projection": "camera", "project_mode": "graph", "adaptive_unpool": "graph"}
+
+
 def _cfg(**kw) -> ModelConfig:
-    return dataclasses.replace(ModelConfig(backbone="resnet18", hidden=32), **kw)
+    settings = {"model.backbone": "resnet18", "model.graph.hidden": 32}
+    settings.update({f"model.{_TABLE[k]}.{k}" if k in _TABLE else f"model.{k}": v for k, v in kw.items()})
+    return Config().replace(settings).model
 
 
 def test_forward_real_hemisphere_batch2(hemisphere) -> None:
@@ -157,3 +163,47 @@ def test_landmark_head_inference_cache_follows_the_logits() -> None:
     out = head(verts)  # with gradients: no cache, the logits get theirs
     out.sum().backward()
     assert head.logits.grad is not None
+
+
+def test_per_block_widths_and_depths_of_a_pixel2mesh_network(hemisphere) -> None:
+    """``model.graph.hidden_per_block`` / ``layers_per_block_list`` narrow the blocks one by one
+    (hand-worked: block l's features have widths[l] channels, its input 3 + widths[l - 1])."""
+    cfg = Config().replace({"model.backbone": "resnet18", "model.blocks": 3, "model.pixel2mesh.colour": True,
+                            "model.graph.hidden_per_block": [24, 16, 8, 99], "model.graph.layers_per_block_list": [4, 2, 2]}).model
+    net = build_network(cfg, hemisphere)
+    out = net(torch.rand(1, 3, 64, 64))
+    assert [f.shape[-1] for f in out.features] == [24, 16, 8]
+    assert [c.shape[1] for c in out.coords] == [141, 491, 1821] and out.colors.shape == (1, 1821, 3)
+    short = Config().replace({"model.backbone": "resnet18", "model.graph.hidden_per_block": [8, 8]}).model
+    with pytest.raises(InputError, match="model.graph.hidden_per_block has 2 entries for 4 blocks"):
+        build_network(short, hemisphere)
+
+
+def test_the_network_class_says_whether_it_takes_five_points(hemisphere) -> None:
+    """One attribute decides, for training batches and for predict alike; the signature of
+    ``forward`` does not."""
+    from facerecon.engine.predict import _accepts_landmarks5
+    from facerecon.model.network import FaceReconNet, forward_batch
+    from facerecon.model.prior_net import PriorFaceNet
+
+    assert PriorFaceNet.takes_five_points and not FaceReconNet.takes_five_points
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, takes: bool) -> None:
+            super().__init__()
+            self.takes_five_points = takes
+            self.calls: list[bool] = []
+
+        def forward(self, image: torch.Tensor, landmarks5: torch.Tensor | None = None) -> str:
+            self.calls.append(landmarks5 is not None)
+            return "ok"
+
+    batch = {"image": torch.zeros(1, 3, 8, 8), "landmarks5": torch.zeros(1, 5, 2)}
+    takes, ignores = Recorder(True), Recorder(False)
+    forward_batch(takes, batch)
+    forward_batch(ignores, batch)
+    assert takes.calls == [True] and ignores.calls == [False]
+    assert _accepts_landmarks5(takes) and not _accepts_landmarks5(ignores)
+    prior = build_network(Config().replace({"model.kind": "prior_graph", "model.backbone": "resnet18",
+                                            "model.graph.hidden": 8, "model.graph.layers_per_block": 2}).model, hemisphere)
+    assert _accepts_landmarks5(prior) and not _accepts_landmarks5(build_network(_cfg(blocks=1), hemisphere))

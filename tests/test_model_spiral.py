@@ -103,8 +103,8 @@ def test_spiral_network_runs_and_starts_at_the_base_face() -> None:
     from facerecon.model.network import build_network
 
     cfg = Config().replace({
-        "model.backbone": "resnet18", "model.start": "prior", "model.decoder": "spiral", "model.prior_components": 4,
-        "model.image_size": 64, "model.head_hidden": 32, "model.spiral_widths": [8, 8, 8, 8],
+        "model.backbone": "resnet18", "model.kind": "prior_spiral", "model.prior.components": 4,
+        "model.image_size": 64, "model.prior.head_hidden": 32, "model.spiral.widths": [8, 8, 8, 8],
     }).model
     net = build_network(cfg).eval()
     with torch.no_grad():
@@ -130,8 +130,8 @@ def test_spiral_checkpoint_trains_loads_and_evaluates(tmp_path) -> None:  # noqa
 
     cache = make_tiny_cache(tmp_path / "c.h5", n=8, points=400, same_topology=True)
     cfg = Config().replace({
-        "model.backbone": "resnet18", "model.start": "prior", "model.decoder": "spiral", "model.prior_components": 4,
-        "model.image_size": 64, "model.head_hidden": 32, "model.spiral_widths": [8, 8, 8, 8],
+        "model.backbone": "resnet18", "model.kind": "prior_spiral", "model.prior.components": 4,
+        "model.image_size": 64, "model.prior.head_hidden": 32, "model.spiral.widths": [8, 8, 8, 8],
         "loss.chamfer": 0.0, "loss.normal": 0.0, "loss.vertex": 1.0, "loss.base": 0.5,
         "loss.chamfer_block_weights": [0.5, 1.0], "train.points_per_region": [100, 50, 50],
         "train.num_workers": 0, "train.batch_size": 2, "train.epochs": 1, "train.fit_template": False,

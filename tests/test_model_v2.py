@@ -20,12 +20,12 @@ from facerecon.model.face_prior import FacePriorArrays
 
 TINY_V2 = {
     "model.backbone": "resnet18",
-    "model.start": "prior",
-    "model.prior_components": 4,
-    "model.hidden_per_block": [16, 16, 8, 8],
-    "model.layers_per_block_list": [2, 2, 2, 2],
+    "model.kind": "prior_graph",
+    "model.prior.components": 4,
+    "model.graph.hidden_per_block": [16, 16, 8, 8],
+    "model.graph.layers_per_block_list": [2, 2, 2, 2],
     "model.image_size": 64,
-    "model.head_hidden": 32,
+    "model.prior.head_hidden": 32,
     "loss.chamfer": 0.0,
     "loss.normal": 0.0,
     "loss.vertex": 1.0,
@@ -35,7 +35,7 @@ TINY_V2 = {
     "train.points_per_region": [100, 50, 50],
     "train.num_workers": 0,
     "train.batch_size": 2,
-    "train.augment": True,
+    "train.augment.enabled": True,
     "train.fit_template": False,
 }
 
@@ -134,7 +134,7 @@ def test_onet_features_match_facenet_pytorch() -> None:
 
     from facerecon.model.network import build_network
 
-    cfg = Config().replace({**{k: v for k, v in TINY_V2.items() if k.startswith("model.")}, "model.onet_features": True}).model
+    cfg = Config().replace({**{k: v for k, v in TINY_V2.items() if k.startswith("model.")}, "model.prior.onet_features": True}).model
     net = build_network(cfg).eval()
     ref = facenet.ONet(pretrained=True).eval()
     captured = {}

@@ -122,7 +122,7 @@ def test_predict_bad_inputs(tiny_run: dict, tmp_path: Path) -> None:
     blocker.write_text("a file where a folder should be")
     wrong = tmp_path / "wrong.pt"
     data = torch.load(ckpt, weights_only=True)
-    data["config"]["model"]["hidden"] = 48  # weights no longer match the described network
+    data["config"]["model"]["graph"]["hidden"] = 48  # weights no longer match the described network
     torch.save(data, wrong)
     cases = {
         "missing checkpoint": ([str(photo), "-o", str(tmp_path / "a.obj"), "--checkpoint", str(tmp_path / "nope.pt")], "not found"),
@@ -190,8 +190,9 @@ def test_landmarks5_in_crop_units_by_hand() -> None:
 
 
 def test_predict_passes_landmarks5_to_a_network_that_takes_them(tiny_run: dict, tmp_path: Path) -> None:
-    """A network whose forward takes ``landmarks5`` (model v2) gets MTCNN's five points in crop
-    units; one that does not is called with the image only (both go through the same Predictor)."""
+    """A network that takes the five points (``takes_five_points``, model v2) gets MTCNN's five
+    points in crop units; one that does not is called with the image only (both go through the
+    same Predictor)."""
     from facerecon.crop import FaceCrop
     from facerecon.engine.predict import Predictor, load_model
 
@@ -200,6 +201,8 @@ def test_predict_passes_landmarks5_to_a_network_that_takes_them(tiny_run: dict, 
     seen: list = []
 
     class TakesFivePoints(torch.nn.Module):
+        takes_five_points = True
+
         def __init__(self) -> None:
             super().__init__()
             self.inner = inner

@@ -44,7 +44,7 @@ def _write_bad(path: Path, kind: str) -> None:
         torch.save(_good(model={"w": torch.tensor([1.0, float("nan")])}), path)
     elif kind == "huge-hidden":
         ckpt = _good()
-        ckpt["config"]["model"]["hidden"] = 1e6
+        ckpt["config"]["model"]["graph"]["hidden"] = 1e6
         torch.save(ckpt, path)
     elif kind == "truncated":
         buf = io.BytesIO()
@@ -60,7 +60,7 @@ CASES = [
     ("legacy-pickle", "holds pickled Python objects"),
     ("no-config", "has no 'config'"),
     ("nan-weights", "weight w holds 1 non-finite value(s)"),
-    ("huge-hidden", "model.hidden = 1000000.0; expected a whole number from 1 to 8192"),
+    ("huge-hidden", "model.graph.hidden = 1000000.0; expected a whole number from 1 to 8192"),
     ("truncated", "truncated"),
     ("folder", "is a folder"),
 ]
@@ -145,10 +145,10 @@ def test_old_import_paths_still_work() -> None:
 
 def test_absurd_per_block_widths_are_refused(tmp_path: Path) -> None:
     ckpt = _good()
-    ckpt["config"]["model"]["hidden_per_block"] = [64, 32, 10**7]
+    ckpt["config"]["model"]["graph"]["hidden_per_block"] = [64, 32, 10**7]
     path = tmp_path / "wide.pt"
     torch.save(ckpt, path)
-    with pytest.raises(InputError, match=r"model.hidden_per_block\[2\] = 10000000"):
+    with pytest.raises(InputError, match=r"model.graph.hidden_per_block\[2\] = 10000000"):
         load_checkpoint(path)
 
 

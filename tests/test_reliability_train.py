@@ -356,13 +356,37 @@ def test_a_signal_while_loader_workers_start_does_not_kill_them(sig: str, tmp_pa
 @pytest.mark.parametrize(
     "setting, expected",
     [
-        ("train.aug_five_outlier=1.5", "train.aug_five_outlier is a probability"),
-        ("train.aug_flip=-0.1", "train.aug_flip is a probability"),
-        ("train.aug_scale=1.0", "train.aug_scale is a fraction"),
-        ("train.aug_rotation=-5", "train.aug_rotation must be >= 0"),
+        ("train.augment.five_outlier=1.5", "config key 'train.augment.five_outlier': 1.5 must be >= 0 and <= 1 (a probability)"),
+        ("train.augment.flip=-0.1", "config key 'train.augment.flip': -0.1 must be >= 0 and <= 1 (a probability)"),
+        ("train.augment.scale=1.0", "config key 'train.augment.scale': 1.0 must be >= 0 and < 1 (a fraction of the crop)"),
+        ("train.augment.rotation_deg=-5", "config key 'train.augment.rotation_deg': -5.0 must be >= 0"),
     ],
 )
 def test_train_refuses_augmentation_out_of_range(setting: str, expected: str, tmp_path: Path) -> None:
     path = tiny_cache(tmp_path / "ok.h5", n=8, points=500)
     line = _refused_train(path, tmp_path / "run", "--set", setting)
+    assert expected in line and f"--set {setting}" in line, line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "train.epochs=lots"], "--set train.epochs=lots and --epochs both set train.epochs: give it once"),
+        (["--set", "train.batch_size=0", "--batch-size", "4"], "--set train.batch_size=0 and --batch-size both set train.batch_size"),
+        (["--set", "train.lr=-0.01"], "--set train.lr=-0.01: config key 'train.lr': -0.01 must be > 0"),
+    ],
+)
+def test_train_command_line_values_are_checked_with_their_source(args: list[str], expected: str, tmp_path: Path) -> None:
+    """A shortcut flag (``--epochs 1``, given by ``_refused_train``) and ``--set`` cannot both set a
+    key, and a value out of range is a user error naming the key and where it came from."""
+    path = tiny_cache(tmp_path / "ok.h5", n=8, points=500)
+    line = _refused_train(path, tmp_path / "run", *args)
     assert expected in line, line
+
+
+def test_train_config_file_value_out_of_range_names_the_file(tmp_path: Path) -> None:
+    path = tiny_cache(tmp_path / "ok.h5", n=8, points=500)
+    config = tmp_path / "neg.toml"
+    config.write_text("[train]\nlr = -1e-3\n")
+    line = _refused_train(path, tmp_path / "run", "--config", str(config))
+    assert "neg.toml: config key 'train.lr': -0.001 must be > 0" in line, line

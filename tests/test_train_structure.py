@@ -71,7 +71,7 @@ def test_a_run_opens_the_cache_once_and_reads_each_dataset_once(tmp_path: Path, 
     assert set(counts) >= {"/offsets", "/split", "/landmarks", "/pose", "/mm_per_unit", "/points", "/normals", "/regions"}
     assert all(n == 1 for n in counts.values()), counts
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert saved["landmark_reference"] is not None and saved["config"]["model"]["template_scale"] != Config().model.template_scale
+    assert saved["landmark_reference"] is not None and saved["config"]["model"]["pixel2mesh"]["template_scale"] != Config().model.pixel2mesh.template_scale
 
 
 def test_a_second_run_on_the_unchanged_cache_reads_nothing_at_start(tmp_path: Path, h5_log: dict) -> None:

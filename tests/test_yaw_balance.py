@@ -1,5 +1,5 @@
-"""Profile-weighted epochs (``train.yaw_repeat``), dropped five points (``train.aug_drop_five``) and
-transplanted five-point failures (``train.aug_five_outlier``)."""
+"""Profile-weighted epochs (``train.yaw_repeat``), dropped five points (``train.augment.drop_five``) and
+transplanted five-point failures (``train.augment.five_outlier``)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import tomllib
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -15,19 +14,23 @@ from facerecon.errors import InputError
 ORDER = 40
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=3e-5", "model.backbone=resnet18"]`` -> dotted overrides (values parsed as TOML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
-        key, raw = item.split("=", 1)
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare string such as resnet18
-        out[key.strip()] = value
-    return out
+def _run_config(config: Path | None, out: Path, resume: bool, overrides: list) -> Any:
+    """The run's configuration: ``--config`` (or the defaults) with the overrides; on ``--resume``
+    without ``--config``, the run's own ``config.json`` with the overrides."""
+    from facerecon.config import Config, load_config
+
+    saved_config = out / "config.json"
+    if not (resume and config is None and saved_config.is_file()):
+        return load_config(config, overrides)
+    import json
+
+    try:
+        saved = json.loads(saved_config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{saved_config}: cannot read the run's configuration ({exc}); give --config") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{saved_config}: not a configuration (a JSON object); give --config")
+    return Config.from_dict(saved, source=saved_config).replace(overrides, source=saved_config)
 
 
 def train(
@@ -47,7 +50,7 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps in this invocation (resumable)."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", min=1, help="Validate on the first N val samples only."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip validation (best.pt is then not written)."),
-    set_: List[str] = typer.Option([], "--set", help="Any config value, KEY=VALUE with a dotted key, e.g. --set loss.laplace=0.3 (repeatable)."),
+    set_: List[str] = typer.Option([], "--set", help="Any config value, KEY=VALUE with a dotted key, e.g. --set loss.laplace=0.3 (repeatable; each key once, and not beside its shortcut flag)."),
 ) -> None:
     """Train the network on the cache (face paper defaults: Adam, lr 1e-4, 80 epochs).
 
@@ -57,48 +60,19 @@ def train(
     """
     import torch
 
-    from facerecon.config import load_config
+    from facerecon.config import command_line_overrides
     from facerecon.engine.train import TrainOptions, check_train_inputs, run_training
 
-    overrides = _parse_set(set_)
-    for key, value in (
-        ("train.batch_size", batch_size),
-        ("train.epochs", epochs),
-        ("train.lr", lr),
-        ("model.backbone", backbone),
-        ("model.backbone_weights", str(backbone_weights) if backbone_weights else None),
-        ("train.num_workers", workers),
-        ("train.seed", seed),
-    ):
-        if value is not None:
-            overrides[key] = value
-    if resume and config is None and (out / "config.json").is_file():
-        import json
-
-        from facerecon.config import Config
-
-        try:
-            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{out / 'config.json'}: cannot read the run's configuration ({exc}); give --config") from None
-        if not isinstance(saved, dict):
-            raise InputError(f"{out / 'config.json'}: not a configuration (a JSON object); give --config")
-        cfg = Config.from_dict(saved).replace(overrides)
-    else:
-        cfg = load_config(config, overrides)
+    overrides = command_line_overrides(set_, {  # the shortcut flags: each a spelling of one key
+        "train.batch_size": ("--batch-size", batch_size), "train.epochs": ("--epochs", epochs), "train.lr": ("--lr", lr),
+        "model.backbone": ("--backbone", backbone), "train.num_workers": ("--workers", workers), "train.seed": ("--seed", seed),
+        "model.backbone_weights": ("--backbone-weights", str(backbone_weights) if backbone_weights else None),
+    })
+    cfg = _run_config(config, out, resume, overrides)
     if gpus is None:
         gpus = 1 if torch.cuda.is_available() else 0
-    opts = TrainOptions(
-        cache=cache,
-        out=out,
-        gpus=gpus,
-        nproc=nproc,
-        resume=resume,
-        max_steps=max_steps,
-        validate=not no_validate,
-        val_limit=val_limit,
-        quiet=state.quiet,
-    )
+    opts = TrainOptions(cache=cache, out=out, gpus=gpus, nproc=nproc, resume=resume, max_steps=max_steps,
+                        validate=not no_validate, val_limit=val_limit, quiet=state.quiet)
     check_train_inputs(cfg, opts)
     where = f"{gpus} GPU(s)" if gpus else f"CPU x {nproc} process(es)"
     info(f"training {cfg.model.backbone} on {display_path(cache)} -> {display_path(out)} ({where})")

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from facerecon.config import TrainConfig
+from facerecon.config import AugmentConfig
 from facerecon.data.readers import FLIP_PERMUTATION_68
 
 __all__ = ["AugmentSettings", "FivePointFailures", "Transform2D", "draw_transform", "apply_geometry", "warp_image", "photometric"]
@@ -35,35 +34,9 @@ __all__ = ["AugmentSettings", "FivePointFailures", "Transform2D", "draw_transfor
 #: The five points after a flip: left and right eyes swap, and the mouth corners.
 FLIP_PERMUTATION_5 = (1, 0, 2, 4, 3)
 
-
-_DEFAULTS = TrainConfig()
-
-
-@dataclass
-class AugmentSettings:
-    """Ranges and probabilities; the defaults are ``TrainConfig``'s ``aug_*`` values."""
-
-    rotation_deg: float = _DEFAULTS.aug_rotation
-    scale: float = _DEFAULTS.aug_scale
-    shift: float = _DEFAULTS.aug_shift
-    five_noise: float = _DEFAULTS.aug_five_noise
-    flip: float = _DEFAULTS.aug_flip
-    colour: float = _DEFAULTS.aug_colour
-    grey: float = _DEFAULTS.aug_grey
-    blur: float = _DEFAULTS.aug_blur
-    noise: float = _DEFAULTS.aug_noise
-    occlusion: float = _DEFAULTS.aug_occlusion
-    drop_five: float = _DEFAULTS.aug_drop_five
-    five_outlier: float = _DEFAULTS.aug_five_outlier
-
-    @classmethod
-    def from_train_config(cls, tc: TrainConfig) -> "AugmentSettings":
-        """The settings of a ``[train]`` section."""
-        return cls(
-            tc.aug_rotation, tc.aug_scale, tc.aug_shift, tc.aug_five_noise, tc.aug_flip,
-            tc.aug_colour, tc.aug_grey, tc.aug_blur, tc.aug_noise, tc.aug_occlusion, tc.aug_drop_five,
-            tc.aug_five_outlier,
-        )
+#: The ranges and probabilities: the configuration's ``[train.augment]`` table itself (defined,
+#: documented and range-checked once, in ``facerecon.config.AugmentConfig``).
+AugmentSettings = AugmentConfig
 
 
 @dataclass

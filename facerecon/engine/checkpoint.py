@@ -9,7 +9,7 @@ A checkpoint is a plain dict of tensors and Python values, loadable with
 * :func:`load_checkpoint` refuses, with one line naming the file, what is not a facerecon
   checkpoint: an empty or truncated file, a pickle that needs code to load (never executed),
   a missing ``config`` or ``model``, non-finite weights, and model sizes no network could have
-  (``model.hidden = 1e6``) before anything is allocated.
+  (``model.graph.hidden = 1e6``; earlier flat spellings translated first) before anything is allocated.
 * :func:`clean_stale_temps` removes the temporary files a killed writer left behind.
 """
 
@@ -36,20 +36,20 @@ CHECKPOINT_VERSION = 1
 #: Upper bounds of the model sizes a checkpoint may ask for (far above any real network; a
 #: hand-edited value above them would allocate gigabytes before failing).
 MODEL_LIMITS = {
-    "hidden": 8192,
-    "head_hidden": 65_536,
-    "layers_per_block": 512,
+    "graph.hidden": 8192,
+    "prior.head_hidden": 65_536,
+    "graph.layers_per_block": 512,
     "blocks": 64,
     "num_landmarks": 100_000,
     "image_size": 8192,
-    "prior_components": 10_000,
+    "prior.components": 10_000,
 }
 #: The same for the per-block lists (every entry).
 MODEL_LIST_LIMITS = {
-    "hidden_per_block": 8192,
-    "layers_per_block_list": 512,
-    "spiral_widths": 8192,
-    "spiral_hops": 64,
+    "graph.hidden_per_block": 8192,
+    "graph.layers_per_block_list": 512,
+    "spiral.widths": 8192,
+    "spiral.hops": 64,
 }
 
 #: The temporary files a writer killed mid-save leaves in a run folder (``atomic_path`` names
@@ -177,9 +177,10 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> None:
     model_cfg = config.get("model", {})
     if not isinstance(model_cfg, dict):
         raise InputError(f"{path}: its 'config.model' is not a table")
-    checks = [(key, model_cfg.get(key), limit) for key, limit in MODEL_LIMITS.items()]
+    model_cfg = _current_spelling(model_cfg, path)
+    checks = [(key, _dotted(model_cfg, key), limit) for key, limit in MODEL_LIMITS.items()]
     for key, limit in MODEL_LIST_LIMITS.items():
-        values = model_cfg.get(key)
+        values = _dotted(model_cfg, key)
         if isinstance(values, (list, tuple)):
             checks += [(f"{key}[{i}]", v, limit) for i, v in enumerate(values)]
         elif values is not None:
@@ -198,6 +199,25 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise InputError(f"{path}: weight {name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def _current_spelling(model_cfg: dict, path: str | os.PathLike[str]) -> dict:
+    """A checkpoint's ``config.model`` table in the current nested spelling (earlier flat ones translated)."""
+    from facerecon.config import ConfigError, upgrade_dict
+
+    try:
+        return upgrade_dict({"model": model_cfg})["model"]
+    except ConfigError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _dotted(table: dict, key: str) -> Any:
+    """``table["a"]["b"]`` for ``key = "a.b"``; None where a level is missing or not a table."""
+    for part in key.split("."):
+        if not isinstance(table, dict):
+            return None
+        table = table.get(part)  # type: ignore[assignment]
+    return table
 
 
 def export_inference_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict:

@@ -217,13 +217,7 @@ def prepare_face(source: Path, image: np.ndarray, crop: Any, face_index: int, si
 
 
 def _accepts_landmarks5(network: torch.nn.Module) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(network.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "landmarks5" in params
+    return bool(getattr(network, "takes_five_points", False))
 
 
 class Predictor:

@@ -158,7 +158,6 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
         raise InputError(f"{opts.cache}: cache file not found (make one with 'facerecon prepare')")
     if not cfg.train.splits:
         raise InputError("train.splits is empty: name the cache splits to train on, e.g. [\"train\"]")
-    check_augmentation(cfg.train)
     if is_main_launch():
         read_cache_statistics(opts.cache, training_split(cfg), template=prior_template(cfg, opts))
     clean_stale_temps(opts.out)
@@ -168,23 +167,6 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
         raise InputError(f"{opts.out}: already holds a run (last.pt); use --resume to continue it or another --out")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
         raise InputError("train.batch_size and train.epochs must be at least 1")
-
-
-#: The ``[train]`` values that are probabilities of an augmentation.
-AUGMENT_PROBABILITIES = ("aug_flip", "aug_colour", "aug_grey", "aug_blur", "aug_noise", "aug_occlusion", "aug_drop_five", "aug_five_outlier")
-
-
-def check_augmentation(tc: Any) -> None:
-    """Refuse augmentation settings outside their ranges (InputError naming the value)."""
-    for name in AUGMENT_PROBABILITIES:
-        value = float(getattr(tc, name))
-        if not 0.0 <= value <= 1.0:
-            raise InputError(f"train.{name} is a probability: it must be in [0, 1], got {value}")
-    for name in ("aug_rotation", "aug_shift", "aug_five_noise"):
-        if float(getattr(tc, name)) < 0:
-            raise InputError(f"train.{name} must be >= 0, got {getattr(tc, name)}")
-    if not 0.0 <= float(tc.aug_scale) < 1.0:
-        raise InputError(f"train.aug_scale is a fraction of the crop: it must be in [0, 1), got {tc.aug_scale}")
 
 
 # ------------------------------------------------------------------------------------- worker
@@ -264,17 +246,19 @@ def _run_config(cfg: Config, ckpt: dict | None, statistics: CacheStatistics) -> 
     """The run's configuration: on ``--resume`` with ``train.fit_template`` the template placement
     fitted when the run started; for a new run, the template placed on the training mean face."""
     if ckpt is not None:
-        if not cfg.train.fit_template:
+        if not cfg.train.fit_template or cfg.model.kind != "pixel2mesh":
             return cfg
         saved = Config.from_dict(ckpt["config"]).model
-        return cfg.replace({"model.template_scale": list(saved.template_scale), "model.template_offset": list(saved.template_offset)})
-    if cfg.train.fit_template and cfg.model.start == "template":
+        placed = saved.pixel2mesh
+        return cfg.replace({"model.pixel2mesh.template_scale": list(placed.template_scale),
+                            "model.pixel2mesh.template_offset": list(placed.template_offset)})
+    if cfg.train.fit_template and cfg.model.kind == "pixel2mesh":
         return fit_template_placement(cfg, statistics)
     return cfg
 
 
 def fit_template_placement(cfg: Config, cache: str | os.PathLike[str] | CacheStatistics) -> Config:
-    """``cfg`` with ``model.template_scale`` / ``template_offset`` fitted so the template's
+    """``cfg`` with ``model.pixel2mesh.template_scale`` / ``template_offset`` fitted so the template's
     bounding box matches the training mean face's (crop frame). Unchanged when the cache's ground
     truth has no shared topology (no per-point mean face). ``cache``: the cache or its statistics."""
     stats = cache if isinstance(cache, CacheStatistics) else read_cache_statistics(cache)
@@ -285,7 +269,7 @@ def fit_template_placement(cfg: Config, cache: str | os.PathLike[str] | CacheSta
     # canonical hemisphere: x, y in [-1, 1], dome tip at z = -1 (camera side), rim at z = 0
     scale = [float((hi[0] - lo[0]) / 2), float((hi[1] - lo[1]) / 2), float(hi[2] - lo[2])]
     offset = [float((hi[0] + lo[0]) / 2), float((hi[1] + lo[1]) / 2), float(hi[2])]
-    return cfg.replace({"model.template_scale": scale, "model.template_offset": offset})
+    return cfg.replace({"model.pixel2mesh.template_scale": scale, "model.pixel2mesh.template_offset": offset})
 
 
 def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor | None:
@@ -303,10 +287,10 @@ def _build_model(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: Ca
 
     model = build_network(cfg.model, device=info.device)
     correspondence = None
-    if cfg.model.start == "prior" or cfg.loss.vertex > 0:
+    if cfg.model.starts_from_prior or cfg.loss.vertex > 0:
         correspondence = _setup_prior(model, cfg, opts, info, statistics, say)
     tc = cfg.train
-    if cfg.model.start == "template" and not opts.resume and tc.init_landmarks and model.landmark_head is not None:
+    if not cfg.model.starts_from_prior and not opts.resume and tc.init_landmarks and model.landmark_head is not None:
         if statistics.mean_landmarks is not None:
             model.landmark_head.init_from_layout(model.template_vertices(), torch.from_numpy(statistics.mean_landmarks).to(info.device))
     reference = None if statistics.landmark_reference is None else torch.from_numpy(statistics.landmark_reference.copy())
@@ -333,17 +317,17 @@ def _setup_prior(
     template = model.hierarchy.template_vertices(model.num_blocks - 1).cpu().numpy()
     if statistics.face_model is None:
         raise InputError(
-            f"{opts.cache}: model.start = 'prior' and loss.vertex need ground truth in a face model's vertex order "
+            f"{opts.cache}: the prior networks (model.kind) and loss.vertex need ground truth in a face model's vertex order "
             "(a schema-2 cache of a 3DMM dataset)"
         )
     face_mean, triangles = statistics.face_model
     mirrored = template * np.array([-1.0, 1.0, 1.0], dtype=template.dtype)
     ids_m, bary_m = template_correspondence(face_mean, triangles, mirrored)
-    if opts.resume or cfg.model.start != "prior":
+    if opts.resume or not cfg.model.starts_from_prior:
         ids, bary = template_correspondence(face_mean, triangles, template)
     else:
         faces = model.hierarchy.faces(model.num_blocks - 1).cpu().numpy()
-        prior = run_on_main(lambda: _learn_prior(statistics, template, cfg.model.prior_components, faces), info)
+        prior = run_on_main(lambda: _learn_prior(statistics, template, cfg.model.prior.components, faces), info)
         model.set_prior(prior)
         ids, bary = prior.ids, prior.bary
         say(f"face prior: {prior.basis.shape[0]} shape modes explain {100 * prior.explained:.1f} % of the aligned training faces")
@@ -353,7 +337,7 @@ def _setup_prior(
 def prior_template(cfg: Config, opts: TrainOptions) -> Any:
     """The finest template level a new model-v2 run learns its prior on (None otherwise): the
     cache statistics then gather the training faces in its topology in their one pass."""
-    if opts.resume or cfg.model.start != "prior":
+    if opts.resume or not cfg.model.starts_from_prior:
         return None
     from facerecon.mesh.templates import load_template
     from facerecon.model.graph import MeshHierarchy
@@ -422,10 +406,8 @@ def _build_data(run: _Run) -> None:
 
     tc, opts = run.cfg.train, run.opts
     augment = None
-    if tc.augment:
-        from facerecon.data.augment import AugmentSettings
-
-        augment = AugmentSettings.from_train_config(tc)
+    if tc.augment.enabled:
+        augment = tc.augment
     yaw_repeat = None if tuple(tc.yaw_repeat) == (1.0, 1.0, 1.0) else tuple(tc.yaw_repeat)
     split = training_split(run.cfg)
     run.train_set = FaceCacheDataset(

@@ -19,7 +19,7 @@ from facerecon.model.backbones import Backbone, build_backbone
 from facerecon.model.graph import GraphConv, GResNet, MeshHierarchy
 from facerecon.model.pooling import PerceptualGraphConv
 
-__all__ = ["MeshPrediction", "LandmarkHead", "ColourHead", "DeformBlock", "MeshNetBase"]
+__all__ = ["MeshPrediction", "LandmarkHead", "ColourHead", "DeformBlock", "MeshNetBase", "per_block"]
 
 
 @dataclass
@@ -141,9 +141,21 @@ class DeformBlock(nn.Module):
         return self.gresnet.forward_vertex_major(h, adjacency)
 
 
-class MeshNetBase(nn.Module):
-    """What every facerecon network shares: ``cfg``, ``backbone``, ``hierarchy``, ``num_blocks``."""
+def per_block(values: Sequence[int], default: int, blocks: int, key: str) -> list[int]:
+    """A per-block list of ``model.graph`` sizes: ``values`` (at least ``blocks`` entries, the first
+    ``blocks`` used) or ``default`` for every block when ``values`` is empty."""
+    if not values:
+        return [default] * blocks
+    if len(values) < blocks:
+        raise InputError(f"{key} has {len(values)} entries for {blocks} blocks")
+    return [int(v) for v in values[:blocks]]
 
+
+class MeshNetBase(nn.Module):
+    """What every facerecon network shares: ``cfg``, ``backbone``, ``hierarchy``, ``num_blocks``,
+    and ``takes_five_points``: whether ``forward`` takes MTCNN's five points (``landmarks5``)."""
+
+    takes_five_points: bool = False
     cfg: ModelConfig
     backbone: Backbone
     hierarchy: MeshHierarchy

@@ -12,7 +12,8 @@ Heads on the last block: a per-vertex colour branch (two graph convolutions, sig
 landmarks as learned soft assignments ``softmax_v(logits[j]) @ vertices``.
 
 Everything is in the crop frame (docs/conventions.md): the template is placed there by
-``template * template_scale + template_offset``.
+``template * template_scale + template_offset`` (``[model.pixel2mesh]``). The sizes come from
+``[model.graph]`` (``hidden_per_block`` / ``layers_per_block_list`` narrow the blocks one by one).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from facerecon.config import ModelConfig
 from facerecon.errors import InputError
 from facerecon.model.backbones import Backbone
-from facerecon.model.blocks import ColourHead, DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction
+from facerecon.model.blocks import ColourHead, DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction, per_block
 from facerecon.model.graph import MeshHierarchy
 from facerecon.model.pooling import project
 from facerecon.model.unpool import Unpool
@@ -34,41 +35,45 @@ __all__ = ["MeshPrediction", "LandmarkHead", "ColourHead", "DeformBlock", "FaceR
 
 
 class FaceReconNet(MeshNetBase):
-    """Pixel2Mesh for faces (see the module docstring). Build with ``build_network(cfg)``."""
+    """Pixel2Mesh for faces (``model.kind = "pixel2mesh"``, see the module docstring). Build with
+    ``build_network(cfg)``."""
+
+    takes_five_points = False
 
     def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
         """
         Args:
-            cfg: the model section of the configuration.
+            cfg: the model section of the configuration (``graph``, ``pixel2mesh`` and ``camera`` tables).
             hierarchy: the template levels (``MeshHierarchy.from_template``).
             backbone: a prebuilt backbone; default ``build_backbone(cfg.backbone, cfg.backbone_weights)``.
         """
         super().__init__()
-        if cfg.coord_mode not in ("offset", "absolute"):
-            raise InputError(f"model.coord_mode = {cfg.coord_mode!r}: use 'offset' or 'absolute'")
+        graph, p2m = cfg.graph, cfg.pixel2mesh
+        if p2m.coord_mode not in ("offset", "absolute"):
+            raise InputError(f"model.pixel2mesh.coord_mode = {p2m.coord_mode!r}: use 'offset' or 'absolute'")
         self._setup(cfg, hierarchy, backbone)
         blocks = self.num_blocks
-        scale = torch.tensor(cfg.template_scale, dtype=torch.float32)
-        offset = torch.tensor(cfg.template_offset, dtype=torch.float32)
-        self.register_buffer("template_scale", scale, persistent=False)
-        self.register_buffer("template_offset", offset, persistent=False)
+        widths = per_block(graph.hidden_per_block, graph.hidden, blocks, "model.graph.hidden_per_block")
+        layers = per_block(graph.layers_per_block_list, graph.layers_per_block, blocks, "model.graph.layers_per_block_list")
+        self.register_buffer("template_scale", torch.tensor(p2m.template_scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("template_offset", torch.tensor(p2m.template_offset, dtype=torch.float32), persistent=False)
         # Offsets start small so the first prediction is close to the placed template.
-        out_gain = 0.02 if cfg.coord_mode == "offset" else 1.0
+        out_gain = 0.02 if p2m.coord_mode == "offset" else 1.0
         self.blocks = nn.ModuleList(
             DeformBlock(
                 self.backbone.channels,
-                3 + (cfg.hidden if l > 0 else 0),
-                cfg.hidden,
-                cfg.layers_per_block,
-                cfg.project_mode,
+                3 + (widths[l - 1] if l > 0 else 0),
+                widths[l],
+                layers[l],
+                graph.project_mode,
                 out_gain,
             )
             for l in range(blocks)
         )
         self.unpools = nn.ModuleList(
-            Unpool(hierarchy.unpool_edges(l), adaptive=cfg.adaptive_unpool) for l in range(blocks - 1)
+            Unpool(hierarchy.unpool_edges(l), adaptive=graph.adaptive_unpool) for l in range(blocks - 1)
         )
-        self.colour_head = ColourHead(cfg.hidden) if cfg.colour else None
+        self.colour_head = ColourHead(widths[-1]) if p2m.colour else None
         last_v = hierarchy.num_vertices(blocks - 1)
         self.landmark_head = LandmarkHead(cfg.num_landmarks, last_v) if cfg.landmarks else None
 
@@ -83,10 +88,10 @@ class FaceReconNet(MeshNetBase):
         return self.hierarchy.template_vertices(level) * self.template_scale + self.template_offset
 
     def _project(self, coords: Tensor) -> Tensor:
-        cfg = self.cfg
-        if cfg.projection == "pinhole":
-            return project(coords, "pinhole", focal=cfg.focal, principal=cfg.principal, ref_size=cfg.ref_size)
-        return project(coords, cfg.projection)
+        cam = self.cfg.camera
+        if cam.projection == "pinhole":
+            return project(coords, "pinhole", focal=cam.focal, principal=cam.principal, ref_size=cam.ref_size)
+        return project(coords, cam.projection)
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, image: Tensor) -> MeshPrediction:
@@ -119,7 +124,7 @@ class FaceReconNet(MeshNetBase):
             adjacency = self.hierarchy.adjacency(level)
             out, feats = block(maps, self._project(coords), extra, adjacency)
             out = out.transpose(0, 1).float()
-            coords = coords + out if self.cfg.coord_mode == "offset" else out
+            coords = coords + out if self.cfg.pixel2mesh.coord_mode == "offset" else out
             out_coords.append(coords)
             out_feats.append(feats.transpose(0, 1))
             faces.append(self.hierarchy.faces(level))
@@ -133,16 +138,16 @@ class FaceReconNet(MeshNetBase):
 
 
 def forward_batch(model: nn.Module, batch: Any) -> MeshPrediction:
-    """The network on a data batch (a dict with ``image`` and, for model v2, ``landmarks5``):
-    model v2 networks (``model.start = "prior"``) also take MTCNN's five points."""
+    """The network on a data batch (a dict with ``image`` and, for networks that take them
+    (``takes_five_points``), MTCNN's five points ``landmarks5``)."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    if getattr(inner.cfg, "start", "template") == "prior":
+    if getattr(inner, "takes_five_points", False):
         return model(batch["image"], landmarks5=batch.get("landmarks5"))
     return model(batch["image"])
 
 
 def build_network(cfg: ModelConfig, template: Any = None, device: torch.device | str | None = None) -> nn.Module:
-    """The network of ``cfg`` on ``device``.
+    """The network of ``cfg`` (its class chosen by ``cfg.kind``) on ``device``.
 
     Args:
         cfg: model configuration.
@@ -155,12 +160,12 @@ def build_network(cfg: ModelConfig, template: Any = None, device: torch.device |
 
         template = load_template(cfg.template)
     hierarchy = template if isinstance(template, MeshHierarchy) else MeshHierarchy.from_template(template)
-    if cfg.start == "prior":
+    if cfg.kind in ("prior_graph", "prior_spiral"):
         from facerecon.model.prior_net import PriorFaceNet
 
         net: nn.Module = PriorFaceNet(cfg, hierarchy)
-    elif cfg.start == "template":
+    elif cfg.kind == "pixel2mesh":
         net = FaceReconNet(cfg, hierarchy)
     else:
-        raise InputError(f"model.start = {cfg.start!r}: use 'template' or 'prior'")
+        raise InputError(f"model.kind = {cfg.kind!r}: use 'pixel2mesh', 'prior_graph' or 'prior_spiral'")
     return net.to(device) if device is not None else net

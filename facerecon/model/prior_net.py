@@ -1,4 +1,6 @@
-"""Model v2: a posed prior face, refined by the graph blocks (``model.start = "prior"``).
+"""Model v2: a posed prior face, refined by the graph blocks (``model.kind = "prior_graph"``) or by
+the spiral decoder (``"prior_spiral"``, facerecon.model.spiral). Settings: ``[model.prior]``, and
+``[model.graph]`` or ``[model.spiral]``.
 
     crop (224 px) --five-point similarity--> aligned crop (image_size px) --backbone--> maps
     global features + aligned five points --head--> d_rotation (6-D), d_log_scale, d_translation,
@@ -14,7 +16,7 @@ base face at level ``l`` is simply its first ``V_l`` rows. The head's last layer
 an untrained network outputs the five-point-posed mean face. The prior's arrays (mean, basis,
 five-point layout) are buffers of the network, so a checkpoint carries them.
 
-Widths can narrow per block (``model.hidden_per_block``, e.g. 96 -> 64 -> 32 -> 16), since the
+Widths can narrow per block (``model.graph.hidden_per_block``, e.g. 96 -> 64 -> 32 -> 16), since the
 7,001-vertex level needs few channels to refine an already plausible surface.
 """
 
@@ -36,33 +38,26 @@ from facerecon.model.face_prior import (
     similarity_2d,
 )
 from facerecon.model.graph import MeshHierarchy
-from facerecon.model.blocks import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction
+from facerecon.model.blocks import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction, per_block
 from facerecon.model.unpool import Unpool
 
 __all__ = ["PriorFaceNet"]
 
 
-def _per_block(values: tuple[int, ...], default: int, blocks: int, name: str) -> list[int]:
-    if not values:
-        return [default] * blocks
-    if len(values) < blocks:
-        raise InputError(f"model.{name} has {len(values)} entries for {blocks} blocks")
-    return [int(v) for v in values[:blocks]]
-
-
 class PriorFaceNet(MeshNetBase):
     """See the module docstring. Build with ``facerecon.model.network.build_network``."""
 
+    takes_five_points = True
+
     def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
         super().__init__()
-        if cfg.projection != "orthographic":
-            raise InputError("model.start = 'prior' needs the orthographic projection (faces)")
+        if cfg.kind not in ("prior_graph", "prior_spiral"):
+            raise InputError(f"model.kind = {cfg.kind!r} is not a prior network ('prior_graph', 'prior_spiral')")
+        prior = cfg.prior
         self._setup(cfg, hierarchy, backbone)
         blocks = self.num_blocks
         v_last = hierarchy.num_vertices(blocks - 1)
-        k = int(cfg.prior_components)
-        if k < 1:
-            raise InputError(f"model.prior_components must be >= 1, got {k}")
+        k = int(prior.components)
         # the prior (filled by set_prior at the start of training; loaded from checkpoints)
         self.register_buffer("prior_mean", torch.zeros(v_last, 3))
         self.register_buffer("prior_basis", torch.zeros(k, v_last, 3))
@@ -71,11 +66,11 @@ class PriorFaceNet(MeshNetBase):
         self.register_buffer("prior_five_ref", torch.zeros(5, 2))
         self.register_buffer("prior_landmarks", torch.zeros(68, 3))
         c_last = self.backbone.channels[-1]
-        if cfg.head_pool not in ("mean", "grid"):
-            raise InputError(f"model.head_pool = {cfg.head_pool!r}: use 'mean' or 'grid'")
-        pooled = c_last * (16 if cfg.head_pool == "grid" else 1)
+        if prior.head_pool not in ("mean", "grid"):
+            raise InputError(f"model.prior.head_pool = {prior.head_pool!r}: use 'mean' or 'grid'")
+        pooled = c_last * (16 if prior.head_pool == "grid" else 1)
         self.onet = None
-        if cfg.onet_features:
+        if prior.onet_features:
             from facerecon.mtcnn import ONet, weights_folder
 
             self.onet = ONet()
@@ -84,52 +79,57 @@ class PriorFaceNet(MeshNetBase):
             self.onet.requires_grad_(False).eval()
             pooled += 256
         self.head = nn.Sequential(
-            nn.Linear(pooled + 10, cfg.head_hidden),
+            nn.Linear(pooled + 10, prior.head_hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(cfg.head_hidden, cfg.head_hidden),
+            nn.Linear(prior.head_hidden, prior.head_hidden),
             nn.ReLU(inplace=True),
         )
-        self.head_out = nn.Linear(cfg.head_hidden, 10 + k)
+        self.head_out = nn.Linear(prior.head_hidden, 10 + k)
         nn.init.zeros_(self.head_out.weight)
         nn.init.zeros_(self.head_out.bias)
         self.spiral_decoder = self.spiral_refine = None
-        if cfg.decoder == "spiral":
+        self.blocks = nn.ModuleList()
+        if cfg.kind == "prior_spiral":
             self._build_spiral(cfg, hierarchy, blocks)
-        elif cfg.decoder != "graph":
-            raise InputError(f"model.decoder = {cfg.decoder!r}: use 'graph' or 'spiral'")
-        widths = _per_block(tuple(cfg.hidden_per_block), cfg.hidden, blocks, "hidden_per_block")
-        layers = _per_block(tuple(cfg.layers_per_block_list), cfg.layers_per_block, blocks, "layers_per_block_list")
+        else:
+            self._build_graph(cfg, blocks)
+        # The spiral network does not use these unpoolings (its decoder unpools by midpoints); it
+        # keeps adaptive ones so that its saved weights keep loading.
+        adaptive = cfg.graph.adaptive_unpool if cfg.kind == "prior_graph" else True
+        self.unpools = nn.ModuleList(Unpool(hierarchy.unpool_edges(l), adaptive=adaptive) for l in range(blocks - 1))
+        self.colour_head = None
+        self.landmark_head = LandmarkHead(cfg.num_landmarks, v_last) if cfg.landmarks else None
+
+    def _build_graph(self, cfg: ModelConfig, blocks: int) -> None:
+        graph = cfg.graph
+        widths = per_block(graph.hidden_per_block, graph.hidden, blocks, "model.graph.hidden_per_block")
+        layers = per_block(graph.layers_per_block_list, graph.layers_per_block, blocks, "model.graph.layers_per_block_list")
         self.widths = widths
-        self.blocks = nn.ModuleList() if cfg.decoder == "spiral" else nn.ModuleList(
+        self.blocks = nn.ModuleList(
             DeformBlock(
                 self.backbone.channels,
                 3 + (widths[l - 1] if l > 0 else 0),
                 widths[l],
                 layers[l],
-                cfg.project_mode,
+                graph.project_mode,
                 out_gain=0.0,  # refinements start at zero: an untrained network gives the base face
             )
             for l in range(blocks)
         )
-        self.unpools = nn.ModuleList(
-            Unpool(hierarchy.unpool_edges(l), adaptive=cfg.adaptive_unpool) for l in range(blocks - 1)
-        )
-        self.colour_head = None
-        self.landmark_head = LandmarkHead(cfg.num_landmarks, v_last) if cfg.landmarks else None
 
     def _build_spiral(self, cfg: ModelConfig, hierarchy: MeshHierarchy, blocks: int) -> None:
         from facerecon.model.spiral import SpiralDecoder, SpiralRefine, VertexNormals, spiral_indices
 
         if blocks < 3:
-            raise InputError("model.decoder = 'spiral' needs a template of at least three levels")
-        hops = _per_block(tuple(cfg.spiral_hops), 2, blocks, "spiral_hops")
-        widths = _per_block(tuple(cfg.spiral_widths), 16, blocks, "spiral_widths")
+            raise InputError("model.kind = 'prior_spiral' needs a template of at least three levels")
+        hops = per_block(cfg.spiral.hops, 2, blocks, "model.spiral.hops")
+        widths = per_block(cfg.spiral.widths, 16, blocks, "model.spiral.widths")
         spirals = [
             torch.from_numpy(spiral_indices(hierarchy.faces(l).cpu().numpy(), hierarchy.num_vertices(l), hops[l]))
             for l in range(blocks)
         ]
         unpools = [hierarchy.unpool_edges(l) for l in range(blocks - 1)]
-        self.spiral_decoder = SpiralDecoder(cfg.head_hidden, widths, spirals, unpools)
+        self.spiral_decoder = SpiralDecoder(cfg.prior.head_hidden, widths, spirals, unpools)
         self.spiral_refine = SpiralRefine(spirals, unpools, self.backbone.channels)
         self.spiral_normals = VertexNormals(hierarchy.faces(blocks - 1), hierarchy.num_vertices(blocks - 1))
 
@@ -172,7 +172,7 @@ class PriorFaceNet(MeshNetBase):
 
     def _align(self, five: Tensor | None, b: int, like: Tensor, aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
         """(A, t, aligned five points): ``aligned = crop @ A.T + t``; the identity when not
-        ``aligned`` (``model.five_point`` off, or a network whose prior is not set yet)."""
+        ``aligned`` (``model.prior.five_point`` off, or a network whose prior is not set yet)."""
         ref = self.prior_five_ref.to(like)
         if five is None:
             five = torch.full((b, 5, 2), float("nan"), dtype=like.dtype, device=like.device)
@@ -200,7 +200,7 @@ class PriorFaceNet(MeshNetBase):
         size = self.cfg.image_size or image.shape[-1]
         if tuple(image.shape[-2:]) != (size, size):
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        aligned = self.cfg.five_point and bool(self.prior_five_ref.abs().sum() > 0)
+        aligned = self.cfg.prior.five_point and bool(self.prior_five_ref.abs().sum() > 0)
         a, t, five_al = self._align(landmarks5, b, image, aligned)
         if aligned:
             a_inv = torch.linalg.inv(a)
@@ -208,7 +208,7 @@ class PriorFaceNet(MeshNetBase):
             grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
             image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         maps = self.backbone(image)
-        if self.cfg.head_pool == "grid":
+        if self.cfg.prior.head_pool == "grid":
             g = F.adaptive_avg_pool2d(maps[-1], 4).flatten(1)
         else:
             g = maps[-1].mean((2, 3))
@@ -273,7 +273,7 @@ class PriorFaceNet(MeshNetBase):
         return pred
 
     def _spiral_forward(self, base: Tensor, embedding: Tensor, image: Tensor, maps: list, to_crop) -> MeshPrediction:  # noqa: ANN001
-        """Coarse spiral decoder + spiral refinement (``model.decoder = "spiral"``), aligned frame."""
+        """Coarse spiral decoder + spiral refinement (``model.kind = "prior_spiral"``), aligned frame."""
         from facerecon.model.spiral import _sample_map
 
         last = self.num_blocks - 1

@@ -1,4 +1,4 @@
-"""Spiral convolutions on the template hierarchy (``model.decoder = "spiral"``).
+"""Spiral convolutions on the template hierarchy (``model.kind = "prior_spiral"``).
 
 The coarse-plus-refinement decoder of "Faster, Better and More Detailed: 3D Face Reconstruction
 with Graph Convolutional Networks" (Cheng et al.), on facerecon's hemisphere levels

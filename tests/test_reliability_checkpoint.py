@@ -8,6 +8,7 @@ import io
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +53,10 @@ def _write_bad(path: Path, kind: str) -> None:
         path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     elif kind == "folder":
         path.mkdir()
+    elif kind == "random":  # starts "_\x82": neither a zip archive nor a pickle
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
 
 
 CASES = [
@@ -63,6 +68,8 @@ CASES = [
     ("huge-hidden", "model.graph.hidden = 1000000.0; expected a whole number from 1 to 8192"),
     ("truncated", "truncated"),
     ("folder", "is a folder"),
+    ("random", "not a checkpoint file: it is neither a zip archive nor a pickle (random or foreign bytes)"),
+    ("png", "not a checkpoint file: it is a PNG image"),
 ]
 
 

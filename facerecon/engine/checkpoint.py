@@ -156,7 +156,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except OSError as exc:
         raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror or first_line(exc)})") from None
     except Exception as exc:  # pickle errors, truncated zip, wrong file type
-        raise InputError(f"{path}: {_load_failure(exc)}") from None
+        raise InputError(f"{path}: {_load_failure(exc, _head(path), path)}") from None
     check_checkpoint(ckpt, path)
     return ckpt
 
@@ -259,18 +259,71 @@ def first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _load_failure(exc: BaseException) -> str:
+#: How other files start (their magic bytes), to say what was given instead of a checkpoint.
+_FOREIGN = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x89HDF": "an HDF5 file (a cache?)",
+            b"\x1f\x8b": "a gzip archive", b"%PDF": "a PDF", b"ply": "a PLY mesh", b"\x7fELF": "a program"}
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8)
+    except OSError:
+        return b""
+
+
+def _load_failure(exc: BaseException, head: bytes = b"", path: Path | None = None) -> str:
+    """What is wrong with a file ``torch.load`` refused, from its cause: the file's first bytes
+    (a checkpoint is a zip archive, or a pickle in torch's legacy format), then the error."""
     text = str(exc)
+    is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head[:1] == b"\x80"
+    if head and not (is_zip or is_pickle):
+        kind = next((name for magic, name in _FOREIGN.items() if head.startswith(magic)), None)
+        return (f"not a checkpoint file: it is {kind}" if kind else
+                "not a checkpoint file: it is neither a zip archive nor a pickle (random or foreign bytes)")
     if isinstance(exc, EOFError) or "unexpected EOF" in text or "failed finding central directory" in text:
         return "the checkpoint is truncated or not a checkpoint file (an interrupted copy?)"
-    if "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found or "Unsupported class" in text:
         what = f" ({found.group(1)})" if found else ""
         return (
             f"the checkpoint holds pickled Python objects{what}, which facerecon does not load "
             f"(loading them can run code); save it again as plain tensors and values"
         )
+    if is_pickle and ("Weights only load failed" in text or type(exc).__name__ == "UnpicklingError"):
+        foreign = _pickled_global(path) if path is not None else None
+        if foreign is not None:
+            return _load_failure(type(exc)(f"Unsupported global: GLOBAL {foreign}"))
+        return f"a pickle that is not a torch checkpoint, or a damaged one ({_weights_only_reason(text)}); save it with torch.save"
     return f"not a readable facerecon checkpoint ({type(exc).__name__}: {first_line(exc)})"
+
+
+def _pickled_global(path: Path) -> str | None:
+    """The first class or function other than torch's that a pickle file names (read with
+    ``pickletools``, which runs nothing), or None: how a pickle the weights-only loader stopped
+    at early (e.g. at a protocol-4 frame) is told apart from a damaged one."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if isinstance(arg, str):
+                    strings = (strings + [arg])[-2:]
+                name = arg.replace(" ", ".") if op.name == "GLOBAL" else ".".join(strings) if op.name == "STACK_GLOBAL" else None
+                if name and not name.startswith(("torch.", "collections.OrderedDict")):
+                    return name
+                if op.name == "STOP":
+                    return None
+    except Exception:  # damaged or cut short: no verdict
+        return None
+    return None
+
+
+def _weights_only_reason(text: str) -> str:
+    """The weights-only unpickler's own reason (e.g. "Unsupported operand 149") from its long message."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    return found.group(1).strip().splitlines()[0] if found else "unreadable"
 
 
 def _free_bytes(folder: Path) -> int:

@@ -390,3 +390,22 @@ def test_train_config_file_value_out_of_range_names_the_file(tmp_path: Path) -> 
     config.write_text("[train]\nlr = -1e-3\n")
     line = _refused_train(path, tmp_path / "run", "--config", str(config))
     assert "neg.toml: config key 'train.lr': -0.001 must be > 0" in line, line
+
+
+def test_an_empty_training_split_is_named_with_the_cache(tmp_path: Path) -> None:
+    """A cache whose samples are all in val: refused before anything is built, naming the cache,
+    the split and the split sizes (model v2's face prior used to say only that it needs a face)."""
+    sys.path.insert(0, str(TESTS))
+    from facerecon.data.cache import PrepareOptions, prepare_cache
+    from facerecon.data.readers import list_samples
+    from test_cache import make_fixture_dataset
+
+    data, model = make_fixture_dataset(tmp_path, n=4)
+    cache = tmp_path / "c.h5"
+    prepare_cache(list_samples(data), cache, model, PrepareOptions(crop_from="landmarks"))
+    with h5py.File(cache, "r+") as f:
+        f["split"][:] = 1  # every sample in val
+    r = cli("train", "--cache", str(cache), "--out", str(tmp_path / "run"), "--config", "facerecon/configs/aflw-v2.toml", "--epochs", "1")
+    lines = error_lines(r.stderr)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(lines) == 1 and f"{cache}: the train split holds no sample (train 0, val 4, test 0)" in lines[0], lines

@@ -58,6 +58,9 @@ class CacheStatistics:
     prior_samples: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     #: the template the correspondence was made for
     correspondence_template: np.ndarray | None = None
+    #: samples of the split in the cache, and of each of its splits (``{"train": n, ...}``)
+    n_samples: int = 0
+    split_counts: dict[str, int] | None = None
 
 
 _read: dict[tuple[tuple[str, int, int], str], CacheStatistics] = {}
@@ -106,8 +109,18 @@ def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train", t
             correspondence=None if gather is None else (gather.ids, gather.bary),
             prior_samples=None if gather is None else gather.samples(rows.landmarks, five),
             correspondence_template=None if gather is None else np.array(template, copy=True),
+            n_samples=int(in_split.size),
+            split_counts=_split_counts(rows.split),
         )
     return _read[key]
+
+
+def _split_counts(split: np.ndarray | None) -> dict[str, int] | None:
+    from facerecon.data.dataset import SPLITS
+
+    if split is None:
+        return None
+    return {name: int(np.count_nonzero(split == code)) for name, code in SPLITS.items()}
 
 
 class _PointMean:

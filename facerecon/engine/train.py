@@ -159,7 +159,7 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
     if not cfg.train.splits:
         raise InputError("train.splits is empty: name the cache splits to train on, e.g. [\"train\"]")
     if is_main_launch():
-        read_cache_statistics(opts.cache, training_split(cfg), template=prior_template(cfg, opts))
+        _check_split_has_samples(read_cache_statistics(opts.cache, training_split(cfg), template=prior_template(cfg, opts)), opts.cache)
     clean_stale_temps(opts.out)
     if opts.resume and not (Path(opts.out) / "last.pt").is_file():
         raise InputError(f"{opts.out}: nothing to resume (no last.pt in the run folder)")
@@ -167,6 +167,18 @@ def check_train_inputs(cfg: Config, opts: TrainOptions) -> None:
         raise InputError(f"{opts.out}: already holds a run (last.pt); use --resume to continue it or another --out")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
         raise InputError("train.batch_size and train.epochs must be at least 1")
+
+
+def _check_split_has_samples(statistics: CacheStatistics, cache: Path) -> None:
+    """An empty training split, named with the cache and the sizes of its splits."""
+    if statistics.n_samples > 0:
+        return
+    counts = statistics.split_counts or {}
+    sizes = ", ".join(f"{name} {n}" for name, n in counts.items())
+    raise InputError(
+        f"{cache}: the {statistics.split} split holds no sample ({sizes or 'no split array'}); "
+        "train on other splits (train.splits) or make the cache with other split sizes"
+    )
 
 
 # ------------------------------------------------------------------------------------- worker

@@ -17,7 +17,7 @@ import torch
 
 from conftest import TINY_MODEL
 from facerecon.engine.checkpoint import load_checkpoint
-from reliafix import cli, error_lines, small_tmpfs, tiny_cache
+from reliafix import cli, error_lines, remount, small_tmpfs, tiny_cache
 
 TESTS = Path(__file__).resolve().parent
 
@@ -144,26 +144,32 @@ def test_stale_checkpoint_temporaries_are_removed_on_start(cache: Path, tmp_path
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
-def test_full_disk_while_writing_a_checkpoint(cache: Path, tmp_path: Path) -> None:
-    """best.pt does not fit: one line naming it, exit 1; last.pt and best.pt of the epoch before
-    stay loadable, no temporary file is left."""
+def test_full_disk_while_writing_a_checkpoint_then_resume(cache: Path, tmp_path: Path) -> None:
+    """A disk with room for one checkpoint and a half: the second epoch's last.pt does not fit. One
+    line names it, exit 1; last.pt and best.pt of the first epoch stay loadable (best.pt shares
+    last.pt's disk space), no temporary file is left, and once space is freed --resume finishes.
+    (Writing best.pt first used to fill the disk in the first epoch: best.pt without last.pt, a
+    run that could not be resumed.)"""
     probe = tiny_cache(tmp_path / "probe.h5", n=8, points=500)
     sets = [x for k, v in TINY_MODEL.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     r = cli("-q", "train", "--cache", str(probe), "--out", str(tmp_path / "probe"), "--epochs", "1", "--no-validate", "--max-steps", "1", *sets)
     assert r.returncode == 0, r.stderr
     size = (tmp_path / "probe" / "last.pt").stat().st_size
-    # room for best.pt + last.pt + one temporary, not for the second epoch's extra copy
-    with small_tmpfs(f"{int(size * 2.6) // 1024}k") as disk:
+    with small_tmpfs(f"{int(size * 1.5) // 1024}k") as disk:
         out = disk / "run"
-        r = cli("-q", "train", "--cache", str(cache), "--out", str(out), "--epochs", "3", "--val-limit", "1", *sets)
+        args = ["-q", "train", "--cache", str(cache), "--out", str(out), "--epochs", "3", "--val-limit", "1", *sets]
+        r = cli(*args)
         lines = error_lines(r.stderr)
         assert r.returncode == 1, r.stdout + r.stderr
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-        assert "no space left" in lines[0] and str(out / "best.pt") in lines[0], lines[0]
+        assert "no space left" in lines[0] and str(out / "last.pt") in lines[0], lines[0]
         assert not list(out.glob(".*.tmp*")), list(out.iterdir())
-        last = load_checkpoint(out / "last.pt")
-        assert last["epoch"] >= 1
-        assert load_checkpoint(out / "best.pt")["epoch"] >= 1
+        assert load_checkpoint(out / "last.pt")["epoch"] == 1
+        assert load_checkpoint(out / "best.pt")["epoch"] == 1
+        remount(disk, f"{int(size * 4) // 1024}k")
+        r = cli(*args, "--resume")
+        assert r.returncode == 0, r.stderr
+        assert load_checkpoint(out / "last.pt")["epoch"] == 3
 
 
 def _damage(path: Path, how: str) -> None:

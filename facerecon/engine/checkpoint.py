@@ -124,6 +124,28 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict) -> None:
         raise CheckpointWriteError(f"{path}: cannot write the checkpoint: {reason};{kept}") from None
 
 
+def share_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Make ``dst`` the same checkpoint as ``src`` (``best.pt`` of the epoch ``last.pt`` was
+    written for): a hard link renamed into place, which needs no disk space, so a disk that held
+    ``last.pt`` also holds ``best.pt``; a copy, written atomically, where links are impossible.
+
+    Raises:
+        CheckpointWriteError: as :func:`save_checkpoint` (``dst`` is then unchanged).
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.parent / f".{dst.stem}.{os.getpid()}.link.tmp.pt"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    save_checkpoint(dst, torch.load(src, map_location="cpu", weights_only=True))
+
+
 def _write_all(fh: Any, buffer: io.BytesIO) -> None:
     view = buffer.getbuffer()
     try:
@@ -343,4 +365,5 @@ __all__ = [
     "first_line",
     "load_checkpoint",
     "save_checkpoint",
+    "share_checkpoint",
 ]

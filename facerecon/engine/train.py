@@ -44,6 +44,7 @@ from facerecon.engine.checkpoint import (  # noqa: F401 (the last three: the old
     clean_stale_temps,
     load_checkpoint,
     save_checkpoint,
+    share_checkpoint,
     training_checkpoint,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -543,15 +544,17 @@ def _end_epoch(run: _Run, epoch: int, progress: TrainingProgress) -> None:
     state["epoch"] = epoch + 1
     state["step_in_epoch"] = 0
     metrics: dict[str, float] = {}
+    improved = False
     if run.val_set is not None:
         metrics = validate(run.model, run.val_set, run.device, run.opts.eval_settings, run.cfg.train.batch_size, run.opts.val_limit)
         state["metrics"] = metrics
-        if metrics["chamfer"] < state["best"]:
+        improved = metrics["chamfer"] < state["best"]
+        if improved:
             state["best"] = metrics["chamfer"]
-            if run.info.is_main:
-                _save(run, "best.pt")
-    if run.info.is_main:
+    if run.info.is_main:  # last.pt first: a disk too full for it never keeps a best.pt newer than it
         _save(run, "last.pt")
+        if improved:  # the same checkpoint: a hard link, no extra space
+            share_checkpoint(run.out / "last.pt", run.out / "best.pt")
         record = {"epoch": epoch + 1, "global_step": state["global_step"], "lr": run.scheduler.get_last_lr()[0]}
         record.update(progress.epoch_means())
         record.update({f"val_{k}": v for k, v in metrics.items()})

@@ -151,3 +151,38 @@ def test_a_cut_parameter_field_is_skipped_and_reported(field: str, keep: int, tm
     assert "skipped 1 bad sample(s)" in text, text
     assert f"image00003.mat: {field} holds {keep} values" in text, text
     assert check_cache(out).n_samples == 5
+
+
+def test_a_reader_of_the_unfinished_cache_does_not_stop_the_finish(tmp_path: Path) -> None:
+    """A process reading OUT.partial (HDF5 SWMR, e.g. to watch the progress) while the last
+    sample goes in: its lock used to refuse the finish ("unable to lock file", no file named, no
+    cache). The finish goes ahead and gives the file an undisturbed run gives."""
+    import subprocess
+
+    data, model = make_fixture_dataset(tmp_path, n=5)
+    refs = list_samples(data)
+    opts = PrepareOptions(crop_from="landmarks")
+    prepare_cache(refs, tmp_path / "ref.h5", model, opts)
+    out = tmp_path / "c.h5"
+    readers: list[subprocess.Popen] = []
+
+    def open_a_reader(done: int, total: int, skipped: int) -> None:
+        if done == total:  # every sample written and flushed: a reader opens the partial file
+            reader = subprocess.Popen(
+                [sys.executable, "-c", "import h5py, sys, time\n"
+                 "f = h5py.File(sys.argv[1], 'r', libver='latest', swmr=True)\n"
+                 "print(f['_progress'][0], flush=True)\ntime.sleep(120)\n", str(partial_path(out))],
+                stdout=subprocess.PIPE, text=True,
+            )
+            readers.append(reader)
+            assert reader.stdout is not None and reader.stdout.readline().strip() != ""
+
+    try:
+        prepare_cache(refs, out, model, opts, on_progress=open_a_reader)
+        assert readers and readers[0].poll() is None  # the reader was open during the finish
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
+    assert not partial_path(out).exists()
+    _assert_same_file(tmp_path / "ref.h5", out)

@@ -499,6 +499,27 @@ def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, c
     return tuple(int((split == k).sum()) for k in range(3))  # type: ignore[return-value]
 
 
+def _open_to_finish(part: Path) -> "h5py.File":  # noqa: F821
+    """The unfinished file, opened to write its split and index. HDF5 locks the file for that, and
+    a reader of the unfinished file (an SWMR reader watching the progress) holds a lock that
+    refuses it: the finish then goes ahead without the lock (what it writes comes after every
+    sample; the reader keeps the view it has). Any other failure names the file."""
+    import h5py
+
+    try:
+        return h5py.File(part, "r+", libver="latest")
+    except OSError as exc:
+        if "unable to lock file" not in str(exc):
+            raise FaceReconError(f"{part}: cannot open it to finish the cache ({exc}); run the same command again") from None
+    try:
+        return h5py.File(part, "r+", libver="latest", locking=False)
+    except OSError as exc:
+        raise FaceReconError(
+            f"{part}: cannot finish the cache while another process has it open ({exc}); "
+            "close it and run the same command again (every sample is kept)"
+        ) from None
+
+
 # ----------------------------------------------------------------------------------------------
 # the driver
 
@@ -626,7 +647,7 @@ def prepare_cache(
     _ensure_space(part, _finish_bytes(n_written, len(skipped), model), f"all {len(refs)} samples are in it; what is left is small")
     import h5py
 
-    with h5py.File(part, "r+", libver="latest") as f:
+    with _open_to_finish(part) as f:
         counts = _finish(f, config, options, model, command)
     os.replace(part, out)
     return PrepareSummary(

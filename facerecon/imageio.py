@@ -64,12 +64,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                width, height = im.size
-                if width * height > MAX_PIXELS:
-                    raise InputError(
-                        f"{path}: cannot read image ({width}x{height} is above the "
-                        f"{MAX_PIXELS / 1e6:.0f} MP limit)"
-                    )
+                _check_pixels(path, *im.size)
                 im.load()
                 return _to_rgb8(_exif_transpose(im))
     except InputError:
@@ -109,7 +104,7 @@ def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
                 and im.mode in ("RGB", "L")
                 and LEAN_DECODE_PIXELS <= im.size[0] * im.size[1] <= MAX_PIXELS
                 and "transparency" not in im.info
-                and im.getexif().get(0x0112, 1) == 1
+                and header_orientation(im) == 1  # not im.getexif(): it decodes the whole PNG
             )
             size = im.size
     except Exception:  # noqa: BLE001  (load_image reports the problem with its own words)
@@ -127,20 +122,53 @@ def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
     return load_image(path)
 
 
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{path}: cannot read image ({width}x{height} is above the {MAX_PIXELS / 1e6:.0f} MP limit)")
+
+
+def check_image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """:func:`image_size`, refusing an image above :data:`MAX_PIXELS` from its header, before
+    anything is decoded or sized for it (``load_image``'s error); None when the header cannot be
+    read (then :func:`load_image` gives the error)."""
+    size = image_size(path)
+    if size is not None:
+        _check_pixels(Path(path), *size)
+    return size
+
+
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """``(width, height)`` of the image :func:`load_image` would return (EXIF orientation
     applied), from the file's header alone; None when the header cannot be read (then
     :func:`load_image` gives the error)."""
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            try:
-                orientation = im.getexif().get(0x0112, 1)
-            except Exception:  # a malformed EXIF block: load_image keeps the image as stored
-                orientation = 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked by the caller
+            with Image.open(path) as im:
+                width, height = im.size
+                orientation = header_orientation(im)
     except Exception:
         return None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def header_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened, not yet decoded image, from what precedes its
+    pixels. Pillow's ``getexif`` decodes a whole PNG that has no EXIF chunk before its image data
+    (looking for one after it): 768 MB for a 256 MP photo before any size check. A PNG's EXIF
+    chunk is read here only when it comes first, as the PNG specification places it; a
+    malformed EXIF block counts as none (``load_image`` then keeps the image as stored)."""
+    try:
+        if im.format == "PNG":
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(0x0112, 1))
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
 
 
 def save_image(

@@ -81,3 +81,44 @@ def test_headless_screenshot_prints_no_xdg_runtime_dir_error(tmp_path: Path) -> 
         assert "XDG_RUNTIME_DIR" not in output and "error" not in output.lower(), output
         assert shot.is_file()
         shot.unlink()
+
+
+def _png_header_claiming(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header says ``width x height`` (its image data is all zero rows,
+    compressed to a few hundred kB): what a 256 MP photo looks like before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)
+    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("command", ["predict", "detect-crop"])
+def test_a_photo_above_the_pixel_limit_is_refused_from_its_header(command: str, tmp_path: Path) -> None:
+    """A 16000 x 16000 PNG: refused with one line before it is decoded or anything is sized for
+    it. predict used to decode it (Pillow's EXIF lookup) and size MTCNN's warm-up for it first:
+    1.7 GB before the refusal; now the whole command stays near the interpreter's own size."""
+    import subprocess
+
+    from reliafix import ROOT
+
+    huge = _png_header_claiming(tmp_path / "huge.png", 16000, 16000)
+    args = ["-o", str(tmp_path / "face.obj")] if command == "predict" else ["-o", str(tmp_path / "crops")]
+    measure = ("import resource, subprocess, sys\n"
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "sys.stderr.write(r.stderr)\n"
+               "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    r = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "facerecon", "-q", command, str(huge), *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    code, peak_kb = (int(x) for x in r.stdout.split())
+    lines = error_lines(r.stderr)
+    assert code == 2, r.stderr
+    assert len(lines) == 1 and "16000x16000 is above the 250 MP limit" in lines[0], lines
+    assert peak_kb < 400_000, f"peak {peak_kb / 1000:.0f} MB"

@@ -111,14 +111,14 @@ def _predict(
         return
 
     from facerecon.engine.photos import plan_photos, write_photos
-    from facerecon.imageio import image_size
 
     job = plan_photos(inputs, output, overlay, ext, recursive)  # every output place checked before the model loads
     if extras is not None:
         _check_extra_outputs(extras, job)
+    first_size = _warm_up_size(job.photos[0], refuse=job.single)  # from the header, before the model loads
     t_load = time.perf_counter()
     rec = _reconstructor(
-        checkpoint, device, min_probability, image_size(job.photos[0]), all_faces=all_faces,
+        checkpoint, device, min_probability, first_size, all_faces=all_faces,
         batch_size=1 if job.single else batch_size,
     )
     t_load = time.perf_counter() - t_load
@@ -129,6 +129,20 @@ def _predict(
             on_photo=lambda: bar.advance(task), written=written, extras=extras,
         )
     _report_photos(summary, job, rec.predictor.timings, t_load, written)
+
+
+def _warm_up_size(path: Path, refuse: bool) -> tuple[int, int] | None:
+    """The first photo's size from its header, to size MTCNN's warm-up. A photo above the pixel
+    limit is refused here when it is the only one (``refuse``), before 1.7 GB of warm-up buffers
+    for 256 MP; in a folder it gets no warm-up (it is listed as unreadable when its turn comes)."""
+    from facerecon.imageio import check_image_size
+
+    try:
+        return check_image_size(path)
+    except InputError:
+        if refuse:
+            raise
+        return None
 
 
 def _extra_outputs(texture: bool, uv_texture: Optional[Path], maps: Optional[str], dense_points: bool) -> Any:

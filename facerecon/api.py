@@ -137,10 +137,14 @@ class Reconstructor:
         runner = VideoPredictor(self._torch_model("video"), detector=self.detector, every=every)
         return runner.reconstruct(open_frames(path, camera), max_frames=max_frames)
 
-    def video_runner(self, every: int = 1, mesh_format: str = ".obj", stages: bool = False) -> VideoPredictor:
+    def video_runner(self, every: int = 1, mesh_format: str = ".obj", stages: bool = False, require_face: bool = False) -> VideoPredictor:
         """A :class:`VideoPredictor` over this model and detector, which writes one mesh per frame
-        and ``frames.jsonl`` into a folder (``facerecon predict clip.mp4 -o out/``)."""
-        return VideoPredictor(self._torch_model("video"), detector=self.detector, every=every, mesh_format=mesh_format, stages=stages)
+        and ``frames.jsonl`` into a folder (``facerecon predict clip.mp4 -o out/``); with
+        ``require_face`` frames without a face get no mesh."""
+        return VideoPredictor(
+            self._torch_model("video"), detector=self.detector, every=every, mesh_format=mesh_format, stages=stages,
+            require_face=require_face,
+        )
 
     def _torch_model(self, what: str) -> LoadedModel:
         if self.model is None:

@@ -162,3 +162,27 @@ def test_camera_missing_is_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     assert len(lines) == 1 and "camera 9" in lines[0], out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def _faceless_clip(path: Path, frames: int = 12) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    assert writer.isOpened()
+    for t in range(frames):
+        writer.write(np.full((120, 160, 3), 60 + 5 * t, np.uint8))  # flat grey: no face for MTCNN
+    writer.release()
+    return path
+
+
+def test_require_face_on_a_video_without_a_face(tiny_run: dict, tmp_path: Path) -> None:
+    """--require-face applies to videos too: no face in any frame is an error (exit 2, one line,
+    no mesh); without the flag the meshes from the average crop come with one warning line."""
+    clip = _faceless_clip(tmp_path / "grey.avi")
+    result = _run_clip(tiny_run, clip, tmp_path / "strict", "--require-face")
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "no face found in any of its 12 frame(s) (--require-face)" in lines[0], result.output
+    assert not list((tmp_path / "strict").glob("frame_*")) and not (tmp_path / "strict" / "frames.jsonl").exists()
+    result = _run_clip(tiny_run, clip, tmp_path / "lenient")
+    assert result.exit_code == 0, result.output
+    assert "warning: 12 of 12 frame(s) without a detected face use the average crop" in " ".join(result.output.split())
+    assert len(list((tmp_path / "lenient").glob("frame_*.obj"))) == 12

@@ -48,7 +48,7 @@ def predict(  # over 60 lines: one line per command-line option (typer reads the
     overlay_mode: str = typer.Option("shaded", "--overlay-mode", help="shaded | wireframe | dense (every vertex as a dot)."),
     stages: bool = typer.Option(False, "--stages", help="Also write the mesh after each block, coarse to fine (<name>.stage<l>.<ext>)."),
     all_faces: bool = typer.Option(False, "--all-faces", help="One mesh per detected face (<name>_<k>) instead of the most confident face."),
-    require_face: bool = typer.Option(False, "--require-face", help="Treat an image with no detected face as an error instead of using the average crop."),
+    require_face: bool = typer.Option(False, "--require-face", help="Treat an image with no detected face as an error instead of using the average crop (a video: frames without a face get no mesh; an error when none has one)."),
     min_probability: float = typer.Option(0.9, "--min-probability", min=0.0, max=1.0, help="Minimum MTCNN face probability."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Faces per network forward pass in folder mode."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
@@ -107,7 +107,7 @@ def _predict(
         video = None if camera is not None else Path(inputs[0])
         if extras is not None:
             raise InputError("--texture, --uv-texture, --maps and --dense-points work on photos; a video or camera gives meshes and frames.jsonl")
-        _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written)
+        _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written, require_face)
         return
 
     from facerecon.engine.photos import plan_photos, write_photos
@@ -216,6 +216,7 @@ def _report_photos(summary: Any, job: Any, t: Any, t_load: float, written: list[
 def _predict_video(
     path: Optional[Path], camera: Optional[int], output: Path, checkpoint: Optional[Path], ext: str, stages: bool,
     min_probability: float, device: str, every: int, max_frames: Optional[int], written: list[Path],
+    require_face: bool = False,
 ) -> None:
     from facerecon.engine.video import open_frames
     from facerecon.io_utils import check_writable_folder
@@ -226,7 +227,7 @@ def _predict_video(
     check_writable_folder(output, "meshes")
     frames = open_frames(path, camera)  # a clear InputError for an unreadable file or a missing camera
     rec = _reconstructor(checkpoint, device, min_probability, frames.size, batch_size=1)
-    runner = rec.video_runner(every=every, mesh_format=ext, stages=stages)
+    runner = rec.video_runner(every=every, mesh_format=ext, stages=stages, require_face=require_face)
     total = frames.frame_count
     if total is not None:
         total = -(-total // every)
@@ -235,6 +236,7 @@ def _predict_video(
     with make_progress() as bar:
         task = bar.add_task("frames", total=total, unit="frame")
         s = runner.run(frames, output, max_frames=max_frames, on_frame=lambda: bar.advance(task), written=written)
+    _report_faceless_frames(s, path if path is not None else f"camera {camera}", require_face)
     console.print(
         f"{s.frames} frame(s) -> {display_path(output)} ({display_path(s.jsonl)}): {s.detections} detection(s), "
         f"{s.tracked} tracked, {s.no_face} without a face; {s.fps:.1f} frames/s",
@@ -242,6 +244,19 @@ def _predict_video(
     )
     if state.verbose and s.frames:
         info(f"time per frame: {s.per_item(s.frames)}")
+
+
+def _report_faceless_frames(s: Any, source: Any, require_face: bool) -> None:
+    """Frames without a face: one warning line (their meshes come from the fallback crop, or,
+    with --require-face, they have none); no face in any frame with --require-face: exit 2."""
+    if not s.no_face:
+        return
+    seen = s.frames + s.no_face if require_face else s.frames
+    if require_face and s.frames == 0:
+        s.jsonl.unlink(missing_ok=True)  # empty: nothing was reconstructed
+        raise InputError(f"{source}: no face found in any of its {seen} frame(s) (--require-face); no mesh written")
+    what = "have no mesh (--require-face)" if require_face else "use the average crop (fallback in frames.jsonl; --require-face skips them)"
+    err_console.print(f"[yellow]warning:[/yellow] {s.no_face} of {seen} frame(s) without a detected face {what}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -174,6 +174,8 @@ class VideoPredictor:
         redetect_every: a full detection at least every this many reconstructed frames (0: never
             while the track holds).
         detector: a :class:`facerecon.detect.FaceDetector` to use instead of a new one.
+        require_face: frames without a detected face get no mesh (else the fallback crop's),
+            counted in ``VideoSummary.no_face`` like the others.
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class VideoPredictor:
         stages: bool = False,
         redetect_every: int = 60,
         detector: Any = None,
+        require_face: bool = False,
     ) -> None:
         from facerecon.detect import FaceDetector
         from facerecon.engine.predict import Predictor
@@ -198,6 +201,7 @@ class VideoPredictor:
         self.mesh_format = mesh_format if mesh_format.startswith(".") else "." + mesh_format
         self.stages = stages
         self.redetect_every = int(redetect_every)
+        self.require_face = require_face
 
     def _write_meshes(self, result: Any, mesh_path: Path) -> list[Path]:
         """The frame's mesh (and per-block meshes with ``stages``), atomically, not flushed to the
@@ -239,6 +243,8 @@ class VideoPredictor:
                 summary.detect += time.perf_counter() - t0
                 previous = None if crop.fallback else crop
                 summary.no_face += int(crop.fallback)
+                if crop.fallback and self.require_face:  # no mesh from the fallback crop
+                    continue
                 prepared = self.predictor.prepare(Path(source.name), frame, [crop])
                 del frame
                 t_net = self.predictor.timings.network

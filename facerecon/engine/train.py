@@ -32,7 +32,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -203,14 +203,31 @@ def train_worker(
             statistics = run_on_main(lambda: read_cache_statistics(opts.cache, training_split(given), template=prior_template(given, opts)), info)
         cfg = _run_config(given, ckpt, statistics)
         torch.manual_seed(cfg.train.seed)
-        run = _build_model(cfg, opts, info, statistics, say)
-        _start_or_resume(run, ckpt)
-        _build_data(run)
-        _train(run)
+        with _deterministic(info.device):
+            run = _build_model(cfg, opts, info, statistics, say)
+            _start_or_resume(run, ckpt)
+            _build_data(run)
+            _train(run)
         return TrainResult(
             run.state["epoch"], run.state["global_step"], run.state["best"], run.state["metrics"], run.interrupted,
             _rank_checksums(run.model, info), run.stop_signal,
         )
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms for a CPU run (where a run with a seed repeats bit for bit and
+    resumes exactly, see the module docstring): an operation without a deterministic
+    implementation is then an error instead of a silent difference. Restored afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 @dataclass

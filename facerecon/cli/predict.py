@@ -110,6 +110,8 @@ def _predict(
         _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written, require_face)
         return
 
+    if len(inputs) == 1 and Path(inputs[0]).is_file():  # one photo above the pixel limit: refused before
+        _warm_up_size(Path(inputs[0]), refuse=True)  # the libraries load (engine.photos: ~700 MB of imports)
     from facerecon.engine.photos import plan_photos, write_photos
 
     job = plan_photos(inputs, output, overlay, ext, recursive)  # every output place checked before the model loads

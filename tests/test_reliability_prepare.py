@@ -169,9 +169,9 @@ def test_a_reader_of_the_unfinished_cache_does_not_stop_the_finish(tmp_path: Pat
     def open_a_reader(done: int, total: int, skipped: int) -> None:
         if done == total:  # every sample written and flushed: a reader opens the partial file
             reader = subprocess.Popen(
-                [sys.executable, "-c", "import h5py, sys, time\n"
-                 "f = h5py.File(sys.argv[1], 'r', libver='latest', swmr=True)\n"
-                 "print(f['_progress'][0], flush=True)\ntime.sleep(120)\n", str(partial_path(out))],
+                [sys.executable, "-c", ("import h5py, sys, time\n"
+                                        "f = h5py.File(sys.argv[1], 'r', libver='latest', swmr=True)\n"
+                                        "print(f['_progress'][0], flush=True)\ntime.sleep(120)\n"), str(partial_path(out))],
                 stdout=subprocess.PIPE, text=True,
             )
             readers.append(reader)

@@ -12,12 +12,11 @@ The losses now read with ``index_select``, whose backward adds in index order.""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
 from reliafix import tiny_cache
 

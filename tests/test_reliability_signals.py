@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from reliafix import ROOT, cli, error_lines
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,7 +55,7 @@ def _signalled(tmp_path: Path, target: str, after: int, sig: str, *args: str) ->
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="300")
-    return subprocess.run([sys.executable, str(driver), module, attr, str(after), sig, "--", "-q", *args],
+    return subprocess.run([sys.executable, str(driver), module, attr, str(after), sig, "--", "-q", *args], check=False,
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -87,8 +86,9 @@ def test_detect_crop_keeps_every_crop_with_its_record_and_removes_the_lock(sig: 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_prepare_keeps_a_resumable_partial_file(sig: str, tmp_path: Path) -> None:
-    from facerecon.data.cache import partial_path
     from test_cache import _assert_same_file, make_fixture_dataset
+
+    from facerecon.data.cache import partial_path
 
     data, model = make_fixture_dataset(tmp_path, n=8)
     common = ["--face-model", str(model), "--crop-from", "landmarks", "--flush-every", "2"]

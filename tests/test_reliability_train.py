@@ -14,10 +14,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_MODEL
-from facerecon.engine.checkpoint import load_checkpoint
 from reliafix import cli, error_lines, remount, small_tmpfs, tiny_cache
+
+from facerecon.engine.checkpoint import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 
@@ -36,6 +36,7 @@ DRIVER = textwrap.dedent(
     from facerecon.engine.train import TrainOptions, run_training
 
     cache, out, resume, sig = sys.argv[1], sys.argv[2], sys.argv[3] == "resume", sys.argv[4]
+    batch = int(sys.argv[5]) if len(sys.argv) > 5 else TINY_MODEL["train.batch_size"]
     if sig != "none":
         seen = {{"bn": 0}}
 
@@ -46,17 +47,17 @@ DRIVER = textwrap.dedent(
                     os.kill(os.getpid(), getattr(signal, sig))
 
         torch.nn.modules.module.register_module_forward_hook(hook)
-    cfg = Config().replace({{**TINY_MODEL, "train.epochs": 2}})
+    cfg = Config().replace({{**TINY_MODEL, "train.epochs": 2, "train.batch_size": batch}})
     result = run_training(cfg, TrainOptions(cache=Path(cache), out=Path(out), resume=resume, quiet=True, validate=False))
     print("RESULT " + json.dumps({{"interrupted": result.interrupted, "global_step": result.global_step}}))
     """
 )
 
 
-def _run(driver: Path, cache: Path, out: Path, resume: bool, sig: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _run(driver: Path, cache: Path, out: Path, resume: bool, sig: str, batch: int = 2, threads: int = 1) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     r = subprocess.run(
-        [sys.executable, str(driver), str(cache), str(out), "resume" if resume else "fresh", sig],
+        [sys.executable, str(driver), str(cache), str(out), "resume" if resume else "fresh", sig, str(batch)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert r.returncode == 0, r.stdout + r.stderr
@@ -122,6 +123,18 @@ def test_signal_mid_step_then_resume_is_bit_identical(sig: str, cache: Path, dri
     assert [r["epoch"] for r in got] == [1, 2]
     for r, g in zip(ref, got):
         assert {k: v for k, v in r.items() if k != "samples_per_s"} == {k: v for k, v in g.items() if k != "samples_per_s"}
+
+
+def test_sigterm_at_batch_size_1_then_resume_is_bit_identical(cache: Path, driver: Path, tmp_path: Path) -> None:
+    """The same at batch size 1 with two threads, where the losses' gradient sums once depended on
+    thread order: a SIGTERM mid-step and --resume end where an uninterrupted run ends."""
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert _run(driver, cache, ref, False, "none", batch=1, threads=2) == {"interrupted": False, "global_step": 8}
+    assert _run(driver, cache, out, False, "SIGTERM", batch=1, threads=2) == {"interrupted": True, "global_step": 1}
+    assert _run(driver, cache, out, True, "none", batch=1, threads=2) == {"interrupted": False, "global_step": 8}
+    a, b = _tensors(load_checkpoint(ref / "last.pt")), _tensors(load_checkpoint(out / "last.pt"))
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:5]}"
 
 
 def test_stale_checkpoint_temporaries_are_removed_on_start(cache: Path, tmp_path: Path) -> None:
@@ -402,9 +415,10 @@ def test_an_empty_training_split_is_named_with_the_cache(tmp_path: Path) -> None
     """A cache whose samples are all in val: refused before anything is built, naming the cache,
     the split and the split sizes (model v2's face prior used to say only that it needs a face)."""
     sys.path.insert(0, str(TESTS))
+    from test_cache import make_fixture_dataset
+
     from facerecon.data.cache import PrepareOptions, prepare_cache
     from facerecon.data.readers import list_samples
-    from test_cache import make_fixture_dataset
 
     data, model = make_fixture_dataset(tmp_path, n=4)
     cache = tmp_path / "c.h5"

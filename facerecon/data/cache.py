@@ -645,8 +645,6 @@ def prepare_cache(
             f"{out}: not written: none of the {len(refs)} samples could be used{first}"
         )
     _ensure_space(part, _finish_bytes(n_written, len(skipped), model), f"all {len(refs)} samples are in it; what is left is small")
-    import h5py
-
     with _open_to_finish(part) as f:
         counts = _finish(f, config, options, model, command)
     os.replace(part, out)

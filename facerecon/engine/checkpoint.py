@@ -337,7 +337,7 @@ def _pickled_global(path: Path) -> str | None:
                     return name
                 if op.name == "STOP":
                     return None
-    except Exception:  # damaged or cut short: no verdict
+    except Exception:  # noqa: BLE001  (damaged or cut short, whatever pickletools raises: no verdict)
         return None
     return None
 

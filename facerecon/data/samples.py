@@ -8,6 +8,7 @@ the HDF5 file and the parallel, resumable run that calls :func:`compute_sample`.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -20,7 +21,6 @@ from facerecon.data.readers import SampleRef, read_sample
 from facerecon.detect import FaceDetector
 from facerecon.errors import FaceReconError, InputError
 from facerecon.frames import image_to_crop
-from facerecon.signals import ignore_stop_signals
 
 #: Longest sample id stored in a cache, bytes (UTF-8).
 ID_BYTES = 512
@@ -67,7 +67,9 @@ def make_context(model_path: str | None, options: Any, model: FaceModel | None =
 def worker_init(model_path: str | None, options: Any) -> None:
     """A worker process's set-up (``multiprocessing.Pool`` initializer): one torch thread, Ctrl-C
     left to the parent, its own context."""
-    ignore_stop_signals()  # the parent alone handles Ctrl-C and SIGTERM
+    # Ctrl-C reaches the whole process group: the parent alone handles it. SIGTERM keeps its
+    # default: the parent's Pool.terminate() ends its workers with it (and waits for them).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import torch
 

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "facerecon.ops": 1,
     "facerecon.frames": 1,
     "facerecon.crop": 1,
+    "facerecon.crop_records": 1,
     "facerecon.errors": 0,
     "facerecon.io_utils": 0,
     "facerecon.machine": 0,

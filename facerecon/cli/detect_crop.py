@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from facerecon.cli._common import console, display_path, info, make_progress
-from facerecon.data.crop_records import RECORDS_CSV, RECORDS_JSONL
+from facerecon.crop_records import RECORDS_CSV, RECORDS_JSONL
 from facerecon.errors import FaceReconError, InputError
 from facerecon.signals import interruptible
 
@@ -77,7 +77,7 @@ def detect_crop(
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: exists and is not a folder")
 
-    from facerecon.data.crop_records import read_records
+    from facerecon.crop_records import read_records
     from facerecon.engine.crops import CropOptions, CropSummary
 
     options = CropOptions(

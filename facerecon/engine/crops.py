@@ -4,7 +4,7 @@ and their records into a folder.
 :func:`crop_photos` runs over the photos in order: each is decoded, its faces detected, the chosen
 ones (the most confident, or all) cropped by :mod:`facerecon.crop`'s policy and written as image
 files, with one record per crop merged into the folder's records file
-(:mod:`facerecon.data.crop_records`), also when a signal stops the run: every crop written has its
+(:mod:`facerecon.crop_records`), also when a signal stops the run: every crop written has its
 record. Photos without a face get the fallback crop (the given relative box, or with
 ``fallback_mean`` the mean box of this run's faces, once all are detected). Unreadable photos are
 counted in ``CropSummary.unreadable`` and skipped.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from facerecon.data.crop_records import merge_records, read_records, write_records
+from facerecon.crop_records import merge_records, read_records, write_records
 from facerecon.errors import InputError
 
 __all__ = ["CropOptions", "CropSummary", "crop_photos", "output_names"]
@@ -60,7 +60,7 @@ def crop_photos(
     docstring). ``summary`` is filled as the run goes (a caller still has it after an
     interruption); ``on_photo`` is called after each photo (a progress bar), ``on_fallback_box``
     with the mean box and the number of faces behind it (``fallback_mean``). ``old_records``: the
-    folder's records as :func:`facerecon.data.crop_records.read_records` read them (read here
+    folder's records as :func:`facerecon.crop_records.read_records` read them (read here
     when None).
 
     Raises:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IDS = ("image00014", "image00021", "image00039", "image00045", "image00048")
+DEFAULT_IDS = ("image00014", "image00021", "image00039", "image00045")
 
 
 def panel(sample, model, size: int) -> np.ndarray:  # noqa: ANN001
@@ -33,7 +33,7 @@ def panel(sample, model, size: int) -> np.ndarray:  # noqa: ANN001
     box = landmark_box(landmarks)
     crop = np.ascontiguousarray(crop_image(sample.image, box, size))
     for u, v in image_to_crop_px(landmarks, box, size):
-        cv2.circle(crop, (int(round(u * 4)), int(round(v * 4))), 8, (0, 255, 0), -1, lineType=cv2.LINE_AA, shift=2)
+        cv2.circle(crop, (int(round(u * 4)), int(round(v * 4))), 5, (0, 255, 0), -1, lineType=cv2.LINE_AA, shift=2)
     yaw, pitch, roll = (math.degrees(a) for a in (p.pose[1], p.pose[0], p.pose[2]))
     label = f"y{yaw:+.0f} p{pitch:+.0f} r{roll:+.0f}"
     cv2.putText(crop, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "profiling_grid.png")
     parser.add_argument("--ids", nargs="+", default=list(DEFAULT_IDS), help="AFLW2000-3D sample names")
     parser.add_argument("--yaws", type=float, nargs="+", default=[-90, -60, -30, 30, 60, 90])
-    parser.add_argument("--size", type=int, default=224, help="panel side, px")
+    parser.add_argument("--size", type=int, default=144, help="panel side, px")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

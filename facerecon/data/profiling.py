@@ -5,12 +5,15 @@ Profiling"; how 300W-LP was made), as docs/profiling.md describes it:
 
 1. **The 3D image mesh.** The fit's dense face (its vertices in image px, depth away from the
    camera) plus anchors on the image region around it: rings around the face's outline whose depth
-   is extrapolated from the face (the outline scaled about the head centre in 3D: an enlarged head
-   that carries the hair, ears and neck), and anchors on the image border at the background depth.
+   is extrapolated from the face (the outline enlarged about the face centre, its depth relative to
+   the head centre fading with the ring's size: an enlarged head that carries the hair, ears and
+   neck), and anchors on the image border at the background depth.
    The anchors and the outline are triangulated in 2D (Delaunay), the face keeps its own triangles.
-2. **Rotation.** The face and the head rings turn rigidly about the head centre (a point behind the
-   face: the fit's centre pushed back by half the face's width); the outer rings follow partly and
-   the border anchors stay, so the background stretches instead of tearing.
+2. **Rotation.** The face and the first ring (the enlarged head) turn rigidly about the head centre
+   (a point behind the face: the fit's centre pushed back by half the face's width); the border
+   anchors stay; the outer rings move by the harmonic interpolation of those two motions over the
+   anchor triangulation (each the mean of its neighbours' moves), so the background stretches
+   smoothly between the head and the image border instead of tearing or folding.
 3. **Rendering.** Per pixel, the photo position that the surface came from is an interpolated
    attribute; the photo is resampled there (``cv2.remap``), so the texture keeps the photo's full
    resolution. The face is drawn over the anchor layer. Face vertices the photo never showed
@@ -38,10 +41,10 @@ from facerecon.frames import rotation_from_euler
 #: Largest |yaw| of a synthesised view, degrees.
 MAX_YAW_DEG = 90.0
 
-#: Rings of anchors around the face outline: (scale of the outline about the face centre,
-#: how much of the head's rotation the ring follows). The first two are the enlarged head (hair,
-#: ears, neck turn with the face); the outer ones blend into the still background.
-ANCHOR_RINGS: tuple[tuple[float, float], ...] = ((1.12, 1.0), (1.3, 1.0), (1.6, 0.5), (2.1, 0.0))
+#: Rings of anchors around the face outline: (scale of the outline about the face centre, how the
+#: ring moves: 1.0 rigidly with the head (the enlarged head: hair, ears and neck turn with the
+#: face), NaN by harmonic interpolation between the head and the still image border).
+ANCHOR_RINGS: tuple[tuple[float, float], ...] = ((1.12, 1.0), (1.3, math.nan), (1.6, math.nan), (2.1, math.nan))
 
 #: Sectors of the face outline (one outline vertex per sector, by angle about the face centre).
 OUTLINE_SECTORS = 72
@@ -175,7 +178,7 @@ class _Scene:
     face_px: np.ndarray  # (N, 3) the fit's vertices, source image px
     face_src: np.ndarray  # (N, 2) photo position each face vertex shows (image px)
     anchors_px: np.ndarray  # (A, 3) outline + ring + border anchors, source image px
-    anchor_follow: np.ndarray  # (A,) how much of the head's rotation each anchor follows, 0..1
+    anchor_follow: np.ndarray  # (A,) 1: turns with the head, 0: stays, NaN: interpolated
     anchor_faces: np.ndarray  # (T, 3) Delaunay triangles of the anchors
     centre_model: np.ndarray  # (3,) head centre, model units
 
@@ -290,11 +293,14 @@ def build_scene(sample: RawSample, model: FaceModel) -> _Scene:
     for scale, weight in ANCHOR_RINGS:
         ring = np.empty_like(outline)
         ring[:, :2] = centre_xy + scale * (outline[:, :2] - centre_xy)
-        ring[:, 2] = centre_px[2] + scale * (outline[:, 2] - centre_px[2])  # the enlarged head's depth
-        anchors.append(ring)
-        follow.append(np.full(len(ring), weight))
+        # the enlarged head's depth: the outline's depth relative to the head centre, fading with
+        # the ring's size (a skull curves back towards its centre beyond the face)
+        ring[:, 2] = centre_px[2] + scale**-4 * (outline[:, 2] - centre_px[2])
+        keep = (ring[:, 0] > 0) & (ring[:, 0] < w) & (ring[:, 1] > 0) & (ring[:, 1] < h)  # the border anchors take over outside
+        anchors.append(ring[keep])
+        follow.append(np.full(int(keep.sum()), weight))
     border = _border_points((h, w), BORDER_ANCHORS)
-    background_z = max(float(face_px[:, 2].max()), float(anchors[-1][:, 2].max()))
+    background_z = max(float(face_px[:, 2].max()), max(float(a[:, 2].max(initial=-np.inf)) for a in anchors))
     anchors.append(np.column_stack([border, np.full(len(border), background_z)]))
     follow.append(np.zeros(len(border)))
     anchors_px = np.concatenate(anchors)
@@ -330,6 +336,29 @@ def _fill_uncovered(src: np.ndarray, covered: np.ndarray) -> np.ndarray:
     return src[rows, cols]
 
 
+def _move_anchors(scene: _Scene, transform: np.ndarray) -> np.ndarray:
+    """The anchors after the head moved: the head's turn rigidly, the border still, the rest by the
+    harmonic interpolation of the displacement (graph Laplacian of the anchor triangulation)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    rigid, free = scene.anchor_follow == 1.0, np.isnan(scene.anchor_follow)
+    moved = scene.anchors_px.copy()
+    moved[rigid] = apply_transform(transform, scene.anchors_px[rigid])
+    if not free.any():
+        return moved
+    n = len(moved)
+    edges = np.concatenate([scene.anchor_faces[:, [0, 1]], scene.anchor_faces[:, [1, 2]], scene.anchor_faces[:, [2, 0]]])
+    adjacency = coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])), shape=(n, n)).tocsr()
+    adjacency.data[:] = 1.0  # an edge shared by two triangles counts once
+    laplacian = (coo_matrix((np.asarray(adjacency.sum(axis=1)).ravel(), (np.arange(n), np.arange(n))), shape=(n, n)) - adjacency).tocsr()
+    f, c = np.flatnonzero(free), np.flatnonzero(~free)
+    shift = moved - scene.anchors_px
+    rhs = -(laplacian[f][:, c] @ shift[c])
+    moved[f] += np.asarray(spsolve(laplacian[f][:, f].tocsc(), rhs)).reshape(len(f), 3)
+    return moved
+
+
 def render_view(sample: RawSample, model: FaceModel, scene: _Scene, transform: np.ndarray) -> np.ndarray:
     """The photo of ``sample`` seen after the head moved by ``transform`` (``(3, 4)``, image px).
 
@@ -342,8 +371,7 @@ def render_view(sample: RawSample, model: FaceModel, scene: _Scene, transform: n
 
     h, w = sample.image.shape[:2]
     face = render(apply_transform(transform, scene.face_px), model.triangles, (h, w), {"src": scene.face_src})
-    follow = scene.anchor_follow[:, None]
-    anchors = follow * apply_transform(transform, scene.anchors_px) + (1.0 - follow) * scene.anchors_px
+    anchors = _move_anchors(scene, transform)
     back = render(anchors, scene.anchor_faces, (h, w), {"src": scene.anchors_px[:, :2]})
     src = np.where(face.mask[..., None], face.attributes["src"], back.attributes["src"])
     src = _fill_uncovered(src, face.mask | back.mask) - 0.5  # image px -> OpenCV's pixel-centre coordinates

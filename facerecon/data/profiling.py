@@ -16,7 +16,8 @@ Profiling"; how 300W-LP was made), as docs/profiling.md describes it:
    smoothly between the head and the image border instead of tearing or folding.
 3. **Rendering.** Per pixel, the photo position that the surface came from is an interpolated
    attribute; the photo is resampled there (``cv2.remap``), so the texture keeps the photo's full
-   resolution. The face is drawn over the anchor layer. Face vertices the photo never showed
+   resolution. The face is drawn over the anchor layer (one pass: the anchors' depths are shifted
+   behind the face's, keeping their own order). Face vertices the photo never showed
    (hidden behind the face itself) take the photo position of the nearest visible vertex; pixels
    that no triangle covers take the nearest covered pixel's position.
 
@@ -121,9 +122,8 @@ def view_transform(pose: np.ndarray, angles: tuple[float, float, float], centre_
     """
     pose = np.asarray(pose, dtype=np.float64).reshape(-1)
     scale, t = pose[6], pose[3:6]
-    rot = rotation_from_euler(pose[0], pose[1], pose[2])
-    rot_new = rotation_from_euler(*angles)
-    d = rot_new @ rot.T
+    rot, rot_new = rotation_from_euler(pose[0], pose[1], pose[2]), rotation_from_euler(*angles)
+    d = head_rotation(pose, angles)
     c = scale * rot @ np.asarray(centre_model, dtype=np.float64) + t
     new_pose = np.concatenate([np.asarray(angles, dtype=np.float64), c - scale * rot_new @ centre_model, [scale]])
     flip = np.diag([1.0, -1.0, -1.0])
@@ -370,11 +370,17 @@ def render_view(sample: RawSample, model: FaceModel, scene: _Scene, transform: n
     from facerecon.render import render
 
     h, w = sample.image.shape[:2]
-    face = render(apply_transform(transform, scene.face_px), model.triangles, (h, w), {"src": scene.face_src})
+    face = apply_transform(transform, scene.face_px)
     anchors = _move_anchors(scene, transform)
-    back = render(anchors, scene.anchor_faces, (h, w), {"src": scene.anchors_px[:, :2]})
-    src = np.where(face.mask[..., None], face.attributes["src"], back.attributes["src"])
-    src = _fill_uncovered(src, face.mask | back.mask) - 0.5  # image px -> OpenCV's pixel-centre coordinates
+    # one pass, the face laid over the anchors: the anchor layer keeps its own depth order, behind the face
+    anchors[:, 2] += face[:, 2].max() + 1.0 - anchors[:, 2].min()
+    n = len(face)
+    drawn = render(
+        np.concatenate([face, anchors]), np.concatenate([model.triangles, scene.anchor_faces + n]), (h, w),
+        {"src": np.concatenate([scene.face_src, scene.anchors_px[:, :2]])},
+    )
+    src = drawn.attributes["src"]
+    src = _fill_uncovered(src, drawn.mask) - 0.5  # image px -> OpenCV's pixel-centre coordinates
     return cv2.remap(
         np.ascontiguousarray(sample.image), np.ascontiguousarray(src[..., 0], dtype=np.float32),
         np.ascontiguousarray(src[..., 1], dtype=np.float32), interpolation=cv2.INTER_LINEAR,

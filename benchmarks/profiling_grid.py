@@ -25,7 +25,7 @@ DEFAULT_IDS = ("image00014", "image00021", "image00039", "image00045")
 def panel(sample, model, size: int) -> np.ndarray:  # noqa: ANN001
     import cv2
 
-    from facerecon.detect import crop_image, landmark_box
+    from facerecon.crop import crop_image, landmark_box
     from facerecon.frames import image_to_crop_px
 
     p = sample.params

@@ -24,7 +24,7 @@ from facerecon.data.profiling import (
     view_transform,
 )
 from facerecon.data.readers import Params3DMM, RawSample, list_samples, read_sample
-from facerecon.detect import landmark_box
+from facerecon.crop import landmark_box
 from facerecon.errors import InputError
 from facerecon.frames import head_pose, image_to_crop
 

@@ -18,6 +18,7 @@ from facerecon.data.profiling import (
     MAX_YAW_DEG,
     apply_transform,
     build_scene,
+    crop_frame_transform,
     profile_view,
     profile_views,
     view_angles,
@@ -175,6 +176,21 @@ def test_dense_ground_truth_is_the_source_turned(model: FaceModel) -> None:
     z0 = float(view.sample.landmarks68[:, 2].mean())
     np.testing.assert_allclose(gt.points, image_to_crop(moved, box, z0), atol=1e-4)
     assert gt.pose[0] == pytest.approx(math.degrees(p[1] + 0.6), abs=1e-3)
+
+
+def test_the_view_ground_truth_is_an_affine_map_of_the_source_in_crop_units(model: FaceModel) -> None:
+    sample = synthetic_sample(model)
+    p = sample.params.pose
+    view = profile_view(sample, model, (p[0] + 0.1, p[1] + 0.7, p[2] - 0.1))
+    src_box = landmark_box(gt_landmarks_px(sample, model))
+    view_box = (30.5, 41.0, 150.0)  # any box: a detector's, not the landmarks'
+    src, new = build_ground_truth(sample, src_box, model), build_ground_truth(view.sample, view_box, model)
+    m = crop_frame_transform(view.transform, gt_landmarks_px(sample, model), src_box, view_box)
+    np.testing.assert_allclose(src.points @ m[:, :3].T + m[:, 3], new.points, atol=2e-5)
+    np.testing.assert_allclose(src.landmarks @ m[:, :3].T + m[:, 3], new.landmarks, atol=2e-5)
+    np.testing.assert_allclose(src.normals @ view.transform[:, :3].T, new.normals, atol=1e-4)
+    np.testing.assert_array_equal(src.regions, new.regions)
+    assert new.mm_per_unit == pytest.approx(src.mm_per_unit * view_box[2] / src_box[2])
 
 
 def test_no_black_inside_the_turned_face(model: FaceModel) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 
@@ -165,6 +166,36 @@ def view_angles(pose: np.ndarray, count: int, rng: np.random.Generator, *, min_s
     pitch = math.degrees(pose[0]) + rng.uniform(-pitch_jitter_deg, pitch_jitter_deg, count)
     roll = math.degrees(pose[2]) + rng.uniform(-roll_jitter_deg, roll_jitter_deg, count)
     return np.radians(np.stack([pitch, yaw, roll], axis=1))
+
+
+def crop_frame_transform(transform: np.ndarray, source_landmarks_px: np.ndarray, source_box: Sequence[float],
+                         view_box: Sequence[float]) -> np.ndarray:
+    """A view's ground truth in its crop frame as an affine map of the source's, in crop units.
+
+    With ``q = image_to_crop(p, box, z0)`` (``z0`` the mean depth of the 68 landmarks) on both
+    sides and ``p' = A p + b`` the head's move (:attr:`ProfiledView.transform`), the view's dense
+    points and landmarks are ``q' = M[:, :3] q + M[:, 3]`` of the source's, its normals
+    ``A n``, and its millimetres per crop unit the source's times ``side' / side``: so a cache need
+    store only this ``(3, 4)`` matrix and the source row for a view's ground truth.
+
+    Args:
+        transform: ``(3, 4)`` the view's image-px transform.
+        source_landmarks_px: ``(68, 3)`` the source's landmarks, image px (``gt_landmarks_px``).
+        source_box, view_box: the crop boxes ``(x0, y0, side)``, image px.
+
+    Returns:
+        ``(3, 4)`` float64.
+    """
+    a, b = np.asarray(transform[:, :3], dtype=np.float64), np.asarray(transform[:, 3], dtype=np.float64)
+    x0, y0, side = (float(v) for v in source_box)
+    vx0, vy0, vside = (float(v) for v in view_box)
+    mean_lm = np.asarray(source_landmarks_px, dtype=np.float64).mean(axis=0)
+    origin = np.array([x0 + side / 2.0, y0 + side / 2.0, mean_lm[2]])  # crop-units origin of the source, image px
+    view_origin = np.array([vx0 + vside / 2.0, vy0 + vside / 2.0, a[2] @ mean_lm + b[2]])
+    out = np.empty((3, 4))
+    out[:, :3] = (side / vside) * a
+    out[:, 3] = (2.0 / vside) * (a @ origin + b - view_origin)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def eval_command(
         for label, model in runs:
             from facerecon.data.dataset import FaceCacheDataset
 
-            n = len(FaceCacheDataset(cache, split=split, points_per_region=None))
+            n = len(FaceCacheDataset(cache, split=split, points_per_region=None, profile_views=False))
             n = n if limit is None else min(n, limit)
             with make_progress() as bar:
                 task = bar.add_task(f"eval {label}", total=n, unit="sample")

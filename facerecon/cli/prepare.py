@@ -38,6 +38,10 @@ def prepare(
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="Text file of '<id> <train|val|test>' lines instead of the seeded split.", show_default=False),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N samples (sorted order).", show_default=False),
     flush_every: int = typer.Option(32, "--flush-every", min=1, help="Samples between progress markers (what a resumed run keeps)."),
+    profile_views: int = typer.Option(
+        0, "--profile-views", min=0, max=255,
+        help="Add N face-profiled views per training sample of a face-model dataset (turned further in yaw up to 90 degrees, detected and cropped like a photo; seeded by --seed; see docs/profiling.md). Validation and test samples get none.",
+    ),
     save_face_model_to: Optional[Path] = typer.Option(
         None, "--convert-face-model", metavar="OUT.npz",
         help="Convert --face-model to our .npz (fast to load) and exit; DATASET and OUTPUT are then not needed.",
@@ -72,6 +76,7 @@ def prepare(
     options = PrepareOptions(
         crop_from=crop_from, workers=workers, device=device, min_probability=min_probability, second_chance=second_chance,
         compression=compression, split_seed=seed, split_file=split_file, limit=limit, flush_every=flush_every,
+        profile_views=profile_views,
     )
     total = min(len(refs), limit) if limit else len(refs)
     info(f"{display_path(dataset)}: {fmt}, {total} samples -> {display_path(output)}")
@@ -83,8 +88,17 @@ def prepare(
         def on_progress(done: int, n: int, skipped: int) -> None:
             progress.update(task, completed=done, description=f"prepare ({skipped} skipped)" if skipped else "prepare")
 
+        views_task = None
+
+        def on_views(done: int, n: int) -> None:
+            nonlocal views_task
+            if views_task is None:
+                views_task = progress.add_task("profiled views", total=n, unit="samples")
+            progress.update(views_task, completed=done)
+
         summary = prepare_cache(
             refs, output, face_model, options, dataset=str(dataset.resolve()), fmt=fmt, command=command, on_progress=on_progress,
+            on_views=on_views,
         )
     if summary.resumed_from:
         info(f"resumed after {summary.resumed_from} samples")
@@ -94,6 +108,10 @@ def prepare(
         f"(train {train}, val {val}, test {test}; {summary.n_fallback} fallback crops), "
         f"{summary.file_bytes / 1e6:.1f} MB in {summary.seconds:.1f} s"
     )
+    if profile_views:
+        console.print(f"added {summary.n_views} profiled views ({profile_views} per training sample)")
+        for reason in summary.view_failures[:20]:
+            console.print(f"  no views: {reason}", highlight=False, markup=False)
     if summary.skipped:
         console.print(f"[yellow]skipped {len(summary.skipped)} bad sample(s):[/yellow]")
         for sid, reason in summary.skipped[:20]:

@@ -102,6 +102,8 @@ class PrepareOptions:
         limit: only the first ``limit`` sources (sorted order).
         flush_every: samples between progress markers.
         flush_seconds: at most this long between progress markers.
+        profile_views: face-profiled views added per training row of a face-model dataset, after
+            the rows (``facerecon.data.views``; 0: none).
     """
 
     crop_from: str = "detector"
@@ -115,15 +117,19 @@ class PrepareOptions:
     limit: int | None = None
     flush_every: int = 32
     flush_seconds: float = 10.0
+    profile_views: int = 0
 
     def content_key(self) -> dict:
         """The options that change the file's content (checked when resuming)."""
-        return {
+        key = {
             "crop_from": self.crop_from,
             "min_probability": self.min_probability if self.crop_from == "detector" else None,
             "second_chance": self.second_chance if self.crop_from == "detector" else None,
             "compression": self.compression,
         }
+        if self.profile_views:  # views are seeded by the split's seed
+            key.update(profile_views=self.profile_views, split_seed=self.split_seed)
+        return key
 
 
 @dataclass
@@ -139,6 +145,8 @@ class PrepareSummary:
     resumed_from: int = 0
     seconds: float = 0.0
     file_bytes: int = 0
+    n_views: int = 0
+    view_failures: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +501,8 @@ def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, c
         attrs["points_in_model_order"] = bool(rows > 0 and np.all(counts == model.n_vertices))
     else:
         attrs["points_in_model_order"] = False
+    if "views" in f and "_progress" in f["views"]:
+        del f["views/_progress"]
     for name in ("_ids", "_skipped_ids", "_skipped_reasons", "_progress"):  # last: until here a rerun can redo all
         del f[name]
     del attrs["_config"]
@@ -518,6 +528,31 @@ def _open_to_finish(part: Path) -> "h5py.File":  # noqa: F821
             f"{part}: cannot finish the cache while another process has it open ({exc}); "
             "close it and run the same command again (every sample is kept)"
         ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# profiled views (facerecon.data.views), after the rows and before the finish
+
+
+def _add_views(
+    part: Path, refs: Sequence[SampleRef], options: PrepareOptions, ctx: SampleContext, model_path: str | None,
+    fallback_rel: Sequence[float], on_views: Callable[[int, int], None] | None,
+) -> list[str]:
+    """Add the training rows' profiled views to the partial file; the reasons of rows without."""
+    import h5py
+
+    from facerecon.data.views import add_views
+
+    with h5py.File(part, "r+", libver="latest") as f:
+        rows = int(f["offsets"].shape[0] - 1)
+        split = assign_splits([b.decode() for b in f["_ids"][:rows]], options.split_seed, options.split_file)
+        try:
+            return add_views(f, refs, np.flatnonzero(split == 0), options, ctx, model_path,
+                             _compression_kwargs(options.compression), fallback_rel, on_views)
+        except KeyboardInterrupt:
+            raise PrepareInterrupted(
+                f"interrupted while adding profiled views; {part} keeps them: run the same command again to resume"
+            ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,6 +587,7 @@ def prepare_cache(
     fmt: str = "",
     command: str = "",
     on_progress: Callable[[int, int, int], None] | None = None,
+    on_views: Callable[[int, int], None] | None = None,
 ) -> PrepareSummary:
     """Build the cache ``out`` from the samples ``refs`` (resuming ``out.partial`` if present).
 
@@ -562,6 +598,7 @@ def prepare_cache(
         options: see :class:`PrepareOptions`.
         dataset, fmt, command: recorded in the file's attributes.
         on_progress: called as ``on_progress(sources_done, total, skipped)`` after each sample.
+        on_views: called as ``on_views(rows_done, training_rows)`` after each row's profiled views.
 
     Raises:
         PrepareInterrupted: on Ctrl-C (the partial file is flushed; run again to resume).
@@ -637,6 +674,7 @@ def prepare_cache(
         raise
     skipped = [(a.decode(), b.decode()) for a, b in zip(f["_skipped_ids"][:], f["_skipped_reasons"][:])]
     n_written, n_fallback = writer.rows, writer.n_fallback
+    fallback_rel = writer.fallback_box()
     f.close()
     if n_written == 0:  # a cache without samples is of no use: fail, and leave nothing to resume
         part.unlink(missing_ok=True)
@@ -644,9 +682,11 @@ def prepare_cache(
         raise InputError(
             f"{out}: not written: none of the {len(refs)} samples could be used{first}"
         )
+    view_failures = _add_views(part, refs, options, ctx, mp_path, fallback_rel, on_views) if options.profile_views > 0 and n_written else []
     _ensure_space(part, _finish_bytes(n_written, len(skipped), model), f"all {len(refs)} samples are in it; what is left is small")
     with _open_to_finish(part) as f:
         counts = _finish(f, config, options, model, command)
+        n_views = int(f["views/images"].shape[0]) if "views" in f else 0
     os.replace(part, out)
     return PrepareSummary(
         path=out,
@@ -658,6 +698,8 @@ def prepare_cache(
         resumed_from=resumed_from,
         seconds=time.monotonic() - t0,
         file_bytes=out.stat().st_size,
+        n_views=n_views,
+        view_failures=view_failures,
     )
 
 

@@ -64,6 +64,8 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         augment: a ``facerecon.data.augment.AugmentSettings`` to augment every item (training),
             or None. With ``five_outlier`` > 0 the split's own gross five-point failures are
             collected once (``FivePointFailures``) and transplanted onto its faces.
+        profile_views: include the cache's face-profiled views (``prepare --profile-views``,
+            training rows only) after the rows when the split includes ``train``.
 
     Each item is a dict:
         ``image`` (3, 224, 224); ``points``, ``normals`` (P, 3) float32 crop units / unit vectors;
@@ -71,7 +73,9 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         ``landmarks`` (68, 3) float32 crop units; ``pose`` (3,) float32 yaw, pitch, roll degrees;
         ``mm_per_unit`` () float32; ``index`` () int64 (row in the cache); ``id`` str;
         ``landmarks5`` (5, 2) float32 MTCNN's five points, crop units (NaN: none); ``vertices``
-        (V, 3) with a ``correspondence``.
+        (V, 3) with a ``correspondence``. A profiled view's ``index`` is its source row and its
+        ``id`` the source's with ``@view<k>``; its ground truth is derived from the source row's
+        (:func:`view_arrays`).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         correspondence: Any = None,
         augment: Any = None,
         yaw_repeat: Sequence[float] | None = None,
+        profile_views: bool = True,
     ) -> None:
         import h5py
 
@@ -126,6 +131,9 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                         f["landmarks"][:][rows], f["landmarks5"][:][rows], f["pose"][:, 0][rows]
                     )
                 self.offsets = f["offsets"][:].astype(np.int64)
+                codes = split_codes(split)
+                with_views = profile_views and "views" in f and (codes is None or 0 in codes)
+                self.n_views = int(f["views/source"].shape[0]) if with_views else 0
                 self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
                 if correspondence is not None and not bool(f.attrs.get("points_in_model_order", False)):
                     raise InputError(f"{self.path}: per-vertex ground truth needs points in the face model's order (a 3DMM cache)")
@@ -137,12 +145,13 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
         if yaw is not None:
             self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
+        self.n_rows = int(self.rows.shape[0])
         self.split = split
         self._file: Any = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
-        return int(self.rows.shape[0])
+        return self.n_rows + self.n_views
 
     def set_epoch(self, epoch: int) -> None:
         """Change the draws (call at the start of each epoch; DataLoader workers pick it up when
@@ -187,15 +196,27 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                 picks.append(np.concatenate([pool[rng.permutation(pool.shape[0])], extra]))
         return np.concatenate(picks)
 
-    def __getitem__(self, item: int) -> dict[str, Any]:
-        row = int(self.rows[item])
-        key = [self.seed, self.epoch, row] + ([int(self.copies[item]) + 1000] if self.copies[item] else [])
+    def _stored(self, item: int) -> tuple[dict[str, Any], list[int]]:
+        """Item ``item``'s arrays, read (a row) or derived (a profiled view), and its seed key."""
         f = self._h5()
+        if item >= self.n_rows:
+            v = item - self.n_rows
+            d = view_arrays(f, v, self.offsets)
+            d["id"] = f"{self._all_ids[d['index']]}@view{int(f['views/view'][v])}"
+            return d, [self.seed, self.epoch, d["index"], 2000 + int(f["views/view"][v])]
+        row = int(self.rows[item])
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        regions = f["regions"][a:b]
-        points = f["points"][a:b]
-        normals = f["normals"][a:b]
-        colors = f["colors"][a:b]
+        d = {name: f[name][a:b] for name in ("regions", "points", "normals", "colors")}
+        d.update(
+            image=f["images"][row], landmarks=f["landmarks"][row].astype(np.float32), pose=f["pose"][row].astype(np.float32),
+            landmarks5=f["landmarks5"][row].astype(np.float32) if "landmarks5" in f else np.full((5, 2), np.nan, np.float32),
+            mm_per_unit=float(f["mm_per_unit"][row]), index=row, id=self._all_ids[row],
+        )
+        return d, [self.seed, self.epoch, row] + ([int(self.copies[item]) + 1000] if self.copies[item] else [])
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        d, key = self._stored(int(item))
+        regions, points, normals, colors = d["regions"], d["points"], d["normals"], d["colors"]
         aug_rng = np.random.default_rng(key + [1]) if self.augment is not None else None
         tf = None
         if aug_rng is not None:
@@ -214,10 +235,10 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng(key)
             idx = self.draw(regions, rng)
             regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
-        image_np = f["images"][row]
-        landmarks = true_landmarks = f["landmarks"][row].astype(np.float32)
-        pose = f["pose"][row].astype(np.float32)
-        five = f["landmarks5"][row].astype(np.float32) if "landmarks5" in f else np.full((5, 2), np.nan, np.float32)
+        image_np = d["image"]
+        landmarks = true_landmarks = d["landmarks"]
+        pose = d["pose"]
+        five = d["landmarks5"]
         normals = normals.astype(np.float32)
         if tf is not None:
             from facerecon.data.augment import apply_geometry, apply_normals, flip_landmarks, photometric, warp_image
@@ -252,13 +273,46 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             "landmarks": torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)),
             "landmarks5": torch.from_numpy(np.ascontiguousarray(five, dtype=np.float32)),
             "pose": torch.from_numpy(pose),
-            "mm_per_unit": torch.tensor(float(f["mm_per_unit"][row]), dtype=torch.float32),
-            "index": torch.tensor(row, dtype=torch.int64),
-            "id": self._all_ids[row],
+            "mm_per_unit": torch.tensor(d["mm_per_unit"], dtype=torch.float32),
+            "index": torch.tensor(d["index"], dtype=torch.int64),
+            "id": d["id"],
         }
         if vertices is not None:
             out["vertices"] = torch.from_numpy(vertices)
         return out
+
+
+def view_arrays(f: Any, v: int, offsets: np.ndarray) -> dict[str, Any]:
+    """A profiled view's ground truth derived from its source row (``docs/profiling.md``): the
+    stored ``(3, 4)`` crop-units map ``M`` moves the points and landmarks, its rotation part
+    ``M[:, :3] side' / side`` the normals; regions are the source's, colours are read from the
+    view's crop at the moved points, millimetres per unit scale by ``side' / side``.
+
+    Args:
+        f: the open cache; v: the view's number in ``views/``; offsets: the rows' point offsets.
+    """
+    from facerecon.imageio import sample_colors
+
+    g = f["views"]
+    row = int(g["source"][v])
+    m = g["transform"][v].astype(np.float64)
+    scale = float(g["boxes"][v][2] / f["boxes"][row][2])  # side' / side
+    a, b = int(offsets[row]), int(offsets[row + 1])
+    points = (f["points"][a:b].astype(np.float64) @ m[:, :3].T + m[:, 3]).astype(np.float32)
+    image = g["images"][v]
+    size = image.shape[0]
+    return {
+        "regions": f["regions"][a:b],
+        "points": points,
+        "normals": (f["normals"][a:b].astype(np.float64) @ (m[:, :3] * scale).T).astype(np.float32),
+        "colors": sample_colors(image, (points[:, :2].astype(np.float64) + 1.0) * (size / 2.0)),
+        "image": image,
+        "landmarks": (f["landmarks"][row].astype(np.float64) @ m[:, :3].T + m[:, 3]).astype(np.float32),
+        "pose": g["pose"][v].astype(np.float32),
+        "landmarks5": g["landmarks5"][v].astype(np.float32),
+        "mm_per_unit": float(f["mm_per_unit"][row]) * scale,
+        "index": row,
+    }
 
 
 _POINT_KEYS = ("points", "normals", "regions", "weights", "colors")

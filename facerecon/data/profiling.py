@@ -373,12 +373,14 @@ def _move_anchors(scene: _Scene, transform: np.ndarray) -> np.ndarray:
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
-    rigid, free = scene.anchor_follow == 1.0, np.isnan(scene.anchor_follow)
+    n = len(scene.anchors_px)
+    used = np.zeros(n, dtype=bool)
+    used[scene.anchor_faces.reshape(-1)] = True  # Delaunay leaves out coincident points: they stay
+    rigid, free = scene.anchor_follow == 1.0, np.isnan(scene.anchor_follow) & used
     moved = scene.anchors_px.copy()
     moved[rigid] = apply_transform(transform, scene.anchors_px[rigid])
     if not free.any():
         return moved
-    n = len(moved)
     edges = np.concatenate([scene.anchor_faces[:, [0, 1]], scene.anchor_faces[:, [1, 2]], scene.anchor_faces[:, [2, 0]]])
     adjacency = coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])), shape=(n, n)).tocsr()
     adjacency.data[:] = 1.0  # an edge shared by two triangles counts once

@@ -17,7 +17,7 @@ import numpy as np
 from facerecon.crop import CROP_SIZE, box_iou, crop_image, landmark_box, relative_to_box
 from facerecon.data.face_model import FaceModel, load_face_model
 from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
-from facerecon.data.readers import SampleRef, read_sample
+from facerecon.data.readers import RawSample, SampleRef, read_sample
 from facerecon.detect import FaceDetector
 from facerecon.errors import FaceReconError, InputError
 from facerecon.frames import image_to_crop
@@ -80,6 +80,12 @@ def worker_init(model_path: str | None, options: Any) -> None:
     _WORKER_CONTEXT = make_context(model_path, options)
 
 
+def worker_context() -> SampleContext:
+    """The context of this worker process (after :func:`worker_init`)."""
+    assert _WORKER_CONTEXT is not None
+    return _WORKER_CONTEXT
+
+
 def worker_process(job: tuple[int, SampleRef]) -> SampleResult:
     """One ``(index, sample)`` job in a worker process (after :func:`worker_init`)."""
     assert _WORKER_CONTEXT is not None
@@ -118,25 +124,10 @@ def compute_sample(index: int, ref: SampleRef, ctx: SampleContext, fallback_rel:
         _check_finite_params(sample, ref)
         width, height = sample.image_size
         lm = gt_landmarks_px(sample, ctx.model)
-        probability, fallback = float("nan"), False
-        five = np.full((5, 2), np.nan, dtype=np.float32)
-        if fallback_rel is not None:
-            box, fallback = relative_to_box(fallback_rel, (width, height)), True
-        elif ctx.options.crop_from == "landmarks":
-            if lm is None:
-                raise InputError(f"{ref.id}: no landmarks for --crop-from landmarks")
-            box = landmark_box(lm)
-        else:
-            detector = ctx.detector
-            assert detector is not None, "crop_from='detector' makes a detector (make_context)"
-            face = pick_face(detector.detect(sample.image), lm)
-            if face is None and ctx.options.second_chance:
-                face = pick_face(detector.detect_second_chance(sample.image), lm)
-            if face is None:
-                return SampleResult(index, ref.id, needs_fallback=True)
-            box, probability = (float(face.box[0]), float(face.box[1]), float(face.box[2])), float(face.probability)
-            if face.landmarks5 is not None:
-                five = image_to_crop(np.asarray(face.landmarks5, dtype=np.float64), box)
+        located = locate_face(sample, lm, ctx, fallback_rel)
+        if located is None:
+            return SampleResult(index, ref.id, needs_fallback=True)
+        box, probability, fallback, five = located
         crop = crop_image(sample.image, box, CROP_SIZE)
         gt = build_ground_truth(sample, box, ctx.model)
         _check_finite_ground_truth(gt, ref)
@@ -160,6 +151,40 @@ def compute_sample(index: int, ref: SampleRef, ctx: SampleContext, fallback_rel:
     }
     cloud = {"points": gt.points, "normals": gt.normals, "regions": gt.regions, "colors": gt.colors}
     return SampleResult(index, ref.id, row=row, cloud=cloud)
+
+
+def locate_face(
+    sample: RawSample, landmarks_px: np.ndarray | None, ctx: SampleContext, fallback_rel: Sequence[float] | None = None
+) -> tuple[tuple[float, float, float], float, bool, np.ndarray] | None:
+    """The crop box of a sample's face as ``prepare`` finds it: the fallback box when given, the
+    landmarks' box (``--crop-from landmarks``), or the detection of the annotated face (full
+    search, then the second chance).
+
+    Returns:
+        ``(box, probability, fallback, five)`` (box image px; five ``(5, 2)`` float32 crop units,
+        NaN without a detection), or None when the detector finds no face (the caller supplies
+        the fallback box).
+    """
+    probability, fallback = float("nan"), False
+    five = np.full((5, 2), np.nan, dtype=np.float32)
+    width, height = sample.image_size
+    if fallback_rel is not None:
+        return relative_to_box(fallback_rel, (width, height)), probability, True, five
+    if ctx.options.crop_from == "landmarks":
+        if landmarks_px is None:
+            raise InputError(f"{sample.id}: no landmarks for --crop-from landmarks")
+        return landmark_box(landmarks_px), probability, fallback, five
+    detector = ctx.detector
+    assert detector is not None, "crop_from='detector' makes a detector (make_context)"
+    face = pick_face(detector.detect(sample.image), landmarks_px)
+    if face is None and ctx.options.second_chance:
+        face = pick_face(detector.detect_second_chance(sample.image), landmarks_px)
+    if face is None:
+        return None
+    box, probability = (float(face.box[0]), float(face.box[1]), float(face.box[2])), float(face.probability)
+    if face.landmarks5 is not None:
+        five = image_to_crop(np.asarray(face.landmarks5, dtype=np.float64), box).astype(np.float32)
+    return box, probability, fallback, five
 
 
 def _check_finite_params(sample, ref: SampleRef) -> None:  # noqa: ANN001
@@ -191,8 +216,10 @@ __all__ = [
     "SampleContext",
     "SampleResult",
     "compute_sample",
+    "locate_face",
     "make_context",
     "pick_face",
+    "worker_context",
     "worker_init",
     "worker_process",
 ]

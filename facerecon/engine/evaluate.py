@@ -291,7 +291,7 @@ def evaluate_cache(
     if baseline not in (None, "mean", "five-point"):
         raise InputError(f"unknown baseline {baseline!r}: use 'mean' or 'five-point'")
     device = torch.device(device)
-    dataset = FaceCacheDataset(cache, split=split, points_per_region=None, seed=settings.seed)
+    dataset = FaceCacheDataset(cache, split=split, points_per_region=None, seed=settings.seed, profile_views=False)
     if len(dataset) == 0:
         raise InputError(f"{cache}: the {split} split is empty")
     if network is not None:

@@ -1,6 +1,8 @@
 """A grid of face-profiled views of real AFLW2000-3D samples (docs/img/profiling_grid.png).
 
 Usage: ``python benchmarks/profiling_grid.py [--data ../shared/data] [--out docs/img/profiling_grid.png]``
+or ``python benchmarks/profiling_grid.py --cache CACHE.h5 --out views.png`` (the crops of a cache's
+profiled views as training reads them, with their derived landmarks).
 
 Each row is one sample: its photo, then views at the target yaws of ``--yaws`` (degrees; pitch and
 roll jittered by up to +-10 degrees, seeded), each cropped around the view's landmarks as
@@ -41,6 +43,27 @@ def panel(sample, model, size: int) -> np.ndarray:  # noqa: ANN001
     return crop
 
 
+def cache_grid(cache: Path, columns: int, count: int, size: int) -> np.ndarray:
+    """The first ``count`` profiled views of a cache as the training reader gives them (crop,
+    landmarks derived from the source row), ``columns`` to a row."""
+    import cv2
+
+    from facerecon.data.dataset import FaceCacheDataset
+
+    dataset = FaceCacheDataset(cache, split="train", points_per_region=None, return_image_float=False)
+    panels = []
+    for v in range(min(count, dataset.n_views)):
+        item = dataset[dataset.n_rows + v]
+        crop = cv2.resize(np.ascontiguousarray(item["image"].numpy().transpose(1, 2, 0)), (size, size), interpolation=cv2.INTER_AREA)
+        for x, y in (item["landmarks"].numpy()[:, :2] + 1.0) * crop.shape[0] / 2.0:
+            cv2.circle(crop, (int(round(x * 4)), int(round(y * 4))), 5, (0, 255, 0), -1, lineType=cv2.LINE_AA, shift=2)
+        yaw = float(item["pose"][0])
+        cv2.putText(crop, f"y{yaw:+.0f}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        panels.append(crop)
+    panels += [np.zeros_like(panels[0])] * (-len(panels) % columns)
+    return np.concatenate([np.concatenate(panels[i : i + columns], axis=1) for i in range(0, len(panels), columns)], axis=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -49,7 +72,14 @@ def main() -> None:
     parser.add_argument("--yaws", type=float, nargs="+", default=[-90, -60, -30, 30, 60, 90])
     parser.add_argument("--size", type=int, default=144, help="panel side, px")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, help="draw this cache's profiled views instead")
     args = parser.parse_args()
+    if args.cache is not None:
+        from facerecon.imageio import save_image
+
+        save_image(args.out, cache_grid(args.cache, columns=8, count=32, size=args.size))
+        print(f"{args.out}: profiled views of {args.cache}")
+        return
 
     from facerecon.data.face_model import load_face_model
     from facerecon.data.profiling import build_scene, profile_view

@@ -7,7 +7,7 @@ The cache stores only what cannot be derived (group ``views/``): the crop, its d
 ``(3, 4)`` crop-units map of the source row's ground truth onto the view's
 (:func:`~facerecon.data.profiling.crop_frame_transform`), the view's pose and the source row;
 :class:`facerecon.data.dataset.FaceCacheDataset` derives the points, normals, landmarks, regions
-and colours at read time. A view adds ~25 KB (its gzip crop) where a row adds ~1.5 MB of points.
+and colours at read time. A view adds ~0.1 MB (its gzip crop) where a BFM row adds ~1.3 MB.
 
 Seeded per source row (``(split_seed, row)``), so views do not depend on the order, the number of
 workers, or an interruption: the phase is resumable like the rows (a progress marker in the

@@ -101,3 +101,18 @@ def test_cli_prepare_with_profile_views(fixture: dict) -> None:
         n_train = int((f["split"][:] == 0).sum())
         assert f["views/images"].shape == (n_train, 224, 224, 3)
     assert f"added {n_train} profiled views" in r.output
+
+
+def test_the_cache_check_accepts_views_and_refuses_one_from_a_test_row(fixture: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from facerecon.data.validate import check_cache
+    from facerecon.errors import InputError
+
+    assert check_cache(fixture["views"].path).n_samples == 12
+    bad = tmp_path / "bad.h5"
+    shutil.copy(fixture["views"].path, bad)
+    with h5py.File(bad, "r+") as f:
+        f["views/source"][0] = int(np.flatnonzero(f["split"][:] == 2)[0])
+    with pytest.raises(InputError, match="validation or test row"):
+        check_cache(bad)

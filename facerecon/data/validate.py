@@ -79,6 +79,7 @@ def check_cache(path: str | os.PathLike[str], require: tuple[str, ...] = ROW_DAT
     with reading_cache(path) as f:
         rows = check_rows(f, path, require)
         check_points(f, path, rows)
+        check_views(f, path, rows)
     remember_checked(path, rows.summary)
     return rows.summary
 
@@ -157,6 +158,30 @@ def check_rows(f: Any, path: Path, require: tuple[str, ...] = ROW_DATASETS + POI
             row = int(np.flatnonzero(bad)[0])
             raise InputError(f"{path}: sample {ids(row)} has mm_per_unit = {mm[row]} (expected a positive number or NaN)")
     return CacheRows(CacheSummary(path, n_rows, n_points), offsets, split, per_row["landmarks"], per_row["pose"])
+
+
+def check_views(f: Any, path: Path, rows: CacheRows) -> None:
+    """The profiled views of an open cache (``views/``, when present): every view has all its
+    datasets, a training row as its source and a finite transform and pose."""
+    if "views" not in f:
+        return
+    from facerecon.data.views import VIEW_FIELDS
+
+    g = f["views"]
+    missing = [name for name in VIEW_FIELDS if name not in g]
+    if missing:
+        raise InputError(f"{path}: incomplete profiled views (no 'views/{missing[0]}'); run facerecon prepare again")
+    n = int(g["source"].shape[0])
+    if any(g[name].shape[:1] != (n,) for name in VIEW_FIELDS):
+        raise InputError(f"{path}: the 'views/' datasets differ in length; run facerecon prepare again")
+    source = g["source"][()]
+    if n and (source.min() < 0 or source.max() >= rows.summary.n_samples):
+        raise InputError(f"{path}: a profiled view names a source row outside the cache; run facerecon prepare again")
+    if n and rows.split is not None and (rows.split[source] != 0).any():
+        raise InputError(f"{path}: a profiled view comes from a validation or test row; run facerecon prepare again")
+    for name in ("transform", "pose"):
+        if not np.isfinite(g[name][()]).all():
+            raise InputError(f"{path}: 'views/{name}' holds non-finite values; run facerecon prepare again")
 
 
 def check_points(

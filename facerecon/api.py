@@ -15,35 +15,75 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from facerecon.engine.photos import PhotoOutcome, reconstruct_photos
-from facerecon.engine.predict import FaceResult, LoadedModel, Predictor, load_model, resolve_checkpoint, write_result
+from facerecon.engine.results import FaceResult, Predictor, write_result
 from facerecon.engine.video import FrameResult, VideoPredictor, open_frames
 from facerecon.errors import InputError
 
-__all__ = ["Reconstructor", "FaceResult", "PhotoOutcome", "FrameResult", "write_result"]
+__all__ = ["Reconstructor", "FaceResult", "PhotoOutcome", "FrameResult", "write_result", "choose_runtime"]
+
+#: The runtimes a :class:`Reconstructor` can run the network and MTCNN in.
+RUNTIMES = ("auto", "onnx", "torch")
+
+
+def choose_runtime(runtime: str, checkpoint: str | os.PathLike[str] | None, device: str = "cpu") -> str:
+    """``"onnx"`` or ``"torch"`` for ``runtime`` (``"auto"``, ``"onnx"`` or ``"torch"``).
+
+    ``"auto"`` is ONNX Runtime for the shipped model or an exported ``.onnx`` file on the CPU, and
+    PyTorch for a training checkpoint (``.pt``) or another device.
+
+    Raises:
+        InputError: an unknown runtime, or one that cannot run this checkpoint on this device.
+    """
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime {runtime!r}: use {', '.join(RUNTIMES)}")
+    is_onnx = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
+    if runtime == "auto":
+        if device != "cpu":
+            runtime = "torch"
+        elif checkpoint is None:
+            from facerecon.runtime.session import default_onnx_model
+
+            runtime = "onnx" if default_onnx_model() is not None else "torch"
+        else:
+            runtime = "onnx" if is_onnx else "torch"
+    if runtime == "onnx" and device != "cpu":
+        raise InputError(f"--device {device}: the ONNX runtime runs on the CPU; use the PyTorch runtime (--runtime torch) for {device}")
+    if runtime == "onnx" and checkpoint is not None and not is_onnx:
+        raise InputError(
+            f"{checkpoint}: the ONNX runtime runs an exported network; write one with "
+            f"'facerecon export model.onnx --checkpoint {checkpoint}', or use --runtime torch"
+        )
+    if runtime == "torch" and is_onnx:
+        raise InputError(f"{checkpoint}: an ONNX file runs on the ONNX runtime (--runtime onnx or auto), not PyTorch")
+    return runtime
 
 
 class Reconstructor:
     """A model and a face detector, loaded once.
 
     Args:
-        checkpoint: a checkpoint from ``facerecon train``; None: the model shipped with facerecon.
+        checkpoint: a checkpoint from ``facerecon train`` (``.pt``) or an exported network
+            (``.onnx``, ``facerecon export``); None: the model shipped with facerecon.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         min_probability: the smallest MTCNN face probability counted as a face.
         all_faces: every face of a photo instead of the most confident one.
         batch_size: faces per network pass over a folder.
         warm_up_size: ``(width, height)`` of the first photo when known: the detector sets
             itself up for it on another core while the network loads (``predict`` does this).
-        runtime: ``"torch"`` (PyTorch), or ``"onnx"``: the network and MTCNN in ONNX Runtime on
-            the CPU (docs/runtime.md), ``checkpoint`` then an exported ``.onnx`` file (None: the
-            shipped one); photos and folders only.
+        runtime: ``"auto"`` (default): ONNX Runtime for the shipped model or a ``.onnx`` file on
+            the CPU, PyTorch for a ``.pt`` checkpoint or a CUDA device (:func:`choose_runtime`);
+            ``"onnx"``: the network and MTCNN in ONNX Runtime, without importing torch
+            (docs/runtime.md); ``"torch"``: PyTorch (needs ``pip install 'facerecon[train]'``).
+            The runtime chosen is in ``self.runtime``.
 
     Raises:
-        InputError: a missing or foreign checkpoint, or a CUDA device on a machine without one.
+        InputError: a missing or foreign checkpoint, a runtime that cannot run it, or a CUDA
+            device on a machine without one.
     """
 
     def __init__(
@@ -55,17 +95,31 @@ class Reconstructor:
         all_faces: bool = False,
         batch_size: int = 8,
         warm_up_size: tuple[int, int] | None = None,
-        runtime: str = "torch",
+        runtime: str = "auto",
     ) -> None:
-        if runtime not in ("torch", "onnx"):
-            raise InputError(f"runtime {runtime!r}: use 'torch' or 'onnx'")
-        self.runtime = runtime
-        if runtime == "onnx":
-            self._init_onnx(checkpoint, device, min_probability, all_faces, batch_size)
-            return
+        self.runtime = choose_runtime(runtime, checkpoint, device)
+        self.model = None  # the LoadedModel on the PyTorch runtime
+        if self.runtime == "onnx":
+            from facerecon.runtime.session import MeshRuntime, OnnxFaceDetector, resolve_onnx_model
+
+            self.checkpoint = resolve_onnx_model(checkpoint)
+            self.detector = OnnxFaceDetector(min_probability=min_probability)
+            self.detector.warm_up(warm_up_size)  # MTCNN sets itself up on the other core while the network loads
+            try:
+                network = MeshRuntime(self.checkpoint)
+            finally:
+                self.detector.finish_warm_up()
+        else:
+            network = self._load_torch(checkpoint, device, min_probability, warm_up_size)
+        self.predictor = Predictor(network, self.detector, all_faces=all_faces, batch_size=batch_size)
+
+    def _load_torch(self, checkpoint: str | os.PathLike[str] | None, device: str, min_probability: float, warm_up_size: tuple[int, int] | None) -> Any:
+        """The PyTorch runtime: the checkpoint's network and MTCNN in PyTorch."""
         import torch
 
         from facerecon.detect import FaceDetector
+        from facerecon.engine.predict import TorchNetwork, load_model
+        from facerecon.engine.results import resolve_checkpoint
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"--device {device}: CUDA is not available on this machine")
@@ -73,23 +127,10 @@ class Reconstructor:
         self.detector = FaceDetector(device=device, min_probability=min_probability)
         self.detector.warm_up(warm_up_size)  # MTCNN sets itself up on the other core while the network loads
         try:
-            self.model: LoadedModel = load_model(self.checkpoint, device)
+            self.model = load_model(self.checkpoint, device)
         finally:
             self.detector.finish_warm_up()
-        self.predictor = Predictor(self.model, self.detector, all_faces=all_faces, batch_size=batch_size)
-
-    def _init_onnx(self, model: str | os.PathLike[str] | None, device: str, min_probability: float, all_faces: bool, batch_size: int) -> None:
-        """``runtime="onnx"``: the exported network and MTCNN in ONNX Runtime."""
-        from facerecon.runtime.predict import resolve_onnx_model
-        from facerecon.runtime.predictor import OnnxPredictor
-        from facerecon.runtime.session import OnnxFaceDetector
-
-        if device != "cpu":
-            raise InputError(f"--device {device}: the ONNX runtime runs on the CPU; use the PyTorch runtime for {device}")
-        self.checkpoint = resolve_onnx_model(model)
-        self.detector = OnnxFaceDetector(min_probability=min_probability)
-        self.predictor = OnnxPredictor(self.checkpoint, self.detector, all_faces=all_faces, batch_size=batch_size)
-        self.model = None  # type: ignore[assignment]  (video needs the PyTorch runtime)
+        return TorchNetwork(self.model)
 
     def image(self, photo: str | os.PathLike[str] | np.ndarray) -> list[FaceResult]:
         """The faces of one photo (a file, or an ``(H, W, 3)`` uint8 RGB array): the most
@@ -134,7 +175,7 @@ class Reconstructor:
         Raises:
             InputError: an unreadable video, or no such camera.
         """
-        runner = VideoPredictor(self._torch_model("video"), detector=self.detector, every=every)
+        runner = VideoPredictor(self.predictor.network, detector=self.detector, every=every)
         return runner.reconstruct(open_frames(path, camera), max_frames=max_frames)
 
     def video_runner(self, every: int = 1, mesh_format: str = ".obj", stages: bool = False, require_face: bool = False) -> VideoPredictor:
@@ -142,11 +183,6 @@ class Reconstructor:
         and ``frames.jsonl`` into a folder (``facerecon predict clip.mp4 -o out/``); with
         ``require_face`` frames without a face get no mesh."""
         return VideoPredictor(
-            self._torch_model("video"), detector=self.detector, every=every, mesh_format=mesh_format, stages=stages,
+            self.predictor.network, detector=self.detector, every=every, mesh_format=mesh_format, stages=stages,
             require_face=require_face,
         )
-
-    def _torch_model(self, what: str) -> LoadedModel:
-        if self.model is None:
-            raise InputError(f"{what} runs on the PyTorch runtime: use Reconstructor(runtime='torch')")
-        return self.model

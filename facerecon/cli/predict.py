@@ -42,7 +42,7 @@ def _passive_openmp_when_busy() -> None:
 def predict(  # over 60 lines: one line per command-line option (typer reads them from the signature)
     inputs: List[str] = typer.Argument(None, help="Image files, folders or globs; or one video file (.mp4, .avi, .mov, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="A mesh file (.obj, .ply, .glb, .off, .stl) for one image; a folder for several, or for a video / camera."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model checkpoint. Default: the model shipped with facerecon."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model: a checkpoint (.pt) or an exported network (.onnx). Default: the model shipped with facerecon."),
     fmt: str = typer.Option("obj", "--format", help="Mesh format in folder / video mode: obj, ply, glb, off, stl."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Draw the mesh and landmarks over the photo: a PNG path for one image, a folder for several."),
     overlay_mode: str = typer.Option("shaded", "--overlay-mode", help="shaded | wireframe | dense (every vertex as a dot)."),
@@ -52,6 +52,7 @@ def predict(  # over 60 lines: one line per command-line option (typer reads the
     min_probability: float = typer.Option(0.9, "--min-probability", min=0.0, max=1.0, help="Minimum MTCNN face probability."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Faces per network forward pass in folder mode."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | torch. auto: ONNX Runtime for the shipped model or a .onnx file on the CPU (no torch), PyTorch for a .pt checkpoint or --device cuda."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Look for images in sub-folders too."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Read frames from this camera (0: the first) instead of files; Ctrl-C stops."),
     every: int = typer.Option(1, "--every", min=1, help="Video / camera: reconstruct every Nth frame."),
@@ -79,7 +80,7 @@ def predict(  # over 60 lines: one line per command-line option (typer reads the
         _predict(
             inputs or [], output, checkpoint, fmt, overlay, overlay_mode, stages, all_faces, require_face,
             min_probability, batch_size, device, recursive, camera, every, max_frames, written,
-            _extra_outputs(texture, uv_texture, maps, dense_points),
+            _extra_outputs(texture, uv_texture, maps, dense_points), runtime,
         )
 
 
@@ -87,9 +88,12 @@ def _predict(
     inputs: list[str], output: Path, checkpoint: Optional[Path], fmt: str, overlay: Optional[Path], overlay_mode: str,
     stages: bool, all_faces: bool, require_face: bool, min_probability: float, batch_size: int, device: str,
     recursive: bool, camera: Optional[int], every: int, max_frames: Optional[int], written: list[Path],
-    extras: Any = None,
+    extras: Any = None, runtime: str = "auto",
 ) -> None:
+    from facerecon.api import choose_runtime
     from facerecon.mesh.export import MESH_FORMATS
+
+    runtime = choose_runtime(runtime, checkpoint, device)  # an impossible choice is refused before anything loads
 
     if overlay_mode not in ("shaded", "wireframe", "dense"):
         raise InputError(f"--overlay-mode {overlay_mode!r}: use shaded, wireframe or dense")
@@ -107,7 +111,7 @@ def _predict(
         video = None if camera is not None else Path(inputs[0])
         if extras is not None:
             raise InputError("--texture, --uv-texture, --maps and --dense-points work on photos; a video or camera gives meshes and frames.jsonl")
-        _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written, require_face)
+        _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written, require_face, runtime)
         return
 
     if len(inputs) == 1 and Path(inputs[0]).is_file():  # one photo above the pixel limit: refused before
@@ -121,7 +125,7 @@ def _predict(
     t_load = time.perf_counter()
     rec = _reconstructor(
         checkpoint, device, min_probability, first_size, all_faces=all_faces,
-        batch_size=1 if job.single else batch_size,
+        batch_size=1 if job.single else batch_size, runtime=runtime,
     )
     t_load = time.perf_counter() - t_load
     with make_progress(disable=job.single) as bar:
@@ -183,12 +187,11 @@ def _reconstructor(
 ) -> Any:
     """The model and detector (:class:`facerecon.api.Reconstructor`), saying which model is used."""
     from facerecon.api import Reconstructor
-    from facerecon.engine.predict import resolve_checkpoint
 
-    ckpt = resolve_checkpoint(checkpoint)
+    rec = Reconstructor(checkpoint, device=device, min_probability=min_probability, warm_up_size=first_size, **kwargs)
     if checkpoint is None:
-        info(f"using the default model shipped with facerecon ({ckpt.name})")
-    return Reconstructor(ckpt, device=device, min_probability=min_probability, warm_up_size=first_size, **kwargs)
+        info(f"using the default model shipped with facerecon ({Path(rec.checkpoint).name}, {rec.runtime} runtime)")
+    return rec
 
 
 def _report_photos(summary: Any, job: Any, t: Any, t_load: float, written: list[Path]) -> None:
@@ -218,7 +221,7 @@ def _report_photos(summary: Any, job: Any, t: Any, t_load: float, written: list[
 def _predict_video(
     path: Optional[Path], camera: Optional[int], output: Path, checkpoint: Optional[Path], ext: str, stages: bool,
     min_probability: float, device: str, every: int, max_frames: Optional[int], written: list[Path],
-    require_face: bool = False,
+    require_face: bool = False, runtime: str = "auto",
 ) -> None:
     from facerecon.engine.video import open_frames
     from facerecon.io_utils import check_writable_folder
@@ -228,7 +231,7 @@ def _predict_video(
         raise InputError(f"{output}: a video or camera gives one mesh per frame; give an output folder")
     check_writable_folder(output, "meshes")
     frames = open_frames(path, camera)  # a clear InputError for an unreadable file or a missing camera
-    rec = _reconstructor(checkpoint, device, min_probability, frames.size, batch_size=1)
+    rec = _reconstructor(checkpoint, device, min_probability, frames.size, batch_size=1, runtime=runtime)
     runner = rec.video_runner(every=every, mesh_format=ext, stages=stages, require_face=require_face)
     total = frames.frame_count
     if total is not None:

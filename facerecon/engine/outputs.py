@@ -95,30 +95,29 @@ def uv_target(uv_texture: Optional[Path], single: bool, source: Path, face_index
 
 
 class _Topology:
-    """The model's template (for the UV layout) and reference face (for PNCC), read once."""
+    """The network's template (for the UV layout) and reference face (for PNCC), read once."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, network: Any) -> None:
         from facerecon.mesh.templates import load_template
         from facerecon.mesh.texture import uv_layout
 
-        template = load_template(model.config.model.template)
+        template = load_template(network.template)
         finest = template.levels[-1]
         self.layout = uv_layout(finest.vertices, template.boundary)
-        prior = getattr(model.network, "prior_mean", None)  # model v2: the mean face of its prior
-        reference = None if prior is None else prior.detach().cpu().numpy().astype(np.float64)
-        if reference is None or not np.abs(reference).max() > 0:
+        reference = network.reference_face()  # model v2: the mean face of its prior
+        if reference is None:
             reference = finest.vertices.astype(np.float64)  # model v1: the template it deforms
-        self.reference = reference
+        self.reference = np.asarray(reference, dtype=np.float64)
 
 
 _TOPOLOGY: dict[int, _Topology] = {}
 
 
-def _topology(model: Any) -> _Topology:
-    key = id(model)
+def _topology(network: Any) -> _Topology:
+    key = id(network)
     if key not in _TOPOLOGY:
         _TOPOLOGY.clear()  # one model per process
-        _TOPOLOGY[key] = _Topology(model)
+        _TOPOLOGY[key] = _Topology(network)
     return _TOPOLOGY[key]
 
 
@@ -129,8 +128,8 @@ def photo_extras(
     """Write a photo's maps and UV textures, and texture its meshes (written later with the mesh).
 
     Args:
-        model: the :class:`~facerecon.engine.predict.LoadedModel` that made ``results``.
-        results: the photo's :class:`~facerecon.engine.predict.FaceResult` s, face 0 first.
+        model: the network runner that made ``results`` (:class:`~facerecon.engine.results.NetworkRunner`).
+        results: the photo's :class:`~facerecon.engine.results.FaceResult` s, face 0 first.
         image: the photo ``(H, W, 3)`` uint8 (needed for textures).
         mesh_paths: each face's mesh path; face 0's stem names the maps.
         uv_paths: each face's UV texture path (None without ``--uv-texture``).

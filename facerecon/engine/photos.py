@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from facerecon.engine.predict import FaceResult, Predictor, PreparedFace, write_result
+from facerecon.engine.results import FaceResult, Predictor, PreparedFace, write_result
 from facerecon.errors import FaceReconError, InputError
 
 __all__ = ["PhotoJob", "PhotoOutcome", "PhotoSummary", "plan_photos", "reconstruct_photos", "write_photos"]
@@ -281,6 +281,6 @@ def _photo_extras(
         image = load_photo(outcome.path)
     mesh_paths = [job.targets(r.source, r.face_index)[0] for r in outcome.faces]
     uv_paths = [uv_target(extras.uv_texture, job.single, r.source, r.face_index) for r in outcome.faces]
-    done = photo_extras(predictor.model, outcome.faces, image, mesh_paths, uv_paths, extras)
+    done = photo_extras(predictor.network, outcome.faces, image, mesh_paths, uv_paths, extras)
     written.extend(done.files)
     return done.faces, image

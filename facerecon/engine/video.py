@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from facerecon.engine.predict import FaceResult, Timings
+from facerecon.engine.results import FaceResult, Timings
 from facerecon.errors import InputError
 
 __all__ = ["FrameSource", "open_frames", "VideoPredictor", "VideoSummary", "FrameResult"]
@@ -165,7 +165,8 @@ class VideoPredictor:
     """Per-frame meshes with face tracking (see the module docstring).
 
     Args:
-        model: a :class:`facerecon.engine.predict.LoadedModel`.
+        model: a network runner (:class:`facerecon.engine.results.NetworkRunner`) or a
+            :class:`facerecon.engine.predict.LoadedModel`.
         device: where MTCNN runs.
         min_probability: MTCNN's face probability for a detection and for keeping a track.
         every: reconstruct every Nth frame.
@@ -191,7 +192,7 @@ class VideoPredictor:
         require_face: bool = False,
     ) -> None:
         from facerecon.detect import FaceDetector
-        from facerecon.engine.predict import Predictor
+        from facerecon.engine.results import Predictor
 
         if every < 1:
             raise InputError(f"--every must be >= 1, got {every}")

@@ -584,13 +584,17 @@ def export_module(
 
 
 def network_metadata(wrapper: ExportNetwork, landmark_reference: np.ndarray | None, source: str) -> dict[str, str]:
-    """The JSON the runtime reads (:data:`META_KEY`): kind, sizes, stage triangles, landmark reference."""
+    """The JSON the runtime reads (:data:`META_KEY`): kind, sizes, stage triangles, landmark reference,
+    mean face."""
     from facerecon import __version__
 
     net = wrapper.net
     arrays = {f"faces{k}": f.cpu().numpy().astype(np.int32) for k, f in enumerate(wrapper.stage_faces())}
     if landmark_reference is not None:
         arrays["landmark_reference"] = np.asarray(landmark_reference, dtype=np.float64)
+    prior = getattr(net, "prior_mean", None)  # model v2's mean face: the colours of PNCC maps
+    if prior is not None and float(prior.detach().abs().max()) > 0:
+        arrays["reference_face"] = prior.detach().cpu().numpy().astype(np.float64)
     kind = "v2-spiral" if wrapper.spiral else "v2" if wrapper.prior else "v1"
     info = {
         "format": 1,

@@ -28,7 +28,7 @@ from facerecon.errors import DependencyError, InputError
 
 __all__ = [
     "META_KEY", "MTCNN_FILES", "make_session", "MeshRuntime", "OnnxMTCNN", "OnnxFaceDetector",
-    "default_onnx_model", "asset_path", "optimised_model_path",
+    "default_onnx_model", "resolve_onnx_model", "asset_path", "optimised_model_path",
 ]
 
 #: The ONNX metadata key holding an exported network's description (``facerecon.runtime.export``).
@@ -48,6 +48,16 @@ def asset_path(name: str) -> Path | None:
 def default_onnx_model() -> Path | None:
     """The shipped default model as ONNX (``facerecon/assets/default_model.onnx``), when present."""
     return asset_path("default_model.onnx")
+
+
+def resolve_onnx_model(model: str | os.PathLike[str] | None) -> Path:
+    """The given ``.onnx`` file, else the shipped default (or a clear error)."""
+    if model is not None:
+        return Path(model)
+    found = default_onnx_model()
+    if found is None:
+        raise InputError("this installation ships no ONNX model; write one with 'facerecon export model.onnx --checkpoint RUN/best.pt'")
+    return found
 
 
 def optimised_model_path(model: str | os.PathLike[str]) -> Path | None:
@@ -143,7 +153,11 @@ class MeshRuntime:
         crop_size: side of the crops the network takes, px.
         stage_faces: (F_k, 3) int64 triangles of each stage; the last is the mesh's.
         landmark_reference: (68, 3) frontal landmarks for the head pose, or None.
+        template: the template's name; ``input_size``, ``takes_landmarks5``, ``device``: the rest
+            of a network runner's interface (:class:`facerecon.engine.results.NetworkRunner`).
     """
+
+    device = "cpu"
 
     def __init__(self, path: str | os.PathLike[str], threads: int = DEFAULT_THREADS) -> None:
         self.path = Path(path)
@@ -158,6 +172,30 @@ class MeshRuntime:
         self.output_names = list(self.info["outputs"])
         self.stage_faces = [arrays[f"faces{k}"].astype(np.int64) for k in range(sum(n.startswith("stage") for n in self.output_names))]
         self.landmark_reference = arrays["landmark_reference"] if "landmark_reference" in arrays.files else None
+        self._reference_face = arrays["reference_face"] if "reference_face" in arrays.files else None
+        self.template = self.info.get("template")
+
+    @property
+    def input_size(self) -> int:
+        return self.crop_size
+
+    def reference_face(self) -> np.ndarray | None:
+        """(V, 3) model v2's mean face, crop units (PNCC's colours); None: the template's."""
+        return self._reference_face
+
+    def outputs(self, pixels: np.ndarray, crops: Any) -> dict[str, Any]:
+        """The network on ``(B, S, S, 3)`` uint8 crops (:class:`facerecon.crop.FaceCrop` s for the
+        five points), as :meth:`facerecon.engine.results.NetworkRunner.outputs` gives them."""
+        from facerecon.crop import landmarks5_crop_units
+
+        out = self.run(pixels, landmarks5_crop_units(crops) if self.takes_landmarks5 else None)
+        return {
+            "vertices": out["vertices"],
+            "landmarks": out.get("landmarks"),
+            "colors": out.get("colors"),
+            "stages": [out[f"stage{k}"] for k in range(len(self.stage_faces))],
+            "stage_faces": self.stage_faces,
+        }
 
     @property
     def takes_landmarks5(self) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 from facerecon.engine.photos import PhotoOutcome, reconstruct_photos
 from facerecon.engine.results import FaceResult, Predictor, write_result
 from facerecon.engine.video import FrameResult, VideoPredictor, open_frames
-from facerecon.errors import InputError
+from facerecon.errors import InputError, missing_extra
 
 __all__ = ["Reconstructor", "FaceResult", "PhotoOutcome", "FrameResult", "write_result", "choose_runtime"]
 
@@ -115,7 +115,10 @@ class Reconstructor:
 
     def _load_torch(self, checkpoint: str | os.PathLike[str] | None, device: str, min_probability: float, warm_up_size: tuple[int, int] | None) -> Any:
         """The PyTorch runtime: the checkpoint's network and MTCNN in PyTorch."""
-        import torch
+        try:
+            import torch
+        except ImportError as exc:  # a plain install: the ONNX runtime only
+            raise missing_extra(exc, "the PyTorch runtime") or exc from None
 
         from facerecon.detect import FaceDetector
         from facerecon.engine.predict import TorchNetwork, load_model

@@ -28,7 +28,7 @@ _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 from facerecon import __version__
 from facerecon.cli._common import err_console, state
-from facerecon.errors import FaceReconError
+from facerecon.errors import FaceReconError, missing_extra
 from facerecon.signals import Interrupted, Terminated, exit_code
 
 
@@ -71,6 +71,13 @@ class _FaceReconGroup(TyperGroup):
         except FaceReconError as exc:
             _report(exc)
             sys.exit(exc.exit_code)
+        except ImportError as exc:  # a command of the `train` extra on an install without it
+            extra = missing_extra(exc, f"facerecon {_command_name(argv)}".rstrip())
+            if extra is None:
+                _report(exc, prefix="internal error: ")
+                sys.exit(1)
+            _report(extra)
+            sys.exit(extra.exit_code)
         except (OSError, MemoryError) as exc:
             _report(exc)
             sys.exit(1)
@@ -79,8 +86,13 @@ class _FaceReconGroup(TyperGroup):
             sys.exit(1)
 
 
+def _command_name(argv: list[str]) -> str:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
 def _error_line(message: str) -> None:
-    message = " ".join(str(message).split())  # exactly one line
+    message = escape(" ".join(str(message).split()))  # exactly one line, shown as written (no markup)
     err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
 
 

@@ -35,7 +35,7 @@ def detect_crop(
     all_faces: bool = typer.Option(False, "--all-faces", help="Keep every face (<stem>_<k>.<ext>), not only the most confident."),
     min_probability: float = typer.Option(0.9, "--min-probability", min=0.0, max=1.0, help="Ignore detections below this MTCNN probability."),
     size: int = typer.Option(224, "--size", min=8, max=4096, help="Side of the square crops, px."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for MTCNN: cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option("cpu", "--device", help="Where MTCNN runs: cpu (ONNX Runtime), cuda, cuda:1, ... (PyTorch)."),
     max_detect_side: int = typer.Option(1024, "--max-detect-side", min=32, help="Detect on a copy whose longer side is at most this many px; crops come from the original."),
     fallback_box: Optional[tuple[float, float, float]] = typer.Option(
         None, "--fallback-box", metavar="CX CY SIDE",

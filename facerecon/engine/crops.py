@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from facerecon.crop_records import merge_records, read_records, write_records
 from facerecon.errors import InputError
 
-__all__ = ["CropOptions", "CropSummary", "crop_photos", "output_names"]
+__all__ = ["CropOptions", "CropSummary", "crop_photos", "make_detector", "output_names"]
 
 
 @dataclass
@@ -51,6 +51,19 @@ class CropSummary:
     records: int = 0
 
 
+def make_detector(device: str = "cpu", **kwargs: Any) -> Any:
+    """MTCNN with the crop policy: in ONNX Runtime on the CPU when this installation ships MTCNN's
+    exported networks (no torch: :class:`facerecon.runtime.session.OnnxFaceDetector`), else in
+    PyTorch (:class:`facerecon.detect.FaceDetector`, any device)."""
+    from facerecon.runtime.session import MTCNN_FILES, OnnxFaceDetector, asset_path
+
+    if device == "cpu" and all(asset_path(name) is not None for name in MTCNN_FILES.values()):
+        return OnnxFaceDetector(**kwargs)
+    from facerecon.detect import FaceDetector
+
+    return FaceDetector(device=device, **kwargs)
+
+
 def crop_photos(
     paths: Sequence[Path], outdir: Path, records_path: Path, options: CropOptions, summary: CropSummary,
     on_photo: Callable[[Path], None] | None = None, on_fallback_box: Callable[[tuple[float, float, float], int], None] | None = None,
@@ -66,10 +79,8 @@ def crop_photos(
     Raises:
         InputError: the folder's records file is not a records file (it is left untouched).
     """
-    from facerecon.detect import FaceDetector
-
     old_records = read_records(records_path) if old_records is None else old_records
-    detector = FaceDetector(device=options.device, min_probability=options.min_probability, max_detect_side=options.max_detect_side)
+    detector = make_detector(options.device, min_probability=options.min_probability, max_detect_side=options.max_detect_side)
     new_records: list[dict[str, Any]] = []
     deferred: list[tuple[Path, str]] = []
     try:

@@ -1,10 +1,12 @@
-"""The torch-free runtime (facerecon/runtime/session.py, predict.py): a photo reconstructed in a
-fresh process that never imports torch, with the same boxes, five points and vertices as the
-PyTorch path (boxes IoU >= 0.99, vertices within 1e-4 crop units) on a synthetic two-face image
-and on the shared photos (skipped when ../shared/data is absent); all faces in one batch."""
+"""The torch-free runtime (facerecon/runtime/session.py through engine/results.py's Predictor): a
+photo reconstructed in a fresh process that never imports torch, with the same boxes, five points
+and vertices as the PyTorch runtime (boxes IoU >= 0.99, vertices within 1e-4 crop units) on a
+synthetic two-face image and on the shared photos (skipped when ../shared/data is absent); all
+faces in one batch; the runtime ``auto`` chooses; ``predict`` without torch installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,13 +29,14 @@ PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 SCRIPT = r"""
 import json, sys
 import numpy as np
+import facerecon.engine.outputs, facerecon.engine.photos, facerecon.engine.video
+from facerecon import Reconstructor
 from facerecon.imageio import load_image
-from facerecon.runtime.predict import RuntimePredictor
 
-predictor = RuntimePredictor(all_faces=True)
-report = {}
+rec = Reconstructor(all_faces=True, batch_size=16)  # runtime "auto": the shipped model in ONNX Runtime
+report = {"runtime": rec.runtime}
 for src, dst in zip(sys.argv[1::2], sys.argv[2::2]):
-    faces = predictor.predict(load_image(src))
+    faces = rec.image(load_image(src))
     np.savez(dst, crops=json.dumps([f.crop.to_dict() for f in faces]),
              vertices=np.stack([f.stages_crop[-1] for f in faces]),
              landmarks=np.stack([f.landmarks_px for f in faces]))
@@ -105,7 +108,7 @@ def test_runtime_never_imports_torch_and_matches_the_torch_path(tmp_path: Path) 
     shared = [PHOTOS / name for name in ("JianzhuGuo.jpg", "t1.jpg")]
     photos += [p for p in shared if p.is_file()]
     report, results = _run_runtime(photos, tmp_path)
-    assert report["torch"] is False
+    assert report["torch"] is False and report["runtime"] == "onnx"
     assert report[str(photos[0])] == 2
     for photo, result in zip(photos, results):
         _compare_with_torch(photo, result)
@@ -169,18 +172,101 @@ def test_reconstructor_on_the_onnx_runtime_matches_the_torch_runtime() -> None:
     """``Reconstructor(runtime="onnx")``: the same crops, the same vertices within 1e-4 crop units."""
     pytest.importorskip("facenet_pytorch")
     from facerecon.api import Reconstructor
-    from facerecon.errors import InputError
 
     photo = ROOT / "facerecon" / "assets" / "astronaut.png"
-    ours = Reconstructor(runtime="onnx").image(photo)
-    ref = Reconstructor().image(photo)
+    rec = Reconstructor(runtime="onnx")
+    ours = rec.image(photo)
+    ref_rec = Reconstructor(runtime="torch")
+    ref = ref_rec.image(photo)
     assert len(ours) == len(ref) == 1
     side = ref[0].crop.box[2]
     assert np.abs(np.asarray(ours[0].crop.box) - np.asarray(ref[0].crop.box)).max() < 0.01 * side
     # the same crop through both networks
-    rec = Reconstructor(runtime="onnx")
     face = rec.predictor.reconstruct([(photo, load_image(photo), ref[0].crop, 0)])[0]
     np.testing.assert_allclose(face.stages_crop[-1], ref[0].stages_crop[-1], atol=1e-4)
     assert face.pose is not None and np.allclose(face.pose, ref[0].pose, atol=0.05)
-    with pytest.raises(InputError, match="PyTorch runtime"):
-        rec.video(photo)
+    # what the map outputs read of the network: the template and the mean face (PNCC's colours)
+    assert rec.predictor.network.template == ref_rec.model.config.model.template
+    prior = ref_rec.model.network.prior_mean.detach().numpy()
+    np.testing.assert_allclose(rec.predictor.network.reference_face(), prior, atol=1e-6)
+
+
+def test_auto_runtime_is_onnx_for_the_shipped_model_and_onnx_files_on_the_cpu(tmp_path: Path) -> None:
+    from facerecon.api import choose_runtime
+    from facerecon.errors import InputError
+    from facerecon.runtime.session import default_onnx_model
+
+    if default_onnx_model() is None:
+        pytest.skip("no shipped ONNX model")
+    assert choose_runtime("auto", None) == "onnx"
+    assert choose_runtime("auto", "run/best.onnx") == "onnx"
+    assert choose_runtime("auto", "run/best.pt") == "torch"
+    assert choose_runtime("auto", None, device="cuda") == "torch"
+    assert choose_runtime("torch", None) == "torch"
+    assert choose_runtime("onnx", None) == "onnx"
+    with pytest.raises(InputError, match="facerecon export model.onnx --checkpoint run/best.pt"):
+        choose_runtime("onnx", "run/best.pt")
+    with pytest.raises(InputError, match="runs on the CPU"):
+        choose_runtime("onnx", None, device="cuda:1")
+    with pytest.raises(InputError, match="ONNX runtime"):
+        choose_runtime("torch", "model.onnx")
+    with pytest.raises(InputError, match="use auto, onnx, torch"):
+        choose_runtime("tensorrt", None)
+
+
+def _cli(args: list[str], tmp_path: Path, site: str) -> subprocess.CompletedProcess:
+    """``facerecon ARGS`` in a fresh process whose ``sitecustomize`` is ``site``."""
+    folder = tmp_path / "site"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(site)
+    env = dict(os.environ, PYTHONPATH=f"{folder}{os.pathsep}{ROOT}", OMP_WAIT_POLICY="PASSIVE", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "-m", "facerecon", *args], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+
+
+#: A process in which importing torch (or anything of it) fails loudly, as on an install without it.
+REFUSE_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "torchvision", "facenet_pytorch"):
+            raise ImportError(f"torch-free process imported {name}", name=name)
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+@pytest.mark.slow
+def test_predict_on_the_onnx_runtime_never_imports_torch(tmp_path: Path) -> None:
+    """``facerecon predict`` (runtime auto, and every photo output) in a process that cannot
+    import torch; the mesh overlays the photo as the PyTorch runtime's does (within 1e-3 px)."""
+    import trimesh
+
+    photo = ROOT / "facerecon" / "assets" / "astronaut.png"
+    args = [str(photo), "-o", "face.obj", "--texture", "--maps", "depth,pncc,normals", "--stages", "--overlay", "face.png"]
+    proc = _cli(["predict", *args, "--runtime", "onnx"], tmp_path, REFUSE_TORCH)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("face.obj", "face.json", "face.png", "face.depth.png", "face.pncc.png", "face.normals.png", "face.stage0.obj"):
+        assert (tmp_path / name).is_file(), name
+    plain = _cli(["predict", str(photo), "-o", "plain.obj"], tmp_path, REFUSE_TORCH)  # runtime auto
+    assert plain.returncode == 0 and "onnx runtime" in plain.stderr, plain.stderr[-2000:]
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        return
+    ref = _cli(["predict", str(photo), "-o", "ref.obj", "--runtime", "torch"], tmp_path, "")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ours = trimesh.load(tmp_path / "plain.obj", process=False)
+    theirs = trimesh.load(tmp_path / "ref.obj", process=False)
+    np.testing.assert_allclose(ours.vertices, theirs.vertices, atol=1e-3)
+
+
+def test_commands_of_the_train_extra_name_its_install_command_without_torch(tmp_path: Path) -> None:
+    """With torch missing (``sys.modules['torch'] = None``, as Python's import system reads it):
+    one red line naming ``pip install 'facerecon[train]'``, exit 2."""
+    site = "import sys\nsys.modules['torch'] = None\n"
+    photo = ROOT / "facerecon" / "assets" / "astronaut.png"
+    for args in (["export", "model.onnx"], ["predict", str(photo), "-o", "face.obj", "--runtime", "torch"]):
+        proc = _cli(args, tmp_path, site)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "pip install 'facerecon[train]'" in lines[0], (args, proc.stderr)
+    proc = _cli(["predict", str(photo), "-o", "face.obj"], tmp_path, site)
+    assert proc.returncode == 0 and (tmp_path / "face.json").is_file(), proc.stderr[-2000:]

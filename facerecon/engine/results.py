@@ -349,13 +349,13 @@ def _write_result_files(
     overlay_mode: str, written: list[Path], extra: Any = None,
 ) -> None:
     """``write_result``'s files, each appended to ``written`` once it is complete; the record last."""
+    from facerecon.mesh.export import export_mesh
+
     if extra is not None and extra.textured is not None:
         from facerecon.mesh.texture import save_textured_mesh
 
         written.extend(save_textured_mesh(mesh_path, extra.textured, durable=False))
     else:
-        from facerecon.mesh.export import export_mesh
-
         export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
         written.append(mesh_path)
     json_path = mesh_path.with_suffix(".json")

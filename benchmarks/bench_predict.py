@@ -111,7 +111,7 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
     print(f"  (the face was found by the {detector.last_search!r} search; p = {crops[0].probability:.4f})")
     prepared = predictor.prepare(photo, image, crops)
     pixels = np.stack([p.pixels for p in prepared])
-    network = _median_ms(lambda: predictor.run_network(pixels, [p.crop for p in prepared]), args.repeats)
+    network = _median_ms(lambda: predictor.network.outputs(pixels, [p.crop for p in prepared]), args.repeats)
     (result,) = predictor.reconstruct(prepared)
     export = _median_ms(lambda: write_result(result, tmp / "face.obj"), args.repeats)
     import json

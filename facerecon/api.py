@@ -121,7 +121,7 @@ class Reconstructor:
             raise missing_extra(exc, "the PyTorch runtime") or exc from None
 
         from facerecon.detect import FaceDetector
-        from facerecon.engine.predict import TorchNetwork, load_model
+        from facerecon.engine.predict import load_model
         from facerecon.engine.results import resolve_checkpoint
 
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -133,7 +133,7 @@ class Reconstructor:
             self.model = load_model(self.checkpoint, device)
         finally:
             self.detector.finish_warm_up()
-        return TorchNetwork(self.model)
+        return self.model
 
     def image(self, photo: str | os.PathLike[str] | np.ndarray) -> list[FaceResult]:
         """The faces of one photo (a file, or an ``(H, W, 3)`` uint8 RGB array): the most

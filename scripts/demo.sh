@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 
 "$FR" info
 "$FR" make-initial-mesh --check   # the shipped templates match a fresh generation
-if "$VENV/bin/python" -c 'from facerecon.engine.predict import default_checkpoint as d; raise SystemExit(d() is None)'; then
+if "$VENV/bin/python" -c 'from facerecon.engine.results import default_checkpoint as d; raise SystemExit(d() is None)'; then
   "$FR" -v predict "$PHOTO" -o "$OUT/astronaut.obj" --overlay "$OUT/astronaut_overlay.png" --stages
   "$FR" view "$OUT/astronaut.obj" --image "$PHOTO" --screenshot "$OUT/astronaut_view.png"
   "$FR" view "$OUT/astronaut.obj" --screenshot "$OUT/astronaut_mesh.png"

@@ -142,16 +142,15 @@ def test_predict_bad_inputs(tiny_run: dict, tmp_path: Path) -> None:
 
 
 def test_predict_imports_only_what_it_needs(tmp_path: Path) -> None:
-    """Start-up: ``facerecon predict photo -o face.obj`` with the shipped model never imports
-    torchvision (seconds: it pulls in torch's compiler stack), facenet-pytorch (its MTCNN weights
-    are read from its folder), trimesh (the .obj is written directly), Open3D or h5py; and
-    ``predict --help`` does not even import torch."""
+    """Start-up: ``facerecon predict photo -o face.obj`` with the shipped model (the ONNX runtime)
+    never imports torch (seconds), torchvision, facenet-pytorch, trimesh (the .obj is written
+    directly), Open3D or h5py; and ``predict --help`` does not even import numpy."""
     import subprocess
     import sys
 
     from facerecon.engine.predict import default_checkpoint
 
-    heavy = ("torchvision", "facenet_pytorch", "trimesh", "open3d", "h5py", "scipy")
+    heavy = ("torch", "torchvision", "facenet_pytorch", "trimesh", "open3d", "h5py", "scipy")
     report = "import atexit, sys\natexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules})))\n"
     help_run = subprocess.run(
         [sys.executable, "-c", report + "sys.argv = ['facerecon', 'predict', '--help']\nfrom facerecon.cli import main\nmain()"],
@@ -170,7 +169,7 @@ def test_predict_imports_only_what_it_needs(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     loaded = eval(run.stdout.strip().splitlines()[-1])  # noqa: S307
-    assert "torch" in loaded and not set(heavy) & set(loaded), sorted(set(heavy) & set(loaded))
+    assert "onnxruntime" in loaded and not set(heavy) & set(loaded), sorted(set(heavy) & set(loaded))
     assert _check_mesh(tmp_path / "face.obj") is not None
 
 

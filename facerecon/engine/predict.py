@@ -1,5 +1,5 @@
 """The PyTorch runtime of ``facerecon predict``: a checkpoint's network loaded (:func:`load_model`)
-and run on crops (:class:`TorchNetwork`, a network runner of :class:`~facerecon.engine.results.Predictor`).
+as a :class:`LoadedModel`, the network runner that :class:`~facerecon.engine.results.Predictor` runs.
 
 Everything around the network (batching, results in the photo's pixel frame, their files) is
 torch-free and lives in :mod:`facerecon.engine.results`; its names are re-exported here.
@@ -32,7 +32,8 @@ from facerecon.errors import InputError
 
 @dataclass
 class LoadedModel:
-    """A network ready for inference, with what the checkpoint says about it."""
+    """A network ready for inference, with what the checkpoint says about it; the PyTorch
+    network runner of :class:`facerecon.engine.results.Predictor` (``NetworkRunner``)."""
 
     network: torch.nn.Module
     config: Any  # facerecon.config.Config
@@ -40,6 +41,50 @@ class LoadedModel:
     landmark_reference: np.ndarray | None
     device: torch.device
     info: dict = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        """The cache's crop size (the network resizes)."""
+        from facerecon.crop import CROP_SIZE
+
+        return CROP_SIZE
+
+    @property
+    def takes_landmarks5(self) -> bool:
+        return _accepts_landmarks5(self.network)
+
+    @property
+    def template(self) -> str:
+        return self.config.model.template
+
+    def run(self, pixels: np.ndarray, crops: Sequence[Any]) -> Any:
+        """The network on ``(B, S, S, 3)`` uint8 crops; MTCNN's five points go along when the
+        network's ``forward`` takes ``landmarks5`` (model v2). Returns its MeshPrediction."""
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.inference_mode():
+            if self.takes_landmarks5:
+                five = torch.from_numpy(landmarks5_crop_units(crops)).to(self.device)
+                return self.network(batch, landmarks5=five)
+            return self.network(batch)
+
+    def outputs(self, pixels: np.ndarray, crops: Sequence[Any]) -> dict[str, Any]:
+        """:meth:`run` as numpy (:meth:`facerecon.engine.results.NetworkRunner.outputs`)."""
+        pred = self.run(pixels, crops)
+        return {
+            "vertices": pred.vertices.float().cpu().numpy(),
+            "landmarks": None if pred.landmarks is None else pred.landmarks.float().cpu().numpy(),
+            "colors": None if pred.colors is None else pred.colors.float().cpu().numpy(),
+            "stages": [c.float().cpu().numpy() for c in pred.coords],
+            "stage_faces": [f.cpu().numpy().astype(np.int64) for f in pred.faces],
+        }
+
+    def reference_face(self) -> np.ndarray | None:
+        """Model v2's mean face (its prior's), crop units; None for a model deforming its template."""
+        prior = getattr(self.network, "prior_mean", None)
+        if prior is None:
+            return None
+        reference = prior.detach().cpu().numpy().astype(np.float64)
+        return reference if np.abs(reference).max() > 0 else None
 
 
 def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
@@ -84,54 +129,9 @@ def _accepts_landmarks5(network: torch.nn.Module) -> bool:
     return bool(getattr(network, "takes_five_points", False))
 
 
-class TorchNetwork:
-    """A :class:`LoadedModel` as a network runner (:class:`facerecon.engine.results.NetworkRunner`)."""
-
-    def __init__(self, model: LoadedModel) -> None:
-        from facerecon.crop import CROP_SIZE
-
-        self.model = model
-        self.input_size = CROP_SIZE  # the cache's crop size; the network resizes
-        self.takes_landmarks5 = _accepts_landmarks5(model.network)
-        self.landmark_reference = model.landmark_reference
-        self.template = model.config.model.template if model.config is not None else None
-        self.device = model.device
-
-    def run(self, pixels: np.ndarray, crops: Sequence[Any]) -> Any:
-        """The network on ``(B, S, S, 3)`` uint8 crops; MTCNN's five points go along when the
-        network's ``forward`` takes ``landmarks5`` (model v2). Returns its MeshPrediction."""
-        device = self.model.device
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float() / 255.0
-        with torch.inference_mode():
-            if self.takes_landmarks5:
-                five = torch.from_numpy(landmarks5_crop_units(crops)).to(device)
-                return self.model.network(batch, landmarks5=five)
-            return self.model.network(batch)
-
-    def outputs(self, pixels: np.ndarray, crops: Sequence[Any]) -> dict[str, Any]:
-        """:meth:`run` as numpy (:meth:`facerecon.engine.results.NetworkRunner.outputs`)."""
-        pred = self.run(pixels, crops)
-        return {
-            "vertices": pred.vertices.float().cpu().numpy(),
-            "landmarks": None if pred.landmarks is None else pred.landmarks.float().cpu().numpy(),
-            "colors": None if pred.colors is None else pred.colors.float().cpu().numpy(),
-            "stages": [c.float().cpu().numpy() for c in pred.coords],
-            "stage_faces": [f.cpu().numpy().astype(np.int64) for f in pred.faces],
-        }
-
-    def reference_face(self) -> np.ndarray | None:
-        """Model v2's mean face (its prior's), crop units; None for a model deforming its template."""
-        prior = getattr(self.model.network, "prior_mean", None)
-        if prior is None:
-            return None
-        reference = prior.detach().cpu().numpy().astype(np.float64)
-        return reference if np.abs(reference).max() > 0 else None
-
-
 __all__ = [
     "LoadedModel",
     "load_model",
-    "TorchNetwork",
     "FaceResult",
     "Predictor",
     "write_result",

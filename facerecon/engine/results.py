@@ -7,7 +7,7 @@ landmarks, head pose). Two runners exist, with one interface (:class:`NetworkRun
 
 * :class:`facerecon.runtime.session.MeshRuntime`: an exported ``.onnx`` network in ONNX Runtime
   (the default on the CPU; imports no torch);
-* :class:`facerecon.engine.predict.TorchNetwork`: a checkpoint's network in PyTorch (training's
+* :class:`facerecon.engine.predict.LoadedModel`: a checkpoint's network in PyTorch (training's
   checkpoints, ``--device cuda``, ``--runtime torch``).
 
 This module imports numpy and facerecon's torch-free modules only (``tests/test_runtime.py``
@@ -36,7 +36,7 @@ import numpy as np
 from facerecon.errors import InputError
 
 __all__ = [
-    "FaceResult", "NetworkRunner", "Predictor", "PreparedFace", "Timings", "as_runner", "default_checkpoint",
+    "FaceResult", "NetworkRunner", "Predictor", "PreparedFace", "Timings", "default_checkpoint",
     "prepare_face", "resolve_checkpoint", "write_record", "write_result",
 ]
 
@@ -209,28 +209,19 @@ class NetworkRunner(Protocol):
         ...
 
 
-def as_runner(model: Any) -> NetworkRunner:
-    """``model`` as a :class:`NetworkRunner`: a runner as it is, a
-    :class:`facerecon.engine.predict.LoadedModel` in a ``TorchNetwork``."""
-    if hasattr(model, "outputs"):
-        return model
-    from facerecon.engine.predict import TorchNetwork
-
-    return TorchNetwork(model)
-
-
 class Predictor:
     """Detection + network, batched over faces. Library entry point of ``facerecon predict``.
 
     Args:
-        model: a :class:`NetworkRunner`, or a ``LoadedModel`` (run in PyTorch).
+        model: a :class:`NetworkRunner`: :class:`facerecon.engine.predict.LoadedModel` (PyTorch)
+            or :class:`facerecon.runtime.session.MeshRuntime` (ONNX Runtime).
         detector: a detector with ``crop(image, all_faces=...)`` (:class:`facerecon.detect.FaceDetector`).
         all_faces: every face of a photo, not only the most confident one.
         batch_size: faces per network pass.
     """
 
     def __init__(self, model: Any, detector: Any, all_faces: bool = False, batch_size: int = 8) -> None:
-        self.network = as_runner(model)
+        self.network = model
         self.detector = detector
         self.all_faces = all_faces
         self.batch_size = max(1, batch_size)

@@ -165,8 +165,8 @@ class VideoPredictor:
     """Per-frame meshes with face tracking (see the module docstring).
 
     Args:
-        model: a network runner (:class:`facerecon.engine.results.NetworkRunner`) or a
-            :class:`facerecon.engine.predict.LoadedModel`.
+        model: a network runner (:class:`facerecon.engine.results.NetworkRunner`): a
+            :class:`facerecon.engine.predict.LoadedModel` or a :class:`facerecon.runtime.session.MeshRuntime`.
         device: where MTCNN runs.
         min_probability: MTCNN's face probability for a detection and for keeping a track.
         every: reconstruct every Nth frame.

@@ -44,7 +44,9 @@ if ! "$PY" -c 'import torch, torchvision.ops; torchvision.ops.nms' >/dev/null 2>
   "$PY" -m pip install -q torch torchvision
 fi
 
-# 4. facerecon itself, editable, with its test extras; only when pyproject.toml changed.
+# 4. facerecon itself, editable, with its test extras (which include the `train` extra: torch,
+#    facenet-pytorch, h5py, onnx, ...; a plain `pip install .` would give prediction alone); only
+#    when pyproject.toml changed.
 stamp="$VENV/.facerecon-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$PY" -c 'import facerecon' >/dev/null 2>&1; then
   say "installing facerecon and its dependencies"

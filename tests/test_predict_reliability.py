@@ -117,13 +117,13 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tiny_run: dict, tmp_path
 def test_signal_between_a_mesh_and_its_record(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int) -> None:
     """Ctrl-C or SIGTERM after a mesh is written and before its JSON record (injected exactly
     there, on the second photo): that mesh is removed again, so every mesh left has its record."""
-    from facerecon.engine import predict as engine_predict
+    from facerecon.engine import results as engine_results
 
     def signal_with_the_mesh_on_disk(path, record):  # type: ignore[no-untyped-def]
         assert Path(path).with_suffix(".obj").is_file()
         os.kill(os.getpid(), sig)  # the handler raises right here
 
-    result, out = _predict_three_photos_with(tiny_run, tmp_path, monkeypatch, engine_predict, "write_record", signal_with_the_mesh_on_disk)
+    result, out = _predict_three_photos_with(tiny_run, tmp_path, monkeypatch, engine_results, "write_record", signal_with_the_mesh_on_disk)
     assert result.exit_code == (130 if sig == signal.SIGINT else 143), result.output
     assert _leftovers(out) == []
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.obj"]

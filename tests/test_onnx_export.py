@@ -49,7 +49,7 @@ def _inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def _torch_outputs(network: torch.nn.Module, crops: np.ndarray, five: np.ndarray) -> dict[str, np.ndarray]:
     image = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
     with torch.inference_mode():
-        if network.cfg.start == "prior":
+        if network.takes_five_points:
             pred = network(image, landmarks5=torch.from_numpy(five))
         else:
             pred = network(image)
@@ -91,7 +91,7 @@ def _randomise(network: torch.nn.Module, seed: int) -> torch.nn.Module:
                 b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
             elif name.endswith("running_mean"):
                 b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-        if network.cfg.start == "prior":
+        if network.takes_five_points:
             network.prior_mean.normal_(0, 0.3, generator=gen)
             network.prior_basis.normal_(0, 0.01, generator=gen)
             network.prior_std.uniform_(0.5, 1.5, generator=gen)
@@ -103,17 +103,17 @@ def _randomise(network: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 TINY = {
     "v1 (graph blocks from the template, colour head)": {
-        "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.hidden": 16, "model.layers_per_block": 4,
-        "model.colour": True, "model.landmarks": True,
+        "model.kind": "pixel2mesh", "model.backbone": "mobilenet_v2_050", "model.image_size": 64,
+        "model.graph.hidden": 16, "model.graph.layers_per_block": 4, "model.pixel2mesh.colour": True, "model.landmarks": True,
     },
     "v2 graph (posed prior, grid head, O-Net features)": {
-        "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.start": "prior", "model.prior_components": 6,
-        "model.head_hidden": 32, "model.hidden_per_block": [16, 12, 8, 8], "model.layers_per_block_list": [4, 2, 2, 2],
-        "model.head_pool": "grid", "model.onet_features": True,
+        "model.kind": "prior_graph", "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.prior.components": 6,
+        "model.prior.head_hidden": 32, "model.graph.hidden_per_block": [16, 12, 8, 8],
+        "model.graph.layers_per_block_list": [4, 2, 2, 2], "model.prior.head_pool": "grid", "model.prior.onet_features": True,
     },
     "v2 spiral": {
-        "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.start": "prior", "model.decoder": "spiral",
-        "model.prior_components": 4, "model.head_hidden": 32, "model.spiral_widths": [8, 8, 8, 8],
+        "model.kind": "prior_spiral", "model.backbone": "mobilenet_v2_050", "model.image_size": 64,
+        "model.prior.components": 4, "model.prior.head_hidden": 32, "model.spiral.widths": [8, 8, 8, 8],
     },
 }
 
@@ -122,7 +122,7 @@ TINY = {
 def test_random_weights_of_each_kind_run_the_same_in_onnx_runtime(kind: str, tmp_path: Path) -> None:
     from facerecon.model.network import build_network
 
-    if TINY[kind].get("model.onet_features"):
+    if TINY[kind].get("model.prior.onet_features"):
         pytest.importorskip("facenet_pytorch")
     network = _randomise(build_network(Config().replace(TINY[kind]).model), seed=len(kind))
     reference = np.random.default_rng(1).normal(size=(68, 3))

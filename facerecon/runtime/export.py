@@ -316,7 +316,7 @@ class ExportNetwork(nn.Module):
         super().__init__()
         self.net = network.eval()
         cfg = network.cfg
-        self.prior = getattr(cfg, "start", "template") == "prior"
+        self.prior = bool(cfg.starts_from_prior)
         self.spiral = self.prior and network.spiral_decoder is not None
         size = cfg.image_size or crop_size
         self.size = int(size)
@@ -348,7 +348,7 @@ class ExportNetwork(nn.Module):
             raise InputError("this model v2 network has no face prior yet (it is set when training starts): nothing to export")
         xc = five3d - five3d.mean(0, keepdim=True)
         self.register_buffer("pinv", torch.linalg.solve(xc.T @ xc, xc.T))  # as fit_scaled_orthographic
-        self.aligned = bool(net.cfg.five_point and bool(net.prior_five_ref.abs().sum() > 0))
+        self.aligned = bool(net.cfg.prior.five_point and bool(net.prior_five_ref.abs().sum() > 0))
         self.register_buffer("onet_resize", resize_matrix(self.size, 48) if net.onet is not None else None)
 
     @property
@@ -400,7 +400,7 @@ class ExportNetwork(nn.Module):
                 extra = torch.cat([extra, feats], dim=2)
             out, feats = _deform_block(block, maps, net._project(coords), extra, self.nsums[level])
             out = out.transpose(0, 1)
-            coords = coords + out if net.cfg.coord_mode == "offset" else out
+            coords = coords + out if net.cfg.pixel2mesh.coord_mode == "offset" else out
             stages.append(coords)
         colors = None
         if net.colour_head is not None:
@@ -444,7 +444,7 @@ class ExportNetwork(nn.Module):
             warped = _bilinear(_table(image), (size, size), _affine_grid(theta, size), zeros=True)
             image = warped.transpose(1, 2).reshape(-1, 3, size, size)
         maps = self._backbone(image)
-        g = _grid_pool(maps[-1], 4) if net.cfg.head_pool == "grid" else maps[-1].mean((2, 3))
+        g = _grid_pool(maps[-1], 4) if net.cfg.prior.head_pool == "grid" else maps[-1].mean((2, 3))
         ref = net.prior_five_ref.float()
         parts = [g, (five_al - ref[None]).reshape(-1, 10) * 10.0]
         if net.onet is not None:

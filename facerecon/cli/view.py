@@ -9,6 +9,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, info
 from facerecon.errors import InputError
+from facerecon.mesh.export import POINT_FORMATS, mesh_suffixes
 
 ORDER = 70
 
@@ -16,7 +17,7 @@ ORDER = 70
 def view(
     files: List[Path] = typer.Argument(
         ..., metavar="MESH_OR_POINTS...",
-        help="Meshes (.obj .ply .glb .off .stl) and point clouds (.ply without faces, .npy (N,3) xyz or (N,6) xyz+normals), shown together where they are.",
+        help=f"Meshes ({' '.join(mesh_suffixes())}) and point clouds ({' '.join(POINT_FORMATS)}: .ply without faces, .npy (N,3) xyz or (N,6) xyz+normals), shown together where they are.",
         show_default=False,
     ),
     image: Optional[Path] = typer.Option(

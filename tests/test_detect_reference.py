@@ -107,7 +107,7 @@ def test_nms_hand_values() -> None:
     assert nms(boxes, scores, 0.8, method="min").tolist() == [3, 1, 2]
 
 
-@pytest.mark.parametrize("count", [1, 37, 300, 700])  # all pairs at once up to 512 boxes; greedy loop above
+@pytest.mark.parametrize("count", [1, 37, 300, 700])
 def test_nms_equals_torchvision_and_facenet_pytorch(count: int) -> None:
     """Random boxes on a coarse grid (many equal scores and overlaps at the threshold): "union"
     keeps torchvision's ``nms`` boxes in its order, "min" facenet-pytorch's ``nms_numpy``'s."""
@@ -126,7 +126,7 @@ def test_nms_equals_torchvision_and_facenet_pytorch(count: int) -> None:
         assert nms(boxes, scores, threshold, method="min").tolist() == np.asarray(ref_min).tolist()
 
 
-@pytest.mark.parametrize("count", [40, 700])  # all pairs at once; greedy loop
+@pytest.mark.parametrize("count", [40, 700])
 def test_nms_with_groups_equals_torchvision_batched_nms(count: int) -> None:
     """Groups (P-Net's pyramid levels): torchvision's ``batched_nms`` keeps the same boxes, and
     each group's kept boxes, in order, are ``nms`` of that group alone."""

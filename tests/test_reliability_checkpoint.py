@@ -136,13 +136,6 @@ def test_save_with_an_injected_enospc(tmp_path: Path, monkeypatch: pytest.Monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_old_import_paths_still_work() -> None:
-    from facerecon.engine import train
-
-    assert train.load_checkpoint is load_checkpoint and train.save_checkpoint is save_checkpoint
-    assert train.export_inference_checkpoint is ckpt_mod.export_inference_checkpoint
-
-
 def test_absurd_per_block_widths_are_refused(tmp_path: Path) -> None:
     ckpt = _good()
     ckpt["config"]["model"]["hidden_per_block"] = [64, 32, 10**7]

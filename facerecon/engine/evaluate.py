@@ -147,9 +147,6 @@ class EvalReport:
     summary: dict
     settings: EvalSettings
 
-    def to_json(self) -> dict:
-        return {"summary": self.summary, "settings": self.settings.__dict__, "num_samples": len(self.rows)}
-
 
 #: Interior edges whose two faces' normals differ by more than this are folds (degrees).
 FOLD_ANGLE_DEG = 60.0

@@ -124,10 +124,6 @@ class Template:
     boundary: np.ndarray | None
     meta: dict
 
-    @property
-    def num_unpoolings(self) -> int:
-        return len(self.unpool_edges)
-
 
 # --------------------------------------------------------------------------------------------
 # options

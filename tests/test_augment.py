@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cachefix import make_tiny_cache
+from synthetic_cache import make_tiny_cache
 from facerecon.data.augment import (
     AugmentSettings,
     Transform2D,

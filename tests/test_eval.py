@@ -121,7 +121,7 @@ def test_five_point_baseline_recovers_an_exactly_posed_face(tmp_path: Path) -> N
     """The tiny cache's faces are its "face model" (a unit cap) scaled and shifted, and its five
     points are exact means of landmark subsets, so the five-point fit must pose the model mean
     onto every face: landmark NME ~ 0 and the posed vertices on the ground truth in x-y."""
-    from cachefix import make_tiny_cache
+    from synthetic_cache import make_tiny_cache
 
     from facerecon.engine.evaluate import FivePointBaseline
 
@@ -174,7 +174,7 @@ def test_point_metrics_search_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cli_five_point_baseline_refuses_a_cache_without_face_model_first(tmp_path: Path) -> None:
     """Refused before any evaluation runs: one line, exit 2, no report written."""
-    from cachefix import make_tiny_cache
+    from synthetic_cache import make_tiny_cache
 
     cache = make_tiny_cache(tmp_path / "scan.h5", n=6, points=200, same_topology=False)
     out = tmp_path / "r.json"

@@ -21,7 +21,7 @@ from facerecon.model.face_prior import (
     similarity_fit_batch,
     template_correspondence,
 )
-from cachefix import make_tiny_cache
+from synthetic_cache import make_tiny_cache
 from rotations import rotation_xyz
 
 

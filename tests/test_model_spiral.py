@@ -121,7 +121,7 @@ def test_spiral_checkpoint_trains_loads_and_evaluates(tmp_path) -> None:  # noqa
     """A spiral-decoder run goes through the same engine: train, load without flags, evaluate."""
     import math
 
-    from cachefix import make_tiny_cache
+    from synthetic_cache import make_tiny_cache
 
     from facerecon.config import Config
     from facerecon.engine.evaluate import EvalSettings, evaluate_cache

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cachefix import make_tiny_cache
+from synthetic_cache import make_tiny_cache
 from rotations import rotation_xyz
 from facerecon.config import Config, ModelConfig
 from facerecon.engine.evaluate import fold_fraction

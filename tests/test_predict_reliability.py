@@ -1,5 +1,4 @@
-"""``facerecon predict`` under interruption, bad output paths and huge photos (issue 13, predict
-parts): one line naming the file and the problem, exit 2 for bad input, no traceback, no
+"""``facerecon predict`` under interruption, bad output paths and huge photos: one line naming the file and the problem, exit 2 for bad input, no traceback, no
 temporary file left behind, memory bounded whatever the batch size."""
 
 from __future__ import annotations

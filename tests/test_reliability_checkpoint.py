@@ -1,4 +1,4 @@
-"""Issue 13, checkpoints: one module saves and loads them; every bad file gets one line naming it
+"""Checkpoints: one module saves and loads them; every bad file gets one line naming it
 (exit 2), loading never runs pickled code nor allocates what a hand-edited config asks for."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from facerecon.config import Config
 from facerecon.engine import checkpoint as ckpt_mod
 from facerecon.engine.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from facerecon.errors import InputError
-from reliafix import cli, error_lines, small_tmpfs, tiny_cache
+from failure_harness import cli, error_lines, small_tmpfs, tiny_cache
 
 
 class Opaque:  # a class torch's weights-only loader refuses

@@ -1,4 +1,4 @@
-"""Issue 13, bad input elsewhere: a corrupt face-model array, a damaged cache given to eval, and
+"""Bad input: a corrupt face-model array, a damaged cache given to eval, and
 Open3D's XDG_RUNTIME_DIR complaint on a successful headless screenshot."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from reliafix import cli, error_lines, tiny_cache
+from failure_harness import cli, error_lines, tiny_cache
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_face_model import tiny_model_arrays, write_reduced  # noqa: E402

@@ -1,4 +1,4 @@
-"""Issue 13, prepare: a full disk keeps the partial cache resumable; non-finite face-model
+"""prepare under failure: a full disk keeps the partial cache resumable; non-finite face-model
 parameters are skipped and reported; a run without one good sample fails."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import scipy.io
 
 from facerecon.data.cache import PrepareDiskFull, PrepareOptions, partial_path, prepare_cache
 from facerecon.data.readers import list_samples
-from reliafix import cli, error_lines, remount, small_tmpfs
+from failure_harness import cli, error_lines, remount, small_tmpfs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import _assert_same_file, make_fixture_dataset  # noqa: E402

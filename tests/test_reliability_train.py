@@ -1,4 +1,4 @@
-"""Issue 13, training: Ctrl-C / SIGTERM mid-step resume bit-identically, stale temporaries,
+"""Training under failure: Ctrl-C / SIGTERM mid-step resume bit-identically, stale temporaries,
 a full disk while writing a checkpoint, damaged caches refused by name."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from conftest import TINY_MODEL
 from facerecon.engine.checkpoint import load_checkpoint
-from reliafix import cli, error_lines, small_tmpfs, tiny_cache
+from failure_harness import cli, error_lines, small_tmpfs, tiny_cache
 
 TESTS = Path(__file__).resolve().parent
 
@@ -342,7 +342,7 @@ with stop_requests() as request:
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_while_loader_workers_start_does_not_kill_them(sig: str, tmp_path: Path) -> None:
     """The race behind the test above: a signal to the process group that arrives while the
-    workers of a new epoch are being forked (before their ``worker_init_fn`` ignores it) used to
+    workers of a new epoch are being forked (before their ``worker_init_fn`` ignores it) must not
     end a worker ("DataLoader worker exited unexpectedly"). Sent at exactly that moment, every
     batch must still arrive and the main process must see the stop request."""
     driver = tmp_path / "driver.py"

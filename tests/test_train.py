@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cachefix import make_tiny_cache
+from synthetic_cache import make_tiny_cache
 from conftest import TINY_MODEL
 from facerecon.cli import app
 from facerecon.config import Config

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cachefix import make_tiny_cache
+from synthetic_cache import make_tiny_cache
 from facerecon.config import Config
 from facerecon.engine.train import fit_template_placement
 from facerecon.mesh.templates import load_template

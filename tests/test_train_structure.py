@@ -1,4 +1,4 @@
-"""The shape of ``facerecon train``'s start (issue 12): the cache is opened once and each of its
+"""The shape of ``facerecon train``'s start: the cache is opened once and each of its
 datasets read once before the loaders' Datasets take over; the statistics of that pass equal
 independent numpy computations whatever the chunking; training's validation is eval's loop; the
 statistics reach every DDP rank from rank 0; the loop's functions fit on a screen."""
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from cachefix import make_tiny_cache
+from synthetic_cache import make_tiny_cache
 from conftest import TINY_MODEL
 from facerecon.config import Config
 from facerecon.data import validate

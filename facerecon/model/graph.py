@@ -281,7 +281,7 @@ class GraphConv(nn.Module):
             out = nn.functional.linear(x, self.weight0, self.bias)
             agg = neighbour_sum(adjacency, x).to(x.dtype)
             return out + nn.functional.linear(agg, self.weight1)
-        # W0 and W1 in one GEMM over the same input (issue 10), then the neighbour sum of the W1 part
+        # W0 and W1 in one GEMM over the same input (one pass over x), then the neighbour sum of the W1 part
         both = nn.functional.linear(x, torch.cat([self.weight0, self.weight1], 0))
         out, h1 = both.split(self.out_channels, dim=-1)
         if self.bias is not None:

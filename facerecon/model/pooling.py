@@ -85,7 +85,7 @@ def project(coords: Tensor, projection: Projection = "orthographic", **pinhole: 
 def _sample(fmap: Tensor, grid: Tensor) -> Tensor:
     """(B, C, H, W), (B, V, 2) -> (V, B, C) bilinear samples (vertex-major)."""
     # a contiguous (B, 1, V, 2) grid: a strided or (B, V, 1, 2) one sends PyTorch's CPU kernel
-    # down its scalar per-point path (45 % of the network's time, issue 10)
+    # down its scalar per-point path (it took 45 % of the network's time)
     b, v = grid.shape[0], grid.shape[1]
     g = grid.to(fmap.dtype).reshape(b, 1, v, 2).contiguous()
     out = F.grid_sample(fmap, g, mode="bilinear", padding_mode="border", align_corners=False)

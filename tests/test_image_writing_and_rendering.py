@@ -1,4 +1,4 @@
-"""One home each for writing a picture and for Open3D rendering (issue 12).
+"""One home each for writing a picture and for Open3D rendering.
 
 ``facerecon.imageio.save_image`` is the one image writer (the overlay's ``save_image`` is it,
 limited to .png / .jpg); ``facerecon.mesh.preview.render_offscreen`` / ``run_window`` are the one
@@ -188,8 +188,8 @@ print("stepped")
 
 def test_an_optimizer_step_after_an_offscreen_render(tmp_path: Path) -> None:
     """An Open3D offscreen context and then a first optimizer step in one process (a test run, a
-    notebook): the step used to crash the process (segmentation fault) while torch imported its
-    compiler stack; ``open3d_module`` imports it first when torch is loaded."""
+    notebook): the step must not crash the process (a segmentation fault when torch imports its
+    compiler stack after Open3D); ``open3d_module`` imports it first when torch is loaded."""
     import subprocess
     import sys
 

@@ -98,7 +98,7 @@ def bench_network(template, backbones: list[str], repeats: int, device: torch.de
     for backbone in backbones:
         for mode in ("auto", "pre", "post"):
             torch.manual_seed(0)
-            cfg = ModelConfig(backbone=backbone, project_mode=mode)  # type: ignore[arg-type]
+            cfg = ModelConfig(backbone=backbone, project_mode=mode)
             net = build_network(cfg, template, device=device)
             opt = torch.optim.Adam(net.parameters(), lr=1e-4)
             b1, b4 = _batch(1, device, gen), _batch(4, device, gen)
@@ -119,7 +119,6 @@ def bench_network(template, backbones: list[str], repeats: int, device: torch.de
             f4 = _timeit(lambda: forward(b4), repeats, device)
             st = _timeit(step, repeats, device)
             print(f"| {backbone} | {mode} | {f1:.0f} | {f4:.0f} | {st:.0f} | {4000 / st:.2f} |")
-            del net, opt
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ def _load() -> str:
         return "?"
 
 
-def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -92,7 +92,7 @@ def _row(name: str, ms: float, peer: float | None) -> str:
     return f"  {name:<34}{ms:>6.2f}{(f'{peer:.1f}' if peer else '-'):>10}{ratio}"
 
 
-def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:
     import numpy as np
     import torch
 
@@ -223,7 +223,7 @@ def bench_process(args: argparse.Namespace, photo: Path, tmp: Path) -> None:
               f"{med['detection']:.1f} ms (goal <= 15), network {med['network']:.1f} ms (goal <= 40), export {med['export']:.1f} ms (goal <= 5)")
 
 
-def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:
     import cv2
     import numpy as np
 
@@ -257,7 +257,7 @@ def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None
           f"network {1000 * s.network / n:.1f} ms, export {1000 * s.export / n:.1f} ms")
 
 
-def bench_folder(args: argparse.Namespace, model, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def bench_folder(args: argparse.Namespace, model, tmp: Path) -> None:
     from facerecon.detect import FaceDetector
     from facerecon.engine.predict import Predictor, write_result
     from facerecon.imageio import load_photo

@@ -36,7 +36,7 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar, cast
 
 import numpy as np
 import torch
@@ -88,9 +88,9 @@ class PNet(nn.Module):
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         # the two 1x1 heads as one convolution
-        heads = nn.functional.conv2d(
-            x, torch.cat([self.conv4_1.weight, self.conv4_2.weight]), torch.cat([self.conv4_1.bias, self.conv4_2.bias])
-        )
+        bias1, bias2 = self.conv4_1.bias, self.conv4_2.bias
+        assert bias1 is not None and bias2 is not None  # nn.Conv2d's default: with bias
+        heads = nn.functional.conv2d(x, torch.cat([self.conv4_1.weight, self.conv4_2.weight]), torch.cat([bias1, bias2]))
         return heads[:, 2:], torch.softmax(heads[:, :2], dim=1)
 
 
@@ -198,16 +198,21 @@ def load_nets(device: str | torch.device = "cpu") -> MTCNNNets:
     with _LOCK:
         if key not in _CACHE:
             folder = weights_folder()
-            nets = []
-            for name, cls in (("pnet", PNet), ("rnet", RNet), ("onet", ONet)):
-                net = cls()
-                state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
-                net.load_state_dict(state)
-                net = net.to(device).eval().requires_grad_(False)
-                net = net.to(memory_format=torch.channels_last)  # they run channels-last: store the weights so once
-                nets.append(net)
-            _CACHE[key] = MTCNNNets(*nets, device=device)  # type: ignore[arg-type]
+            pnet = _load_net(PNet(), folder / "pnet.pt", device)
+            rnet = _load_net(RNet(), folder / "rnet.pt", device)
+            onet = _load_net(ONet(), folder / "onet.pt", device)
+            _CACHE[key] = MTCNNNets(pnet, rnet, onet, device=device)
         return _CACHE[key]
+
+
+_Net = TypeVar("_Net", bound=nn.Module)
+
+
+def _load_net(net: _Net, path: Path, device: torch.device) -> _Net:
+    """``net`` with the weights of ``path``, on ``device``, in eval mode, without gradients."""
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net.to(device).eval().requires_grad_(False)
+    return net.to(memory_format=torch.channels_last)  # they run channels-last: store the weights so once
 
 
 @dataclass
@@ -507,7 +512,7 @@ def pyramid_plan(height: int, width: int, min_face: float, factor: float = DEFAU
     key = (int(height), int(width), float(min_face), float(factor), float(base_min_face))
     cached = _PLANS.get(key, _NO_PLAN)  # one lookup: another thread may drop entries meanwhile
     if cached is not _NO_PLAN:
-        return cached  # type: ignore[return-value]
+        return cast("PyramidPlan | None", cached)
     scales = pyramid_scales(height, width, max(float(min_face), float(base_min_face)), factor, base_min_face)
     plan = _make_plan(height, width, scales) if scales else None
     with _LOCK:

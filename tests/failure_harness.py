@@ -22,10 +22,10 @@ def tiny_cache(path: Path, **kwargs: object) -> Path:
     """``synthetic_cache.make_tiny_cache`` stamped with the current schema (its newer fields filled)."""
     import h5py
 
-    from synthetic_cache import make_tiny_cache
     from facerecon.data.cache import SCHEMA_VERSION
+    from synthetic_cache import make_tiny_cache
 
-    make_tiny_cache(path, **kwargs)  # type: ignore[arg-type]
+    make_tiny_cache(path, **kwargs)
     with h5py.File(path, "r+") as f:
         f.attrs["schema_version"] = SCHEMA_VERSION
         n = f["offsets"].shape[0] - 1

@@ -16,13 +16,12 @@ import scipy.io
 from PIL import Image
 
 from facerecon.data.cache import PrepareOptions, assign_splits, partial_path, prepare_cache, read_split_file
-from facerecon.data.face_model import project_to_image
 from facerecon.data.readers import list_samples
 from facerecon.errors import InputError
 from facerecon.frames import rotation_from_euler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_face_model import tiny_model_arrays, write_reduced  # noqa: E402
+from test_face_model import tiny_model_arrays, write_reduced
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +55,7 @@ def make_fixture_dataset(root: Path, n: int = 12, size: int = 96, seed: int = 0)
 def _read_all(path: Path) -> dict:
     out = {}
     with h5py.File(path, "r") as f:
-        def visit(name, obj):  # noqa: ANN001
+        def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 out[name] = obj[()]
         f.visititems(visit)

@@ -81,7 +81,7 @@ def test_pnet_on_a_mosaic_of_levels_equals_facenet_pytorch_per_level() -> None:
 
 
 @pytest.mark.parametrize(("size", "region", "out"), [((37, 53), (3, 5, 30, 41), (24, 24)), ((37, 53), (0, 0, 37, 53), (27, 39)), ((20, 20), (2, 4, 9, 7), (24, 24))])
-def test_area_resample_is_torch_area_interpolation(size, region, out) -> None:  # type: ignore[no-untyped-def]
+def test_area_resample_is_torch_area_interpolation(size, region, out) -> None:
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
     y0, x0, h, w = region
@@ -220,7 +220,7 @@ def _images(shared_data: Path) -> list[Path]:
     return photos + aflw
 
 
-def _reference_faces(mtcnn, image: np.ndarray) -> list[tuple[np.ndarray, float]]:  # type: ignore[no-untyped-def]
+def _reference_faces(mtcnn, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
     """facenet-pytorch's MTCNN as FaceDetector ran it before: 1024-px copy, p >= 0.9, best first."""
     h, w = image.shape[:2]
     sx = sy = 1.0

@@ -10,10 +10,17 @@ import pytest
 import trimesh
 from scipy.spatial import cKDTree
 
-from facerecon.errors import InputError
 from facerecon import io_utils
+from facerecon.errors import InputError
 from facerecon.mesh import export as export_module
-from facerecon.mesh.export import MeshFormat, export_mesh, export_points, load_geometry, mesh_suffixes, register_mesh_format
+from facerecon.mesh.export import (
+    MeshFormat,
+    export_mesh,
+    export_points,
+    load_geometry,
+    mesh_suffixes,
+    register_mesh_format,
+)
 from facerecon.mesh.templates import load_template
 
 COLOUR_FORMATS = (".obj", ".ply", ".glb")
@@ -28,7 +35,7 @@ def hemisphere() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vertices, level.faces.astype(np.int64), colors
 
 
-def _o3d():  # type: ignore[no-untyped-def]
+def _o3d():
     return pytest.importorskip("open3d")
 
 
@@ -172,7 +179,7 @@ def test_failed_export_leaves_nothing_half_written(tmp_path: Path, hemisphere, m
     target = tmp_path / "face.obj"
     target.write_text("the previous file\n")
 
-    def broken_write(fd, data):  # type: ignore[no-untyped-def]
+    def broken_write(fd, data):
         os.write(fd, bytes(data[: len(data) // 2]))  # half a file, then the disk fills up
         raise OSError(28, "No space left on device")
 
@@ -378,7 +385,7 @@ def test_a_registered_format_is_written_read_and_listed(tmp_path: Path, registry
         suffix = ".xyzf"
         summary = "test format"
 
-        def encode(self, vertices, faces, colors):  # type: ignore[no-untyped-def]
+        def encode(self, vertices, faces, colors):
             return (f"{len(vertices)}\n" + "".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in vertices.tolist())
                     + "".join(f"{a} {b} {c}\n" for a, b, c in faces.tolist())).encode()
 

@@ -138,11 +138,11 @@ def test_head_pose_recovers_the_dataset_pose() -> None:
 @pytest.mark.slow
 def test_head_pose_matches_aflw2000_poses(shared_data, tmp_path) -> None:
     """On real AFLW2000-3D ground truth the pose from landmarks agrees with Pose_Para."""
+    import h5py
+
     from facerecon.data.cache import PrepareOptions, prepare_cache
     from facerecon.data.readers import list_samples
     from facerecon.engine.statistics import read_cache_statistics
-
-    import h5py
 
     refs = list_samples(shared_data / "aflw2000-3d")[:40]
     out = tmp_path / "c.h5"

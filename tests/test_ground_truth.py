@@ -24,8 +24,7 @@ from facerecon.frames import image_to_crop
 from facerecon.imageio import sample_colors
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import shared_subdir  # noqa: E402
-from test_cache import make_fixture_dataset  # noqa: E402
+from test_cache import make_fixture_dataset
 
 
 def nme_xy(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -137,7 +137,7 @@ def test_viewer_and_preview_render_through_the_one_path(fake_open3d: type[_FakeV
     monkeypatch.setattr(preview, "_populate", lambda vis, level: populated.append("template"))
     image = viewer.render_scene(object(), width=16, height=16)
     np.testing.assert_array_equal(image, np.full((4, 6, 3), 128, np.uint8))  # round(0.5 * 255)
-    buffer = preview.render_png(object(), tmp_path / "t.png")  # type: ignore[arg-type]
+    buffer = preview.render_png(object(), tmp_path / "t.png")
     np.testing.assert_array_equal(_read_rgb(tmp_path / "t.png"), np.full((4, 6, 3), 127, np.uint8))  # truncated
     assert buffer.dtype == np.float32 and populated == ["scene", "template"]
     assert fake_open3d.calls.count("capture") == 2

@@ -16,8 +16,8 @@ from facerecon.data.readers import FLIP_PERMUTATION_68, detect_format, list_samp
 from facerecon.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cache import make_fixture_dataset  # noqa: E402
-from test_face_model import savemat_v73  # noqa: E402
+from test_cache import make_fixture_dataset
+from test_face_model import savemat_v73
 
 PERM = np.array(FLIP_PERMUTATION_68)
 

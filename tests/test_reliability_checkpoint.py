@@ -126,7 +126,7 @@ def test_save_with_an_injected_enospc(tmp_path: Path, monkeypatch: pytest.Monkey
     before = path.read_bytes()
 
     class FullFile(io.FileIO):
-        def write(self, data):  # noqa: ANN001, ANN201
+        def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod, "open", lambda p, mode="r": FullFile(p, mode.replace("b", "")), raising=False)

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_cache import make_tiny_cache
 from conftest import TINY_MODEL
 from facerecon.config import Config
 from facerecon.data import validate
 from facerecon.engine import statistics
 from facerecon.engine.statistics import read_cache_statistics
 from facerecon.engine.train import TrainOptions, run_training
+from synthetic_cache import make_tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOADER_DATASETS = os.path.join("facerecon", "data", "dataset.py")  # the training reads, not the start's
@@ -36,7 +36,7 @@ def h5_log(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     log: dict[str, list] = {"opens": [], "reads": []}
     real_file, real_getitem = h5py.File, h5py.Dataset.__getitem__
 
-    class CountedFile(real_file):  # type: ignore[misc, valid-type]
+    class CountedFile(real_file):
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
             caller = sys._getframe(1).f_code.co_filename

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import typer
 
 from facerecon.cli._common import console, display_path, info
 from facerecon.errors import FaceReconError, InputError
+
+if TYPE_CHECKING:
+    from facerecon.mesh.templates import Template
 
 ORDER = 30
 
@@ -61,7 +64,7 @@ def make_initial_mesh(
         if s not in _SHAPES:
             raise InputError(f"unknown shape {s!r}: choose from {', '.join(_SHAPES)}")
     radii_v, center_v = radii, center
-    options = {"vertices": vertices, "faces": faces, "levels": levels, "center": center_v}
+    options: dict[str, Any] = {"vertices": vertices, "faces": faces, "levels": levels, "center": center_v}
     custom = any(v is not None for v in options.values()) or radius is not None or radii_v is not None
     if (custom or name) and len(shapes) != 1:
         raise InputError("name exactly one shape when giving --vertices/--faces/--levels/--radius/--radii/--center/--name")
@@ -115,7 +118,7 @@ def _print_table(shape: str, rows: list[dict]) -> None:
     console.print(table)
 
 
-def _show(template, stem: str, screenshot: Optional[Path], out: Path) -> None:  # type: ignore[no-untyped-def]
+def _show(template: Template, stem: str, screenshot: Optional[Path], out: Path) -> None:
     from facerecon.mesh.preview import has_display, render_png, show_window
 
     if screenshot is None and has_display():

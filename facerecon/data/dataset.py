@@ -86,10 +86,6 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         augment: Any = None,
         yaw_repeat: Sequence[float] | None = None,
     ) -> None:
-        import h5py
-
-        from facerecon.data.cache import SCHEMA_VERSION
-
         self.path = Path(path)
         split_codes(split)  # refuse an unknown split before opening the file
         if points_per_region is not None:
@@ -110,13 +106,30 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             if len(parts) == 2:
                 parts = parts + parts
             self.correspondence = (parts[0].astype(np.int64), parts[1].astype(np.float32), parts[2].astype(np.int64), parts[3].astype(np.float32))
+        self.rows, yaw = self._read_index(split, yaw_repeat is not None)
+        self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
+        if yaw is not None and yaw_repeat is not None:
+            self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
+        self.split = split
+        self._file: Any = None
+        self._pid: int | None = None
+
+    def _read_index(self, split: str, read_yaw: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Check the cache's schema and read what every sample draw needs (offsets, ids, the
+        five-point failures to transplant); the rows of ``split`` and every row's |yaw| (degrees)
+        when ``read_yaw``."""
+        import h5py
+
+        from facerecon.data.cache import SCHEMA_VERSION
+
+        augment = self.augment
         try:
             with h5py.File(self.path, "r") as f:
                 version = int(f.attrs.get("schema_version", -1))
                 if version != SCHEMA_VERSION:
                     raise InputError(f"{self.path}: cache schema {version} is not {SCHEMA_VERSION}; run facerecon prepare again")
                 split_arr = f["split"][:]
-                yaw = np.abs(f["pose"][:, 0]) if yaw_repeat is not None else None
+                yaw = np.abs(f["pose"][:, 0]) if read_yaw else None
                 rows = split_rows(split_arr, split)
                 self.five_failures = None
                 if augment is not None and augment.five_outlier > 0 and "landmarks5" in f:
@@ -127,19 +140,13 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                     )
                 self.offsets = f["offsets"][:].astype(np.int64)
                 self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
-                if correspondence is not None and not bool(f.attrs.get("points_in_model_order", False)):
+                if self.correspondence is not None and not bool(f.attrs.get("points_in_model_order", False)):
                     raise InputError(f"{self.path}: per-vertex ground truth needs points in the face model's order (a 3DMM cache)")
         except OSError as exc:
             raise InputError(f"{self.path}: cannot open cache ({exc})") from None
         except KeyError as exc:
             raise InputError(f"{self.path}: not a facerecon cache (missing {exc})") from None
-        self.rows = rows
-        self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
-        if yaw is not None:
-            self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
-        self.split = split
-        self._file: Any = None
-        self._pid: int | None = None
+        return rows, yaw
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -214,50 +221,68 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng(key)
             idx = self.draw(regions, rng)
             regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
-        image_np = f["images"][row]
-        landmarks = true_landmarks = f["landmarks"][row].astype(np.float32)
+        sample = {
+            "image": f["images"][row],
+            "points": points,
+            "normals": normals.astype(np.float32),
+            "landmarks": f["landmarks"][row].astype(np.float32),
+            "five": f["landmarks5"][row].astype(np.float32) if "landmarks5" in f else np.full((5, 2), np.nan, np.float32),
+        }
+        if vertices is not None:
+            sample["vertices"] = vertices
         pose = f["pose"][row].astype(np.float32)
-        five = f["landmarks5"][row].astype(np.float32) if "landmarks5" in f else np.full((5, 2), np.nan, np.float32)
-        normals = normals.astype(np.float32)
-        if tf is not None:
-            from facerecon.data.augment import apply_geometry, apply_normals, flip_landmarks, photometric, warp_image
+        if tf is not None and aug_rng is not None:
+            self._augment(tf, aug_rng, sample, float(pose[0]))
+        return self._tensors(sample, regions, colors, pose, row, float(f["mm_per_unit"][row]))
 
-            image_np = photometric(warp_image(tf, image_np), aug_rng, self.augment)
-            points = apply_geometry(tf, points)
-            normals = apply_normals(tf, normals)
-            landmarks = apply_geometry(tf, landmarks)
-            five = apply_geometry(tf, five) + aug_rng.normal(0.0, self.augment.five_noise, size=(5, 2)).astype(np.float32)
-            if vertices is not None:
-                vertices = apply_geometry(tf, vertices)
+    def _augment(self, tf: Any, rng: np.random.Generator, sample: dict[str, np.ndarray], yaw: float) -> None:
+        """Apply the drawn transform ``tf`` (and the photometric changes, the five points' noise,
+        drops and transplanted failures, drawn from ``rng`` in this order) to ``sample`` in place."""
+        from facerecon.data.augment import apply_geometry, apply_normals, flip_landmarks, photometric, warp_image
+
+        aug = self.augment
+        true_landmarks = sample["landmarks"]
+        sample["image"] = photometric(warp_image(tf, sample["image"]), rng, aug)
+        sample["points"] = apply_geometry(tf, sample["points"])
+        sample["normals"] = apply_normals(tf, sample["normals"])
+        landmarks = apply_geometry(tf, sample["landmarks"])
+        five = apply_geometry(tf, sample["five"]) + rng.normal(0.0, aug.five_noise, size=(5, 2)).astype(np.float32)
+        if "vertices" in sample:
+            sample["vertices"] = apply_geometry(tf, sample["vertices"])
+        if tf.flip:
+            landmarks = flip_landmarks(landmarks)
+            five = flip_landmarks(five, five=True)
+        if aug.drop_five > 0 and rng.random() < aug.drop_five:
+            five = np.full((5, 2), np.nan, np.float32)  # as an undetected face's average crop
+        elif self.five_failures and rng.random() < aug.five_outlier:
+            five = apply_geometry(tf, self.five_failures.transplant(true_landmarks, yaw, rng))
             if tf.flip:
-                landmarks = flip_landmarks(landmarks)
                 five = flip_landmarks(five, five=True)
-            if self.augment.drop_five > 0 and aug_rng.random() < self.augment.drop_five:
-                five = np.full((5, 2), np.nan, np.float32)  # as an undetected face's average crop
-            elif self.five_failures and aug_rng.random() < self.augment.five_outlier:
-                five = apply_geometry(tf, self.five_failures.transplant(true_landmarks, float(pose[0]), aug_rng))
-                if tf.flip:
-                    five = flip_landmarks(five, five=True)
-        image = torch.from_numpy(np.ascontiguousarray(image_np.transpose(2, 0, 1)))
+        sample["landmarks"], sample["five"] = landmarks, five
+
+    def _tensors(
+        self, sample: dict[str, np.ndarray], regions: np.ndarray, colors: np.ndarray, pose: np.ndarray, row: int, mm_per_unit: float
+    ) -> dict[str, Any]:
+        """The sample as the tensors ``collate_faces`` batches."""
+        image = torch.from_numpy(np.ascontiguousarray(sample["image"].transpose(2, 0, 1)))
         if self.return_image_float:
             image = image.float().div_(255.0)
-        regions_t = torch.from_numpy(regions.astype(np.int64))
         out = {
             "image": image,
-            "points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
-            "normals": torch.from_numpy(normals),
-            "regions": regions_t,
+            "points": torch.from_numpy(np.ascontiguousarray(sample["points"], dtype=np.float32)),
+            "normals": torch.from_numpy(sample["normals"]),
+            "regions": torch.from_numpy(regions.astype(np.int64)),
             "weights": torch.from_numpy(self.weights[regions]),
             "colors": torch.from_numpy(colors.astype(np.float32) / 255.0),
-            "landmarks": torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)),
-            "landmarks5": torch.from_numpy(np.ascontiguousarray(five, dtype=np.float32)),
+            "landmarks": torch.from_numpy(np.ascontiguousarray(sample["landmarks"], dtype=np.float32)),
+            "landmarks5": torch.from_numpy(np.ascontiguousarray(sample["five"], dtype=np.float32)),
             "pose": torch.from_numpy(pose),
-            "mm_per_unit": torch.tensor(float(f["mm_per_unit"][row]), dtype=torch.float32),
+            "mm_per_unit": torch.tensor(mm_per_unit, dtype=torch.float32),
             "index": torch.tensor(row, dtype=torch.int64),
             "id": self._all_ids[row],
         }
-        if vertices is not None:
-            out["vertices"] = torch.from_numpy(vertices)
+        if "vertices" in sample:
+            out["vertices"] = torch.from_numpy(sample["vertices"])
         return out
 
 

@@ -346,7 +346,7 @@ def _struct_fields(obj: np.ndarray | dict) -> dict:
     if isinstance(obj, dict):
         return obj
     rec = obj[0, 0] if obj.ndim == 2 else obj
-    return {name: rec[name] for name in rec.dtype.names}
+    return {name: rec[name] for name in rec.dtype.names or ()}
 
 
 def _load_mat_file(path: Path) -> FaceModel:
@@ -362,6 +362,7 @@ def _load_mat_file(path: Path) -> FaceModel:
     if missing:
         raise InputError(f"{path}: the 'model' struct lacks {', '.join(missing)}")
     mean = m["shapeMU"].reshape(-1).astype(np.float64) + m["expMU"].reshape(-1)
+    landmark_ids: np.ndarray | None
     if "kpt_ind" in m:
         landmark_ids = np.asarray(m["kpt_ind"]).reshape(-1).astype(np.int64) - 1
     else:

@@ -73,7 +73,7 @@ def training_checkpoint(
     landmark reference (head pose in ``predict``)."""
     from facerecon import __version__
 
-    rng = {"torch": torch.get_rng_state()}
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {

@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
 import numpy as np
 
@@ -260,7 +260,9 @@ class GlbFormat(MeshFormat):
         mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False, validate=False)
         if colors is not None:
             mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=colors)
-        return bytes(mesh.export(file_type="glb"))
+        data = mesh.export(file_type="glb")
+        assert isinstance(data, bytes)  # glb is binary
+        return data
 
 
 @register_mesh_format
@@ -445,7 +447,7 @@ def _load_trimesh(path: Path, suffix: str, merge: bool = False) -> Geometry:
         if isinstance(loaded, trimesh.Scene):  # .glb/.obj with several parts: flatten, transforms applied
             parts = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)]
             loaded = trimesh.util.concatenate(parts) if parts else trimesh.Trimesh()
-    except Exception as exc:  # noqa: BLE001  (trimesh's readers raise many types on bad files)
+    except Exception as exc:  # broad on purpose: trimesh's readers raise many types on bad files
         raise InputError(f"{path}: cannot read ({' '.join(str(exc).split())[:200] or type(exc).__name__})") from None
     if isinstance(loaded, trimesh.PointCloud):
         return _point_geometry(path, loaded)
@@ -460,15 +462,16 @@ def _load_trimesh(path: Path, suffix: str, merge: bool = False) -> Geometry:
     if not np.isfinite(vertices).all():
         raise InputError(f"{path}: the vertices contain NaN or infinite coordinates")
     colors = None
-    if loaded.visual is not None and loaded.visual.kind == "vertex":
-        colors = np.ascontiguousarray(np.asarray(loaded.visual.vertex_colors)[:, :3], dtype=np.uint8)
+    visual = loaded.visual
+    if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
+        colors = np.ascontiguousarray(np.asarray(visual.vertex_colors)[:, :3], dtype=np.uint8)
     if len(faces) == 0:  # e.g. an .obj with only 'v' lines
         return Geometry(path=path, vertices=vertices, colors=colors)
     return Geometry(path=path, vertices=vertices, faces=faces, colors=colors)
 
 
-def _point_geometry(path: Path, cloud: "object") -> Geometry:
-    vertices = np.asarray(cloud.vertices, dtype=np.float64)  # type: ignore[attr-defined]
+def _point_geometry(path: Path, cloud: Any) -> Geometry:
+    vertices = np.asarray(cloud.vertices, dtype=np.float64)
     if len(vertices) == 0:
         raise InputError(f"{path}: the point cloud is empty")
     if not np.isfinite(vertices).all():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ __all__ = [
 FIVE_POINT_LANDMARKS: tuple[tuple[int, ...], ...] = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
 
 
+@overload
+def five_points_from_68(landmarks: Tensor) -> Tensor: ...
+@overload
+def five_points_from_68(landmarks: np.ndarray) -> np.ndarray: ...
 def five_points_from_68(landmarks: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """(..., 68, C) -> (..., 5, C): the five MTCNN points from 68 iBUG landmarks."""
     parts = [landmarks[..., list(ids), :].mean(-2) for ids in FIVE_POINT_LANDMARKS]

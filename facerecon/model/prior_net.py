@@ -20,6 +20,8 @@ Widths can narrow per block (``model.hidden_per_block``, e.g. 96 -> 64 -> 32 -> 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -27,6 +29,7 @@ from torch.nn import functional as F
 from facerecon.config import ModelConfig
 from facerecon.errors import InputError
 from facerecon.model.backbones import Backbone
+from facerecon.model.blocks import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction
 from facerecon.model.face_prior import (
     FacePriorArrays,
     apply_similarity_2d,
@@ -36,8 +39,11 @@ from facerecon.model.face_prior import (
     similarity_2d,
 )
 from facerecon.model.graph import MeshHierarchy
-from facerecon.model.blocks import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction
 from facerecon.model.unpool import Unpool
+
+if TYPE_CHECKING:
+    from facerecon.model.spiral import SpiralDecoder, SpiralRefine, VertexNormals
+    from facerecon.mtcnn import ONet
 
 __all__ = ["PriorFaceNet"]
 
@@ -53,6 +59,19 @@ def _per_block(values: tuple[int, ...], default: int, blocks: int, name: str) ->
 class PriorFaceNet(MeshNetBase):
     """See the module docstring. Build with ``facerecon.model.network.build_network``."""
 
+    # the prior (buffers: filled by set_prior at the start of training; loaded from checkpoints)
+    prior_mean: Tensor
+    prior_basis: Tensor
+    prior_std: Tensor
+    prior_five3d: Tensor
+    prior_five_ref: Tensor
+    prior_landmarks: Tensor
+    onet: ONet | None
+    spiral_decoder: SpiralDecoder | None
+    spiral_refine: SpiralRefine | None
+    spiral_normals: VertexNormals
+    landmark_head: LandmarkHead | None
+
     def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
         super().__init__()
         if cfg.projection != "orthographic":
@@ -63,35 +82,13 @@ class PriorFaceNet(MeshNetBase):
         k = int(cfg.prior_components)
         if k < 1:
             raise InputError(f"model.prior_components must be >= 1, got {k}")
-        # the prior (filled by set_prior at the start of training; loaded from checkpoints)
         self.register_buffer("prior_mean", torch.zeros(v_last, 3))
         self.register_buffer("prior_basis", torch.zeros(k, v_last, 3))
         self.register_buffer("prior_std", torch.zeros(k))
         self.register_buffer("prior_five3d", torch.zeros(5, 3))
         self.register_buffer("prior_five_ref", torch.zeros(5, 2))
         self.register_buffer("prior_landmarks", torch.zeros(68, 3))
-        c_last = self.backbone.channels[-1]
-        if cfg.head_pool not in ("mean", "grid"):
-            raise InputError(f"model.head_pool = {cfg.head_pool!r}: use 'mean' or 'grid'")
-        pooled = c_last * (16 if cfg.head_pool == "grid" else 1)
-        self.onet = None
-        if cfg.onet_features:
-            from facerecon.mtcnn import ONet, weights_folder
-
-            self.onet = ONet()
-            state = torch.load(weights_folder() / "onet.pt", map_location="cpu", weights_only=True)
-            self.onet.load_state_dict(state)
-            self.onet.requires_grad_(False).eval()
-            pooled += 256
-        self.head = nn.Sequential(
-            nn.Linear(pooled + 10, cfg.head_hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(cfg.head_hidden, cfg.head_hidden),
-            nn.ReLU(inplace=True),
-        )
-        self.head_out = nn.Linear(cfg.head_hidden, 10 + k)
-        nn.init.zeros_(self.head_out.weight)
-        nn.init.zeros_(self.head_out.bias)
+        self._build_head(cfg, k)
         self.spiral_decoder = self.spiral_refine = None
         if cfg.decoder == "spiral":
             self._build_spiral(cfg, hierarchy, blocks)
@@ -116,6 +113,31 @@ class PriorFaceNet(MeshNetBase):
         )
         self.colour_head = None
         self.landmark_head = LandmarkHead(cfg.num_landmarks, v_last) if cfg.landmarks else None
+
+    def _build_head(self, cfg: ModelConfig, k: int) -> None:
+        """The global head: pooled backbone features (+ the five points, + frozen ONet features)
+        -> 6-D rotation, log-scale, translation and ``k`` shape coefficients; its last layer at zero."""
+        if cfg.head_pool not in ("mean", "grid"):
+            raise InputError(f"model.head_pool = {cfg.head_pool!r}: use 'mean' or 'grid'")
+        pooled = self.backbone.channels[-1] * (16 if cfg.head_pool == "grid" else 1)
+        self.onet = None
+        if cfg.onet_features:
+            from facerecon.mtcnn import ONet, weights_folder
+
+            self.onet = ONet()
+            state = torch.load(weights_folder() / "onet.pt", map_location="cpu", weights_only=True)
+            self.onet.load_state_dict(state)
+            self.onet.requires_grad_(False).eval()
+            pooled += 256
+        self.head = nn.Sequential(
+            nn.Linear(pooled + 10, cfg.head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.head_hidden, cfg.head_hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.head_out = nn.Linear(cfg.head_hidden, 10 + k)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
 
     def _build_spiral(self, cfg: ModelConfig, hierarchy: MeshHierarchy, blocks: int) -> None:
         from facerecon.model.spiral import SpiralDecoder, SpiralRefine, VertexNormals, spiral_indices
@@ -155,6 +177,7 @@ class PriorFaceNet(MeshNetBase):
     # ------------------------------------------------------------------------------ helpers
     def _onet_features(self, image: Tensor) -> Tensor:
         """(B, 3, S, S) aligned crop in [0, 1] -> (B, 256) ONet features (frozen, MTCNN's input scaling)."""
+        assert self.onet is not None  # only called with model.onet_features
         x = F.interpolate(image, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():
             return self.onet.features((x * 255.0 - 127.5) * 0.0078125)
@@ -217,11 +240,19 @@ class PriorFaceNet(MeshNetBase):
         if self.onet is not None:
             parts.append(self._onet_features(image))
         h = self.head(torch.cat(parts, dim=1))
-        out = self.head_out(h).float()
-        d6, dlog_s, dt, coeff = out[:, :6], out[:, 6], out[:, 7:10], out[:, 10:]
-        five3d = self.prior_five3d.float()
         five_fit = five_al.float() if aligned else ref.float()[None].expand(b, -1, -1)
-        s0, r0, t0 = fit_scaled_orthographic(five3d, five_fit)
+        base = self._base_face(self.head_out(h).float(), five_fit)
+        to_crop = _aligned_to_crop(a, t)
+        if self.spiral_decoder is not None:
+            return self._spiral_forward(base, h, image, maps, to_crop)
+        return self._graph_forward(base, maps, to_crop)
+
+    def _base_face(self, out: Tensor, five_fit: Tensor) -> Tensor:
+        """(B, 10 + K) head outputs, (B, 5, 2) five points to pose on (aligned frame) -> (B, V, 3)
+        the posed prior face: the mean face's five-point fit, corrected by the head."""
+        b = out.shape[0]
+        d6, dlog_s, dt, coeff = out[:, :6], out[:, 6], out[:, 7:10], out[:, 10:]
+        s0, r0, t0 = fit_scaled_orthographic(self.prior_five3d.float(), five_fit)
         rot = r0 @ rotation_6d(0.1 * d6)
         s = s0 * torch.exp(0.1 * dlog_s)
         k = self.prior_basis.shape[0]
@@ -229,25 +260,16 @@ class PriorFaceNet(MeshNetBase):
         base = s[:, None, None] * shape @ rot.transpose(1, 2)
         lm_z = s * (self.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]  # mean landmark depth
         shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
-        base = base + shift[:, None, :]
+        return base + shift[:, None, :]
 
-        a_inv = torch.linalg.inv(a.float())
-        t32 = t.float()
-        z_scale = torch.sqrt(torch.det(a.float()).abs())
-
-        def to_crop(x: Tensor) -> Tensor:
-            xy = (x[..., :2] - t32[:, None, :]) @ a_inv.transpose(1, 2)
-            return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
-
-        if self.spiral_decoder is not None:
-            return self._spiral_forward(base, h, image, maps, to_crop)
+    def _graph_forward(self, base: Tensor, maps: list[Tensor], to_crop: Callable[[Tensor], Tensor]) -> MeshPrediction:
+        """The graph blocks, each refining the residual over the base face (aligned frame)."""
         residual: Tensor | None = None
         feats: Tensor | None = None
         out_coords, in_coords, out_feats, faces, edges = [], [], [], [], []
         for level, block in enumerate(self.blocks):
-            nv = self.hierarchy.num_vertices(level)
-            base_l = base[:, :nv]
-            if residual is None:
+            base_l = base[:, : self.hierarchy.num_vertices(level)]
+            if residual is None or feats is None:
                 coords_in = base_l
             else:
                 unpool = self.unpools[level - 1]
@@ -260,21 +282,23 @@ class PriorFaceNet(MeshNetBase):
             delta, feats = block(maps, coords_in[..., :2], extra, self.hierarchy.adjacency(level))
             delta = delta.transpose(0, 1).float()
             residual = delta if residual is None else residual + delta
-            coords = base_l + residual
             in_coords.append(to_crop(coords_in))
-            out_coords.append(to_crop(coords))
+            out_coords.append(to_crop(base_l + residual))
             out_feats.append(feats.transpose(0, 1))
             faces.append(self.hierarchy.faces(level))
             edges.append(self.hierarchy.edges(level))
-        final = out_coords[-1]
-        landmarks = self.landmark_head(final) if self.landmark_head is not None else None
+        landmarks = self.landmark_head(out_coords[-1]) if self.landmark_head is not None else None
         pred = MeshPrediction(out_coords, in_coords, out_feats, faces, edges, None, landmarks)
         pred.base = to_crop(base)
         return pred
 
-    def _spiral_forward(self, base: Tensor, embedding: Tensor, image: Tensor, maps: list, to_crop) -> MeshPrediction:  # noqa: ANN001
+    def _spiral_forward(
+        self, base: Tensor, embedding: Tensor, image: Tensor, maps: list[Tensor], to_crop: Callable[[Tensor], Tensor]
+    ) -> MeshPrediction:
         """Coarse spiral decoder + spiral refinement (``model.decoder = "spiral"``), aligned frame."""
         from facerecon.model.spiral import _sample_map
+
+        assert self.spiral_decoder is not None and self.spiral_refine is not None
 
         last = self.num_blocks - 1
         faces, edges = self.hierarchy.faces(last), self.hierarchy.edges(last)
@@ -289,3 +313,17 @@ class PriorFaceNet(MeshNetBase):
         pred = MeshPrediction(out_coords, in_coords, [coarse, final], [faces, faces], [edges, edges], None, landmarks)
         pred.base = to_crop(base)
         return pred
+
+
+def _aligned_to_crop(a: Tensor, t: Tensor) -> Callable[[Tensor], Tensor]:
+    """The map from the aligned frame (``aligned = crop @ A.T + t``, (B, 2, 2), (B, 2)) back to
+    the crop frame for (B, V, 3) points; depth scaled by the similarity's scale."""
+    a_inv = torch.linalg.inv(a.float())
+    t32 = t.float()
+    z_scale = torch.sqrt(torch.det(a.float()).abs())
+
+    def to_crop(x: Tensor) -> Tensor:
+        xy = (x[..., :2] - t32[:, None, :]) @ a_inv.transpose(1, 2)
+        return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
+
+    return to_crop

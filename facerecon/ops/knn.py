@@ -106,7 +106,7 @@ def backend_summary() -> str:
             if build.is_built(spec):
                 try:
                     module = build.load(spec, build=False)
-                except Exception:  # noqa: BLE001  (a broken cache entry: report as not built)
+                except Exception:  # broad on purpose: a broken cache entry is reported as not built
                     continue
                 state.tried, state.module, state.directory = True, module, spec.directory
                 directory = spec.directory

@@ -94,7 +94,6 @@ def _row(name: str, ms: float, peer: float | None) -> str:
 
 def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:
     import numpy as np
-    import torch
 
     from facerecon.detect import FaceDetector
     from facerecon.engine.predict import Predictor, write_record, write_result
@@ -162,17 +161,27 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
     if before_ms is not None:
         print(_row("  formatting with trimesh (before)", before_ms, None))
     print(_row("total (without decode)", total, PEER["total"]))
+    _bench_facenet_mtcnn(args, image)
+    _bench_flops(args, model, predictor, prepared, pixels, network)
+
+
+def _bench_facenet_mtcnn(args: argparse.Namespace, image) -> None:
+    """facenet-pytorch's MTCNN on the same photo, where it is installed."""
+    import torch
+
     try:
         from facenet_pytorch import MTCNN
-
-        ref = MTCNN(keep_all=True, select_largest=False, post_process=False).eval()
-        with torch.inference_mode():
-            old = _median_ms(lambda: ref.detect(image[None]), args.repeats)
-        print(f"  for comparison, facenet-pytorch's MTCNN as run before (20 px faces): {old:.2f} ms")
     except ImportError:
-        pass
+        return
+    ref = MTCNN(keep_all=True, select_largest=False, post_process=False).eval()
+    with torch.inference_mode():
+        old = _median_ms(lambda: ref.detect(image[None]), args.repeats)
+    print(f"  for comparison, facenet-pytorch's MTCNN as run before (20 px faces): {old:.2f} ms")
 
-    # ---- FLOPs and achieved throughput, beside a plain matrix product of the same size
+
+def _bench_flops(args: argparse.Namespace, model, predictor, prepared, pixels, network: float) -> None:
+    """The network's FLOPs and achieved throughput, beside a plain matrix product of the same size."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0

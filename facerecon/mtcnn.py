@@ -578,55 +578,70 @@ def detect_faces(
     plan = pyramid_plan(h, w, min_face, factor, base_min_face)
     if plan is None:
         return Detections.empty()
-    device = nets.device
     table = _integral(image)
     t0, t1, t2 = (float(t) for t in thresholds)
-
-    # ---- stage 1: P-Net on the pyramid, all levels in one mosaic
-    canvas = plan.canvas(table)  # NHWC: a channels-last tensor without a copy
     with torch.inference_mode():
-        pixels = torch.from_numpy(canvas).permute(0, 3, 1, 2).to(device)
-        reg_map, prob_map = nets.pnet(pixels, plan.mosaic.outside.to(device))
-        boxes = plan.candidates(reg_map[0].cpu().numpy(), prob_map[0, 1].cpu().numpy(), t0)
-        if len(boxes) == 0:
+        boxes = _pnet_stage(table, plan, nets, t0)
+        if boxes is not None:
+            boxes = _rnet_stage(table, boxes, nets, t1)
+        if boxes is None:
             return Detections.empty()
-        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        rw = boxes[:, 2] - boxes[:, 0]
-        rh = boxes[:, 3] - boxes[:, 1]
-        boxes = np.stack(
-            [boxes[:, 0] + boxes[:, 5] * rw, boxes[:, 1] + boxes[:, 6] * rh,
-             boxes[:, 2] + boxes[:, 7] * rw, boxes[:, 3] + boxes[:, 8] * rh, boxes[:, 4]], axis=1
-        )
-        boxes = _square(boxes)
+        return _onet_stage(table, boxes, nets, t2)
 
-        # ---- stage 2: R-Net on 24 px crops
-        inputs, valid = _crops(table, boxes, w, h, 24)
-        if len(valid) == 0:
-            return Detections.empty()
-        boxes = boxes[valid]
-        reg, prob = nets.rnet(inputs.to(device))
-        score = prob[:, 1].cpu().numpy()
-        passed = score > t1
-        if not passed.any():
-            return Detections.empty()
-        boxes = np.concatenate([boxes[passed, :4], score[passed, None]], axis=1)
-        reg = reg.cpu().numpy()[passed]
-        keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
-        boxes = _square(_regress(boxes[keep], reg[keep]))
 
-        # ---- stage 3: O-Net on 48 px crops
-        inputs, valid = _crops(table, boxes, w, h, 48)
-        if len(valid) == 0:
-            return Detections.empty()
-        boxes = boxes[valid]
-        reg, pts, prob = nets.onet(inputs.to(device))
-        score = prob[:, 1].cpu().numpy()
-        passed = score > t2
-        if not passed.any():
-            return Detections.empty()
-        boxes = np.concatenate([boxes[passed, :4], score[passed, None]], axis=1)
-        reg = reg.cpu().numpy()[passed]
-        pts = pts.cpu().numpy()[passed]
+def _pnet_stage(table: np.ndarray, plan: PyramidPlan, nets: MTCNNNets, threshold: float) -> np.ndarray | None:
+    """Stage 1: P-Net on the pyramid, all levels in one mosaic -> ``(N, 5)`` square candidate
+    boxes (x0, y0, x1, y1, score), px; None when there are none."""
+    canvas = plan.canvas(table)  # NHWC: a channels-last tensor without a copy
+    pixels = torch.from_numpy(canvas).permute(0, 3, 1, 2).to(nets.device)
+    reg_map, prob_map = nets.pnet(pixels, plan.mosaic.outside.to(nets.device))
+    boxes = plan.candidates(reg_map[0].cpu().numpy(), prob_map[0, 1].cpu().numpy(), threshold)
+    if len(boxes) == 0:
+        return None
+    boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+    rw = boxes[:, 2] - boxes[:, 0]
+    rh = boxes[:, 3] - boxes[:, 1]
+    boxes = np.stack(
+        [boxes[:, 0] + boxes[:, 5] * rw, boxes[:, 1] + boxes[:, 6] * rh,
+         boxes[:, 2] + boxes[:, 7] * rw, boxes[:, 3] + boxes[:, 8] * rh, boxes[:, 4]], axis=1
+    )
+    return _square(boxes)
+
+
+def _rnet_stage(table: np.ndarray, boxes: np.ndarray, nets: MTCNNNets, threshold: float) -> np.ndarray | None:
+    """Stage 2: R-Net on 24 px crops of the candidates -> the refined square boxes; None when
+    none passes."""
+    h, w = table.shape[0] - 1, table.shape[1] - 1
+    inputs, valid = _crops(table, boxes, w, h, 24)
+    if len(valid) == 0:
+        return None
+    boxes = boxes[valid]
+    reg, prob = nets.rnet(inputs.to(nets.device))
+    score = prob[:, 1].cpu().numpy()
+    passed = score > threshold
+    if not passed.any():
+        return None
+    boxes = np.concatenate([boxes[passed, :4], score[passed, None]], axis=1)
+    reg = reg.cpu().numpy()[passed]
+    keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
+    return _square(_regress(boxes[keep], reg[keep]))
+
+
+def _onet_stage(table: np.ndarray, boxes: np.ndarray, nets: MTCNNNets, threshold: float) -> Detections:
+    """Stage 3: O-Net on 48 px crops -> the final boxes, probabilities and five points."""
+    h, w = table.shape[0] - 1, table.shape[1] - 1
+    inputs, valid = _crops(table, boxes, w, h, 48)
+    if len(valid) == 0:
+        return Detections.empty()
+    boxes = boxes[valid]
+    reg, pts, prob = nets.onet(inputs.to(nets.device))
+    score = prob[:, 1].cpu().numpy()
+    passed = score > threshold
+    if not passed.any():
+        return Detections.empty()
+    boxes = np.concatenate([boxes[passed, :4], score[passed, None]], axis=1)
+    reg = reg.cpu().numpy()[passed]
+    pts = pts.cpu().numpy()[passed]
     bw = boxes[:, 2] - boxes[:, 0] + 1.0
     bh = boxes[:, 3] - boxes[:, 1] + 1.0
     px = bw[:, None] * pts[:, :5] + boxes[:, 0:1] - 1.0

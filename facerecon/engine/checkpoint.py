@@ -174,7 +174,21 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> None:
     config = ckpt.get("config")
     if not isinstance(config, dict):
         raise InputError(f"{path}: the checkpoint has no 'config' (the network it holds cannot be built)")
-    model_cfg = config.get("model", {})
+    _check_model_sizes(config.get("model", {}), path)
+    state = ckpt.get("model")
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"{path}: the checkpoint has no 'model' weights")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue  # a module's extra state (plain values): nothing to check
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{path}: weight {name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def _check_model_sizes(model_cfg: Any, path: str | os.PathLike[str]) -> None:
+    """Refuse sizes in ``config.model`` that are not whole numbers within :data:`MODEL_LIMITS`
+    (a hand-edited config must not make the loader allocate absurd networks)."""
     if not isinstance(model_cfg, dict):
         raise InputError(f"{path}: its 'config.model' is not a table")
     checks = [(key, model_cfg.get(key), limit) for key, limit in MODEL_LIMITS.items()]
@@ -189,15 +203,6 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> None:
             continue
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value) or not 0 < value <= limit:
             raise InputError(f"{path}: its config has model.{key} = {value!r}; expected a whole number from 1 to {limit}")
-    state = ckpt.get("model")
-    if not isinstance(state, dict) or not state:
-        raise InputError(f"{path}: the checkpoint has no 'model' weights")
-    for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor):
-            continue  # a module's extra state (plain values): nothing to check
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise InputError(f"{path}: weight {name} holds {bad} non-finite value(s) (NaN or inf)")
 
 
 def export_inference_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict:

@@ -237,8 +237,8 @@ def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None
     import numpy as np
 
     from facerecon.detect import FaceDetector
-    from facerecon.imageio import load_photo
     from facerecon.engine.video import VideoPredictor, open_frames
+    from facerecon.imageio import load_photo
 
     image = load_photo(photo)
     detector = FaceDetector()

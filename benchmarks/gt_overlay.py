@@ -26,8 +26,8 @@ REGION_BGR = {0: (255, 120, 0), 1: (0, 220, 255), 2: (0, 0, 255)}
 def panel(sample, model, scale: int = 2) -> np.ndarray:
     import cv2
 
-    from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
     from facerecon.crop import crop_image, landmark_box
+    from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
     from facerecon.frames import crop_to_image_3d, image_to_crop_px
 
     box = landmark_box(gt_landmarks_px(sample, model))

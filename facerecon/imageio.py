@@ -112,7 +112,7 @@ def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
                 and im.getexif().get(0x0112, 1) == 1
             )
             size = im.size
-    except Exception:  # noqa: BLE001  (load_image reports the problem with its own words)
+    except Exception:  # broad on purpose: load_image reports the problem with its own words
         lean = False
     if lean:
         import cv2

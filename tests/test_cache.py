@@ -262,9 +262,9 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
     """A photo whose full MTCNN search finds no face: with ``second_chance`` (the default, as
     ``predict``) the detector's second chance is asked next and its face makes the crop, with its
     five points; without it the sample goes to the average crop."""
-    from facerecon.data.samples import SampleContext, compute_sample
-    from facerecon.data.face_model import load_face_model
     from facerecon.crop import FaceCrop, square_box
+    from facerecon.data.face_model import load_face_model
+    from facerecon.data.samples import SampleContext, compute_sample
 
     data, model_dir = fixture_set
     ref = list_samples(data, "aflw2000")[0]
@@ -304,8 +304,8 @@ def test_the_annotated_face_is_the_detection_that_overlaps_its_landmarks() -> No
     """``prepare`` takes the detection whose 1.1x square crop box overlaps the landmarks' one
     most, and none below IoU 0.3 (a face part, a face beside it). Hand-worked boxes: landmarks
     spanning x, y in [100, 200] give the square (95, 95, 110)."""
-    from facerecon.data.samples import pick_face
     from facerecon.crop import FaceCrop
+    from facerecon.data.samples import pick_face
 
     lm = np.array([[100.0, 100.0], [200.0, 200.0], [150.0, 120.0]])
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facerecon.crop import landmark_box
 from facerecon.data.face_model import FaceModel, load_face_model
 from facerecon.data.ground_truth import (
     REGION_BOUNDARY,
@@ -19,7 +20,6 @@ from facerecon.data.ground_truth import (
     vertex_normals,
 )
 from facerecon.data.readers import list_samples, read_sample
-from facerecon.crop import landmark_box
 from facerecon.frames import image_to_crop
 from facerecon.imageio import sample_colors
 

@@ -211,11 +211,9 @@ SCREEN_LINES = 60
 #: else over the limit fails :func:`test_functions_of_the_package_fit_a_screen`.
 _BEING_RESTRUCTURED = {
     ("facerecon/cli/detect_crop.py", "detect_crop"),
-    ("facerecon/cli/predict.py", "_predict"),
     ("facerecon/cli/prepare.py", "prepare"),
     ("facerecon/cli/train.py", "train"),
     ("facerecon/data/cache.py", "prepare_cache"),
-    ("facerecon/engine/video.py", "run"),
 }
 
 

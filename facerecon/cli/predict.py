@@ -12,7 +12,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, err_console, info, make_progress, state
 from facerecon.errors import InputError
-from facerecon.mesh.export import mesh_suffixes
+from facerecon.mesh.formats import mesh_suffixes
 from facerecon.signals import interruptible
 
 ORDER = 60
@@ -44,7 +44,7 @@ def predict(  # over 60 lines: one line per command-line option (typer reads the
     inputs: List[str] = typer.Argument(None, help="Image files, folders or globs; or one video file (.mp4, .avi, .mov, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help=f"A mesh file ({', '.join(mesh_suffixes())}) for one image; a folder for several, or for a video / camera."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model checkpoint. Default: the model shipped with facerecon."),
-    fmt: str = typer.Option("obj", "--format", help=f"Mesh format in folder / video mode: {', '.join(s.lstrip('.') for s in mesh_suffixes())}."),
+    fmt: str = typer.Option("obj", "--format", help=f"Mesh format in folder / video mode: {', '.join(mesh_suffixes()).replace('.', '')}."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Draw the mesh and landmarks over the photo: a PNG path for one image, a folder for several."),
     overlay_mode: str = typer.Option("shaded", "--overlay-mode", help="shaded | wireframe | dense (every vertex as a dot)."),
     stages: bool = typer.Option(False, "--stages", help="Also write the mesh after each block, coarse to fine (<name>.stage<l>.<ext>)."),

@@ -22,7 +22,6 @@ import threading
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import psutil
 import torch
 
@@ -150,7 +149,7 @@ def main() -> None:
     all_threads = torch.get_num_threads()
     nearest_neighbors(torch.rand(1, 10, 3), torch.rand(1, 10, 3))  # build/load the extension first
     try:
-        import pytorch3d  # noqa: F401
+        import pytorch3d  # noqa: F401  (only whether it imports)
 
         has_p3d = True
     except ImportError:

@@ -140,7 +140,7 @@ def main() -> None:
         one = _batch(1, net.num_vertices, gen)
         prior = cfg.model.starts_from_prior
 
-        def forward(net=net, one=one, prior=prior) -> None:  # noqa: ANN001
+        def forward(net=net, one=one, prior=prior) -> None:
             with torch.inference_mode():
                 if prior:
                     net(one["image"], landmarks5=one["landmarks5"])

@@ -119,7 +119,6 @@ def bench_network(template, backbones: list[str], repeats: int, device: torch.de
             f4 = _timeit(lambda: forward(b4), repeats, device)
             st = _timeit(step, repeats, device)
             print(f"| {backbone} | {mode} | {f1:.0f} | {f4:.0f} | {st:.0f} | {4000 / st:.2f} |")
-            del net, opt
 
 
 def main() -> None:

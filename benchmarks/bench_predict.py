@@ -56,7 +56,7 @@ def _load() -> str:
         return "?"
 
 
-def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -92,9 +92,8 @@ def _row(name: str, ms: float, peer: float | None) -> str:
     return f"  {name:<34}{ms:>6.2f}{(f'{peer:.1f}' if peer else '-'):>10}{ratio}"
 
 
-def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:
     import numpy as np
-    import torch
 
     from facerecon.detect import FaceDetector
     from facerecon.engine.predict import Predictor, write_record, write_result
@@ -162,17 +161,27 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
     if before_ms is not None:
         print(_row("  formatting with trimesh (before)", before_ms, None))
     print(_row("total (without decode)", total, PEER["total"]))
+    _bench_facenet_mtcnn(args, image)
+    _bench_flops(args, model, predictor, prepared, pixels, network)
+
+
+def _bench_facenet_mtcnn(args: argparse.Namespace, image) -> None:
+    """facenet-pytorch's MTCNN on the same photo, where it is installed."""
+    import torch
+
     try:
         from facenet_pytorch import MTCNN
-
-        ref = MTCNN(keep_all=True, select_largest=False, post_process=False).eval()
-        with torch.inference_mode():
-            old = _median_ms(lambda: ref.detect(image[None]), args.repeats)
-        print(f"  for comparison, facenet-pytorch's MTCNN as run before (20 px faces): {old:.2f} ms")
     except ImportError:
-        pass
+        return
+    ref = MTCNN(keep_all=True, select_largest=False, post_process=False).eval()
+    with torch.inference_mode():
+        old = _median_ms(lambda: ref.detect(image[None]), args.repeats)
+    print(f"  for comparison, facenet-pytorch's MTCNN as run before (20 px faces): {old:.2f} ms")
 
-    # ---- FLOPs and achieved throughput, beside a plain matrix product of the same size
+
+def _bench_flops(args: argparse.Namespace, model, predictor, prepared, pixels, network: float) -> None:
+    """The network's FLOPs and achieved throughput, beside a plain matrix product of the same size."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
@@ -223,13 +232,13 @@ def bench_process(args: argparse.Namespace, photo: Path, tmp: Path) -> None:
               f"{med['detection']:.1f} ms (goal <= 15), network {med['network']:.1f} ms (goal <= 40), export {med['export']:.1f} ms (goal <= 5)")
 
 
-def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:
     import cv2
     import numpy as np
 
     from facerecon.detect import FaceDetector
-    from facerecon.imageio import load_photo
     from facerecon.engine.video import VideoPredictor, open_frames
+    from facerecon.imageio import load_photo
 
     image = load_photo(photo)
     detector = FaceDetector()
@@ -257,7 +266,7 @@ def bench_video(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None
           f"network {1000 * s.network / n:.1f} ms, export {1000 * s.export / n:.1f} ms")
 
 
-def bench_folder(args: argparse.Namespace, model, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def bench_folder(args: argparse.Namespace, model, tmp: Path) -> None:
     from facerecon.detect import FaceDetector
     from facerecon.engine.predict import Predictor, write_result
     from facerecon.imageio import load_photo

@@ -121,7 +121,7 @@ def run_numpy(v: np.ndarray, f: np.ndarray, attr: np.ndarray, h: int, w: int) ->
 
 def make_embree() -> Optional[Callable[..., Frame]]:
     try:
-        import embreex  # noqa: F401
+        import embreex  # noqa: F401  (only whether it imports)
         import trimesh
         from trimesh.ray.ray_pyembree import RayMeshIntersector
     except ImportError:

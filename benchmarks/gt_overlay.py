@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 REGION_BGR = {0: (255, 120, 0), 1: (0, 220, 255), 2: (0, 0, 255)}
 
 
-def panel(sample, model, scale: int = 2) -> np.ndarray:  # noqa: ANN001
+def panel(sample, model, scale: int = 2) -> np.ndarray:
     import cv2
 
-    from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
     from facerecon.crop import crop_image, landmark_box
+    from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
     from facerecon.frames import crop_to_image_3d, image_to_crop_px
 
     box = landmark_box(gt_landmarks_px(sample, model))
@@ -69,9 +69,9 @@ def main() -> None:
     refs = [aflw["aflw2000/image00004"], aflw["aflw2000/image00006"],
             lp["300wlp/AFW/AFW_134212_1_0"], lp["300wlp/AFW_Flip/AFW_134212_1_0"]]
     panels = [panel(read_sample(r, model), model, args.scale) for r in refs]
-    from facerecon.io_utils import atomic_path
-
     from PIL import Image
+
+    from facerecon.io_utils import atomic_path
 
     rgb = cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_BGR2RGB)
     with atomic_path(args.out) as tmp:  # a 64-colour palette keeps the committed figure small

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IDS = ("image00014", "image00021", "image00039", "image00045")
 
 
-def panel(sample, model, size: int) -> np.ndarray:  # noqa: ANN001
+def panel(sample, model, size: int) -> np.ndarray:
     import cv2
 
     from facerecon.crop import crop_image, landmark_box

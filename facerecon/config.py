@@ -19,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
+
+import tomllib
 
 from facerecon.errors import InputError
 

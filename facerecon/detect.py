@@ -29,6 +29,7 @@ from facerecon.crop import (
 )
 from facerecon.errors import InputError
 
+
 class FaceDetector:
     """MTCNN (:mod:`facerecon.mtcnn`, facenet-pytorch's weights) plus the crop policy.
 

@@ -107,7 +107,7 @@ def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
                 and header_orientation(im) == 1  # not im.getexif(): it decodes the whole PNG
             )
             size = im.size
-    except Exception:  # noqa: BLE001  (load_image reports the problem with its own words)
+    except Exception:  # broad on purpose: load_image reports the problem with its own words
         lean = False
     if lean:
         import cv2

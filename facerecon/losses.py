@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from facerecon.config import LossConfig
 from facerecon.errors import InputError
-from facerecon.mesh.surface import face_adjacency, face_normals, normal_consistency_loss
+from facerecon.mesh.surface import face_normals, normal_consistency_loss
 from facerecon.model.graph import edge_adjacency, neighbour_mean
 from facerecon.ops.chamfer import chamfer_from_neighbours
 
@@ -202,49 +202,21 @@ class MeshLoss(nn.Module):
                 ``landmarks`` (B, K, 3), ``colors`` (B, P, 3) in [0, 1].
             epoch: the current (fractional) epoch, for the Laplacian schedule.
         """
-        from facerecon.ops import nearest_neighbors
-
         cfg = self.cfg
         blocks = len(pred.coords)
         if len(cfg.chamfer_block_weights) < blocks:
             raise InputError(
                 f"loss.chamfer_block_weights has {len(cfg.chamfer_block_weights)} entries for {blocks} blocks"
             )
-        points, lengths = batch["points"], batch.get("lengths")
         weights = batch.get("weights")
         if (cfg.weighted_chamfer or cfg.weighted_edge) and weights is None:
             raise InputError("the weighted Chamfer / edge loss needs per-point 'weights' in the batch")
-        zero = points.new_zeros(())
+        zero = batch["points"].new_zeros(())
         sums = {"chamfer": zero, "normal": zero, "laplace": zero, "move": zero, "edge": zero}
-        gt_vertices = batch.get("vertices")
-        use_vertex = cfg.vertex > 0 and gt_vertices is not None
-        # the nearest-neighbour search only when a term needs it (the per-vertex losses do not)
-        need_nn = cfg.chamfer > 0 or cfg.normal > 0 or cfg.weighted_edge or (
-            getattr(pred, "colors", None) is not None and "colors" in batch
-        )
-        if use_vertex:
+        gt_vertices = batch.get("vertices") if cfg.vertex > 0 else None
+        if gt_vertices is not None:
             sums["vertex"] = zero
-        idx_last = None
-        for level in range(blocks):
-            coords, before, edges = pred.coords[level], pred.input_coords[level], pred.edges[level]
-            coords32 = coords.float()
-            nn_res = None
-            if need_nn:
-                nn_res = nearest_neighbors(coords32, points.float(), None, lengths)
-                per_sample = chamfer_from_neighbours(nn_res, weights if cfg.weighted_chamfer else None, eps=_EPS)
-                sums["chamfer"] = sums["chamfer"] + cfg.chamfer_block_weights[level] * per_sample.mean()
-                sums["normal"] = sums["normal"] + normal_loss(coords32, edges, batch["normals"], nn_res.idx_xy)
-                idx_last = nn_res.idx_xy
-            if use_vertex:
-                sums["vertex"] = sums["vertex"] + cfg.chamfer_block_weights[level] * vertex_loss(coords32, gt_vertices)
-            sums["laplace"] = sums["laplace"] + laplacian_loss(before.float(), coords32, edges)
-            if level > 0 or not cfg.move_skip_first:
-                sums["move"] = sums["move"] + move_loss(before.float(), coords32)
-            edge_w = None
-            if cfg.weighted_edge:
-                w_v = _gather(weights.float(), nn_res.idx_xy)  # (B, V)
-                edge_w = 0.5 * (_at(w_v, edges[:, 0]) + _at(w_v, edges[:, 1]))
-            sums["edge"] = sums["edge"] + edge_loss(coords32, edges, edge_w)
+        idx_last = self._block_terms(pred, batch, sums, gt_vertices)
         weight = {
             "chamfer": cfg.chamfer,
             "normal": cfg.normal,
@@ -252,19 +224,8 @@ class MeshLoss(nn.Module):
             "move": cfg.move,
             "edge": cfg.edge,
         }
-        if use_vertex:
-            weight["vertex"] = cfg.vertex
-            base = getattr(pred, "base", None)
-            if cfg.base > 0 and base is not None:
-                sums["base"] = vertex_loss(base.float(), gt_vertices)
-                weight["base"] = cfg.base
-            if cfg.gt_normal > 0:
-                final = pred.coords[-1].float()
-                faces = pred.faces[-1]
-                n_pred = face_normals(final, faces)
-                n_gt = face_normals(gt_vertices[:, : final.shape[1]].float(), faces)
-                sums["gt_normal"] = (1.0 - (n_pred * n_gt).sum(-1)).mean()
-                weight["gt_normal"] = cfg.gt_normal
+        if gt_vertices is not None:
+            self._vertex_terms(pred, gt_vertices, sums, weight)
         if cfg.normal_consistency > 0:
             sums["normal_consistency"] = normal_consistency_loss(pred.coords[-1].float(), pred.faces[-1])
             weight["normal_consistency"] = cfg.normal_consistency
@@ -277,3 +238,55 @@ class MeshLoss(nn.Module):
             weight["colour"] = cfg.colour
         total = sum((weight[k] * v for k, v in sums.items()), zero)
         return LossResult(total=total, terms={k: v.detach() for k, v in sums.items()})
+
+    def _block_terms(self, pred: Any, batch: Mapping[str, Tensor], sums: dict[str, Tensor], gt_vertices: Tensor | None) -> Tensor | None:
+        """Add every block's Chamfer, normal, Laplacian, move, edge (and per-vertex) terms to
+        ``sums``; the last block's nearest ground-truth point per vertex (None when no term
+        needed the search)."""
+        from facerecon.ops import nearest_neighbors
+
+        cfg = self.cfg
+        points, lengths, weights = batch["points"], batch.get("lengths"), batch.get("weights")
+        # the nearest-neighbour search only when a term needs it (the per-vertex losses do not)
+        need_nn = cfg.chamfer > 0 or cfg.normal > 0 or cfg.weighted_edge or (
+            getattr(pred, "colors", None) is not None and "colors" in batch
+        )
+        idx_last = None
+        for level in range(len(pred.coords)):
+            coords, before, edges = pred.coords[level], pred.input_coords[level], pred.edges[level]
+            coords32 = coords.float()
+            if need_nn:
+                nn_res = nearest_neighbors(coords32, points.float(), None, lengths)
+                per_sample = chamfer_from_neighbours(nn_res, weights if cfg.weighted_chamfer else None, eps=_EPS)
+                sums["chamfer"] = sums["chamfer"] + cfg.chamfer_block_weights[level] * per_sample.mean()
+                sums["normal"] = sums["normal"] + normal_loss(coords32, edges, batch["normals"], nn_res.idx_xy)
+                idx_last = nn_res.idx_xy
+            if gt_vertices is not None:
+                sums["vertex"] = sums["vertex"] + cfg.chamfer_block_weights[level] * vertex_loss(coords32, gt_vertices)
+            sums["laplace"] = sums["laplace"] + laplacian_loss(before.float(), coords32, edges)
+            if level > 0 or not cfg.move_skip_first:
+                sums["move"] = sums["move"] + move_loss(before.float(), coords32)
+            edge_w = None
+            if cfg.weighted_edge:
+                assert weights is not None and idx_last is not None  # checked by forward; weighted_edge needs the search
+                w_v = _gather(weights.float(), idx_last)  # (B, V)
+                edge_w = 0.5 * (_at(w_v, edges[:, 0]) + _at(w_v, edges[:, 1]))
+            sums["edge"] = sums["edge"] + edge_loss(coords32, edges, edge_w)
+        return idx_last
+
+    def _vertex_terms(self, pred: Any, gt_vertices: Tensor, sums: dict[str, Tensor], weight: dict[str, float]) -> None:
+        """The per-vertex ground truth's terms beyond the blocks' vertex loss: the base face's
+        vertex loss and the final mesh's face normals against the ground truth's."""
+        cfg = self.cfg
+        weight["vertex"] = cfg.vertex
+        base = getattr(pred, "base", None)
+        if cfg.base > 0 and base is not None:
+            sums["base"] = vertex_loss(base.float(), gt_vertices)
+            weight["base"] = cfg.base
+        if cfg.gt_normal > 0:
+            final = pred.coords[-1].float()
+            faces = pred.faces[-1]
+            n_pred = face_normals(final, faces)
+            n_gt = face_normals(gt_vertices[:, : final.shape[1]].float(), faces)
+            sums["gt_normal"] = (1.0 - (n_pred * n_gt).sum(-1)).mean()
+            weight["gt_normal"] = cfg.gt_normal

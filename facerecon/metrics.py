@@ -5,7 +5,7 @@ The Chamfer distance itself is :func:`facerecon.ops.chamfer_distance`.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ def fscore(pred: torch.Tensor, gt: torch.Tensor, tau: Optional[float] = None, ta
     """
     if (tau is None) == (tau_sq is None):
         raise InputError("give exactly one of tau (a distance) and tau_sq (a squared distance)")
-    threshold = float(tau) ** 2 if tau is not None else float(tau_sq)  # type: ignore[arg-type]
+    threshold = float(tau) ** 2 if tau is not None else float(cast(float, tau_sq))  # one of them is given
     if not np.isfinite(threshold) or threshold <= 0 or (tau is not None and float(tau) <= 0):
         raise InputError(f"the F-score threshold must be a positive finite number, got tau={tau}, tau_sq={tau_sq}")
     with torch.no_grad():
@@ -88,7 +88,6 @@ def landmark_nme(pred_lm: ArrayLike, gt_lm: ArrayLike) -> ArrayLike:
         (B,) errors per sample (a 0-d value for unbatched input), a torch.Tensor or np.ndarray
         like ``pred_lm``.
     """
-    as_torch = isinstance(pred_lm, torch.Tensor)
     pred = pred_lm.detach().cpu().double().numpy() if isinstance(pred_lm, torch.Tensor) else np.asarray(pred_lm, float)
     gt = gt_lm.detach().cpu().double().numpy() if isinstance(gt_lm, torch.Tensor) else np.asarray(gt_lm, float)
     single = pred.ndim == 2
@@ -105,6 +104,6 @@ def landmark_nme(pred_lm: ArrayLike, gt_lm: ArrayLike) -> ArrayLike:
         raise InputError("a ground-truth landmark box has zero width or height; cannot normalise")
     err = np.linalg.norm(pred[..., :2] - gt[..., :2], axis=-1).mean(axis=1) / size
     out = err[0] if single else err
-    if as_torch:
+    if isinstance(pred_lm, torch.Tensor):
         return torch.as_tensor(out, dtype=pred_lm.dtype if pred_lm.dtype.is_floating_point else torch.float64)
     return np.asarray(out)

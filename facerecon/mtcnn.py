@@ -36,9 +36,9 @@ corner).
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -106,9 +106,9 @@ class PNet(nn.Module):
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         # the two 1x1 heads as one convolution
-        heads = nn.functional.conv2d(
-            x, torch.cat([self.conv4_1.weight, self.conv4_2.weight]), torch.cat([self.conv4_1.bias, self.conv4_2.bias])
-        )
+        bias1, bias2 = self.conv4_1.bias, self.conv4_2.bias
+        assert bias1 is not None and bias2 is not None  # nn.Conv2d's default: with bias
+        heads = nn.functional.conv2d(x, torch.cat([self.conv4_1.weight, self.conv4_2.weight]), torch.cat([bias1, bias2]))
         return heads[:, 2:], torch.softmax(heads[:, :2], dim=1)
 
 
@@ -238,6 +238,15 @@ def weights_folder() -> Path:
 
 _CACHE: dict[str, MTCNNNets] = {}
 
+_Net = TypeVar("_Net", bound=nn.Module)
+
+
+def _load_net(net: _Net, path: Path, device: torch.device) -> _Net:
+    """``net`` with the weights of ``path``, on ``device``, in eval mode, without gradients."""
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net.to(device).eval().requires_grad_(False)
+    return net.to(memory_format=torch.channels_last)  # they run channels-last: store the weights so once
+
 
 def load_nets(device: str | torch.device = "cpu") -> MTCNNNets:
     """The three networks with facenet-pytorch's weights, loaded once per device and shared."""
@@ -246,18 +255,10 @@ def load_nets(device: str | torch.device = "cpu") -> MTCNNNets:
     with _LOCK:
         if key not in _CACHE:
             folder = weights_folder()
-            nets = []
-            for name, cls in (("pnet", PNet), ("rnet", RNet), ("onet", ONet)):
-                net = cls()
-                state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
-                net.load_state_dict(state)
-                net = net.to(device).eval().requires_grad_(False)
-                net = net.to(memory_format=torch.channels_last)  # they run channels-last: store the weights so once
-                nets.append(net)
-            _CACHE[key] = MTCNNNets(*nets, device=device)  # type: ignore[arg-type]
+            pnet = _load_net(PNet(), folder / "pnet.pt", device)
+            rnet = _load_net(RNet(), folder / "rnet.pt", device)
+            onet = _load_net(ONet(), folder / "onet.pt", device)
+            _CACHE[key] = MTCNNNets(pnet, rnet, onet, device=device)
         return _CACHE[key]
 
 
-def default_threads() -> int:
-    """Threads torch would use here (a helper for benchmarks)."""
-    return int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))

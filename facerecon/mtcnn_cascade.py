@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -61,10 +61,6 @@ class Detections:
 
 
 # ------------------------------------------------------------------------------------ helpers
-#: Up to this many boxes :func:`nms` compares all pairs at once (a 512 x 512 float32 matrix).
-_NMS_MATRIX_MAX = 512
-
-
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union", groups: np.ndarray | None = None) -> np.ndarray:
     """Greedy non-maximum suppression; the indices kept, in the order they were kept.
 
@@ -89,29 +85,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
     groups = None if groups is None else np.asarray(groups)
     order = np.argsort(s)[::-1] if method == "min" else np.argsort(-s, kind="stable")
     thr = np.float32(threshold)
-    if order.size <= _NMS_MATRIX_MAX:
-        # all pairwise overlaps at once (the same float32 arithmetic per pair as the loop below),
-        # then the greedy pass over rows: a few numpy calls instead of ~10 per kept box
-        ox0, oy0, ox1, oy1, ar = x0[order], y0[order], x1[order], y1[order], area[order]
-        w = np.maximum(np.float32(0.0), np.minimum(ox1[:, None], ox1[None, :]) - np.maximum(ox0[:, None], ox0[None, :]) + one)
-        h = np.maximum(np.float32(0.0), np.minimum(oy1[:, None], oy1[None, :]) - np.maximum(oy0[:, None], oy0[None, :]) + one)
-        inter = w * h
-        with np.errstate(divide="ignore", invalid="ignore"):  # empty boxes: NaN, handled below
-            if method == "min":
-                overlap = inter / np.minimum(ar[:, None], ar[None, :])
-            else:
-                overlap = inter / (ar[:, None] + ar[None, :] - inter)
-        dropped = ~(overlap <= thr)  # NaN overlaps drop, as in the loop
-        if groups is not None:
-            g = groups[order]
-            dropped &= g[:, None] == g[None, :]
-        alive = np.ones(order.size, bool)
-        kept = []
-        for a in range(order.size):
-            if alive[a]:
-                kept.append(a)
-                alive &= ~dropped[a]
-        return order[np.asarray(kept, dtype=np.int64)].astype(np.int64)
     keep = []
     while order.size:
         i = order[0]
@@ -362,7 +335,7 @@ def pyramid_plan(height: int, width: int, min_face: float, factor: float = DEFAU
     key = (int(height), int(width), float(min_face), float(factor), float(base_min_face))
     cached = _PLANS.get(key, _NO_PLAN)  # one lookup: another thread may drop entries meanwhile
     if cached is not _NO_PLAN:
-        return cached  # type: ignore[return-value]
+        return cast("PyramidPlan | None", cached)
     scales = pyramid_scales(height, width, max(float(min_face), float(base_min_face)), factor, base_min_face)
     plan = _make_plan(height, width, scales) if scales else None
     with _LOCK:

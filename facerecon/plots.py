@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ def _panel(
     size: tuple[int, int],
     title: str,
     epochs: Sequence[float],
-    series: dict[str, Sequence[float]],
+    series: Mapping[str, Sequence[float | None]],
     references: dict[str, float],
     log_y: bool,
 ) -> None:

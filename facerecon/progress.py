@@ -18,6 +18,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -30,14 +31,14 @@ err_console = Console(stderr=True)  # logs, progress and errors go to stderr
 class RateColumn(ProgressColumn):
     """Items per second; the unit comes from the task's ``unit`` field (default "it")."""
 
-    def render(self, task) -> Text:  # type: ignore[no-untyped-def]
+    def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "it")
         if task.speed is None:
             return Text(f"- {unit}/s", style="progress.data.speed")
         return Text(f"{task.speed:.1f} {unit}/s", style="progress.data.speed")
 
 
-def make_progress(*extra_columns: object, disable: bool = False) -> Progress:
+def make_progress(*extra_columns: str | ProgressColumn, disable: bool = False) -> Progress:
     """A rich progress bar on stderr with rate and ETA (hidden when ``disable``)."""
     return Progress(
         SpinnerColumn(),

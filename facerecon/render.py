@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import DependencyError, InputError
 
+
 def _shaders(slots: int) -> tuple[str, str, str]:
     """The vertex, geometry and fragment shaders writing geometry plus ``slots`` vec4s of attributes.
 
@@ -309,7 +310,7 @@ class _Rasterizer:
         self.framebuffers: dict[tuple[int, int, int], object] = {}
         self.lock = threading.Lock()
 
-    def _program(self, slots: int):  # noqa: ANN202 (a moderngl.Program)
+    def _program(self, slots: int):  # a moderngl.Program
         if slots not in self.programs:
             vertex, geometry, fragment = _shaders(slots)
             self.programs[slots] = self.ctx.program(
@@ -317,7 +318,7 @@ class _Rasterizer:
             )
         return self.programs[slots]
 
-    def _framebuffer(self, h: int, w: int, slots: int):  # noqa: ANN202 (a moderngl.Framebuffer)
+    def _framebuffer(self, h: int, w: int, slots: int):  # a moderngl.Framebuffer
         key = (h, w, slots)
         fbo = self.framebuffers.pop(key, None)
         if fbo is None:
@@ -355,7 +356,7 @@ class _Rasterizer:
                     out_values[..., 4 * (first + i):4 * (first + i + 1)] = slot
         return pixels, out_values[..., :channels]
 
-    def _pass(self, data: np.ndarray, faces: np.ndarray, h: int, w: int, slots: int):  # noqa: ANN202
+    def _pass(self, data: np.ndarray, faces: np.ndarray, h: int, w: int, slots: int):
         """Draw the indexed triangles into the framebuffer of ``(h, w, slots)`` and return it."""
         fbo = self._framebuffer(h, w, slots)
         fbo.use()

@@ -249,13 +249,13 @@ def fit_zoom(lo: np.ndarray, hi: np.ndarray, width: int, height: int, fill: floa
     return half_height / max_extent if max_extent > 0 else 1.0
 
 
-def _o3d():  # type: ignore[no-untyped-def]
+def _o3d():
     from facerecon.mesh.preview import open3d_module as load_open3d  # one place decides how Open3D is imported
 
     return load_open3d()
 
 
-def _to_open3d(item: ViewItem):  # type: ignore[no-untyped-def]
+def _to_open3d(item: ViewItem):
     o3d = _o3d()
     v = o3d.utility.Vector3dVector(np.ascontiguousarray(item.vertices, dtype=np.float64))
     default = TRUTH_COLOR if item.role == "ground_truth" else (MESH_COLOR if item.is_mesh else POINT_COLOR)
@@ -271,7 +271,7 @@ def _to_open3d(item: ViewItem):  # type: ignore[no-untyped-def]
     return geom
 
 
-def _photo_grid(photo: Photo, pixels_per_px: float):  # type: ignore[no-untyped-def]
+def _photo_grid(photo: Photo, pixels_per_px: float):
     """The photo as an unlit point cloud with about one point per screen pixel it covers."""
     import cv2
 

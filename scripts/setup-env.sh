@@ -32,9 +32,13 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating virtualenv $VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=70" wheel
+  "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77" wheel
 fi
 PY="$VENV/bin/python"
+# setuptools 77 reads the SPDX licence string of pyproject.toml (an older virtualenv is upgraded).
+if ! "$PY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null; then
+  "$PY" -m pip install -q --upgrade "setuptools>=77" wheel
+fi
 
 # 3. torch + torchvision, explicitly and together, from PyPI (the default build, CUDA-enabled, which
 #    also runs on the CPU). Installing them first keeps pip from picking a CPU-only local torch wheel
@@ -57,7 +61,7 @@ fi
 # 5. The compiled extension (a cached JIT build: ~30 s once, then instant). A machine without a
 #    compiler still works through the pure-torch fallback, so a failed build is only a warning.
 if [ -f facerecon/ops/build.py ]; then
-  "$PY" -m facerecon.ops.build || say "warning: compiled extension unavailable; using the pure-torch fallback"
+  "$PY" -m facerecon.ops || say "warning: compiled extension unavailable; using the pure-torch fallback"
 fi
 
 # 6. Byte-code for facerecon's own modules, as a non-editable pip install writes it: an editable

@@ -50,10 +50,9 @@ TINY_MODEL = {
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny synthetic cache (shared topology, so the mean baseline works) and a checkpoint
     trained on it for one short epoch: {'cache': Path, 'checkpoint': Path, 'run': Path}."""
-    from cachefix import make_tiny_cache
-
     from facerecon.config import Config
     from facerecon.engine.train import TrainOptions, run_training
+    from synthetic_cache import make_tiny_cache
 
     root = tmp_path_factory.mktemp("tiny_run")
     cache = make_tiny_cache(root / "cache.h5", n=8, points=500, same_topology=True)

@@ -50,13 +50,13 @@ def test_a_folder_gives_the_faces_of_each_photo_in_order(rec: object, tmp_path: 
     synthetic_photo(folder / names[1])  # no face: the average crop
     (folder / names[2]).write_bytes(b"not an image")
     os.link(portrait, folder / names[3])
-    outcomes = list(rec.folder(folder))  # type: ignore[attr-defined]
+    outcomes = list(rec.folder(folder))
     assert [o.path.name for o in outcomes] == names
     a, disk, broken, d = outcomes
     assert broken.error is not None and "c_broken.png" in broken.error and broken.faces == []
     assert disk.no_face and disk.faces[0].crop.fallback
     assert not a.no_face and a.error is None and len(a.faces) == 1
-    one = rec.image(portrait)[0]  # type: ignore[attr-defined]
+    one = rec.image(portrait)[0]
     # the same photo in a batch of three and alone: the same face (batching changes no result)
     np.testing.assert_allclose(a.faces[0].vertices_px, one.vertices_px, atol=1e-3)
     np.testing.assert_allclose(d.faces[0].vertices_px, one.vertices_px, atol=1e-3)
@@ -69,7 +69,7 @@ def test_a_folder_gives_the_faces_of_each_photo_in_order(rec: object, tmp_path: 
 
 def test_require_face_skips_photos_without_a_face(rec: object, tmp_path: Path) -> None:
     photo = synthetic_photo(tmp_path / "disk.png")
-    (outcome,) = rec.folder([photo], require_face=True)  # type: ignore[attr-defined]
+    (outcome,) = rec.folder([photo], require_face=True)
     assert outcome.faces == [] and "no face found" in outcome.error
 
 
@@ -79,8 +79,8 @@ def test_an_array_is_a_photo(rec: object) -> None:
     from facerecon.imageio import load_image
 
     portrait = Path(str(resources.files("facerecon") / "assets" / "astronaut.png"))
-    from_array = rec.image(load_image(portrait))[0]  # type: ignore[attr-defined]
-    from_file = rec.image(portrait)[0]  # type: ignore[attr-defined]
+    from_array = rec.image(load_image(portrait))[0]
+    from_file = rec.image(portrait)[0]
     np.testing.assert_array_equal(from_array.vertices_px, from_file.vertices_px)
 
 
@@ -88,4 +88,4 @@ def test_a_folder_without_photos_is_one_clear_error(rec: object, tmp_path: Path)
     from facerecon.errors import InputError
 
     with pytest.raises(InputError, match="no images found"):
-        rec.folder(tmp_path)  # type: ignore[attr-defined]
+        rec.folder(tmp_path)

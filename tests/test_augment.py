@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from cachefix import make_tiny_cache
 from facerecon.data.augment import (
     AugmentSettings,
     Transform2D,
@@ -21,6 +20,7 @@ from facerecon.data.augment import (
     warp_image,
 )
 from facerecon.data.readers import FLIP_PERMUTATION_68
+from synthetic_cache import make_tiny_cache
 
 GEOMETRY_ONLY = AugmentSettings(colour=0.0, grey=0.0, blur=0.0, noise=0.0, occlusion=0.0, five_noise=0.0, flip=0.5)
 

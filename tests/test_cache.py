@@ -16,13 +16,12 @@ import scipy.io
 from PIL import Image
 
 from facerecon.data.cache import PrepareOptions, assign_splits, partial_path, prepare_cache, read_split_file
-from facerecon.data.face_model import project_to_image
 from facerecon.data.readers import list_samples
 from facerecon.errors import InputError
 from facerecon.frames import rotation_from_euler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_face_model import tiny_model_arrays, write_reduced  # noqa: E402
+from test_face_model import tiny_model_arrays, write_reduced
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +55,7 @@ def make_fixture_dataset(root: Path, n: int = 12, size: int = 96, seed: int = 0)
 def _read_all(path: Path) -> dict:
     out = {}
     with h5py.File(path, "r") as f:
-        def visit(name, obj):  # noqa: ANN001
+        def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 out[name] = obj[()]
         f.visititems(visit)
@@ -263,9 +262,9 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
     """A photo whose full MTCNN search finds no face: with ``second_chance`` (the default, as
     ``predict``) the detector's second chance is asked next and its face makes the crop, with its
     five points; without it the sample goes to the average crop."""
-    from facerecon.data.samples import SampleContext, compute_sample
-    from facerecon.data.face_model import load_face_model
     from facerecon.crop import FaceCrop, square_box
+    from facerecon.data.face_model import load_face_model
+    from facerecon.data.samples import SampleContext, compute_sample
 
     data, model_dir = fixture_set
     ref = list_samples(data, "aflw2000")[0]
@@ -305,8 +304,8 @@ def test_the_annotated_face_is_the_detection_that_overlaps_its_landmarks() -> No
     """``prepare`` takes the detection whose 1.1x square crop box overlaps the landmarks' one
     most, and none below IoU 0.3 (a face part, a face beside it). Hand-worked boxes: landmarks
     spanning x, y in [100, 200] give the square (95, 95, 110)."""
-    from facerecon.data.samples import pick_face
     from facerecon.crop import FaceCrop
+    from facerecon.data.samples import pick_face
 
     lm = np.array([[100.0, 100.0], [200.0, 200.0], [150.0, 120.0]])
 

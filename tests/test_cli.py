@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 try:  # typer >= 0.20 vendors its own copy of click
     from typer import _click as click
 except ImportError:  # pragma: no cover
-    import click  # type: ignore[no-redef]
+    import click
 
 import facerecon
 from facerecon.cli import app

@@ -103,7 +103,7 @@ def _open3d_can_render() -> bool:
         if ok:
             vis.destroy_window()
         return bool(ok)
-    except Exception:  # noqa: BLE001 - any failure means: cannot render here
+    except Exception:  # any failure means: cannot render here
         return False
 
 

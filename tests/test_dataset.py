@@ -16,7 +16,7 @@ from facerecon.data.readers import list_samples
 from facerecon.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cache import make_fixture_dataset  # noqa: E402
+from test_cache import make_fixture_dataset
 
 
 @pytest.fixture(scope="module")

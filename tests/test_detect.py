@@ -12,9 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facerecon.detect import FaceDetector
-from facerecon.crop import CROP_SIZE, DEFAULT_FALLBACK_BOX, FaceCrop, RelativeBoxMean, bounding_box, box_to_relative, crop_image, landmark_box, mean_relative_box, relative_to_box, square_box
+from facerecon.crop import (
+    CROP_SIZE,
+    DEFAULT_FALLBACK_BOX,
+    FaceCrop,
+    RelativeBoxMean,
+    bounding_box,
+    box_to_relative,
+    crop_image,
+    landmark_box,
+    mean_relative_box,
+    relative_to_box,
+    square_box,
+)
 from facerecon.crop import box_iou as detect_box_iou  # testutils' box_iou is the tests' reference
+from facerecon.detect import FaceDetector
 from facerecon.errors import InputError
 from testutils import box_iou
 

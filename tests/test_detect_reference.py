@@ -81,7 +81,7 @@ def test_pnet_on_a_mosaic_of_levels_equals_facenet_pytorch_per_level() -> None:
 
 
 @pytest.mark.parametrize(("size", "region", "out"), [((37, 53), (3, 5, 30, 41), (24, 24)), ((37, 53), (0, 0, 37, 53), (27, 39)), ((20, 20), (2, 4, 9, 7), (24, 24))])
-def test_area_resample_is_torch_area_interpolation(size, region, out) -> None:  # type: ignore[no-untyped-def]
+def test_area_resample_is_torch_area_interpolation(size, region, out) -> None:
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
     y0, x0, h, w = region
@@ -107,7 +107,7 @@ def test_nms_hand_values() -> None:
     assert nms(boxes, scores, 0.8, method="min").tolist() == [3, 1, 2]
 
 
-@pytest.mark.parametrize("count", [1, 37, 300, 700])  # all pairs at once up to 512 boxes; greedy loop above
+@pytest.mark.parametrize("count", [1, 37, 300, 700])
 def test_nms_equals_torchvision_and_facenet_pytorch(count: int) -> None:
     """Random boxes on a coarse grid (many equal scores and overlaps at the threshold): "union"
     keeps torchvision's ``nms`` boxes in its order, "min" facenet-pytorch's ``nms_numpy``'s."""
@@ -126,7 +126,7 @@ def test_nms_equals_torchvision_and_facenet_pytorch(count: int) -> None:
         assert nms(boxes, scores, threshold, method="min").tolist() == np.asarray(ref_min).tolist()
 
 
-@pytest.mark.parametrize("count", [40, 700])  # all pairs at once; greedy loop
+@pytest.mark.parametrize("count", [40, 700])
 def test_nms_with_groups_equals_torchvision_batched_nms(count: int) -> None:
     """Groups (P-Net's pyramid levels): torchvision's ``batched_nms`` keeps the same boxes, and
     each group's kept boxes, in order, are ``nms`` of that group alone."""
@@ -220,7 +220,7 @@ def _images(shared_data: Path) -> list[Path]:
     return photos + aflw
 
 
-def _reference_faces(mtcnn, image: np.ndarray) -> list[tuple[np.ndarray, float]]:  # type: ignore[no-untyped-def]
+def _reference_faces(mtcnn, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
     """facenet-pytorch's MTCNN as FaceDetector ran it before: 1024-px copy, p >= 0.9, best first."""
     h, w = image.shape[:2]
     sx = sy = 1.0

@@ -71,7 +71,7 @@ def test_yaw_bins_by_hand() -> None:
     assert bins["nme_yaw_mean"] == pytest.approx((2 + 4 + 7) / 3)
 
 
-def _eval_cli(tiny_run: dict, out: Path, baseline: str, samples: int):  # type: ignore[no-untyped-def]
+def _eval_cli(tiny_run: dict, out: Path, baseline: str, samples: int):
     """``facerecon -q eval`` of the tiny run's checkpoint on its test split, JSON to ``out``."""
     return runner.invoke(
         app,
@@ -121,9 +121,8 @@ def test_five_point_baseline_recovers_an_exactly_posed_face(tmp_path: Path) -> N
     """The tiny cache's faces are its "face model" (a unit cap) scaled and shifted, and its five
     points are exact means of landmark subsets, so the five-point fit must pose the model mean
     onto every face: landmark NME ~ 0 and the posed vertices on the ground truth in x-y."""
-    from cachefix import make_tiny_cache
-
     from facerecon.engine.evaluate import FivePointBaseline
+    from synthetic_cache import make_tiny_cache
 
     cache = make_tiny_cache(tmp_path / "c.h5", n=6, points=300, same_topology=True)
     rep = evaluate_cache(str(cache), "all", EvalSettings(surface_samples=500), baseline="five-point")
@@ -155,7 +154,7 @@ def test_point_metrics_search_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = ops.nearest_neighbors
 
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
@@ -174,7 +173,7 @@ def test_point_metrics_search_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cli_five_point_baseline_refuses_a_cache_without_face_model_first(tmp_path: Path) -> None:
     """Refused before any evaluation runs: one line, exit 2, no report written."""
-    from cachefix import make_tiny_cache
+    from synthetic_cache import make_tiny_cache
 
     cache = make_tiny_cache(tmp_path / "scan.h5", n=6, points=200, same_topology=False)
     out = tmp_path / "r.json"

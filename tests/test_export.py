@@ -10,10 +10,17 @@ import pytest
 import trimesh
 from scipy.spatial import cKDTree
 
-from facerecon.errors import InputError
 from facerecon import io_utils
+from facerecon.errors import InputError
 from facerecon.mesh import export as export_module
-from facerecon.mesh.export import MESH_FORMATS, export_mesh, export_points, load_geometry
+from facerecon.mesh.export import (
+    MeshFormat,
+    export_mesh,
+    export_points,
+    load_geometry,
+    mesh_suffixes,
+    register_mesh_format,
+)
 from facerecon.mesh.templates import load_template
 
 COLOUR_FORMATS = (".obj", ".ply", ".glb")
@@ -28,7 +35,7 @@ def hemisphere() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vertices, level.faces.astype(np.int64), colors
 
 
-def _o3d():  # type: ignore[no-untyped-def]
+def _o3d():
     return pytest.importorskip("open3d")
 
 
@@ -44,7 +51,7 @@ def _match(reference: np.ndarray, other: np.ndarray, tol: float) -> np.ndarray:
     return idx
 
 
-@pytest.mark.parametrize("suffix", MESH_FORMATS)
+@pytest.mark.parametrize("suffix", mesh_suffixes())
 def test_round_trip_trimesh(tmp_path: Path, hemisphere, suffix: str) -> None:
     v, f, c = hemisphere
     path = tmp_path / f"face{suffix}"
@@ -64,7 +71,7 @@ def test_round_trip_trimesh(tmp_path: Path, hemisphere, suffix: str) -> None:
         np.testing.assert_array_equal(np.asarray(loaded.visual.vertex_colors)[:, :3], c)
 
 
-@pytest.mark.parametrize("suffix", MESH_FORMATS)
+@pytest.mark.parametrize("suffix", mesh_suffixes())
 def test_round_trip_open3d(tmp_path: Path, hemisphere, suffix: str) -> None:
     o3d = _o3d()
     v, f, c = hemisphere
@@ -83,7 +90,7 @@ def test_round_trip_open3d(tmp_path: Path, hemisphere, suffix: str) -> None:
         np.testing.assert_array_equal(np.round(np.asarray(mesh.vertex_colors) * 255).astype(np.uint8), c[idx])
 
 
-@pytest.mark.parametrize("suffix", MESH_FORMATS)
+@pytest.mark.parametrize("suffix", mesh_suffixes())
 def test_load_geometry_reads_what_export_wrote(tmp_path: Path, hemisphere, suffix: str) -> None:
     v, f, c = hemisphere
     path = tmp_path / f"face{suffix}"
@@ -121,7 +128,7 @@ def test_unknown_extension_lists_supported(tmp_path: Path, hemisphere) -> None:
     v, f, _ = hemisphere
     with pytest.raises(InputError) as err:
         export_mesh(tmp_path / "face.xyz", v, f)
-    for suffix in MESH_FORMATS:
+    for suffix in mesh_suffixes():
         assert suffix in str(err.value)
     assert not list(tmp_path.iterdir())
 
@@ -172,7 +179,7 @@ def test_failed_export_leaves_nothing_half_written(tmp_path: Path, hemisphere, m
     target = tmp_path / "face.obj"
     target.write_text("the previous file\n")
 
-    def broken_write(fd, data):  # type: ignore[no-untyped-def]
+    def broken_write(fd, data):
         os.write(fd, bytes(data[: len(data) // 2]))  # half a file, then the disk fills up
         raise OSError(28, "No space left on device")
 
@@ -261,62 +268,7 @@ def test_load_geometry_folder(tmp_path: Path) -> None:
         load_geometry(tmp_path / "dir.obj")
 
 
-# ---- the vectorised writers against independent references ------------------------------------
-
-
-_FORMAT_VALUES = {
-    # up to 6 integer digits (the general path)
-    "wide": lambda rng: np.concatenate(
-        [rng.normal(0, 400, 300), rng.uniform(-1, 1, 300), [0.0, -0.0, 1e-12, -1e-12, 9999.99999, -10000.0, 123456.0, 0.5, -0.5]]
-    ),
-    # image px and crop units: at most 4 integer digits (the integer part read from a table)
-    "px": lambda rng: np.concatenate([rng.uniform(-2000, 9000, 302), [0.0, -0.0, 9.5, -9.5, 99.99, -999.0, 1000.0, 9999.0, -0.25, 5e-7]]),
-    "unit": lambda rng: np.concatenate([rng.uniform(-1, 1, 297), [0.0, -0.0, 1e-9]]),
-    "positive": lambda rng: np.concatenate([rng.uniform(0, 700, 297), [0.0, 7.0, 10.0]]),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(_FORMAT_VALUES))
-@pytest.mark.parametrize("decimals", [0, 1, 4, 5, 8])
-def test_format_fixed_equals_python_formatting(decimals: int, kind: str) -> None:
-    from facerecon.mesh.export import format_fixed
-
-    rng = np.random.default_rng(decimals)
-    values = _FORMAT_VALUES[kind](rng).reshape(-1, 3)
-    fields = format_fixed(values, decimals).tobytes().decode("ascii").split()
-    expected = [f"{round(float(x) * 10**decimals) / 10**decimals:.{decimals}f}" for x in values.ravel()]
-    # Python's formatting of the same rounded numbers (the only difference allowed: "-0" vs "0")
-    got = [float(t) for t in fields]
-    np.testing.assert_array_equal(np.asarray(got), np.asarray([float(e) for e in expected]))
-    assert [t.lstrip("-") for t in fields] == [e.lstrip("-") for e in expected]  # the same digits
-    widths = {len(line) for line in np.asarray(format_fixed(values, decimals)).view(f"S{format_fixed(values, decimals).shape[1]}").ravel()}
-    assert len(widths) == 1  # fixed width: every row of fields has the same length
-
-
-def test_divmod_equals_numpy_up_to_2_to_the_53() -> None:
-    from facerecon.mesh.export import _divmod
-
-    rng = np.random.default_rng(7)
-    for divisor in (10, 10_000, 1_000_000):
-        k = rng.integers(0, (2**53 - 1) // divisor, 20_000)
-        mag = np.concatenate([rng.integers(0, 2**53, 20_000), k * divisor, k * divisor - 1, k * divisor + 1, [0, 2**53 - 1]])
-        mag = mag[(mag >= 0) & (mag < 2**53)].astype(np.int64)
-        whole, rest = _divmod(mag, divisor)
-        ref_whole, ref_rest = np.divmod(mag, divisor)
-        np.testing.assert_array_equal(whole, ref_whole)
-        np.testing.assert_array_equal(rest, ref_rest)
-
-
-@pytest.mark.parametrize("top", [9, 7001, 99999, 1234567])
-def test_format_fixed_integers(top: int) -> None:
-    """Vertex indices as the face lines write them (no sign slot): Python's ``str`` of each."""
-    from facerecon.mesh.export import format_fixed
-
-    values = np.concatenate([np.arange(0, 11), np.random.default_rng(top).integers(0, top, 40), [top]]).reshape(-1, 1)
-    text = format_fixed(values, 0, sign=False).tobytes().decode("ascii")
-    assert text.split() == [str(int(v)) for v in values.ravel()]
-    width = len(text) // len(values)
-    assert width == 1 + len(str(int(values.max())))  # one space, then right-aligned digits
+# ---- the writers against independent references ------------------------------------------------
 
 
 def test_obj_vertices_exact_within_formatting(tmp_path: Path, hemisphere) -> None:
@@ -368,8 +320,7 @@ def test_stl_normals_match_trimesh(tmp_path: Path, hemisphere) -> None:
 
 
 def test_face_lines_follow_the_faces_given(tmp_path: Path, hemisphere) -> None:
-    """The face text is cached per topology: a different topology of the same size is not
-    written with the previous one's lines."""
+    """Two topologies of the same size written one after the other each get their own face lines."""
     v, f, _ = hemisphere
     export_mesh(tmp_path / "a.obj", v, f)
     flipped = f[:, ::-1].copy()
@@ -393,3 +344,92 @@ def test_export_does_not_import_trimesh_for_formats_written_directly(tmp_path: P
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "False"
+
+
+def test_obj_and_off_text_is_python_formatting(tmp_path: Path) -> None:
+    """Each number is Python's ``%.{d}f`` of the value (``d`` keeps 8 significant digits of the
+    largest coordinate), colours r/255 with 6 decimals, faces 1-based in ``.obj``, 0-based in ``.off``."""
+    v = np.array([[308.092034, -245.212166, 99.678234], [0.5, -0.0, 1e-9], [634.567891, 7.0, -0.25]])
+    f = np.array([[0, 1, 2]])
+    c = np.array([[19, 19, 21], [0, 128, 255], [255, 0, 1]], dtype=np.uint8)
+    export_mesh(tmp_path / "m.obj", v, f, colors=c)
+    export_mesh(tmp_path / "m.off", v, f, colors=c)
+    obj = (tmp_path / "m.obj").read_text().splitlines()
+    assert obj[1:] == [
+        "v 308.09203 -245.21217 99.67823 0.074510 0.074510 0.082353",
+        "v 0.50000 -0.00000 0.00000 0.000000 0.501961 1.000000",
+        "v 634.56789 7.00000 -0.25000 1.000000 0.000000 0.003922",
+        "f 1 2 3",
+    ]
+    off = (tmp_path / "m.off").read_text().splitlines()
+    assert off == ["OFF", "3 1 0", "308.09203 -245.21217 99.67823", "0.50000 -0.00000 0.00000", "634.56789 7.00000 -0.25000", "3 0 1 2"]
+    o3d = _o3d()
+    mesh = o3d.io.read_triangle_mesh(str(tmp_path / "m.off"))
+    np.testing.assert_allclose(np.asarray(mesh.vertices), np.round(v, 5), rtol=0, atol=1e-7 * 640)  # float32
+    np.testing.assert_array_equal(np.asarray(mesh.triangles), f)
+
+
+@pytest.fixture
+def registry(monkeypatch) -> dict:
+    """The format registry, restored after the test."""
+    from facerecon.mesh import formats as formats_module
+
+    formats = dict(formats_module._MESH_FORMATS)
+    monkeypatch.setattr(formats_module, "_MESH_FORMATS", formats)
+    return formats
+
+
+def test_a_registered_format_is_written_read_and_listed(tmp_path: Path, registry: dict, hemisphere) -> None:
+    """A new format is one class: export, load and the suffix list pick it up."""
+
+    @register_mesh_format
+    class XyzFaces(MeshFormat):  # vertices then faces as text, read by hand below
+        suffix = ".xyzf"
+        summary = "test format"
+
+        def encode(self, vertices, faces, colors):
+            return (f"{len(vertices)}\n" + "".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in vertices.tolist())
+                    + "".join(f"{a} {b} {c}\n" for a, b, c in faces.tolist())).encode()
+
+        def read(self, path: Path) -> export_module.Geometry:
+            lines = path.read_text().splitlines()
+            n = int(lines[0])
+            v = np.array([[float(t) for t in line.split()] for line in lines[1 : n + 1]])
+            f = np.array([[int(t) for t in line.split()] for line in lines[n + 1 :]])
+            return export_module.Geometry(path=path, vertices=v, faces=f)
+
+    v, f, c = hemisphere
+    assert mesh_suffixes()[-1] == ".xyzf"
+    export_mesh(tmp_path / "face.XYZF", v, f, colors=c)  # colours dropped: the format has none
+    g = load_geometry(tmp_path / "face.XYZF")
+    np.testing.assert_array_equal(g.vertices, v)
+    np.testing.assert_array_equal(g.faces, f)
+    with pytest.raises(InputError, match=r"\.xyzf"):
+        export_mesh(tmp_path / "face.abc", v, f)
+
+
+def test_registering_a_suffix_twice_is_refused(registry: dict) -> None:
+    class Obj2(MeshFormat):
+        suffix = ".obj"
+
+    class Upper(MeshFormat):
+        suffix = ".OBJ2"
+
+    with pytest.raises(InputError, match="already registered"):
+        register_mesh_format(Obj2)
+    with pytest.raises(InputError, match="lower case"):
+        register_mesh_format(Upper)
+    assert type(registry[".obj"]).__name__ == "ObjFormat"
+
+
+def test_cli_help_lists_the_registered_formats() -> None:
+    from typer.testing import CliRunner
+
+    from facerecon.cli import app
+
+    for command in ("predict", "view"):
+        result = CliRunner().invoke(app, [command, "--help"], terminal_width=400)
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        for suffix in mesh_suffixes():
+            assert suffix in text, (command, suffix)

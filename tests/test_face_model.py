@@ -27,7 +27,7 @@ def savemat_v73(path: Path, variables: dict) -> Path:
     reversed (MATLAB is column-major), a struct as a group of its fields."""
     import h5py
 
-    def put(group, name: str, value) -> None:  # noqa: ANN001
+    def put(group, name: str, value) -> None:
         if isinstance(value, dict):
             sub = group.create_group(name)
             for k, v in value.items():

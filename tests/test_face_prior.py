@@ -21,8 +21,8 @@ from facerecon.model.face_prior import (
     similarity_fit_batch,
     template_correspondence,
 )
-from cachefix import make_tiny_cache
 from rotations import rotation_xyz
+from synthetic_cache import make_tiny_cache
 
 
 def test_similarity_fit_recovers_a_known_transform() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cachefix import make_tiny_cache
-from conftest import shared_subdir
 
+from conftest import shared_subdir
 from facerecon.data.facevision_maps import (
     FOREGROUND_CODE,
     MIN_CODE,

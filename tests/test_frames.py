@@ -138,16 +138,16 @@ def test_head_pose_recovers_the_dataset_pose() -> None:
 @pytest.mark.slow
 def test_head_pose_matches_aflw2000_poses(shared_data, tmp_path) -> None:
     """On real AFLW2000-3D ground truth the pose from landmarks agrees with Pose_Para."""
+    import h5py
+
     from facerecon.data.cache import PrepareOptions, prepare_cache
     from facerecon.data.readers import list_samples
-    from facerecon.engine.train import landmark_reference_from_cache
-
-    import h5py
+    from facerecon.engine.statistics import read_cache_statistics
 
     refs = list_samples(shared_data / "aflw2000-3d")[:40]
     out = tmp_path / "c.h5"
     prepare_cache(refs, out, str(shared_data / "bfm-mean"), PrepareOptions(crop_from="landmarks", workers=0))
-    reference = landmark_reference_from_cache(out).numpy()
+    reference = read_cache_statistics(out).landmark_reference
     with h5py.File(out) as f:
         lms, poses = f["landmarks"][:], f["pose"][:]
     errors = np.array([np.abs(np.array(head_pose(l, reference)) - p) for l, p in zip(lms, poses) if np.abs(p).max() < 60])

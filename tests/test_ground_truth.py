@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facerecon.crop import landmark_box
 from facerecon.data.face_model import FaceModel, load_face_model
 from facerecon.data.ground_truth import (
     REGION_BOUNDARY,
@@ -19,13 +20,11 @@ from facerecon.data.ground_truth import (
     vertex_normals,
 )
 from facerecon.data.readers import list_samples, read_sample
-from facerecon.crop import landmark_box
 from facerecon.frames import image_to_crop
 from facerecon.imageio import sample_colors
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import shared_subdir  # noqa: E402
-from test_cache import make_fixture_dataset  # noqa: E402
+from test_cache import make_fixture_dataset
 
 
 def nme_xy(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -128,7 +128,7 @@ def test_cmyk_jpeg(tmp_path: Path) -> None:
         (2, lambda a: a[:, ::-1]),  # mirrored
     ],
 )
-def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, transform) -> None:  # type: ignore[no-untyped-def]
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, transform) -> None:
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[:10, :10] = (255, 0, 0)  # red block top-left as stored
     stored[-10:, -10:] = (0, 0, 255)
@@ -223,7 +223,10 @@ def test_expand_image_inputs(tmp_path: Path) -> None:
     for name in ["b.jpg", "a.PNG", "notes.txt", ".hidden.jpg", "sub/c.jpg"]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    names = lambda paths: [p.relative_to(tmp_path).as_posix() for p in paths]  # noqa: E731
+
+    def names(paths):
+        return [p.relative_to(tmp_path).as_posix() for p in paths]
+
     assert names(expand_image_inputs([tmp_path])) == ["a.PNG", "b.jpg"]
     assert names(expand_image_inputs([tmp_path], recursive=True)) == ["a.PNG", "b.jpg", "sub/c.jpg"]
     assert names(expand_image_inputs([str(tmp_path / "*.jpg")])) == ["b.jpg"]

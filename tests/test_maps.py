@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("moderngl")
 
-from facerecon.errors import InputError  # noqa: E402
-from facerecon.mesh.maps import DepthEncoding, encode_depth, map_path, parse_map_kinds, render_maps, save_map  # noqa: E402
+from facerecon.errors import InputError
+from facerecon.mesh.maps import DepthEncoding, encode_depth, map_path, parse_map_kinds, render_maps, save_map
 
 # A tilted rectangle x in [10, 50], y in [20, 40] with z = 100 + (x - 10) / 2 in a 60 x 80 photo;
 # wound counter-clockwise on the screen, so its normal (1, 0, -2) / sqrt 5 faces the camera.

@@ -29,7 +29,7 @@ def _pooled(feature_maps: list[torch.Tensor], grid: torch.Tensor, mode: str = "p
     """
     channels = [m.shape[1] for m in feature_maps]
     c, b, v = sum(channels), grid.shape[0], grid.shape[1]
-    conv = PerceptualGraphConv(channels, 0, c, mode=mode)  # type: ignore[arg-type]
+    conv = PerceptualGraphConv(channels, 0, c, mode=mode)
     with torch.no_grad():
         conv.weight0.copy_(torch.eye(c))
         conv.weight1.zero_()
@@ -98,7 +98,7 @@ def test_pinhole_lands_on_opencv_pixel() -> None:
     out = _pooled([img], project(pt, "pinhole"))
     torch.testing.assert_close(out[0, 0, 0], torch.tensor(1.0))
     with pytest.raises(InputError):
-        project(pt, "fisheye")  # type: ignore[arg-type]
+        project(pt, "fisheye")
 
 
 @pytest.mark.parametrize("shapes", [[(8, 12, 12), (16, 6, 6)], [(5, 30, 30)]])
@@ -188,7 +188,7 @@ def test_inference_path_equals_the_training_path(mode: str) -> None:
     maps = [torch.randn(2, c, s, s).contiguous(memory_format=torch.channels_last) for c, s in [(8, 32), (16, 16), (24, 8), (32, 4)]]
     coords = torch.rand(2, v, 3) * 2.2 - 1.1
     extra = coords.transpose(0, 1).contiguous()
-    conv = PerceptualGraphConv([8, 16, 24, 32], 3, 12, mode=mode)  # type: ignore[arg-type]
+    conv = PerceptualGraphConv([8, 16, 24, 32], 3, 12, mode=mode)
     grid = project_orthographic(coords)
     with torch.enable_grad():
         ref = conv(maps, grid, extra, h.adjacency(0))

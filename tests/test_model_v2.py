@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from cachefix import make_tiny_cache
-from rotations import rotation_xyz
-from facerecon.config import Config, ModelConfig
+from facerecon.config import Config
 from facerecon.engine.evaluate import fold_fraction
 from facerecon.losses import vertex_loss
 from facerecon.mesh.surface import face_adjacency, normal_consistency_loss
 from facerecon.model.face_prior import FacePriorArrays
+from rotations import rotation_xyz
+from synthetic_cache import make_tiny_cache
 
 TINY_V2 = {
     "model.backbone": "resnet18",

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from facerecon.config import Config  # noqa: E402
-from facerecon.runtime.export import (  # noqa: E402
+from facerecon.config import Config
+from facerecon.runtime.export import (
     NeighbourTable,
     _nearest_scaled_rotation,
     export_mtcnn,
@@ -24,7 +24,7 @@ from facerecon.runtime.export import (  # noqa: E402
     neighbour_table,
     resize_matrix,
 )
-from facerecon.runtime.session import MeshRuntime, OnnxMTCNN  # noqa: E402
+from facerecon.runtime.session import MeshRuntime, OnnxMTCNN
 
 TOL = 1e-4  # crop units
 

@@ -85,7 +85,9 @@ def test_import_compiles_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
 def test_build_command_prints_one_line_and_reports_backend() -> None:
-    proc = subprocess.run([sys.executable, "-m", "facerecon.ops.build"], capture_output=True, text=True,
+    """``python -m facerecon.ops``: one line, and no warning of its own (``-W error`` turns one,
+    e.g. runpy's about a module the package already imported, into a failure)."""
+    proc = subprocess.run([sys.executable, "-W", "error", "-m", "facerecon.ops"], capture_output=True, text=True,
                           cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -103,7 +105,7 @@ def test_build_command_without_a_compiler_says_why_and_marks_nothing_built(tmp_p
     fallback; no cache entry is marked built (so the next run tries again); the fallback answers."""
     env = dict(os.environ, FACERECON_EXTENSIONS_DIR=str(tmp_path / "cache"), CXX="/nonexistent/c++",
                PATH=str(tmp_path), FACERECON_EXTENSION_CUDA="0")
-    proc = subprocess.run([sys.executable, "-m", "facerecon.ops.build"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "facerecon.ops"], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr  # documented: the fallback works, so not a failure
     lines = proc.stdout.strip().splitlines()

@@ -9,11 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from facerecon.errors import DependencyError, InputError
 from facerecon.ops import backend, nearest_neighbors
 from facerecon.ops import build as build_module
-from scipy.spatial import cKDTree
 
 
 def sphere_surface(n: int, rng: np.random.Generator, radius: float = 1.0) -> np.ndarray:
@@ -200,7 +200,7 @@ def test_gradient_matches_hand_derivation() -> None:
 )
 def test_bad_input_raises_input_error(x: object, y: object, kwargs: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
-        nearest_neighbors(x, y, **kwargs)  # type: ignore[arg-type]
+        nearest_neighbors(x, y, **kwargs)
 
 
 def test_mismatched_devices_raise_input_error() -> None:

@@ -156,7 +156,7 @@ def test_predict_imports_only_what_it_needs(tmp_path: Path) -> None:
         [sys.executable, "-c", report + "sys.argv = ['facerecon', 'predict', '--help']\nfrom facerecon.cli import main\nmain()"],
         capture_output=True, text=True, cwd=tmp_path,
     )
-    loaded = eval(help_run.stdout.strip().splitlines()[-1])  # noqa: S307  (our own printout)
+    loaded = eval(help_run.stdout.strip().splitlines()[-1])  # our own printout
     assert help_run.returncode == 0 and "torch" not in loaded and "numpy" not in loaded, loaded
     if default_checkpoint() is None:
         pytest.skip("this installation ships no default model")
@@ -168,7 +168,7 @@ def test_predict_imports_only_what_it_needs(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    loaded = eval(run.stdout.strip().splitlines()[-1])  # noqa: S307
+    loaded = eval(run.stdout.strip().splitlines()[-1])
     assert "onnxruntime" in loaded and not set(heavy) & set(loaded), sorted(set(heavy) & set(loaded))
     assert _check_mesh(tmp_path / "face.obj") is not None
 
@@ -206,7 +206,7 @@ def test_predict_passes_landmarks5_to_a_network_that_takes_them(tiny_run: dict, 
             super().__init__()
             self.inner = inner
 
-        def forward(self, image, landmarks5=None):  # type: ignore[no-untyped-def]
+        def forward(self, image, landmarks5=None):
             seen.append(None if landmarks5 is None else landmarks5.clone())
             return self.inner(image)
 

@@ -1,5 +1,4 @@
-"""``facerecon predict`` under interruption, bad output paths and huge photos (issue 13, predict
-parts): one line naming the file and the problem, exit 2 for bad input, no traceback, no
+"""``facerecon predict`` under interruption, bad output paths and huge photos: one line naming the file and the problem, exit 2 for bad input, no traceback, no
 temporary file left behind, memory bounded whatever the batch size."""
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ def test_output_mesh_path_that_is_a_folder(tiny_run: dict, tmp_path: Path) -> No
     assert "Errno" not in result.output
 
 
-def _predict_three_photos_with(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: object, name: str, before_second_call) -> tuple:  # type: ignore[no-untyped-def]
+def _predict_three_photos_with(tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: object, name: str, before_second_call) -> tuple:
     """``predict`` on three photos, batch 1, with ``owner.name`` wrapped: ``before_second_call(*args)``
     runs just before the function's second call (the second photo). Returns (result, out folder)."""
     folder = tmp_path / "in"
@@ -76,7 +75,7 @@ def _predict_three_photos_with(tiny_run: dict, tmp_path: Path, monkeypatch: pyte
     real = getattr(owner, name)
     calls = []
 
-    def wrapped(*args):  # type: ignore[no-untyped-def]
+    def wrapped(*args):
         calls.append(args)
         if len(calls) == 2:
             before_second_call(*args)
@@ -95,7 +94,7 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tiny_run: dict, tmp_path
     real = io_utils._write_all
     meshes = []
 
-    def half_written_then_terminate(fd, data):  # type: ignore[no-untyped-def]
+    def half_written_then_terminate(fd, data):
         if bytes(data[:1]) == b"#":  # an .obj (the records are JSON)
             meshes.append(fd)
             if len(meshes) == 2:  # the second photo's mesh
@@ -119,7 +118,7 @@ def test_signal_between_a_mesh_and_its_record(tiny_run: dict, tmp_path: Path, mo
     there, on the second photo): that mesh is removed again, so every mesh left has its record."""
     from facerecon.engine import results as engine_results
 
-    def signal_with_the_mesh_on_disk(path, record):  # type: ignore[no-untyped-def]
+    def signal_with_the_mesh_on_disk(path, record):
         assert Path(path).with_suffix(".obj").is_file()
         os.kill(os.getpid(), sig)  # the handler raises right here
 
@@ -210,7 +209,7 @@ def test_folder_of_huge_photos_keeps_memory_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("load", "preset", "expected"), [(99.0, None, "PASSIVE"), (0.0, None, "unset"), (99.0, "ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_on_a_busy_machine(load: float, preset, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_openmp_threads_sleep_on_a_busy_machine(load: float, preset, expected: str) -> None:
     code = (
         "import os\n"
         f"os.getloadavg = lambda: ({load}, {load}, {load})\n"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from facerecon.crop import landmark_box
 from facerecon.data.face_model import FaceModel, load_face_model, project_to_image
 from facerecon.data.ground_truth import build_ground_truth, gt_landmarks_px
 from facerecon.data.profiling import (
@@ -25,12 +26,11 @@ from facerecon.data.profiling import (
     view_transform,
 )
 from facerecon.data.readers import Params3DMM, RawSample, list_samples, read_sample
-from facerecon.crop import landmark_box
 from facerecon.errors import InputError
 from facerecon.frames import head_pose, image_to_crop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import shared_subdir  # noqa: E402
+from conftest import shared_subdir
 
 pytest.importorskip("moderngl", reason="the renderer needs moderngl")
 
@@ -67,7 +67,7 @@ def textured_photo(seed: int = 0) -> np.ndarray:
     return image.round().astype(np.uint8)
 
 
-def synthetic_sample(model: FaceModel, pose_deg=(5.0, 10.0, -4.0), image=None) -> RawSample:  # noqa: ANN001
+def synthetic_sample(model: FaceModel, pose_deg=(5.0, 10.0, -4.0), image=None) -> RawSample:
     pose = np.array([*np.radians(pose_deg), SIZE / 2, SIZE / 2, 0.0, 0.0011])
     params = Params3DMM(shape=np.array([20.0]), exp=np.zeros(1), pose=pose)
     image = textured_photo() if image is None else image

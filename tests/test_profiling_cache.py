@@ -19,7 +19,7 @@ from facerecon.data.readers import list_samples, read_sample
 from facerecon.data.views import view_rng
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cache import make_fixture_dataset  # noqa: E402
+from test_cache import make_fixture_dataset
 
 pytest.importorskip("moderngl", reason="the renderer needs moderngl")
 

@@ -16,8 +16,8 @@ from facerecon.data.readers import FLIP_PERMUTATION_68, detect_format, list_samp
 from facerecon.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cache import make_fixture_dataset  # noqa: E402
-from test_face_model import savemat_v73  # noqa: E402
+from test_cache import make_fixture_dataset
+from test_face_model import savemat_v73
 
 PERM = np.array(FLIP_PERMUTATION_68)
 
@@ -91,8 +91,8 @@ def test_scan_folder(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.points, pts)
     np.testing.assert_allclose(b.points, pts, atol=1e-5)
     assert a.landmarks68.shape == (68, 3) and a.mm_per_px == 0.5 and b.landmarks68 is None
-    from facerecon.data.ground_truth import build_ground_truth
     from facerecon.crop import landmark_box
+    from facerecon.data.ground_truth import build_ground_truth
 
     gt = build_ground_truth(a, landmark_box(a.landmarks68), None)
     assert gt.points.shape == (300, 3) and gt.regions.max() == 2

@@ -1,4 +1,4 @@
-"""Issue 13, checkpoints: one module saves and loads them; every bad file gets one line naming it
+"""Checkpoints: one module saves and loads them; every bad file gets one line naming it
 (exit 2), loading never runs pickled code nor allocates what a hand-edited config asks for."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from facerecon.config import Config
 from facerecon.engine import checkpoint as ckpt_mod
 from facerecon.engine.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from facerecon.errors import InputError
-from reliafix import cli, error_lines, small_tmpfs, tiny_cache
+from failure_harness import cli, error_lines, small_tmpfs, tiny_cache
 
 
 class Opaque:  # a class torch's weights-only loader refuses
@@ -133,7 +133,7 @@ def test_save_with_an_injected_enospc(tmp_path: Path, monkeypatch: pytest.Monkey
     before = path.read_bytes()
 
     class FullFile(io.FileIO):
-        def write(self, data):  # noqa: ANN001, ANN201
+        def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod, "open", lambda p, mode="r": FullFile(p, mode.replace("b", "")), raising=False)
@@ -141,13 +141,6 @@ def test_save_with_an_injected_enospc(tmp_path: Path, monkeypatch: pytest.Monkey
         save_checkpoint(path, _good())
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
-
-
-def test_old_import_paths_still_work() -> None:
-    from facerecon.engine import train
-
-    assert train.load_checkpoint is load_checkpoint and train.save_checkpoint is save_checkpoint
-    assert train.export_inference_checkpoint is ckpt_mod.export_inference_checkpoint
 
 
 def test_absurd_per_block_widths_are_refused(tmp_path: Path) -> None:

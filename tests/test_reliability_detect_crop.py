@@ -1,4 +1,4 @@
-"""Issue 13, detect-crop: one run per output folder (a lock file), corrupt records files named,
+"""detect-crop under failure: one run per output folder (a lock file), corrupt records files named,
 a lone unreadable input named, and no empty records file."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reliafix import ROOT, cli, error_lines
+from failure_harness import ROOT, cli, error_lines
 
 pytest.importorskip("facenet_pytorch")
 

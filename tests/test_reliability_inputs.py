@@ -1,4 +1,4 @@
-"""Issue 13, bad input elsewhere: a corrupt face-model array, a damaged cache given to eval, and
+"""Bad input: a corrupt face-model array, a damaged cache given to eval, and
 Open3D's XDG_RUNTIME_DIR complaint on a successful headless screenshot."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from reliafix import cli, error_lines, tiny_cache
+from failure_harness import cli, error_lines, tiny_cache
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_face_model import tiny_model_arrays, write_reduced  # noqa: E402
+from test_face_model import tiny_model_arrays, write_reduced
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ from test_face_model import tiny_model_arrays, write_reduced  # noqa: E402
         (lambda p: np.save(p, np.array(["a", "b"])), "expected a numeric array"),
     ],
 )
-def test_a_corrupt_u_shp_is_named(damage, expected: str, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_corrupt_u_shp_is_named(damage, expected: str, tmp_path: Path) -> None:
     folder = write_reduced(tmp_path / "model", tiny_model_arrays())
     damage(folder / "u_shp.npy")
     r = cli("prepare", "--face-model", str(folder), "--convert-face-model", str(tmp_path / "m.npz"))

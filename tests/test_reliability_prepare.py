@@ -1,4 +1,4 @@
-"""Issue 13, prepare: a full disk keeps the partial cache resumable; non-finite face-model
+"""prepare under failure: a full disk keeps the partial cache resumable; non-finite face-model
 parameters are skipped and reported; a run without one good sample fails."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import scipy.io
 
 from facerecon.data.cache import PrepareDiskFull, PrepareOptions, partial_path, prepare_cache
 from facerecon.data.readers import list_samples
-from reliafix import cli, error_lines, remount, small_tmpfs
+from failure_harness import cli, error_lines, remount, small_tmpfs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cache import _assert_same_file, make_fixture_dataset  # noqa: E402
+from test_cache import _assert_same_file, make_fixture_dataset
 
 
 def _poison(mat: Path, field: str, value: float) -> None:
@@ -64,7 +64,7 @@ def test_injected_full_disk_at_a_block_then_resume(tmp_path: Path, monkeypatch: 
     real = shutil.disk_usage
     calls = {"n": 0}
 
-    def disk_usage(path):  # noqa: ANN001, ANN202
+    def disk_usage(path):
         calls["n"] += 1
         usage = real(path)
         return usage._replace(free=1000) if calls["n"] >= 5 else usage

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 from reliafix import tiny_cache
+
+from conftest import TINY_MODEL
 
 
 @contextlib.contextmanager

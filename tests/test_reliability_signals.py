@@ -86,9 +86,8 @@ def test_detect_crop_keeps_every_crop_with_its_record_and_removes_the_lock(sig: 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_prepare_keeps_a_resumable_partial_file(sig: str, tmp_path: Path) -> None:
-    from test_cache import _assert_same_file, make_fixture_dataset
-
     from facerecon.data.cache import partial_path
+    from test_cache import _assert_same_file, make_fixture_dataset
 
     data, model = make_fixture_dataset(tmp_path, n=8)
     common = ["--face-model", str(model), "--crop-from", "landmarks", "--flush-every", "2"]

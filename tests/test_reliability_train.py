@@ -1,4 +1,4 @@
-"""Issue 13, training: Ctrl-C / SIGTERM mid-step resume bit-identically, stale temporaries,
+"""Training under failure: Ctrl-C / SIGTERM mid-step resume bit-identically, stale temporaries,
 a full disk while writing a checkpoint, damaged caches refused by name."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
-from reliafix import cli, error_lines, remount, small_tmpfs, tiny_cache
 
+from conftest import TINY_MODEL
 from facerecon.engine.checkpoint import load_checkpoint
+from failure_harness import cli, error_lines, remount, small_tmpfs, tiny_cache
 
 TESTS = Path(__file__).resolve().parent
 
@@ -361,7 +361,7 @@ with stop_requests() as request:
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_while_loader_workers_start_does_not_kill_them(sig: str, tmp_path: Path) -> None:
     """The race behind the test above: a signal to the process group that arrives while the
-    workers of a new epoch are being forked (before their ``worker_init_fn`` ignores it) used to
+    workers of a new epoch are being forked (before their ``worker_init_fn`` ignores it) must not
     end a worker ("DataLoader worker exited unexpectedly"). Sent at exactly that moment, every
     batch must still arrive and the main process must see the stop request."""
     driver = tmp_path / "driver.py"
@@ -415,10 +415,9 @@ def test_an_empty_training_split_is_named_with_the_cache(tmp_path: Path) -> None
     """A cache whose samples are all in val: refused before anything is built, naming the cache,
     the split and the split sizes (model v2's face prior used to say only that it needs a face)."""
     sys.path.insert(0, str(TESTS))
-    from test_cache import make_fixture_dataset
-
     from facerecon.data.cache import PrepareOptions, prepare_cache
     from facerecon.data.readers import list_samples
+    from test_cache import make_fixture_dataset
 
     data, model = make_fixture_dataset(tmp_path, n=4)
     cache = tmp_path / "c.h5"

@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from facerecon.crop import FaceCrop, box_iou  # noqa: E402
-from facerecon.imageio import load_image, save_image  # noqa: E402
+from facerecon.crop import FaceCrop, box_iou
+from facerecon.imageio import load_image, save_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "photos"

@@ -12,12 +12,17 @@ from scipy.spatial.transform import Rotation
 
 pytest.importorskip("moderngl")
 
-from facerecon.errors import InputError  # noqa: E402
-from facerecon.mesh.templates import load_template  # noqa: E402
-from facerecon.mesh.texture import (  # noqa: E402
-    OCCLUDED_COLOR, save_textured_mesh, save_uv_texture, texture_from_photo, uv_layout, uv_texture,
+from facerecon.errors import InputError
+from facerecon.mesh.templates import load_template
+from facerecon.mesh.texture import (
+    OCCLUDED_COLOR,
+    save_textured_mesh,
+    save_uv_texture,
+    texture_from_photo,
+    uv_layout,
+    uv_texture,
 )
-from facerecon.render import render  # noqa: E402
+from facerecon.render import render
 
 H, W = 300, 400
 CENTRE = np.array([200.25, 150.25, 0.0])  # no vertex on a pixel boundary

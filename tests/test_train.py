@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,13 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cachefix import make_tiny_cache
 from conftest import TINY_MODEL
 from facerecon.cli import app
 from facerecon.config import Config
 from facerecon.engine.checkpoint import load_checkpoint
 from facerecon.engine.train import TrainOptions, run_training
 from facerecon.errors import InputError
+from synthetic_cache import make_tiny_cache
 
 runner = CliRunner()
 
@@ -210,8 +209,8 @@ def test_sigint_saves_and_exits_cleanly(cache: Path, tmp_path: Path) -> None:
 
 
 def test_export_inference_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
-    from facerecon.engine.predict import load_model
     from facerecon.engine.checkpoint import export_inference_checkpoint
+    from facerecon.engine.predict import load_model
 
     slim_path = tmp_path / "slim.pt"
     export_inference_checkpoint(tiny_run["checkpoint"], slim_path)

@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from cachefix import make_tiny_cache
 from facerecon.config import Config
 from facerecon.engine.train import fit_template_placement
 from facerecon.mesh.templates import load_template
+from synthetic_cache import make_tiny_cache
 
 
 def _train_mean_face(cache: Path) -> np.ndarray:

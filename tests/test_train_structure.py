@@ -1,4 +1,4 @@
-"""The shape of ``facerecon train``'s start (issue 12): the cache is opened once and each of its
+"""The shape of ``facerecon train``'s start: the cache is opened once and each of its
 datasets read once before the loaders' Datasets take over; the statistics of that pass equal
 independent numpy computations whatever the chunking; training's validation is eval's loop; the
 statistics reach every DDP rank from rank 0; the loop's functions fit on a screen."""
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from cachefix import make_tiny_cache
 from conftest import TINY_MODEL
 from facerecon.config import Config
 from facerecon.data import validate
 from facerecon.engine import statistics
 from facerecon.engine.statistics import read_cache_statistics
 from facerecon.engine.train import TrainOptions, run_training
+from synthetic_cache import make_tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOADER_DATASETS = os.path.join("facerecon", "data", "dataset.py")  # the training reads, not the start's
@@ -36,7 +36,7 @@ def h5_log(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     log: dict[str, list] = {"opens": [], "reads": []}
     real_file, real_getitem = h5py.File, h5py.Dataset.__getitem__
 
-    class CountedFile(real_file):  # type: ignore[misc, valid-type]
+    class CountedFile(real_file):
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
             caller = sys._getframe(1).f_code.co_filename
@@ -199,3 +199,63 @@ def test_the_training_loop_reads_in_functions_of_a_screen() -> None:
     assert lines == sorted(lines) and lines[0] > worker.lineno
     imports = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
     assert not [m for m in imports if m.startswith("facerecon.cli")]
+
+
+# ---- every function of the package fits a screen -------------------------------------------------
+
+#: The screen: functions longer than this need a comment on their ``def`` line (or the line above
+#: it) saying why.
+SCREEN_LINES = 60
+
+#: Functions still over a screen, in modules being restructured (each shrinks there); anything
+#: else over the limit fails :func:`test_functions_of_the_package_fit_a_screen`.
+_BEING_RESTRUCTURED = {
+    ("facerecon/cli/detect_crop.py", "detect_crop"),
+    ("facerecon/cli/prepare.py", "prepare"),
+    ("facerecon/cli/train.py", "train"),
+    ("facerecon/data/cache.py", "prepare_cache"),
+}
+
+
+def _long_functions() -> dict[tuple[str, str], int]:
+    """(module path, function name) -> length in lines (``def`` to last line) of every function
+    of facerecon/ over :data:`SCREEN_LINES` without a comment saying why."""
+    long = {}
+    for path in sorted((ROOT / "facerecon").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length = node.end_lineno - node.lineno + 1
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            reason = "#" in lines[node.lineno - 1] or (first > 1 and lines[first - 2].strip().startswith("#"))
+            if length > SCREEN_LINES and not reason:
+                long[(path.relative_to(ROOT).as_posix(), node.name)] = length
+    return long
+
+
+def test_functions_of_the_package_fit_a_screen() -> None:
+    """No function of facerecon/ is over 60 lines without a stated reason (beyond the listed
+    functions of modules being restructured)."""
+    long = {key: n for key, n in _long_functions().items() if key not in _BEING_RESTRUCTURED}
+    assert not long, long
+
+
+@pytest.mark.xfail(strict=False, reason=f"still over a screen, in modules being restructured: {sorted(_BEING_RESTRUCTURED)}")
+def test_no_function_of_the_package_is_over_a_screen() -> None:
+    assert not _long_functions(), _long_functions()
+
+
+def test_the_screen_check_sees_a_long_function_and_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check itself, on a small tree: a 61-line function is reported, one with a comment
+    above its decorator is not, nor is a 60-line one."""
+    body = "    x = 0\n" * 59
+    (tmp_path / "facerecon").mkdir()
+    (tmp_path / "facerecon" / "m.py").write_text(
+        "def long():\n" + body + "    return x\n\n\n"
+        "# long: a table of cases, clearer in one place\n@staticmethod\ndef explained():\n" + body + "    return x\n\n\n"
+        "def fits():\n" + "    x = 0\n" * 58 + "    return x\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert _long_functions() == {("facerecon/m.py", "long"): 61}

@@ -55,7 +55,7 @@ def make_clip(
     return regions
 
 
-def _run_clip(tiny_run: dict, clip: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+def _run_clip(tiny_run: dict, clip: Path, out: Path, *extra: str):
     return runner.invoke(app, ["-q", "predict", str(clip), "-o", str(out), "--checkpoint", str(tiny_run["checkpoint"]), *extra])
 
 
@@ -72,7 +72,7 @@ def _focus(photo: np.ndarray) -> tuple[tuple[float, float], tuple[float, float, 
     return (x0 + side / 2, y0 + side / 2), face.box
 
 
-def _check_against_photo_detection(records: list[dict], regions, photo_box) -> None:  # type: ignore[no-untyped-def]
+def _check_against_photo_detection(records: list[dict], regions, photo_box) -> None:
     """Each frame's box is the photo's face box seen through that frame's pan and zoom."""
     x0p, y0p, sidep = photo_box
     for rec in records:

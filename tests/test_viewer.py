@@ -155,10 +155,12 @@ def test_cli_screenshot_with_photo(tmp_path: Path) -> None:
     shot = np.asarray(Image.open(out).convert("RGB")).astype(int)
     assert shot.shape == (240, 320, 3)
 
-    def is_colour(pixel, colour) -> bool:  # type: ignore[no-untyped-def]
+    def is_colour(pixel, colour) -> bool:
         return bool(np.abs(pixel - np.asarray(colour)).max() <= 3)
 
-    to_screen = lambda x, y: (int(8 + 1.9 * x), int(6 + 1.9 * y))  # noqa: E731  image px -> screen px
+    def to_screen(x, y):  # image px -> screen px
+        return int(8 + 1.9 * x), int(6 + 1.9 * y)
+
     magenta = np.all(np.abs(shot - [255, 0, 255]) <= 3, axis=2)
     assert magenta.mean() > 0.6  # the photo's colour, unlit
     assert is_colour(shot[to_screen(10, 10)[::-1]], (0, 255, 255))  # the cyan corner where expected
@@ -192,7 +194,7 @@ def test_cli_error_prints_the_shift(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI errors
-def _one_line_exit_2(result) -> str:  # type: ignore[no-untyped-def]
+def _one_line_exit_2(result) -> str:
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cachefix import make_tiny_cache  # noqa: E402
-
 from facerecon.data.augment import AugmentSettings
 from facerecon.data.dataset import FaceCacheDataset, yaw_repeat_rows
 from facerecon.errors import InputError
+from synthetic_cache import make_tiny_cache
 
 
 def test_rows_repeat_by_yaw_bin() -> None:

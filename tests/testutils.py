@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 
 
-def box_iou(a, b) -> float:  # type: ignore[no-untyped-def]
+def box_iou(a, b) -> float:
     """IoU of two ``(x0, y0, x1, y1)`` boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+
+    def area(r):
+        return (r[2] - r[0]) * (r[3] - r[1])
+
     return float(inter / (area(a) + area(b) - inter))
 
 

@@ -22,14 +22,14 @@ try:  # typer >= 0.20 vendors its own copy of click; older versions use click it
     from typer import _click as click
     from typer._click import exceptions as _click_exceptions  # noqa: F401  (makes click.exceptions importable)
 except ImportError:  # pragma: no cover
-    import click  # type: ignore[no-redef]
-
-_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+    import click  # type: ignore[no-redef]  # the same module under its own name
 
 from facerecon import __version__
 from facerecon.cli._common import err_console, state
 from facerecon.errors import FaceReconError, missing_extra
 from facerecon.signals import Interrupted, Terminated, exit_code
+
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class _FaceReconGroup(TyperGroup):
@@ -39,7 +39,7 @@ class _FaceReconGroup(TyperGroup):
     failures; the traceback only with ``--verbose``.
     """
 
-    def main(self, args: Any = None, prog_name: Any = None, **extra: Any) -> Any:  # type: ignore[override]
+    def main(self, args: Any = None, prog_name: Any = None, **extra: Any) -> Any:  # type: ignore[override]  # click's keywords pass through **extra
         extra.pop("standalone_mode", None)
         argv = list(sys.argv[1:] if args is None else args)
         state.verbose = "--verbose" in argv or "-v" in argv

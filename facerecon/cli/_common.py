@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, ProgressColumn
 
 from facerecon import progress as _progress
-from facerecon.progress import err_console  # noqa: F401  (the subcommands import it from here)
+from facerecon.progress import err_console as err_console  # re-exported: the subcommands import it from here
 
 console = Console()  # results (tables, summaries) go to stdout
 
@@ -29,7 +29,7 @@ def info(message: str) -> None:
         err_console.print(message, highlight=False, soft_wrap=True)
 
 
-def make_progress(*extra_columns: object, disable: bool = False) -> Progress:
+def make_progress(*extra_columns: str | ProgressColumn, disable: bool = False) -> Progress:
     """A rich progress bar on stderr with rate and ETA; disabled by --quiet (or ``disable``)."""
     return _progress.make_progress(*extra_columns, disable=state.quiet or disable)
 

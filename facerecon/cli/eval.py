@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from facerecon.cli._common import console, display_path, info, make_progress
 from facerecon.errors import InputError
 from facerecon.signals import interruptible
+
+if TYPE_CHECKING:
+    from facerecon.engine.evaluate import EvalReport, EvalSettings
 
 ORDER = 50
 
@@ -66,11 +69,35 @@ def eval_command(
     the AFLW2000-3D protocol (x-y, normalised by sqrt(w h) of the ground-truth landmark box) by
     |yaw| bin.
     """
-    import torch
+    from facerecon.engine.evaluate import EvalSettings
 
-    from facerecon.engine.evaluate import EvalSettings, evaluate_cache
-    from facerecon.engine.predict import default_checkpoint, load_model
-    from facerecon.io_utils import atomic_open, write_json
+    baselines = _check_inputs(cache, split, baseline, device)
+    checkpoint = _checkpoint_or_default(checkpoint, baseline)
+    settings = EvalSettings(tau=tau, surface_samples=samples, seed=seed)
+    if csv_path is None and output is not None:
+        csv_path = output.with_suffix(".csv")
+    if output is not None and output.suffix.lower() != ".json":
+        raise InputError(f"{output}: the report is JSON; give a .json path")
+    reports = _evaluate_runs(cache, split, checkpoint, baselines, settings, batch_size, device, limit)
+    _print_table(reports, split, settings, cache)
+    if output is not None:
+        _write_summary(output, reports, cache, split, checkpoint, settings, batch_size)
+    if csv_path is not None:
+        from facerecon.io_utils import atomic_open
+
+        rows = []
+        for label, rep in reports.items():
+            rows += [{"run": label, **row} for row in rep.rows]
+        with atomic_open(csv_path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(_rows_csv(rows))
+    written = [display_path(p) for p in (output, csv_path) if p is not None]
+    if written:
+        info("wrote " + ", ".join(written))
+
+
+def _check_inputs(cache: Path, split: str, baseline: Optional[str], device: str) -> list[str]:
+    """Refuse bad options and a damaged cache before anything is evaluated; the baselines asked for."""
+    import torch
 
     if split not in ("train", "val", "test", "all"):
         raise InputError(f"--split {split!r}: use train, val, test or all")
@@ -94,26 +121,43 @@ def eval_command(
             FivePointBaseline.check(f, str(cache))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
-    if checkpoint is None:
-        checkpoint = default_checkpoint()
-        if checkpoint is None and baseline is None:
-            raise InputError("no --checkpoint given and no default model is installed (or use --baseline mean)")
-        if checkpoint is not None:
-            info(f"using the default model shipped with facerecon: {checkpoint.name}")
-    settings = EvalSettings(tau=tau, surface_samples=samples, seed=seed)
-    if csv_path is None and output is not None:
-        csv_path = output.with_suffix(".csv")
-    if output is not None and output.suffix.lower() != ".json":
-        raise InputError(f"{output}: the report is JSON; give a .json path")
+    return baselines
 
-    reports = {}
-    runs: list[tuple[str, object]] = []
+
+def _checkpoint_or_default(checkpoint: Optional[Path], baseline: Optional[str]) -> Optional[Path]:
+    """The checkpoint to evaluate: the one given, else the shipped model (None: baselines only)."""
+    from facerecon.engine.predict import default_checkpoint
+
+    if checkpoint is not None:
+        return checkpoint
+    checkpoint = default_checkpoint()
+    if checkpoint is None and baseline is None:
+        raise InputError("no --checkpoint given and no default model is installed (or use --baseline mean)")
+    if checkpoint is not None:
+        info(f"using the default model shipped with facerecon: {checkpoint.name}")
+    return checkpoint
+
+
+def _evaluate_runs(
+    cache: Path, split: str, checkpoint: Optional[Path], baselines: list[str], settings: EvalSettings,
+    batch_size: int, device: str, limit: Optional[int],
+) -> dict[str, EvalReport]:
+    """The model's report (when there is a checkpoint) and each baseline's, by label."""
+    from facerecon.data.dataset import FaceCacheDataset
+    from facerecon.engine.evaluate import evaluate_cache
+    from facerecon.engine.predict import load_model
+
+    runs: list[tuple[str, Any]] = []
     if checkpoint is not None:
         runs.append(("model", load_model(checkpoint, device)))
     labels = {"mean": "mean-face baseline", "five-point": "five-point baseline"}
     for b in baselines:
         runs.append((labels[b], b))
-    done = lambda: f"{len(reports)} of {len(runs)} evaluation(s) done, nothing written (the report is written at the end); run the same command again"  # noqa: E731
+    reports: dict[str, EvalReport] = {}
+
+    def done() -> str:
+        return f"{len(reports)} of {len(runs)} evaluation(s) done, nothing written (the report is written at the end); run the same command again"
+
     with interruptible(done):  # Ctrl-C / SIGTERM: 130 / 143 and one line
         for label, model in runs:
             from facerecon.data.dataset import FaceCacheDataset
@@ -133,36 +177,35 @@ def eval_command(
                     limit=limit,
                     on_batch=lambda k: bar.advance(task, k),
                 )
-
-    _print_table(reports, split, settings, cache)
-    if output is not None:
-        doc = {
-            "cache": str(cache),
-            "split": split,
-            "checkpoint": None if checkpoint is None else str(checkpoint),
-            "units": {
-                "chamfer": "squared crop units (mean squared nearest distance, both directions, summed)",
-                "tau": "crop units (distance)",
-                "fscore": "fraction in [0, 1]",
-                "nme": "percent of sqrt(w*h) of the ground-truth 68-landmark box, x-y only",
-            },
-            "surface_sampling": f"{samples} points uniformly on each predicted surface (area-weighted), seed {seed}",
-            "settings": {"tau": tau, "samples": samples, "seed": seed, "batch_size": batch_size},
-            "results": {label: rep.summary for label, rep in reports.items()},
-        }
-        write_json(output, doc)
-    if csv_path is not None:
-        rows = []
-        for label, rep in reports.items():
-            rows += [{"run": label, **row} for row in rep.rows]
-        with atomic_open(csv_path, "w", encoding="utf-8", newline="") as fh:
-            fh.write(_rows_csv(rows))
-    written = [display_path(p) for p in (output, csv_path) if p is not None]
-    if written:
-        info("wrote " + ", ".join(written))
+    return reports
 
 
-def _print_table(reports: dict, split: str, settings: object, cache: Path) -> None:
+def _write_summary(
+    output: Path, reports: dict[str, EvalReport], cache: Path, split: str, checkpoint: Optional[Path],
+    settings: EvalSettings, batch_size: int,
+) -> None:
+    """The JSON report: every run's summary, with the units and settings spelled out."""
+    from facerecon.io_utils import write_json
+
+    samples, seed = settings.surface_samples, settings.seed
+    doc = {
+        "cache": str(cache),
+        "split": split,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "units": {
+            "chamfer": "squared crop units (mean squared nearest distance, both directions, summed)",
+            "tau": "crop units (distance)",
+            "fscore": "fraction in [0, 1]",
+            "nme": "percent of sqrt(w*h) of the ground-truth 68-landmark box, x-y only",
+        },
+        "surface_sampling": f"{samples} points uniformly on each predicted surface (area-weighted), seed {seed}",
+        "settings": {"tau": settings.tau, "samples": samples, "seed": seed, "batch_size": batch_size},
+        "results": {label: rep.summary for label, rep in reports.items()},
+    }
+    write_json(output, doc)
+
+
+def _print_table(reports: dict[str, EvalReport], split: str, settings: EvalSettings, cache: Path) -> None:
     from rich.table import Table
 
     n = next(iter(reports.values())).summary["num_samples"]

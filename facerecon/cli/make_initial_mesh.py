@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import typer
 
 from facerecon.cli._common import console, display_path, info
 from facerecon.errors import FaceReconError, InputError
+
+if TYPE_CHECKING:
+    from facerecon.mesh.templates import Template
 
 ORDER = 30
 
@@ -54,15 +57,12 @@ def make_initial_mesh(
 
     Writes one .npz per shape (layout: docs/formats.md, "Template files") and prints a table per template: vertices, faces, edges, boundary loops and the longest/shortest edge ratio per level.
     """
-    from facerecon.mesh.templates import generate_template, level_stats, load_template, save_template, templates_equal
-
     shapes = list(shapes or _SHAPES)
     for s in shapes:
         if s not in _SHAPES:
             raise InputError(f"unknown shape {s!r}: choose from {', '.join(_SHAPES)}")
-    radii_v, center_v = radii, center
-    options = {"vertices": vertices, "faces": faces, "levels": levels, "center": center_v}
-    custom = any(v is not None for v in options.values()) or radius is not None or radii_v is not None
+    options: dict[str, Any] = {"vertices": vertices, "faces": faces, "levels": levels, "center": center}
+    custom = any(v is not None for v in options.values()) or radius is not None or radii is not None
     if (custom or name) and len(shapes) != 1:
         raise InputError("name exactly one shape when giving --vertices/--faces/--levels/--radius/--radii/--center/--name")
 
@@ -74,32 +74,49 @@ def make_initial_mesh(
     if custom and not name and shipped is not None and out.resolve() == shipped.resolve() and not check:
         raise InputError("custom numbers would overwrite the shipped templates: give --out DIR or --name NAME")
 
-    failed = []
+    failed: list[str] = []
     for shape in shapes:
-        opts = dict(options)
-        if shape == "hemisphere":
-            opts["radius"] = radius
-            if radii_v is not None:
-                raise InputError("--radii is for the ellipsoid; the hemisphere takes --radius")
-        else:
-            opts["radii"] = radii_v
-            if radius is not None:
-                raise InputError("--radius is for the hemisphere; the ellipsoid takes --radii X Y Z")
-        template = generate_template(shape, **opts)
+        opts = _shape_options(shape, options, radius, radii)
         path = out / f"{name or shape}.npz"
-        if check:
-            same = path.is_file() and templates_equal(template, load_template(path))
-            if not same:
-                failed.append(display_path(path))
-            console.print(f"{display_path(path)}: {'identical' if same else '[red]differs from a fresh generation[/red]'}")
-        else:
-            save_template(template, path)
-            info(f"wrote {display_path(path)}")
-        _print_table(shape, level_stats(template))
+        template = _generate_or_check(shape, opts, path, check, failed)
         if show:
             _show(template, name or shape, screenshot, out)
     if failed:
         raise FaceReconError(f"not reproducible: {', '.join(failed)} (regenerate with 'facerecon make-initial-mesh')")
+
+
+def _shape_options(
+    shape: str, options: dict[str, Any], radius: Optional[float], radii: Optional[Tuple[float, float, float]]
+) -> dict[str, Any]:
+    """The generator's options for ``shape``: the shared ones and its own size (radius / radii)."""
+    opts = dict(options)
+    if shape == "hemisphere":
+        opts["radius"] = radius
+        if radii is not None:
+            raise InputError("--radii is for the ellipsoid; the hemisphere takes --radius")
+    else:
+        opts["radii"] = radii
+        if radius is not None:
+            raise InputError("--radius is for the hemisphere; the ellipsoid takes --radii X Y Z")
+    return opts
+
+
+def _generate_or_check(shape: str, opts: dict[str, Any], path: Path, check: bool, failed: list[str]) -> Template:
+    """Generate the template; write it to ``path``, or with ``check`` compare it with the file
+    there (appending the path to ``failed`` when it differs); print its level table."""
+    from facerecon.mesh.templates import generate_template, level_stats, load_template, save_template, templates_equal
+
+    template = generate_template(shape, **opts)
+    if check:
+        same = path.is_file() and templates_equal(template, load_template(path))
+        if not same:
+            failed.append(display_path(path))
+        console.print(f"{display_path(path)}: {'identical' if same else '[red]differs from a fresh generation[/red]'}")
+    else:
+        save_template(template, path)
+        info(f"wrote {display_path(path)}")
+    _print_table(shape, level_stats(template))
+    return template
 
 
 def _print_table(shape: str, rows: list[dict]) -> None:
@@ -115,7 +132,7 @@ def _print_table(shape: str, rows: list[dict]) -> None:
     console.print(table)
 
 
-def _show(template, stem: str, screenshot: Optional[Path], out: Path) -> None:  # type: ignore[no-untyped-def]
+def _show(template: Template, stem: str, screenshot: Optional[Path], out: Path) -> None:
     from facerecon.mesh.preview import has_display, render_png, show_window
 
     if screenshot is None and has_display():

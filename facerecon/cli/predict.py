@@ -12,6 +12,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, err_console, info, make_progress, state
 from facerecon.errors import InputError
+from facerecon.mesh.formats import mesh_suffixes
 from facerecon.signals import interruptible
 
 ORDER = 60
@@ -41,9 +42,9 @@ def _passive_openmp_when_busy() -> None:
 
 def predict(  # over 60 lines: one line per command-line option (typer reads them from the signature)
     inputs: List[str] = typer.Argument(None, help="Image files, folders or globs; or one video file (.mp4, .avi, .mov, ...)."),
-    output: Path = typer.Option(..., "--output", "-o", help="A mesh file (.obj, .ply, .glb, .off, .stl) for one image; a folder for several, or for a video / camera."),
+    output: Path = typer.Option(..., "--output", "-o", help=f"A mesh file ({', '.join(mesh_suffixes())}) for one image; a folder for several, or for a video / camera."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model: a checkpoint (.pt) or an exported network (.onnx). Default: the model shipped with facerecon."),
-    fmt: str = typer.Option("obj", "--format", help="Mesh format in folder / video mode: obj, ply, glb, off, stl."),
+    fmt: str = typer.Option("obj", "--format", help=f"Mesh format in folder / video mode: {', '.join(mesh_suffixes()).replace('.', '')}."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Draw the mesh and landmarks over the photo: a PNG path for one image, a folder for several."),
     overlay_mode: str = typer.Option("shaded", "--overlay-mode", help="shaded | wireframe | dense (every vertex as a dot)."),
     stages: bool = typer.Option(False, "--stages", help="Also write the mesh after each block, coarse to fine (<name>.stage<l>.<ext>)."),
@@ -91,15 +92,14 @@ def _predict(
     extras: Any = None, runtime: str = "auto",
 ) -> None:
     from facerecon.api import choose_runtime
-    from facerecon.mesh.export import MESH_FORMATS
 
     runtime = choose_runtime(runtime, checkpoint, device)  # an impossible choice is refused before anything loads
 
     if overlay_mode not in ("shaded", "wireframe", "dense"):
         raise InputError(f"--overlay-mode {overlay_mode!r}: use shaded, wireframe or dense")
     ext = "." + fmt.lower().lstrip(".")
-    if ext not in MESH_FORMATS:
-        raise InputError(f"--format {fmt!r}: use one of {', '.join(m.lstrip('.') for m in MESH_FORMATS)}")
+    if ext not in mesh_suffixes():
+        raise InputError(f"--format {fmt!r}: use one of {', '.join(m.lstrip('.') for m in mesh_suffixes())}")
     if camera is not None and inputs:
         raise InputError("--camera reads frames from a camera: give no input files with it")
     if camera is None and not inputs:
@@ -225,9 +225,8 @@ def _predict_video(
 ) -> None:
     from facerecon.engine.video import open_frames
     from facerecon.io_utils import check_writable_folder
-    from facerecon.mesh.export import MESH_FORMATS
 
-    if output.suffix.lower() in MESH_FORMATS and not output.is_dir():
+    if output.suffix.lower() in mesh_suffixes() and not output.is_dir():
         raise InputError(f"{output}: a video or camera gives one mesh per frame; give an output folder")
     check_writable_folder(output, "meshes")
     frames = open_frames(path, camera)  # a clear InputError for an unreadable file or a missing camera

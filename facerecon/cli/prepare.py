@@ -56,7 +56,7 @@ def prepare(
     train/val/test split. Resumable: stopped at any point (Ctrl-C, kill), the same command
     continues from OUTPUT.partial. Bad samples are reported and skipped.
     """
-    from facerecon.data.cache import PrepareOptions, prepare_cache
+    from facerecon.data.cache import PrepareOptions, partial_path, prepare_cache
     from facerecon.data.face_model import load_face_model, save_face_model
     from facerecon.data.readers import detect_format, list_samples
 

@@ -9,6 +9,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, info
 from facerecon.errors import InputError
+from facerecon.mesh.formats import POINT_FORMATS, mesh_suffixes
 
 ORDER = 70
 
@@ -16,7 +17,7 @@ ORDER = 70
 def view(
     files: List[Path] = typer.Argument(
         ..., metavar="MESH_OR_POINTS...",
-        help="Meshes (.obj .ply .glb .off .stl) and point clouds (.ply without faces, .npy (N,3) xyz or (N,6) xyz+normals), shown together where they are.",
+        help=f"Meshes ({' '.join(mesh_suffixes())}) and point clouds ({' '.join(POINT_FORMATS)}: .ply without faces, .npy (N,3) xyz or (N,6) xyz+normals), shown together where they are.",
         show_default=False,
     ),
     image: Optional[Path] = typer.Option(
@@ -55,20 +56,12 @@ def view(
     """
     from facerecon.imageio import load_image
     from facerecon.mesh.export import load_geometry
-    from facerecon.mesh.preview import has_display
     from facerecon.viewer import build_scene, save_screenshot, show_scene
 
-    if error and points is None:
-        raise InputError("--error needs a ground truth to measure against: add --points FILE")
-    if screenshot is None and not has_display():
-        raise InputError("no display for a window: use --screenshot out.png, or set DISPLAY (e.g. under Xvfb)")
-    if screenshot is not None and screenshot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise InputError(f"{screenshot}: --screenshot must end in .png or .jpg")
-
+    _check_options(error, points, screenshot)
     inputs = [load_geometry(f) for f in files]
     truth = load_geometry(points) if points is not None else None
-    photo = load_image(image) if image is not None else None
-    scene = build_scene(inputs, image=photo, ground_truth=truth, error=error)
+    scene = build_scene(inputs, image=load_image(image) if image is not None else None, ground_truth=truth, error=error)
     for stats in scene.errors:
         console.print(
             f"{stats.label}: distance to {truth.path.name if truth else ''} over {stats.count} vertices: "
@@ -81,6 +74,18 @@ def view(
     else:
         info("close the window (Q) to return")
         show_scene(scene, width=width, height=height, wireframe=wireframe, point_size=point_size)
+
+
+def _check_options(error: bool, points: Optional[Path], screenshot: Optional[Path]) -> None:
+    """Refuse options that cannot work together, or a window without a display, before loading."""
+    from facerecon.mesh.preview import has_display
+
+    if error and points is None:
+        raise InputError("--error needs a ground truth to measure against: add --points FILE")
+    if screenshot is None and not has_display():
+        raise InputError("no display for a window: use --screenshot out.png, or set DISPLAY (e.g. under Xvfb)")
+    if screenshot is not None and screenshot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise InputError(f"{screenshot}: --screenshot must end in .png or .jpg")
 
 
 def register(app: typer.Typer) -> None:

@@ -44,7 +44,15 @@ from facerecon import __version__
 from facerecon.crop import CROP_SIZE, RelativeBoxMean
 from facerecon.data.face_model import FaceModel, load_face_model
 from facerecon.data.readers import SampleRef
-from facerecon.data.samples import ID_BYTES, SampleContext, SampleResult, compute_sample, make_context, worker_init, worker_process
+from facerecon.data.samples import (
+    ID_BYTES,
+    SampleContext,
+    SampleResult,
+    compute_sample,
+    make_context,
+    worker_init,
+    worker_process,
+)
 from facerecon.errors import FaceReconError, InputError
 from facerecon.signals import Interrupted, Terminated
 
@@ -222,12 +230,12 @@ def _create_partial(path: Path, config: dict) -> "h5py.File":  # noqa: F821
     return f
 
 
-def _read_marker(f) -> tuple[int, int, int, int]:  # noqa: ANN001
+def _read_marker(f) -> tuple[int, int, int, int]:
     src, rows, pts, skipped = (int(v) for v in f["_progress"][:])
     return src, rows, pts, skipped
 
 
-def _truncate(f, rows: int, pts: int, skipped: int) -> None:  # noqa: ANN001
+def _truncate(f, rows: int, pts: int, skipped: int) -> None:
     for name in _ROW_FIELDS:
         f[name].resize(rows, axis=0)
     for name in _POINT_FIELDS:
@@ -262,7 +270,7 @@ def _copy_partial(src_path: Path, dst_path: Path, config: dict) -> "h5py.File": 
     return dst
 
 
-def _check_config(f, config: dict, path: Path) -> None:  # noqa: ANN001
+def _check_config(f, config: dict, path: Path) -> None:
     old = json.loads(f.attrs.get("_config", "{}"))
     if old != config:
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
@@ -313,7 +321,7 @@ def _open_partial(path: Path, config: dict) -> tuple["h5py.File", bool]:  # noqa
 class _Writer:
     """Appends rows to the partial file and maintains the progress marker."""
 
-    def __init__(self, f, options: PrepareOptions) -> None:  # noqa: ANN001
+    def __init__(self, f, options: PrepareOptions) -> None:
         self.f = f
         self.options = options
         self.n_src, self.rows, self.pts, self.skipped = _read_marker(f)
@@ -457,7 +465,7 @@ def _finish_bytes(rows: int, skipped: int, model: FaceModel | None) -> int:
     return total
 
 
-def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, command: str) -> tuple[int, int, int]:  # noqa: ANN001
+def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, command: str) -> tuple[int, int, int]:
     import h5py
 
     rows = int(f["offsets"].shape[0] - 1)

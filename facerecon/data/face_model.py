@@ -346,7 +346,7 @@ def _struct_fields(obj: np.ndarray | dict) -> dict:
     if isinstance(obj, dict):
         return obj
     rec = obj[0, 0] if obj.ndim == 2 else obj
-    return {name: rec[name] for name in rec.dtype.names}
+    return {name: rec[name] for name in rec.dtype.names or ()}
 
 
 def _load_mat_file(path: Path) -> FaceModel:
@@ -362,6 +362,7 @@ def _load_mat_file(path: Path) -> FaceModel:
     if missing:
         raise InputError(f"{path}: the 'model' struct lacks {', '.join(missing)}")
     mean = m["shapeMU"].reshape(-1).astype(np.float64) + m["expMU"].reshape(-1)
+    landmark_ids: np.ndarray | None
     if "kpt_ind" in m:
         landmark_ids = np.asarray(m["kpt_ind"]).reshape(-1).astype(np.int64) - 1
     else:
@@ -412,26 +413,7 @@ def _load_bfm_folder(folder: Path, shape_file: Path) -> FaceModel:
         raise InputError(f"{exp_file}: expected the arrays mu_exp and w_exp")
     mu_exp, w_exp = e["mu_exp"].reshape(-1), e["w_exp"]
     if mu.shape[0] != mu_exp.shape[0]:
-        info_file = _find(folder, "model_info.mat", "Model_Info.mat", "BFM_info.mat")
-        if info_file is None:
-            raise InputError(
-                f"{folder}: {shape_file.name} has {mu.shape[0] // 3} vertices but the expression model "
-                f"{mu_exp.shape[0] // 3}; put 3DDFA's model_info.mat (trimIndex) beside them"
-            )
-        files.append(info_file)
-        info = load_mat(info_file)
-        if "trimIndex" not in info:
-            raise InputError(f"{info_file}: expected the array trimIndex (1-based vertex ids)")
-        keep = np.asarray(info["trimIndex"]).reshape(-1).astype(np.int64) - 1
-        n_full = mu.shape[0] // 3
-        if keep.min() < 0 or keep.max() >= n_full:
-            raise InputError(f"{info_file}: trimIndex out of range for {n_full} vertices")
-        rows = (3 * keep[:, None] + np.arange(3)).reshape(-1)
-        mu, pc = mu[rows], pc[rows]
-        if tri is not None:
-            tri = _reindex_triangles(tri, keep, n_full)
-        if "tri" in info:  # the trimmed triangulation, when the info file carries it
-            tri = _tri_rows(info["tri"], one_based=True, where=info_file)
+        mu, pc, tri = _trim_to_expression_model(folder, shape_file, mu, pc, tri, mu_exp.shape[0] // 3, files)
     if mu.shape[0] != mu_exp.shape[0]:
         raise InputError(f"{folder}: shape ({mu.shape[0] // 3}) and expression ({mu_exp.shape[0] // 3}) vertex counts differ")
     tri_file = _find(folder, "tri.mat")
@@ -458,6 +440,33 @@ def _load_bfm_folder(folder: Path, shape_file: Path) -> FaceModel:
         sha256=_hash_files(files),
         sources=[f.name for f in files],
     )
+
+
+def _trim_to_expression_model(
+    folder: Path, shape_file: Path, mu: np.ndarray, pc: np.ndarray, tri: np.ndarray | None, n_exp: int, files: list[Path]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The full BFM shape model (mean, basis, triangles) cut to the vertices of 3DDFA's
+    expression model by ``model_info.mat``'s ``trimIndex``; the info file is appended to ``files``."""
+    info_file = _find(folder, "model_info.mat", "Model_Info.mat", "BFM_info.mat")
+    if info_file is None:
+        raise InputError(
+            f"{folder}: {shape_file.name} has {mu.shape[0] // 3} vertices but the expression model "
+            f"{n_exp}; put 3DDFA's model_info.mat (trimIndex) beside them"
+        )
+    files.append(info_file)
+    info = load_mat(info_file)
+    if "trimIndex" not in info:
+        raise InputError(f"{info_file}: expected the array trimIndex (1-based vertex ids)")
+    keep = np.asarray(info["trimIndex"]).reshape(-1).astype(np.int64) - 1
+    n_full = mu.shape[0] // 3
+    if keep.min() < 0 or keep.max() >= n_full:
+        raise InputError(f"{info_file}: trimIndex out of range for {n_full} vertices")
+    rows = (3 * keep[:, None] + np.arange(3)).reshape(-1)
+    if tri is not None:
+        tri = _reindex_triangles(tri, keep, n_full)
+    if "tri" in info:  # the trimmed triangulation, when the info file carries it
+        tri = _tri_rows(info["tri"], one_based=True, where=info_file)
+    return mu[rows], pc[rows], tri
 
 
 def _reindex_triangles(tri: np.ndarray, keep: np.ndarray, n_full: int) -> np.ndarray:

@@ -90,7 +90,7 @@ def outward_sign(model: FaceModel) -> float:
     if cached is None:
         n = vertex_normals(model.mean, model.triangles)
         cached = 1.0 if float(n[:, 2].sum()) >= 0 else -1.0
-        model._outward_sign = cached  # type: ignore[attr-defined]
+        setattr(model, "_outward_sign", cached)  # kept on the model: computed once per model
     return cached
 
 
@@ -158,6 +158,7 @@ def ground_truth_3dmm(sample: RawSample, model: FaceModel, box: tuple[float, flo
     height = sample.image.shape[0]
     verts_px = project_to_image(verts, p.pose, height)
     landmarks_px = gt_landmarks_px(sample, model)
+    assert landmarks_px is not None  # a sample with 3DMM parameters has the model's landmarks
     z0 = float(np.mean(landmarks_px[:, 2]))
     points = image_to_crop(verts_px, box, z0)
     normals = vertex_normals(points, model.triangles) * np.float32(outward_sign(model))

@@ -191,7 +191,7 @@ def list_samples(root: str | os.PathLike[str], fmt: str = "auto") -> list[Sample
 # reading
 
 
-def read_sample(ref: SampleRef, face_model=None) -> RawSample:  # noqa: ANN001  (FaceModel, imported lazily)
+def read_sample(ref: SampleRef, face_model=None) -> RawSample:
     """Load one sample (image + annotation).
 
     Args:
@@ -235,7 +235,7 @@ def load_mat(path: str | os.PathLike[str]) -> dict:
 def _load_mat_v73(path: Path) -> dict:
     import h5py
 
-    def value(obj):  # noqa: ANN001, ANN202
+    def value(obj):
         if isinstance(obj, h5py.Group):  # a struct
             return {k: value(obj[k]) for k in obj.keys() if not k.startswith("#")}
         return np.asarray(obj[()]).T
@@ -247,7 +247,7 @@ def _load_mat_v73(path: Path) -> dict:
         raise InputError(f"{path}: cannot read .mat file (v7.3, {type(exc).__name__}: {exc})") from None
 
 
-def _read_mat_sample(ref: SampleRef, face_model) -> RawSample:  # noqa: ANN001
+def _read_mat_sample(ref: SampleRef, face_model) -> RawSample:
     assert ref.annotation_path is not None
     if not ref.annotation_path.is_file():
         raise InputError(f"{ref.annotation_path}: annotation file missing")

@@ -99,7 +99,7 @@ def worker_process(job: tuple[int, SampleRef]) -> SampleResult:
 MIN_FACE_IOU = 0.3
 
 
-def pick_face(faces: list, landmarks_px: np.ndarray | None):  # noqa: ANN202
+def pick_face(faces: list, landmarks_px: np.ndarray | None):
     """The detection of the annotated face: the largest IoU of its crop box with the landmarks'
     (most confident without landmarks); None when none reaches ``MIN_FACE_IOU``."""
     if not faces:
@@ -187,7 +187,7 @@ def locate_face(
     return box, probability, fallback, five
 
 
-def _check_finite_params(sample, ref: SampleRef) -> None:  # noqa: ANN001
+def _check_finite_params(sample, ref: SampleRef) -> None:
     """Refuse NaN / inf face-model parameters where they enter (else they become NaN points)."""
     params = getattr(sample, "params", None)
     if params is None:
@@ -199,7 +199,7 @@ def _check_finite_params(sample, ref: SampleRef) -> None:  # noqa: ANN001
             raise InputError(f"{where}: {name} holds {int(bad.sum())} non-finite value(s) (NaN or inf)")
 
 
-def _check_finite_ground_truth(gt, ref: SampleRef) -> None:  # noqa: ANN001
+def _check_finite_ground_truth(gt, ref: SampleRef) -> None:
     """Refuse a ground truth with non-finite values (e.g. parameters so large they overflow)."""
     for name in ("points", "normals"):
         values = np.asarray(getattr(gt, name))

@@ -148,9 +148,9 @@ def check_rows(f: Any, path: Path, require: tuple[str, ...] = ROW_DATASETS + POI
         raise InputError(f"{path}: sample {ids(row)} has split label {split[row]} (expected 0, 1 or 2)")
     per_row: dict[str, np.ndarray | None] = {}
     for name in ("landmarks", "pose"):
-        per_row[name] = f[name][()] if name in f else None
-        if per_row[name] is not None:
-            _check_rows(per_row[name], name, path, ids)
+        values = per_row[name] = f[name][()] if name in f else None
+        if values is not None:
+            _check_rows(values, name, path, ids)
     if "mm_per_unit" in f:
         mm = np.asarray(f["mm_per_unit"][()], dtype=np.float64).reshape(n_rows)
         bad = np.isinf(mm) | (mm <= 0)
@@ -250,7 +250,8 @@ class _Ids:
     """Sample ids by row, read only when one is to be named."""
 
     def __init__(self, f: Any, path: Path) -> None:
-        self.f, self.path, self._ids = f, path, None
+        self.f, self.path = f, path
+        self._ids: Any = None  # the h5py array of ids (or [] when unreadable), read on first use
 
     def __call__(self, row: int) -> str:
         if self._ids is None:

@@ -102,7 +102,7 @@ def _worker_with_fallback(job: tuple) -> list[dict] | str:
     return compute_views(row, ref, box, count, seed, worker_context(), fallback_rel)
 
 
-def _open_group(f, compression: dict) -> tuple[int, int]:  # noqa: ANN001
+def _open_group(f, compression: dict) -> tuple[int, int]:
     """The ``views`` group (created when absent), cut back to its marker: (sources done, views)."""
     if "views" not in f:
         g = f.create_group("views")
@@ -158,7 +158,7 @@ def add_views(
     return failures
 
 
-def _write(g, buf: list[dict], n: int, done: int) -> int:  # noqa: ANN001
+def _write(g, buf: list[dict], n: int, done: int) -> int:
     """Append ``buf``, flush, then move the marker to ``(done, n + len(buf))``."""
     if buf:
         for name in VIEW_FIELDS:

@@ -73,7 +73,7 @@ def training_checkpoint(
     landmark reference (head pose in ``predict``)."""
     from facerecon import __version__
 
-    rng = {"torch": torch.get_rng_state()}
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
@@ -196,7 +196,21 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> None:
     config = ckpt.get("config")
     if not isinstance(config, dict):
         raise InputError(f"{path}: the checkpoint has no 'config' (the network it holds cannot be built)")
-    model_cfg = config.get("model", {})
+    _check_model_sizes(config.get("model", {}), path)
+    state = ckpt.get("model")
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"{path}: the checkpoint has no 'model' weights")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue  # a module's extra state (plain values): nothing to check
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{path}: weight {name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def _check_model_sizes(model_cfg: Any, path: str | os.PathLike[str]) -> None:
+    """Refuse sizes in ``config.model`` that are not whole numbers within :data:`MODEL_LIMITS`
+    (a hand-edited config must not make the loader allocate absurd networks)."""
     if not isinstance(model_cfg, dict):
         raise InputError(f"{path}: its 'config.model' is not a table")
     model_cfg = _current_spelling(model_cfg, path)
@@ -212,15 +226,6 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> None:
             continue
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value) or not 0 < value <= limit:
             raise InputError(f"{path}: its config has model.{key} = {value!r}; expected a whole number from 1 to {limit}")
-    state = ckpt.get("model")
-    if not isinstance(state, dict) or not state:
-        raise InputError(f"{path}: the checkpoint has no 'model' weights")
-    for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor):
-            continue  # a module's extra state (plain values): nothing to check
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise InputError(f"{path}: weight {name} holds {bad} non-finite value(s) (NaN or inf)")
 
 
 def _current_spelling(model_cfg: dict, path: str | os.PathLike[str]) -> dict:
@@ -337,7 +342,7 @@ def _pickled_global(path: Path) -> str | None:
                     return name
                 if op.name == "STOP":
                     return None
-    except Exception:  # noqa: BLE001  (damaged or cut short, whatever pickletools raises: no verdict)
+    except Exception:
         return None
     return None
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -103,7 +103,7 @@ def broadcast_object(obj: T, info: DistInfo) -> T:
         return obj
     box = [obj if info.is_main else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]  # type: ignore[return-value]
+    return cast(T, box[0])  # rank 0's object, filled in by the broadcast
 
 
 def run_on_main(fn: Callable[[], T], info: DistInfo) -> T:

@@ -14,7 +14,7 @@ truth, recall the reverse); NME is in percent of sqrt(w*h) of the ground-truth l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Container, Sized, cast
 
 import torch
 from torch import Tensor
@@ -147,9 +147,6 @@ class EvalReport:
     summary: dict
     settings: EvalSettings
 
-    def to_json(self) -> dict:
-        return {"summary": self.summary, "settings": self.settings.__dict__, "num_samples": len(self.rows)}
-
 
 #: Interior edges whose two faces' normals differ by more than this are folds (degrees).
 FOLD_ANGLE_DEG = 60.0
@@ -184,7 +181,6 @@ class FivePointBaseline:
         import h5py
         import numpy as np
 
-        from facerecon.errors import InputError
         from facerecon.model.face_prior import five_points_from_68, model_mean_crop_axes
 
         with h5py.File(cache, "r") as f:
@@ -202,11 +198,11 @@ class FivePointBaseline:
         self.five3d = five_points_from_68(self.landmarks)
 
     @staticmethod
-    def check(f: object, cache: str) -> None:
+    def check(f: Container[str], cache: str) -> None:
         """Raise ``InputError`` unless the open cache ``f`` holds what the baseline needs."""
         from facerecon.errors import InputError
 
-        if "face_model" not in f or "landmarks5" not in f:  # type: ignore[operator]
+        if "face_model" not in f or "landmarks5" not in f:
             raise InputError(f"{cache}: the five-point baseline needs a schema-2 cache of a 3DMM dataset (run prepare again)")
 
     def predict(self, landmarks5: Tensor) -> tuple[Tensor, Tensor]:
@@ -376,7 +372,8 @@ def _evaluate(
 
     from facerecon.data.dataset import collate_faces
 
-    n = len(dataset) if limit is None else min(limit, len(dataset))
+    size = len(cast(Sized, dataset))  # a map-style dataset (FaceCacheDataset)
+    n = size if limit is None else min(limit, size)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_faces)
     rows: list[dict] = []
     for batch in loader:

@@ -169,15 +169,15 @@ def plan_photos(
     """
     from facerecon.imageio import expand_image_inputs
     from facerecon.io_utils import check_writable_file, check_writable_folder
-    from facerecon.mesh.export import MESH_FORMATS
+    from facerecon.mesh.export import mesh_suffixes
 
     paths = expand_image_inputs(inputs, recursive=recursive)
     if not paths:
         raise InputError(f"no images found in {' '.join(inputs)}")
     single = len(paths) == 1 and len(inputs) == 1 and Path(inputs[0]).is_file()
-    if single and output.suffix.lower() not in MESH_FORMATS:
+    if single and output.suffix.lower() not in mesh_suffixes():
         if output.suffix and not output.is_dir():
-            raise InputError(f"{output}: unknown mesh format {output.suffix!r} (use {', '.join(MESH_FORMATS)})")
+            raise InputError(f"{output}: unknown mesh format {output.suffix!r} (use {', '.join(mesh_suffixes())})")
         single = False  # a folder for one image
     if not single and output.exists() and not output.is_dir():
         raise InputError(f"{output}: several images need an output folder, and this is a file")

@@ -25,13 +25,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from facerecon.data.validate import CacheRows, CacheSummary, cache_key, check_points, check_rows, is_checked, reading_cache, remember_checked
+from facerecon.data.validate import (
+    CacheRows,
+    CacheSummary,
+    cache_key,
+    check_points,
+    check_rows,
+    is_checked,
+    reading_cache,
+    remember_checked,
+)
 from facerecon.errors import InputError
 
 
@@ -63,7 +72,7 @@ class CacheStatistics:
     split_counts: dict[str, int] | None = None
 
 
-_read: dict[tuple[tuple[str, int, int], str], CacheStatistics] = {}
+_read: dict[tuple[tuple[str, int, int], str, str | None], CacheStatistics] = {}
 
 
 def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train", template: np.ndarray | None = None) -> CacheStatistics:
@@ -87,6 +96,8 @@ def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train", t
         checked = is_checked(path)  # the values passed already: read only what the statistics need
         with reading_cache(path) as f:
             rows = check_rows(f, path)
+            if rows.split is None or rows.landmarks is None or rows.pose is None:
+                raise InputError(f"{path}: the cache lacks 'split', 'landmarks' or 'pose'; run facerecon prepare again")
             in_split = split_rows(rows.split, split)
             point_mean, problem = _PointMean.of_rows(rows, in_split, split)
             face_model = _face_model(f)
@@ -94,8 +105,12 @@ def read_cache_statistics(cache: str | os.PathLike[str], split: str = "train", t
             if template is not None and face_model is not None:
                 gather = _TemplateFaces(rows, in_split, *_correspondence(face_model, template))
             sinks = [x.add for x in (point_mean, gather) if x is not None]
-            on_points = (lambda start, block: [sink(start, block) for sink in sinks]) if sinks else None
-            check_points(f, path, rows, on_points, values=not checked)
+
+            def on_points(start: int, block: np.ndarray) -> None:
+                for sink in sinks:
+                    sink(start, block)
+
+            check_points(f, path, rows, on_points if sinks else None, values=not checked)
             five = f["landmarks5"][:] if gather is not None and "landmarks5" in f else None
         remember_checked(path, rows.summary)
         _read[key] = CacheStatistics(
@@ -200,7 +215,8 @@ class _TemplateFaces:
         leaves out those without finite faces and landmarks)."""
         if landmarks is None:
             raise InputError("the face prior needs the 68 landmarks of the training samples")
-        faces = np.stack(self.faces) if self.faces else np.zeros((0, self.ids.shape[0], 3), np.float32)
+        # every picked sample's points were read by check_points, so no face is None here
+        faces = np.stack(cast("list[np.ndarray]", self.faces)) if self.faces else np.zeros((0, self.ids.shape[0], 3), np.float32)
         lms = landmarks[self.picked]
         fives = five[self.picked] if five is not None else np.full((self.picked.size, 5, 2), np.nan, np.float32)
         return faces, lms, fives

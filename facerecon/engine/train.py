@@ -41,15 +41,12 @@ from torch.utils.data import DataLoader
 
 from facerecon.config import Config
 from facerecon.data.sampler import EpochSampler, loader_generator
-from facerecon.engine.checkpoint import (  # noqa: F401 (the last three: the old import paths, kept for users)
+from facerecon.engine.checkpoint import (
     clean_stale_temps,
     load_checkpoint,
     save_checkpoint,
     share_checkpoint,
     training_checkpoint,
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    export_inference_checkpoint,
 )
 from facerecon.engine.distributed import (
     DistInfo,
@@ -301,13 +298,6 @@ def fit_template_placement(cfg: Config, cache: str | os.PathLike[str] | CacheSta
     scale = [float((hi[0] - lo[0]) / 2), float((hi[1] - lo[1]) / 2), float(hi[2] - lo[2])]
     offset = [float((hi[0] + lo[0]) / 2), float((hi[1] + lo[1]) / 2), float(hi[2])]
     return cfg.replace({"model.pixel2mesh.template_scale": scale, "model.pixel2mesh.template_offset": offset})
-
-
-def landmark_reference_from_cache(cache: str | os.PathLike[str]) -> torch.Tensor | None:
-    """The training split's frontal 68-landmark layout (``engine.statistics.landmark_reference``),
-    (68, 3) float32; None when the cache has no poses/landmarks."""
-    reference = read_cache_statistics(cache).landmark_reference
-    return None if reference is None else torch.from_numpy(reference.copy())
 
 
 # ------------------------------------------------------------------------------------- model

@@ -54,7 +54,7 @@ def ensure_runtime_dir() -> None:
     atexit.register(shutil.rmtree, private, True)
 
 
-def open3d_module():  # type: ignore[no-untyped-def]
+def open3d_module():
     """Open3D, imported quietly; the one place that imports it.
 
     When torch is loaded in this process, ``torch._dynamo`` is imported first: once Open3D has
@@ -63,7 +63,7 @@ def open3d_module():  # type: ignore[no-untyped-def]
     """
     ensure_runtime_dir()  # before Open3D (and the EGL libraries it loads) read it
     if "torch" in sys.modules:
-        import torch._dynamo  # noqa: F401
+        import torch._dynamo  # noqa: F401  (imported for its side effect: torch's compiler stack before Open3D's context)
     try:
         import open3d as o3d
     except (ImportError, OSError) as exc:  # OSError: a missing system library such as libusb
@@ -72,7 +72,7 @@ def open3d_module():  # type: ignore[no-untyped-def]
     return o3d
 
 
-def _geometries(level: MeshLevel):  # type: ignore[no-untyped-def]
+def _geometries(level: MeshLevel):
     """A shaded surface (both sides lit) and its wireframe, as Open3D geometries."""
     o3d = open3d_module()
     v = o3d.utility.Vector3dVector(level.vertices.astype(np.float64))
@@ -84,7 +84,7 @@ def _geometries(level: MeshLevel):  # type: ignore[no-untyped-def]
     return [mesh, lines]
 
 
-def _populate(vis, level: MeshLevel) -> None:  # type: ignore[no-untyped-def]
+def _populate(vis, level: MeshLevel) -> None:
     """Add the template's geometries to a created ``Visualizer``, then a three-quarter view from
     the camera side (-z, where the hemisphere's dome faces), y down."""
     for g in _geometries(level):

@@ -124,10 +124,6 @@ class Template:
     boundary: np.ndarray | None
     meta: dict
 
-    @property
-    def num_unpoolings(self) -> int:
-        return len(self.unpool_edges)
-
 
 # --------------------------------------------------------------------------------------------
 # options
@@ -181,7 +177,7 @@ def _resolve(shape: str, options: dict[str, Any]) -> dict[str, Any]:
         _resolve_hemisphere(opts)
     else:
         _resolve_ellipsoid(opts)
-    final_v = _final_vertex_count(shape, opts["vertices"], opts["faces"], levels)
+    final_v = _final_vertex_count(shape, opts["vertices"], opts["faces"], int(levels))
     if final_v > MAX_FINAL_VERTICES:
         raise InputError(
             f"{shape}: {levels} unpoolings of {opts['vertices']} vertices give {final_v} vertices, "
@@ -237,7 +233,7 @@ def _resolve_ellipsoid(opts: dict[str, Any]) -> None:
     if v is None and f is None:
         raise InputError("ellipsoid: give --vertices or --faces")
     if v is None:
-        f = int(f)
+        f = int(opts["faces"])
         if f % 2 or f < 4:
             raise InputError(f"ellipsoid: a closed mesh has an even number of faces >= 4 (F = 2V - 4), got {f}")
         v = (f + 4) // 2

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,11 +49,14 @@ class Backbone(nn.Module):
             names are torchvision's, which is what ``load_backbone_weights`` expects.
     """
 
+    mean: Tensor  # buffers: the input normalisation
+    scale: Tensor
+
     def __init__(
         self,
         name: str,
         net: nn.Module,
-        stages: list[nn.Module],
+        stages: Sequence[nn.Module],
         channels: list[int],
         strides: list[int],
         caffe_bgr: bool,
@@ -61,7 +64,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.name = name
         self.net = net
-        self._stages = stages  # views into self.net (not registered twice)
+        self._stages = list(stages)  # views into self.net (not registered twice)
         self.channels = channels
         self.strides = strides
         self.caffe_bgr = caffe_bgr
@@ -136,9 +139,10 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     def fused(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
+        assert bn.running_mean is not None and bn.running_var is not None  # checked by the caller
         weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
         out = copy.copy(conv)
-        out._parameters = {"weight": weight.requires_grad_(False), "bias": bias.requires_grad_(False)}
+        out._parameters = {"weight": nn.Parameter(weight, requires_grad=False), "bias": nn.Parameter(bias, requires_grad=False)}
         out.training = False
         return out
 
@@ -146,7 +150,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
         if not m._modules:
             return m  # a leaf: shared
         items = list(m._modules.items())
-        kids: dict[str, nn.Module] = {}
+        kids: dict[str, nn.Module | None] = {}
         i = 0
         while i < len(items):
             name, child = items[i]
@@ -157,7 +161,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
                 kids[items[i + 1][0]] = nn.Identity()
                 i += 2
                 continue
-            kids[name] = walk(child)
+            kids[name] = None if child is None else walk(child)
             i += 1
         out = copy.copy(m)
         out._modules = kids
@@ -167,7 +171,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return walk(module)
 
 
-def _resnet(name: str, ctor: Callable[..., nn.Module], caffe: bool = False) -> Backbone:
+def _resnet(name: str, ctor: Callable[..., Any], caffe: bool = False) -> Backbone:
     net = ctor(weights=None)
     if caffe:
         net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)

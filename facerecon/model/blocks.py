@@ -17,7 +17,7 @@ from facerecon.config import ModelConfig
 from facerecon.errors import InputError
 from facerecon.model.backbones import Backbone, build_backbone
 from facerecon.model.graph import GraphConv, GResNet, MeshHierarchy
-from facerecon.model.pooling import PerceptualGraphConv
+from facerecon.model.pooling import PerceptualGraphConv, ProjectMode
 
 __all__ = ["MeshPrediction", "LandmarkHead", "ColourHead", "DeformBlock", "MeshNetBase", "per_block"]
 
@@ -117,11 +117,11 @@ class DeformBlock(nn.Module):
         extra_channels: int,
         hidden: int,
         num_layers: int,
-        project_mode: str = "auto",
+        project_mode: ProjectMode = "auto",
         out_gain: float = 1.0,
     ) -> None:
         super().__init__()
-        self.pool_conv = PerceptualGraphConv(image_channels, extra_channels, hidden, mode=project_mode)  # type: ignore[arg-type]
+        self.pool_conv = PerceptualGraphConv(image_channels, extra_channels, hidden, mode=project_mode)
         self.gresnet = GResNet(None, hidden, num_layers, out_channels=3, out_gain=out_gain)
 
     def forward(

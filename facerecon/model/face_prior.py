@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ __all__ = [
 FIVE_POINT_LANDMARKS: tuple[tuple[int, ...], ...] = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
 
 
+@overload
+def five_points_from_68(landmarks: Tensor) -> Tensor: ...
+@overload
+def five_points_from_68(landmarks: np.ndarray) -> np.ndarray: ...
 def five_points_from_68(landmarks: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """(..., 68, C) -> (..., 5, C): the five MTCNN points from 68 iBUG landmarks."""
     parts = [landmarks[..., list(ids), :].mean(-2) for ids in FIVE_POINT_LANDMARKS]
@@ -96,8 +100,6 @@ def template_correspondence(
     Returns:
         ``(ids (V, 3) int64, bary (V, 3) float32)``: vertex ids and barycentric weights (rows sum to 1).
     """
-    from scipy.spatial import cKDTree
-
     fv = np.asarray(face_vertices, dtype=np.float64)
     tri = np.asarray(face_triangles, dtype=np.int64)
     if fv.ndim != 2 or fv.shape[1] != 3 or tri.ndim != 2 or tri.shape[1] != 3 or tri.size == 0:
@@ -105,6 +107,24 @@ def template_correspondence(
     xy = fv[:, :2]
     lo, hi = xy.min(0), xy.max(0)
     centre = 0.5 * (lo + hi)
+    outline = _outline_radii(xy, tri, centre, bins)
+    t = np.asarray(template, dtype=np.float64)
+    t_ang = np.arctan2(t[:, 1], t[:, 0])
+    # radius = the polar angle from the dome tip (0 at the tip, 1 on the rim): rings equally
+    # spaced on the sphere stay equally spaced on the face (the x-y radius crowds the rim)
+    norm = np.linalg.norm(t, axis=1).clip(min=1e-12)
+    t_rho = np.clip(np.arccos(np.clip(-t[:, 2] / norm, -1.0, 1.0)) / (0.5 * math.pi), 0.0, 1.0)
+    pos = (t_ang + math.pi) / (2 * math.pi) * bins - 0.5
+    i0 = np.floor(pos).astype(np.int64)
+    w = pos - i0
+    r = (1 - w) * outline[i0 % bins] + w * outline[(i0 + 1) % bins]
+    target = centre + (t_rho * margin * r)[:, None] * np.stack([np.cos(t_ang), np.sin(t_ang)], axis=1)
+    return _locate_on_surface(fv, tri, target)
+
+
+def _outline_radii(xy: np.ndarray, tri: np.ndarray, centre: np.ndarray, bins: int) -> np.ndarray:
+    """(bins,) the face's (x, y) outline radius about ``centre`` per angular bin (the largest
+    radius in the bin; empty bins interpolated; circularly smoothed over 7 bins)."""
     # the outline: the vertices and points along the boundary edges (edges of one triangle), so
     # that every angular bin sees the rim even on a coarse mesh
     e = np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1)
@@ -123,30 +143,24 @@ def template_correspondence(
         idx = np.flatnonzero(~empty)
         outline[empty] = np.interp(np.flatnonzero(empty), idx, outline[idx], period=bins)
     kernel = np.ones(7) / 7.0
-    outline = np.convolve(np.concatenate([outline[-3:], outline, outline[:3]]), kernel, mode="valid")
-    t = np.asarray(template, dtype=np.float64)
-    t_ang = np.arctan2(t[:, 1], t[:, 0])
-    # radius = the polar angle from the dome tip (0 at the tip, 1 on the rim): rings equally
-    # spaced on the sphere stay equally spaced on the face (the x-y radius crowds the rim)
-    norm = np.linalg.norm(t, axis=1).clip(min=1e-12)
-    t_rho = np.clip(np.arccos(np.clip(-t[:, 2] / norm, -1.0, 1.0)) / (0.5 * math.pi), 0.0, 1.0)
-    pos = (t_ang + math.pi) / (2 * math.pi) * bins - 0.5
-    i0 = np.floor(pos).astype(np.int64)
-    w = pos - i0
-    r = (1 - w) * outline[i0 % bins] + w * outline[(i0 + 1) % bins]
-    target = centre + (t_rho * margin * r)[:, None] * np.stack([np.cos(t_ang), np.sin(t_ang)], axis=1)
+    return np.convolve(np.concatenate([outline[-3:], outline, outline[:3]]), kernel, mode="valid")
+
+
+def _locate_on_surface(fv: np.ndarray, tri: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each (x, y) target, the face triangle containing it nearest the camera (smallest z)
+    and its barycentric weights; a target outside every triangle takes its nearest vertex.
+    Returns ``(ids (V, 3) int64, bary (V, 3) float32)``."""
+    from scipy.spatial import cKDTree
 
     # candidate triangles: those around the nearest face vertices of each target
-    tree = cKDTree(xy)
-    _, near = tree.query(target, k=12)
-    n_v = fv.shape[0]
+    _, near = cKDTree(fv[:, :2]).query(target, k=12)
     flat = tri.reshape(-1)
     order = np.argsort(flat, kind="stable")
     tri_of = np.repeat(np.arange(tri.shape[0]), 3)[order]  # triangles around each vertex, CSR
-    starts = np.searchsorted(flat[order], np.arange(n_v + 1))
-    ids = np.zeros((t.shape[0], 3), dtype=np.int64)
-    bary = np.zeros((t.shape[0], 3), dtype=np.float64)
-    for v in range(t.shape[0]):
+    starts = np.searchsorted(flat[order], np.arange(fv.shape[0] + 1))
+    ids = np.zeros((target.shape[0], 3), dtype=np.int64)
+    bary = np.zeros((target.shape[0], 3), dtype=np.float64)
+    for v in range(target.shape[0]):
         cand = np.unique(np.concatenate([tri_of[starts[k] : starts[k + 1]] for k in near[v]]))
         corners = fv[tri[cand]]  # (C, 3, 3)
         a, bb, c = corners[:, 0, :2], corners[:, 1, :2], corners[:, 2, :2]
@@ -373,18 +387,7 @@ def build_face_prior(
     lm = torch.from_numpy(np.asarray(landmarks)).double()
     ok = torch.isfinite(gt).all(-1).all(-1) & torch.isfinite(lm).all(-1).all(-1)
     gt, lm = gt[ok], lm[ok]
-    # Generalised Procrustes: align to the running mean (3 rounds are plenty)
-    ref = gt[0] - gt[0].mean(0)
-    for _ in range(3):
-        s, rot, t = similarity_fit_batch(gt, ref[None].expand_as(gt))
-        aligned = s[:, None, None] * gt @ rot.transpose(1, 2) + t[:, None, :]
-        ref = aligned.mean(0)
-        ref = ref - ref.mean(0)
-        # keep the scale of a typical crop-frame face (median scale of the data)
-        ref = ref * float(torch.median(1.0 / s))
-    s, rot, t = similarity_fit_batch(gt, ref[None].expand_as(gt))
-    aligned = s[:, None, None] * gt @ rot.transpose(1, 2) + t[:, None, :]
-    lm_aligned = s[:, None, None] * lm @ rot.transpose(1, 2) + t[:, None, :]
+    aligned, lm_aligned = _procrustes_align(gt, lm)
     mean = aligned.mean(0)
     x = (aligned - mean).reshape(aligned.shape[0], -1)
     _, sv, vh = torch.linalg.svd(x, full_matrices=False)
@@ -410,6 +413,22 @@ def build_face_prior(
         mirror=mirror_permutation(template),
         explained=float(var[:k].sum() / var.sum()),
     )
+
+
+def _procrustes_align(gt: Tensor, lm: Tensor) -> tuple[Tensor, Tensor]:
+    """Generalised Procrustes: (S, V, 3) faces and their (S, 68, 3) landmarks moved by each
+    face's similarity onto the running mean (3 rounds are plenty), at the median scale of the data."""
+    ref = gt[0] - gt[0].mean(0)
+    for _ in range(3):
+        s, rot, t = similarity_fit_batch(gt, ref[None].expand_as(gt))
+        aligned = s[:, None, None] * gt @ rot.transpose(1, 2) + t[:, None, :]
+        ref = aligned.mean(0)
+        ref = ref - ref.mean(0)
+        # keep the scale of a typical crop-frame face (median scale of the data)
+        ref = ref * float(torch.median(1.0 / s))
+    s, rot, t = similarity_fit_batch(gt, ref[None].expand_as(gt))
+    aligned = s[:, None, None] * gt @ rot.transpose(1, 2) + t[:, None, :]
+    return aligned, s[:, None, None] * lm @ rot.transpose(1, 2) + t[:, None, :]
 
 
 def prior_to_state(prior: FacePriorArrays) -> dict[str, Any]:

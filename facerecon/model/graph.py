@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import numpy as np
 import torch
@@ -131,6 +131,8 @@ class MeshHierarchy(nn.Module):
     edge ``unpool_l[k]`` of level ``l``. ``vertices`` (V_0, 3) float32 holds the level-0 template
     in its own canonical frame (persistent, so a checkpoint pins the template it was trained on).
     """
+
+    vertices: Tensor  # buffer: the coarsest level's template vertices
 
     def __init__(
         self,
@@ -281,7 +283,7 @@ class GraphConv(nn.Module):
             out = nn.functional.linear(x, self.weight0, self.bias)
             agg = neighbour_sum(adjacency, x).to(x.dtype)
             return out + nn.functional.linear(agg, self.weight1)
-        # W0 and W1 in one GEMM over the same input (issue 10), then the neighbour sum of the W1 part
+        # W0 and W1 in one GEMM over the same input (one pass over x), then the neighbour sum of the W1 part
         both = nn.functional.linear(x, torch.cat([self.weight0, self.weight1], 0))
         out, h1 = both.split(self.out_channels, dim=-1)
         if self.bias is not None:
@@ -333,7 +335,7 @@ class GResNet(nn.Module):
         if self.conv_in is not None:
             x = self.conv_in.forward_vertex_major(x, adjacency)
         x = torch.relu(x)
-        for conv1, conv2 in self.pairs:
+        for conv1, conv2 in cast("Iterable[tuple[GraphConv, GraphConv]]", self.pairs):  # ModuleLists of two
             y = torch.relu(conv1.forward_vertex_major(x, adjacency))
             y = torch.relu(conv2.forward_vertex_major(y, adjacency))
             x = 0.5 * (x + y)

@@ -10,6 +10,8 @@ state dicts are bit-identical, and torchvision's (or a converted ImageNet) state
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 __all__ = ["MobileNetV2", "InvertedResidual", "mobilenet_v2"]
@@ -114,8 +116,8 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-def mobilenet_v2(weights: None = None, **kwargs: object) -> MobileNetV2:
+def mobilenet_v2(weights: None = None, **kwargs: Any) -> MobileNetV2:
     """``torchvision.models.mobilenet_v2(weights=None)``, without torchvision."""
     if weights is not None:
         raise ValueError("weights are loaded from a local file (facerecon.model.load_backbone_weights)")
-    return MobileNetV2(**kwargs)  # type: ignore[arg-type]
+    return MobileNetV2(**kwargs)

@@ -85,14 +85,14 @@ def project(coords: Tensor, projection: Projection = "orthographic", **pinhole: 
 def _sample(fmap: Tensor, grid: Tensor) -> Tensor:
     """(B, C, H, W), (B, V, 2) -> (V, B, C) bilinear samples (vertex-major)."""
     # a contiguous (B, 1, V, 2) grid: a strided or (B, V, 1, 2) one sends PyTorch's CPU kernel
-    # down its scalar per-point path (45 % of the network's time, issue 10)
+    # down its scalar per-point path (it took 45 % of the network's time)
     b, v = grid.shape[0], grid.shape[1]
     g = grid.to(fmap.dtype).reshape(b, 1, v, 2).contiguous()
     out = F.grid_sample(fmap, g, mode="bilinear", padding_mode="border", align_corners=False)
     return out.squeeze(2).permute(2, 0, 1)
 
 
-def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, int]], starts: Sequence[int], batch_stride: int) -> tuple[Tensor, Tensor]:
+def bilinear_taps(grid: Tensor, sizes: Sequence[tuple[int, ...]], starts: Sequence[int], batch_stride: int) -> tuple[Tensor, Tensor]:
     """The four bilinear taps of every location in maps of several sizes at once.
 
     The same arithmetic as ``grid_sample(mode="bilinear", padding_mode="border",
@@ -166,7 +166,7 @@ def stack_tables(tables: Sequence[Tensor]) -> tuple[Tensor, list[int], int]:
     return table.reshape(-1, table.shape[-1]), starts, sum(rows)
 
 
-def sample_stacked(tables: Sequence[Tensor], sizes: Sequence[tuple[int, int]], grid: Tensor) -> Tensor:
+def sample_stacked(tables: Sequence[Tensor], sizes: Sequence[tuple[int, ...]], grid: Tensor) -> Tensor:
     """``sum_i sample(map_i, grid)`` of maps given as channels-last tables (B, H_i W_i, C) of
     sizes ``(H_i, W_i)``: :func:`stack_tables`, :func:`bilinear_taps` and :func:`gather_taps`.
     Returns (V, B, C)."""

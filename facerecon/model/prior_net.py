@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from facerecon.config import ModelConfig
 from facerecon.errors import InputError
 from facerecon.model.backbones import Backbone
+from facerecon.model.blocks import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction, per_block
 from facerecon.model.face_prior import (
     FacePriorArrays,
     apply_similarity_2d,
@@ -38,7 +39,6 @@ from facerecon.model.face_prior import (
     similarity_2d,
 )
 from facerecon.model.graph import MeshHierarchy
-from facerecon.model.blocks import DeformBlock, LandmarkHead, MeshNetBase, MeshPrediction, per_block
 from facerecon.model.unpool import Unpool
 
 __all__ = ["PriorFaceNet"]
@@ -272,7 +272,7 @@ class PriorFaceNet(MeshNetBase):
         pred.base = to_crop(base)
         return pred
 
-    def _spiral_forward(self, base: Tensor, embedding: Tensor, image: Tensor, maps: list, to_crop) -> MeshPrediction:  # noqa: ANN001
+    def _spiral_forward(self, base: Tensor, embedding: Tensor, image: Tensor, maps: list, to_crop) -> MeshPrediction:
         """Coarse spiral decoder + spiral refinement (``model.kind = "prior_spiral"``), aligned frame."""
         from facerecon.model.spiral import _sample_map
 

@@ -114,6 +114,8 @@ def spiral_indices(faces: np.ndarray, num_vertices: int, hops: int) -> np.ndarra
 class SpiralConv(nn.Module):
     """``f'_v = W [f_s(v,0) | ... | f_s(v,L-1)] + b`` over a fixed spiral (zero-padded)."""
 
+    indices: Tensor  # buffer: (V, L) spiral of each vertex
+
     def __init__(self, in_channels: int, out_channels: int, indices: Tensor) -> None:
         super().__init__()
         indices = torch.as_tensor(indices, dtype=torch.long)
@@ -230,6 +232,8 @@ class SpiralRefine(nn.Module):
 
 class VertexNormals(nn.Module):
     """:func:`vertex_normals` of one fixed topology, its incidence matrix built once per device."""
+
+    faces: Tensor  # buffer: (F, 3) triangles
 
     def __init__(self, faces: Tensor, num_vertices: int) -> None:
         super().__init__()

@@ -22,6 +22,8 @@ T_MIN = 1e-3
 class Unpool(nn.Module):
     """Adds vertex ``V + k`` on edge ``edges[k]`` (the convention of ``facerecon.mesh.topology``)."""
 
+    edges: Tensor  # buffer: (E, 2) the coarse level's edges
+
     def __init__(self, edges: Tensor, adaptive: bool = False) -> None:
         """
         Args:

@@ -2,7 +2,7 @@
 
 Importing this package is cheap and never compiles anything: the compiled extension (C++/OpenMP,
 and CUDA where available) is built once at first use, or ahead of time by
-``python -m facerecon.ops.build`` (the install command runs it); see docs/ops.md.
+``python -m facerecon.ops`` (the install command runs it); see docs/ops.md.
 """
 
 from facerecon.ops.chamfer import chamfer_distance

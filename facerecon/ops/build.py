@@ -4,7 +4,7 @@ Why JIT at first use rather than a build at ``pip install`` time: ``pip install`
 a compiler (it cannot fail for lack of one; the pure-torch fallback takes over), the same wheel or
 checkout serves CPU-only and CUDA machines, and the binary always matches the torch that is
 actually imported (a build-time extension breaks silently when torch is upgraded afterwards). The
-README's install command runs ``python -m facerecon.ops.build`` once so users never wait at first use.
+README's install command runs ``python -m facerecon.ops`` once so users never wait at first use.
 
 The cache lives in ``$FACERECON_EXTENSIONS_DIR``, else ``$TORCH_EXTENSIONS_DIR/facerecon``, else
 ``${XDG_CACHE_HOME:-~/.cache}/facerecon/extensions``, one folder per
@@ -14,7 +14,7 @@ different CPU hashes to a different folder. Concurrent first use (DDP ranks) is 
 OS file lock (released by the kernel if a builder dies); a finished build is marked by a ``built``
 file written after the module loaded, and only marked builds are loaded without the lock.
 
-Run ``python -m facerecon.ops.build`` to build; it prints one line and exits 0: the extension is
+Run ``python -m facerecon.ops`` to build; it prints one line and exits 0: the extension is
 ready, or it cannot be built and the line says why (nearest-neighbour ops then use the pure-torch
 fallback, which needs no build). This module also keeps the process's loaded extension
 (:func:`ensure_extension`); ``knn.py`` uses it, and nothing here imports ``knn``.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from facerecon.machine import cpu_identity  # noqa: F401  (part of this module's interface)
+from facerecon.machine import cpu_identity
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("bindings.cpp", "knn_cpu.cpp")
@@ -235,7 +235,7 @@ def ensure_extension(verbose: bool = False) -> Optional[types.ModuleType]:
         spec = make_spec(with_cuda)
         try:
             module = load(spec, build=True, verbose=verbose)
-        except Exception as exc:  # noqa: BLE001  (compiler, ninja, linker or import errors)
+        except Exception as exc:  # broad on purpose: compiler, ninja, linker or import errors
             errors.append(f"{'CUDA' if with_cuda else 'CPU'} build failed: {_one_line(exc)}")
             continue
         _state.module, _state.directory = module, spec.directory
@@ -245,7 +245,7 @@ def ensure_extension(verbose: bool = False) -> Optional[types.ModuleType]:
 
 
 def record_failure(exc: BaseException) -> None:
-    """Remember why the extension is unavailable (used by ``python -m facerecon.ops.build``)."""
+    """Remember why the extension is unavailable (used by ``python -m facerecon.ops``)."""
     _state.tried = True
     _state.failure = _one_line(exc)
 
@@ -271,7 +271,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m facerecon.ops.build [--verbose]``: build or load the extension, print one line."""
+    """``python -m facerecon.ops [--verbose]``: build or load the extension, print one line."""
     import time
     import warnings
 
@@ -279,12 +279,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     verbose = "--verbose" in args or "-v" in args
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (loaded inside the filter: its import-time warnings stay quiet)
 
     start = time.perf_counter()
     try:
         ensure_extension(verbose=verbose)
-    except Exception as exc:  # noqa: BLE001  (any failure: report it, the fallback still works)
+    except Exception as exc:  # broad on purpose: report any failure, the fallback still works
         record_failure(exc)
     elapsed = time.perf_counter() - start
     ext = loaded_extension()
@@ -297,6 +297,3 @@ def main(argv: Optional[list[str]] = None) -> int:
           "using the pure-torch fallback")
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -67,7 +67,7 @@ def _extension_for(device: torch.device) -> Optional[types.ModuleType]:
         state.warned = True
         warnings.warn(
             f"facerecon: compiled nearest-neighbour extension unavailable ({reason}); using the slower "
-            "pure-torch fallback. Run `python -m facerecon.ops.build --verbose` to see why.",
+            "pure-torch fallback. Run `python -m facerecon.ops --verbose` to see why.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -106,7 +106,7 @@ def backend_summary() -> str:
             if build.is_built(spec):
                 try:
                     module = build.load(spec, build=False)
-                except Exception:  # noqa: BLE001  (a broken cache entry: report as not built)
+                except Exception:  # broad on purpose: a broken cache entry is reported as not built
                     continue
                 state.tried, state.module, state.directory = True, module, spec.directory
                 directory = spec.directory
@@ -120,7 +120,7 @@ def backend_summary() -> str:
     if state.failure:
         return f"nearest neighbours: pure torch fallback (build failed: {state.failure})"
     return (f"nearest neighbours: compiled extension not built yet (built at first use or by "
-            f"`python -m facerecon.ops.build`), cache {build.cache_root()}")
+            f"`python -m facerecon.ops`), cache {build.cache_root()}")
 
 
 # ---------------------------------------------------------------------------------- validation

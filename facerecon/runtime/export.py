@@ -40,7 +40,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -140,7 +140,7 @@ def _session(model: str | bytes, options: Any, name: Any) -> Any:
 
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
+    except Exception as exc:
         raise InputError(f"{name}: not a usable ONNX model ({' '.join(str(exc).split())[:200]})") from None
 
 

@@ -1,4 +1,4 @@
-"""One home each for writing a picture and for Open3D rendering (issue 12).
+"""One home each for writing a picture and for Open3D rendering.
 
 ``facerecon.imageio.save_image`` is the one image writer (the overlay's ``save_image`` is it,
 limited to .png / .jpg); ``facerecon.mesh.preview.render_offscreen`` / ``run_window`` are the one
@@ -137,7 +137,7 @@ def test_viewer_and_preview_render_through_the_one_path(fake_open3d: type[_FakeV
     monkeypatch.setattr(preview, "_populate", lambda vis, level: populated.append("template"))
     image = viewer.render_scene(object(), width=16, height=16)
     np.testing.assert_array_equal(image, np.full((4, 6, 3), 128, np.uint8))  # round(0.5 * 255)
-    buffer = preview.render_png(object(), tmp_path / "t.png")  # type: ignore[arg-type]
+    buffer = preview.render_png(object(), tmp_path / "t.png")
     np.testing.assert_array_equal(_read_rgb(tmp_path / "t.png"), np.full((4, 6, 3), 127, np.uint8))  # truncated
     assert buffer.dtype == np.float32 and populated == ["scene", "template"]
     assert fake_open3d.calls.count("capture") == 2
@@ -188,8 +188,8 @@ print("stepped")
 
 def test_an_optimizer_step_after_an_offscreen_render(tmp_path: Path) -> None:
     """An Open3D offscreen context and then a first optimizer step in one process (a test run, a
-    notebook): the step used to crash the process (segmentation fault) while torch imported its
-    compiler stack; ``open3d_module`` imports it first when torch is loaded."""
+    notebook): the step must not crash the process (a segmentation fault when torch imports its
+    compiler stack after Open3D); ``open3d_module`` imports it first when torch is loaded."""
     import subprocess
     import sys
 

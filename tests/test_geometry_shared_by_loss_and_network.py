@@ -1,4 +1,4 @@
-"""One home each for the weighted Chamfer, the neighbour mean and the CSR adjacency (issue 12).
+"""One home each for the weighted Chamfer, the neighbour mean and the CSR adjacency.
 
 The training loss and the metric share ``facerecon.ops.chamfer.chamfer_from_neighbours`` (each
 with its own weight-sum floor), the Laplacian loss and the graph network share

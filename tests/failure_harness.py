@@ -1,4 +1,4 @@
-"""Helpers of the reliability tests (issue 13): a tiny trainable cache in the current schema, a
+"""Helpers of the tests that make things fail: a tiny trainable cache in the current schema, a
 small tmpfs (skip where it cannot be mounted), running the CLI in a subprocess."""
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cache(path: Path, **kwargs: object) -> Path:
-    """``cachefix.make_tiny_cache`` stamped with the current schema (its newer fields filled)."""
+    """``synthetic_cache.make_tiny_cache`` stamped with the current schema (its newer fields filled)."""
     import h5py
 
-    from cachefix import make_tiny_cache
     from facerecon.data.cache import SCHEMA_VERSION
+    from synthetic_cache import make_tiny_cache
 
-    make_tiny_cache(path, **kwargs)  # type: ignore[arg-type]
+    make_tiny_cache(path, **kwargs)
     with h5py.File(path, "r+") as f:
         f.attrs["schema_version"] = SCHEMA_VERSION
         n = f["offsets"].shape[0] - 1

@@ -100,14 +100,19 @@ def make_tiny_cache(
         f.create_dataset("landmarks5", data=five.astype(np.float32))
         f.attrs["points_in_model_order"] = bool(same_topology)
         if same_topology:
-            from scipy.spatial import Delaunay
-
-            # the "face model": the unit cap, stored in model axes (y up, z toward the camera)
-            fm = f.create_group("face_model")
-            fm.create_dataset("mean", data=(base_pts * np.array([1.0, -1.0, -1.0])).astype(np.float32))
-            fm.create_dataset("triangles", data=Delaunay(base_pts[:, :2]).simplices.astype(np.int32))
-            fm.create_dataset("landmark_ids", data=np.arange(68, dtype=np.int32))
+            _write_face_model(f, base_pts)
     return path
+
+
+def _write_face_model(f, base_pts: np.ndarray) -> None:
+    """The "face model" of a same-topology cache: the unit cap, stored in model axes (y up, z
+    toward the camera), with 68 landmark ids."""
+    from scipy.spatial import Delaunay
+
+    fm = f.create_group("face_model")
+    fm.create_dataset("mean", data=(base_pts * np.array([1.0, -1.0, -1.0])).astype(np.float32))
+    fm.create_dataset("triangles", data=Delaunay(base_pts[:, :2]).simplices.astype(np.int32))
+    fm.create_dataset("landmark_ids", data=np.arange(68, dtype=np.int32))
 
 
 #: iBUG-68 ids of MTCNN's five points (eye centres, nose tip, mouth corners).

@@ -34,6 +34,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .errors import DependencyError, InputError
+from .opengl import before_opengl
 
 
 def _shaders(slots: int) -> tuple[str, str, str]:
@@ -259,35 +260,6 @@ def _clip_coordinates(v: np.ndarray, size: tuple[int, int], camera: Camera) -> n
     return out.astype(np.float32)
 
 
-#: Packages that ship their own LLVM in a shared library (path inside the package). Mesa's software
-#: driver loads its LLVM with global symbols; a library like this loaded *after* it binds to those
-#: and crashes (measured: rendering, then ``import triton`` - which ``import torchvision`` and
-#: ``torch.compile`` do - ends in a segmentation fault; the other order works).
-_OWN_LLVM_LIBRARIES = {"triton": ("_C", "libtriton.so")}
-
-
-def _preload_own_llvm_libraries() -> None:
-    """Load those libraries (privately: ``RTLD_LOCAL``) before the OpenGL driver, when installed
-    (~50 ms, once); importing the package later reuses the loaded library."""
-    import ctypes
-    import importlib.util
-    import os
-
-    for package, parts in _OWN_LLVM_LIBRARIES.items():
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            continue
-        if spec is None or spec.origin is None:
-            continue
-        library = os.path.join(os.path.dirname(spec.origin), *parts)
-        if os.path.exists(library):
-            try:
-                ctypes.CDLL(library, mode=os.RTLD_LAZY | os.RTLD_LOCAL)
-            except OSError:  # a broken installation of that package is not the renderer's business
-                pass
-
-
 class _Rasterizer:
     """The process's OpenGL context, shader programs and framebuffers (created once, used under a lock)."""
 
@@ -298,7 +270,7 @@ class _Rasterizer:
             raise DependencyError(
                 "the renderer needs moderngl: pip install moderngl (and Mesa's EGL: Debian libegl1 libgl1-mesa-dri)"
             ) from None
-        _preload_own_llvm_libraries()
+        before_opengl()
         try:
             self.ctx = moderngl.create_standalone_context(backend="egl")
         except Exception as exc:  # glcontext raises plain Exceptions for a missing libEGL / driver

@@ -71,6 +71,8 @@ class ViewItem:
         faces: ``(F, 3)`` int64 for a mesh, None for a point cloud.
         colors: ``(N, 3)`` float64 RGB in [0, 1] per vertex, or None for the default colour.
         role: ``"input"`` or ``"ground_truth"``.
+        uv: ``(N, 2)`` float64 texture coordinates (origin bottom-left) of a textured mesh, or None.
+        texture: ``(h, w, 3)`` uint8 its texture image, or None.
     """
 
     label: str
@@ -78,6 +80,12 @@ class ViewItem:
     faces: Optional[np.ndarray] = None
     colors: Optional[np.ndarray] = None
     role: str = "input"
+    uv: Optional[np.ndarray] = None
+    texture: Optional[np.ndarray] = None
+
+    @property
+    def is_textured(self) -> bool:
+        return self.faces is not None and self.uv is not None and self.texture is not None
 
     @property
     def is_mesh(self) -> bool:
@@ -168,7 +176,8 @@ def error_colors(errors: np.ndarray, vmax: Optional[float] = None) -> np.ndarray
 def _item(geometry: Geometry, role: str) -> ViewItem:
     colors = None if geometry.colors is None else geometry.colors.astype(np.float64) / 255.0
     return ViewItem(
-        label=geometry.path.name, vertices=geometry.vertices, faces=geometry.faces, colors=colors, role=role
+        label=geometry.path.name, vertices=geometry.vertices, faces=geometry.faces, colors=colors, role=role,
+        uv=geometry.uv, texture=geometry.texture,
     )
 
 
@@ -209,7 +218,9 @@ def build_scene(
         assert ground_truth is not None
         per_item = [vertex_errors(item.vertices, ground_truth.vertices, device=device) for item in items]
         scene.error_max = max(float(e.max()) for e in per_item)
-        scene.items = [replace(item, colors=error_colors(e, scene.error_max)) for item, e in zip(items, per_item)]
+        scene.items = [  # error colours replace the texture
+            replace(item, colors=error_colors(e, scene.error_max), uv=None, texture=None) for item, e in zip(items, per_item)
+        ]
         scene.errors = [
             ErrorStats(item.label, len(e), float(e.min()), float(e.mean()), float(e.max())) for item, e in zip(items, per_item)
         ]
@@ -264,11 +275,25 @@ def _to_open3d(item: ViewItem):
         geom.compute_vertex_normals()
     else:
         geom = o3d.geometry.PointCloud(v)  # no normals: drawn unlit, in its own colours
-    if item.colors is not None:
+    if item.is_textured:
+        _set_texture(geom, item)
+    elif item.colors is not None:
         geom.vertex_colors = o3d.utility.Vector3dVector(np.ascontiguousarray(item.colors, dtype=np.float64))
     else:
         geom.paint_uniform_color(default)
     return geom
+
+
+def _set_texture(geom: Any, item: ViewItem) -> None:
+    """Give an Open3D mesh its texture: one ``(u, v)`` per triangle corner, with v measured from
+    the image's top row as Open3D samples it (the file's v is from the bottom row)."""
+    o3d = _o3d()
+    assert item.uv is not None and item.texture is not None and item.faces is not None
+    corners = item.uv[item.faces.reshape(-1)]
+    corners = np.stack([corners[:, 0], 1.0 - corners[:, 1]], axis=1)
+    geom.triangle_uvs = o3d.utility.Vector2dVector(np.ascontiguousarray(corners, dtype=np.float64))
+    geom.textures = [o3d.geometry.Image(np.ascontiguousarray(item.texture))]
+    geom.triangle_material_ids = o3d.utility.IntVector(np.zeros(len(item.faces), dtype=np.int32))
 
 
 def _photo_grid(photo: Photo, pixels_per_px: float):
@@ -302,6 +327,9 @@ def _populate(vis: Any, scene: Scene, width: int, height: int, wireframe: bool, 
     opt.background_color = np.asarray(BACKGROUND)
     opt.mesh_show_back_face = True
     opt.mesh_show_wireframe = bool(wireframe)
+    meshes = [item for item in scene.items if item.is_mesh]
+    if meshes and all(item.is_textured for item in meshes):
+        opt.light_on = False  # a photo texture carries its own shading: shown as the photo shows it
     opt.point_size = float(point_size if point_size is not None else (PHOTO_POINT_SIZE if scene.photo is not None else 3.0))
 
 

@@ -16,6 +16,7 @@ if "$VENV/bin/python" -c 'from facerecon.engine.results import default_checkpoin
   "$FR" view "$OUT/astronaut.obj" --screenshot "$OUT/astronaut_mesh.png"
   "$FR" predict "$PHOTO" -o "$OUT/astronaut_textured.obj" --texture --uv-texture "$OUT/astronaut_uv.png" \
     --maps depth,pncc,normals
+  "$FR" view "$OUT/astronaut_textured.obj" --screenshot "$OUT/astronaut_textured_view.png"
   echo
   echo "demo outputs in $OUT/:"
   echo "  astronaut.obj          the mesh, in the photo's pixel frame (astronaut.json: box, landmarks, pose)"
@@ -24,6 +25,7 @@ if "$VENV/bin/python" -c 'from facerecon.engine.results import default_checkpoin
   echo "  astronaut_view.png     an offscreen Open3D render of the mesh over the photo"
   echo "  astronaut_mesh.png     an offscreen Open3D render of the mesh alone"
   echo "  astronaut_textured.obj the mesh textured with the photo (.mtl, .texture.png beside it)"
+  echo "  astronaut_textured_view.png  an offscreen render of the textured mesh (the photo's detail)"
   echo "  astronaut_uv.png       the face's colours in the template's fixed UV layout (alpha: seen)"
   echo "  astronaut_textured.{depth,pncc,normals}.png  the maps at the photo's size"
 else

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "facerecon.machine": 0,
     "facerecon.allocator": 0,
     "facerecon.imageio": 0,
+    "facerecon.opengl": 0,
     "facerecon.progress": 0,
     "facerecon.signals": 0,
     "facerecon.config": 0,

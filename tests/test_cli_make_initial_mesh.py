@@ -95,7 +95,9 @@ def test_custom_template_written_with_name(tmp_path: Path) -> None:
 
 def _open3d_can_render() -> bool:
     try:
-        import open3d as o3d
+        from facerecon.mesh.preview import open3d_module
+
+        o3d = open3d_module()  # as facerecon loads it: libraries with their own LLVM first
 
         o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
         vis = o3d.visualization.Visualizer()

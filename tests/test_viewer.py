@@ -40,9 +40,12 @@ def _geometry(name: str, vertices: np.ndarray, faces: np.ndarray | None = None) 
 @pytest.fixture(scope="module")
 def offscreen() -> None:
     """Skip when Open3D cannot create an offscreen (EGL) context on this machine."""
+    from facerecon.errors import DependencyError
+    from facerecon.mesh.preview import open3d_module
+
     try:
-        import open3d as o3d
-    except (ImportError, OSError) as exc:
+        o3d = open3d_module()  # as the viewer loads it: libraries with their own LLVM first (facerecon.opengl)
+    except DependencyError as exc:
         pytest.skip(f"open3d unavailable: {exc}")
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     vis = o3d.visualization.Visualizer()
@@ -246,3 +249,38 @@ def test_cli_help_mentions_placement() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.replace("│", " ").split())
     assert "--screenshot" in text and "to the right" in text
+
+
+def _textured_quad(folder: Path) -> Path:
+    """A square in the x-y plane (image px, facing the camera) textured with a 2x2 image written
+    by hand: red top-left, green top-right, blue bottom-left, yellow bottom-right (OBJ's v runs
+    up from the image's bottom row)."""
+    from PIL import Image
+
+    texture = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 0]]], np.uint8)
+    Image.fromarray(texture).resize((64, 64), Image.NEAREST).save(folder / "quad.png")
+    (folder / "quad.mtl").write_text("newmtl quad\nKd 1 1 1\nmap_Kd quad.png\n")
+    (folder / "quad.obj").write_text(
+        "mtllib quad.mtl\n"
+        "v 0 0 0\nv 100 0 0\nv 100 100 0\nv 0 100 0\n"  # image px: y down, so (0, 0) is the top-left
+        "vt 0 1\nvt 1 1\nvt 1 0\nvt 0 0\n"  # the top-left corner takes the texture's top-left (v = 1)
+        "usemtl quad\nf 1/1 3/3 2/2\nf 1/1 4/4 3/3\n"
+    )
+    return folder / "quad.obj"
+
+
+def test_a_textured_mesh_is_drawn_with_its_texture(tmp_path: Path, offscreen: None) -> None:
+    from facerecon.mesh.export import load_geometry
+
+    geometry = load_geometry(_textured_quad(tmp_path))
+    assert geometry.uv is not None and geometry.texture is not None and geometry.texture.shape == (64, 64, 3)
+    image = render_scene(build_scene([geometry]), width=200, height=200)
+    # the camera looks from where the photo was taken (y down): the quad's top-left quarter is red
+    h, w = image.shape[:2]
+    quarters = {
+        "top-left": image[h // 2 - 30, w // 2 - 30], "top-right": image[h // 2 - 30, w // 2 + 30],
+        "bottom-left": image[h // 2 + 30, w // 2 - 30], "bottom-right": image[h // 2 + 30, w // 2 + 30],
+    }
+    expected = {"top-left": (255, 0, 0), "top-right": (0, 255, 0), "bottom-left": (0, 0, 255), "bottom-right": (255, 255, 0)}
+    for where, colour in expected.items():
+        np.testing.assert_allclose(quarters[where].astype(int), colour, atol=40, err_msg=where)

@@ -54,6 +54,9 @@ class Geometry:
             cloud.
         colors: ``(N, 3)`` uint8 RGB per vertex/point, or None when the file has none.
         normals: ``(N, 3)`` float64 per-point normals as stored (point clouds only), or None.
+        uv: ``(N, 2)`` float64 texture coordinates per vertex in [0, 1], origin at the texture's
+            bottom-left (OBJ's and glTF-through-trimesh's convention), for a textured mesh; else None.
+        texture: ``(h, w, 3)`` uint8 RGB the texture image ``uv`` points into, or None.
     """
 
     path: Path
@@ -61,6 +64,8 @@ class Geometry:
     faces: Optional[np.ndarray] = None
     colors: Optional[np.ndarray] = None
     normals: Optional[np.ndarray] = None
+    uv: Optional[np.ndarray] = None
+    texture: Optional[np.ndarray] = None
 
     @property
     def is_mesh(self) -> bool:
@@ -291,7 +296,25 @@ def load_with_trimesh(path: Path, suffix: str, merge: bool = False) -> Geometry:
         colors = np.ascontiguousarray(np.asarray(visual.vertex_colors)[:, :3], dtype=np.uint8)
     if len(faces) == 0:  # e.g. an .obj with only 'v' lines
         return Geometry(path=path, vertices=vertices, colors=colors)
-    return Geometry(path=path, vertices=vertices, faces=faces, colors=colors)
+    uv, texture = _texture_of(visual, len(vertices))
+    return Geometry(path=path, vertices=vertices, faces=faces, colors=colors, uv=uv, texture=texture)
+
+
+def _texture_of(visual: Any, n_vertices: int) -> tuple[Any, Any]:
+    """``(uv, texture)`` of a trimesh visual with per-vertex texture coordinates and an image
+    (an OBJ's ``vt`` + ``.mtl`` + image, a glTF's embedded one), else ``(None, None)``."""
+    import numpy as np
+    import trimesh
+
+    if not isinstance(visual, trimesh.visual.TextureVisuals) or visual.uv is None:
+        return None, None
+    image = getattr(visual.material, "image", None)
+    if image is None:  # a PBR material (glTF) keeps it as its base colour texture
+        image = getattr(visual.material, "baseColorTexture", None)
+    uv = np.asarray(visual.uv, dtype=np.float64)
+    if image is None or uv.shape != (n_vertices, 2) or not np.isfinite(uv).all():
+        return None, None
+    return uv, np.ascontiguousarray(np.asarray(image.convert("RGB")), dtype=np.uint8)
 
 
 def _point_geometry(path: Path, cloud: Any) -> Geometry:

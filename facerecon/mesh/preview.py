@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from facerecon.errors import DependencyError
+from facerecon.opengl import before_opengl
 from facerecon.imageio import PNG_JPG, save_image
 from facerecon.mesh.templates import MeshLevel
 
@@ -62,6 +63,7 @@ def open3d_module():
     stack (and triton) crashes the process (a segmentation fault), and the other order is safe.
     """
     ensure_runtime_dir()  # before Open3D (and the EGL libraries it loads) read it
+    before_opengl()  # libraries with their own LLVM before Mesa's (facerecon.opengl)
     if "torch" in sys.modules:
         import torch._dynamo  # noqa: F401  (imported for its side effect: torch's compiler stack before Open3D's context)
     try:

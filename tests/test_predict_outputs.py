@@ -111,3 +111,45 @@ def test_bad_output_options_are_one_line(tmp_path: Path, extra: list[str], needl
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.output
     assert not (tmp_path / "face.stl").exists()
+
+
+def test_video_frames_get_the_same_outputs(tmp_path: Path) -> None:
+    """A clip: each frame's mesh textured from that frame, its maps beside it, its UV texture in
+    the UV folder, and the files named in its line of frames.jsonl."""
+    _default_model()
+    cv2 = pytest.importorskip("cv2")
+    trimesh = pytest.importorskip("trimesh")
+    from test_video import make_clip
+
+    from facerecon.imageio import load_image
+
+    clip = tmp_path / "clip.avi"
+    make_clip(load_image(ASSET), clip, focus=(256.0, 230.0), frames=3, size=(320, 240))
+    out, uv = tmp_path / "out", tmp_path / "uv"
+    result = runner.invoke(app, [
+        "-q", "predict", str(clip), "-o", str(out), "--texture", "--maps", "depth", "--uv-texture", str(uv), "--dense-points",
+    ])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2]
+    capture = cv2.VideoCapture(str(clip))
+    for record in records:
+        stem = f"frame_{record['frame']:06d}"
+        assert record["mesh"] == f"{stem}.obj" and record["texture"] == f"{stem}.texture.png"
+        assert record["maps"] == {"depth": f"{stem}.depth.png"} and (out / f"{stem}.depth.png").is_file()
+        assert record["uv_texture"] == f"{stem}.png" and (uv / f"{stem}.png").is_file()
+        ok, bgr = capture.read()
+        frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        mesh = trimesh.load(out / f"{stem}.obj", process=False)
+        # the vertices around the nose take the frame's pixels under them: the texture is the frame
+        nose = np.asarray(record["landmarks68"])[30, :2]
+        near = np.flatnonzero(np.linalg.norm(mesh.vertices[:, :2] - nose, axis=1) < 15)
+        texture = np.asarray(mesh.visual.material.image.convert("RGB")).astype(int)
+        th, tw = texture.shape[:2]
+        u, v = mesh.visual.uv[near].T
+        seen = v * th >= 8  # the hidden faces' grey band lies below the photo's region
+        rows = th - 1 - np.clip(np.floor(v * th), 0, th - 1).astype(int)  # v runs up from the bottom row
+        texels = texture[rows, np.clip(np.floor(u * tw), 0, tw - 1).astype(int)]
+        x, y = np.floor(mesh.vertices[near, :2]).T.astype(int)
+        diff = np.abs(texels - frame[y, x].astype(int)).max(axis=1)
+        assert seen.sum() > 20 and diff[seen].max() <= 2, (seen.sum(), diff[seen].max())

@@ -109,9 +109,10 @@ def _predict(
         raise InputError(f"{missing[0]}: no such file or folder")
     if camera is not None or (len(inputs) == 1 and Path(inputs[0]).suffix.lower() in VIDEO_SUFFIXES):
         video = None if camera is not None else Path(inputs[0])
-        if extras is not None:
-            raise InputError("--texture, --uv-texture, --maps and --dense-points work on photos; a video or camera gives meshes and frames.jsonl")
-        _predict_video(video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written, require_face, runtime)
+        _predict_video(
+            video, camera, output, checkpoint, ext, stages, min_probability, device, every, max_frames, written,
+            require_face, runtime, extras,
+        )
         return
 
     if len(inputs) == 1 and Path(inputs[0]).is_file():  # one photo above the pixel limit: refused before
@@ -221,7 +222,7 @@ def _report_photos(summary: Any, job: Any, t: Any, t_load: float, written: list[
 def _predict_video(
     path: Optional[Path], camera: Optional[int], output: Path, checkpoint: Optional[Path], ext: str, stages: bool,
     min_probability: float, device: str, every: int, max_frames: Optional[int], written: list[Path],
-    require_face: bool = False, runtime: str = "auto",
+    require_face: bool = False, runtime: str = "auto", extras: Any = None,
 ) -> None:
     from facerecon.engine.video import open_frames
     from facerecon.io_utils import check_writable_folder
@@ -229,9 +230,16 @@ def _predict_video(
     if output.suffix.lower() in mesh_suffixes() and not output.is_dir():
         raise InputError(f"{output}: a video or camera gives one mesh per frame; give an output folder")
     check_writable_folder(output, "meshes")
+    if extras is not None:  # as for a folder of photos: one file per frame, UV textures in a folder
+        extras.check(ext)
+        if extras.uv_texture is not None:
+            if extras.uv_texture.suffix.lower() == ".png" and not extras.uv_texture.is_dir():
+                raise InputError(f"--uv-texture {extras.uv_texture}: a video needs a folder of UV textures (one per frame)")
+            check_writable_folder(extras.uv_texture, "UV textures")
     frames = open_frames(path, camera)  # a clear InputError for an unreadable file or a missing camera
     rec = _reconstructor(checkpoint, device, min_probability, frames.size, batch_size=1, runtime=runtime)
     runner = rec.video_runner(every=every, mesh_format=ext, stages=stages, require_face=require_face)
+    runner.extras = extras
     total = frames.frame_count
     if total is not None:
         total = -(-total // every)

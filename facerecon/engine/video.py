@@ -134,6 +134,7 @@ class FrameResult:
     time: float  # seconds from the start (a camera: since the first frame)
     tracked: bool  # the face was tracked from the previous frame (no detection)
     face: FaceResult
+    image: np.ndarray | None = None  # the frame, (H, W, 3) uint8 RGB, when kept (``keep_frames``)
 
     def record(self, mesh_name: str) -> dict:
         """The frame's line of ``frames.jsonl``: the photo record of ``predict`` (without
@@ -190,6 +191,7 @@ class VideoPredictor:
         redetect_every: int = 60,
         detector: Any = None,
         require_face: bool = False,
+        extras: Any = None,
     ) -> None:
         from facerecon.detect import FaceDetector
         from facerecon.engine.results import Predictor
@@ -203,14 +205,23 @@ class VideoPredictor:
         self.stages = stages
         self.redetect_every = int(redetect_every)
         self.require_face = require_face
+        #: What to write beside each frame's mesh (:class:`facerecon.engine.outputs.ExtraOutputs`:
+        #: a textured mesh, a UV texture ``<uv folder>/frame_<index>.png``, maps, dense points).
+        self.extras = extras
 
-    def _write_meshes(self, result: Any, mesh_path: Path) -> list[Path]:
-        """The frame's mesh (and per-block meshes with ``stages``), atomically, not flushed to the
-        disk (as ``predict``'s photos: :mod:`facerecon.io_utils`); no per-frame JSON."""
+    def _write_meshes(self, result: Any, mesh_path: Path, extra: Any = None) -> list[Path]:
+        """The frame's mesh (textured with ``extra.textured`` when given; and per-block meshes with
+        ``stages``), atomically, not flushed to the disk (as ``predict``'s photos:
+        :mod:`facerecon.io_utils`); no per-frame JSON."""
         from facerecon.mesh.export import export_mesh
 
-        export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
-        paths = [mesh_path]
+        if extra is not None and extra.textured is not None:
+            from facerecon.mesh.texture import save_textured_mesh
+
+            paths = save_textured_mesh(mesh_path, extra.textured, durable=False)
+        else:
+            export_mesh(mesh_path, result.vertices_px, result.faces, result.colors, durable=False)
+            paths = [mesh_path]
         if self.stages:
             for level, (v, f) in enumerate(zip(result.stages_px, result.stage_faces)):
                 stage_path = mesh_path.with_name(f"{mesh_path.stem}.stage{level}{mesh_path.suffix}")
@@ -218,12 +229,24 @@ class VideoPredictor:
                 paths.append(stage_path)
         return paths
 
+    def _write_extras(self, frame: FrameResult, mesh_path: Path, extras: Any, written: list[Path]) -> Any:
+        """The frame's maps (``frame_<index>.<kind>.png``) and UV texture (``<uv folder>/
+        frame_<index>.png``) written, its mesh textured: its :class:`facerecon.engine.outputs.FaceExtras`."""
+        from facerecon.engine.outputs import photo_extras
+
+        uv_path = None if extras.uv_texture is None else Path(extras.uv_texture) / f"{mesh_path.stem}.png"
+        done = photo_extras(self.predictor.network, [frame.face], frame.image, [mesh_path], [uv_path], extras)
+        written.extend(done.files)
+        return done.faces[0]
+
     def reconstruct(
-        self, source: FrameSource, summary: VideoSummary | None = None, max_frames: int | None = None
+        self, source: FrameSource, summary: VideoSummary | None = None, max_frames: int | None = None,
+        keep_frames: bool = False,
     ) -> Iterator[FrameResult]:
         """Yield the face of every ``every``-th frame of ``source`` (see the module docstring),
         at most ``max_frames``; ``summary`` (when given) counts frames, detections and time per
-        stage as they go. The source is closed when the iteration ends, however it ends."""
+        stage as they go; ``keep_frames`` hands each frame along (``FrameResult.image``). The
+        source is closed when the iteration ends, however it ends."""
         summary = VideoSummary() if summary is None else summary
         previous = None  # the last frame's FaceCrop (a real detection) or None
         since_detection = 0
@@ -247,12 +270,13 @@ class VideoPredictor:
                 if crop.fallback and self.require_face:  # no mesh from the fallback crop
                     continue
                 prepared = self.predictor.prepare(Path(source.name), frame, [crop])
+                kept = frame if keep_frames else None
                 del frame
                 t_net = self.predictor.timings.network
                 (result,) = self.predictor.reconstruct(prepared)
                 summary.network += self.predictor.timings.network - t_net
                 summary.frames += 1
-                yield FrameResult(index, t_video, tracked, result)
+                yield FrameResult(index, t_video, tracked, result, kept)
         finally:
             source.close()
 
@@ -288,11 +312,15 @@ class VideoPredictor:
         stopped: BaseException | None = None
         with atomic_path(summary.jsonl) as tmp_jsonl, open(tmp_jsonl, "w", encoding="utf-8") as log:
             try:
-                for frame in self.reconstruct(source, summary, max_frames):
+                extras = self.extras if self.extras is not None and self.extras.any else None
+                for frame in self.reconstruct(source, summary, max_frames, keep_frames=extras is not None):
                     t0 = time.perf_counter()
                     mesh_path = out / f"frame_{frame.index:06d}{self.mesh_format}"
-                    paths = self._write_meshes(frame.face, mesh_path)  # the record goes to frames.jsonl
-                    log.write(json.dumps(frame.record(mesh_path.name), separators=(",", ":"), allow_nan=False) + "\n")
+                    extra = None if extras is None else self._write_extras(frame, mesh_path, extras, written)
+                    paths = self._write_meshes(frame.face, mesh_path, extra)  # the record goes to frames.jsonl
+                    record = frame.record(mesh_path.name)
+                    record.update({} if extra is None else extra.record)
+                    log.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
                     log.flush()
                     written.extend(paths)
                     summary.export += time.perf_counter() - t0

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cachefix import make_tiny_cache
 
 from conftest import shared_subdir
 from facerecon.data.facevision_maps import (
@@ -28,6 +27,7 @@ from facerecon.data.facevision_maps import (
 )
 from facerecon.errors import DependencyError, InputError
 from facerecon.frames import head_pose, rotation_from_euler
+from synthetic_cache import make_tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SQUARE = np.array([[0, 1, 2], [0, 2, 3]])

@@ -119,9 +119,8 @@ def test_video_frames_get_the_same_outputs(tmp_path: Path) -> None:
     _default_model()
     cv2 = pytest.importorskip("cv2")
     trimesh = pytest.importorskip("trimesh")
-    from test_video import make_clip
-
     from facerecon.imageio import load_image
+    from test_video import make_clip
 
     clip = tmp_path / "clip.avi"
     make_clip(load_image(ASSET), clip, focus=(256.0, 230.0), frames=3, size=(320, 240))

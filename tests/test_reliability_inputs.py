@@ -107,7 +107,7 @@ def test_a_photo_above_the_pixel_limit_is_refused_from_its_header(command: str, 
     1.7 GB before the refusal; now the whole command stays near the interpreter's own size."""
     import subprocess
 
-    from reliafix import ROOT
+    from failure_harness import ROOT
 
     huge = _png_header_claiming(tmp_path / "huge.png", 16000, 16000)
     args = ["-o", str(tmp_path / "face.obj")] if command == "predict" else ["-o", str(tmp_path / "crops")]

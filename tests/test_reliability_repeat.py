@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliafix import tiny_cache
 
 from conftest import TINY_MODEL
+from failure_harness import tiny_cache
 
 
 @contextlib.contextmanager

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from reliafix import ROOT, cli, error_lines
+
+from failure_harness import ROOT, cli, error_lines
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -186,7 +186,7 @@ def render(
     names = list(attributes or {})
     columns = [_columns(attributes[n], v.shape[0]) for n in names]  # type: ignore[index]
     packed = np.concatenate(columns, axis=1) if columns else np.zeros((v.shape[0], 0), np.float32)
-    pixels, channels = _rasterizer().draw(clip, v[:, 2], packed, f, (h, w))  # pixels: w0, w1, depth, triangle + 1
+    pixels, channels = _draw(clip, v[:, 2], packed, f, (h, w))  # pixels: w0, w1, depth, triangle + 1
     triangle = pixels[..., 3].astype(np.int32) - 1
     mask = triangle >= 0
     depth = np.where(mask, pixels[..., 2], np.float32(np.inf))
@@ -359,6 +359,25 @@ def _rasterizer() -> _Rasterizer:
             if _RASTERIZER is None:
                 _RASTERIZER = _Rasterizer()
     return _RASTERIZER
+
+
+def _draw(
+    clip: np.ndarray, depth: np.ndarray, values: np.ndarray, faces: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`_Rasterizer.draw` on the process's context; a context that another library lost
+    (Open3D's offscreen window terminates the process's EGL display when it closes, and every
+    context on it dies) is made again, once."""
+    global _RASTERIZER
+    rasterizer = _rasterizer()
+    try:
+        return rasterizer.draw(clip, depth, values, faces, size)
+    except Exception as exc:  # moderngl.Error ("cannot create renderbuffer", ...) on a dead context
+        if not type(exc).__module__.startswith(("moderngl", "_moderngl")):
+            raise
+        with _CREATE_LOCK:
+            if _RASTERIZER is rasterizer:
+                _RASTERIZER = None  # the next call makes a new context
+    return _rasterizer().draw(clip, depth, values, faces, size)
 
 
 def pncc_codes(reference_vertices: np.ndarray) -> np.ndarray:

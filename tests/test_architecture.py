@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "facerecon.model": 2,
     "facerecon.data": 2,
     "facerecon.mesh": 2,
+    "facerecon.mesh_formats": 2,
     "facerecon.losses": 2,
     "facerecon.metrics": 2,
     "facerecon.detect": 2,

@@ -372,7 +372,7 @@ def test_obj_and_off_text_is_python_formatting(tmp_path: Path) -> None:
 @pytest.fixture
 def registry(monkeypatch) -> dict:
     """The format registry, restored after the test."""
-    from facerecon.mesh import formats as formats_module
+    from facerecon import mesh_formats as formats_module
 
     formats = dict(formats_module._MESH_FORMATS)
     monkeypatch.setattr(formats_module, "_MESH_FORMATS", formats)

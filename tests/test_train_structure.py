@@ -214,6 +214,8 @@ _BEING_RESTRUCTURED = {
     ("facerecon/cli/prepare.py", "prepare"),
     ("facerecon/cli/train.py", "train"),
     ("facerecon/data/cache.py", "prepare_cache"),
+    ("facerecon/data/dataset.py", "__init__"),
+    ("facerecon/data/dataset.py", "__getitem__"),
 }
 
 

@@ -12,7 +12,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, err_console, info, make_progress, state
 from facerecon.errors import InputError
-from facerecon.mesh.formats import mesh_suffixes
+from facerecon.mesh_formats import mesh_suffixes
 from facerecon.signals import interruptible
 
 ORDER = 60

@@ -9,7 +9,7 @@ import typer
 
 from facerecon.cli._common import console, display_path, info
 from facerecon.errors import InputError
-from facerecon.mesh.formats import POINT_FORMATS, mesh_suffixes
+from facerecon.mesh_formats import POINT_FORMATS, mesh_suffixes
 
 ORDER = 70
 

@@ -1,6 +1,6 @@
 """Write meshes and point clouds to the usual 3D formats, and read them back as numpy arrays.
 
-The mesh formats are the registry of :mod:`facerecon.mesh.formats` (one class per format; its
+The mesh formats are the registry of :mod:`facerecon.mesh_formats` (one class per format; its
 names are re-exported here): :func:`export_mesh` and :func:`load_geometry` pick the format by the
 file's extension. The vertex order and count are exactly the caller's (vertex ``i`` of a
 predicted mesh stays vertex ``i`` of the template), and every file is written atomically
@@ -22,7 +22,7 @@ import numpy as np
 
 from facerecon.errors import InputError
 from facerecon.io_utils import atomic_path, atomic_write_bytes
-from facerecon.mesh.formats import (
+from facerecon.mesh_formats import (
     POINT_FORMATS,
     Geometry,
     MeshFormat,

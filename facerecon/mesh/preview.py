@@ -22,9 +22,9 @@ from typing import Any, Callable
 import numpy as np
 
 from facerecon.errors import DependencyError
-from facerecon.opengl import before_opengl
 from facerecon.imageio import PNG_JPG, save_image
 from facerecon.mesh.templates import MeshLevel
+from facerecon.opengl import before_opengl
 
 __all__ = ["has_display", "open3d_module", "render_offscreen", "render_png", "run_window", "show_window"]
 

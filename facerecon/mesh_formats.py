@@ -8,8 +8,9 @@ reader of its suffix. :func:`facerecon.mesh.export.export_mesh`,
 format"). After pytorch3d's ``register_meshes_format``. What a reader returns is a
 :class:`Geometry` (numpy arrays); most formats are read by trimesh (:func:`load_with_trimesh`).
 
-Importing this module is cheap (numpy and trimesh are imported by the encoders that use them):
-the CLI lists the suffixes in its help without loading numpy. Text formats keep 8 significant
+Importing this module is cheap (numpy and trimesh are imported by the encoders that use them),
+and it lives outside ``facerecon.mesh`` (whose package imports numpy): the CLI lists the suffixes
+in its help without loading numpy. Text formats keep 8 significant
 digits of the largest coordinate (:func:`decimals_for`: 5 decimals for image px of a few hundred,
 finer than float32), written by Python's own ``%.Nf`` formatting.
 """

@@ -39,6 +39,10 @@ class FaceReconNet(MeshNetBase):
     ``build_network(cfg)``."""
 
     takes_five_points = False
+    template_scale: Tensor  # buffers: the template's placement in the crop frame
+    template_offset: Tensor
+    colour_head: ColourHead | None
+    landmark_head: LandmarkHead | None
 
     def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
         """
@@ -130,7 +134,7 @@ class FaceReconNet(MeshNetBase):
             faces.append(self.hierarchy.faces(level))
             edges.append(self.hierarchy.edges(level))
         colors = None
-        if self.colour_head is not None:
+        if self.colour_head is not None and feats is not None:
             adjacency = self.hierarchy.adjacency(self.num_blocks - 1)
             colors = self.colour_head.forward_vertex_major(feats, adjacency).transpose(0, 1).float()
         landmarks = self.landmark_head(coords) if self.landmark_head is not None else None

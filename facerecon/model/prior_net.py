@@ -22,6 +22,8 @@ Widths can narrow per block (``model.graph.hidden_per_block``, e.g. 96 -> 64 -> 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -41,6 +43,10 @@ from facerecon.model.face_prior import (
 from facerecon.model.graph import MeshHierarchy
 from facerecon.model.unpool import Unpool
 
+if TYPE_CHECKING:
+    from facerecon.model.spiral import SpiralDecoder, SpiralRefine, VertexNormals
+    from facerecon.mtcnn import ONet
+
 __all__ = ["PriorFaceNet"]
 
 
@@ -48,6 +54,18 @@ class PriorFaceNet(MeshNetBase):
     """See the module docstring. Build with ``facerecon.model.network.build_network``."""
 
     takes_five_points = True
+    # buffers: the face prior (set_prior)
+    prior_mean: Tensor
+    prior_basis: Tensor
+    prior_std: Tensor
+    prior_five3d: Tensor
+    prior_five_ref: Tensor
+    prior_landmarks: Tensor
+    onet: ONet | None
+    spiral_decoder: SpiralDecoder | None
+    spiral_refine: SpiralRefine | None
+    spiral_normals: VertexNormals
+    landmark_head: LandmarkHead | None
 
     def __init__(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None = None) -> None:
         super().__init__()
@@ -87,7 +105,8 @@ class PriorFaceNet(MeshNetBase):
         self.head_out = nn.Linear(prior.head_hidden, 10 + k)
         nn.init.zeros_(self.head_out.weight)
         nn.init.zeros_(self.head_out.bias)
-        self.spiral_decoder = self.spiral_refine = None
+        self.spiral_decoder = None
+        self.spiral_refine = None
         self.blocks = nn.ModuleList()
         if cfg.kind == "prior_spiral":
             self._build_spiral(cfg, hierarchy, blocks)
@@ -155,9 +174,12 @@ class PriorFaceNet(MeshNetBase):
     # ------------------------------------------------------------------------------ helpers
     def _onet_features(self, image: Tensor) -> Tensor:
         """(B, 3, S, S) aligned crop in [0, 1] -> (B, 256) ONet features (frozen, MTCNN's input scaling)."""
+        onet = self.onet
+        if onet is None:
+            raise InputError("this network has no O-Net features (model.prior.onet_features is off)")
         x = F.interpolate(image, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():
-            return self.onet.features((x * 255.0 - 127.5) * 0.0078125)
+            return onet.features((x * 255.0 - 127.5) * 0.0078125)
 
     def train(self, mode: bool = True) -> "PriorFaceNet":
         super().train(mode)
@@ -196,31 +218,43 @@ class PriorFaceNet(MeshNetBase):
         Returns:
             ``MeshPrediction`` in crop units (``base``: the posed prior face before refinement).
         """
-        b = image.shape[0]
         size = self.cfg.image_size or image.shape[-1]
         if tuple(image.shape[-2:]) != (size, size):
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         aligned = self.cfg.prior.five_point and bool(self.prior_five_ref.abs().sum() > 0)
-        a, t, five_al = self._align(landmarks5, b, image, aligned)
+        a, t, five_al = self._align(landmarks5, image.shape[0], image, aligned)
         if aligned:
-            a_inv = torch.linalg.inv(a)
-            theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)  # aligned -> crop
-            grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
-            image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            image = _warp_to_aligned(image, a, t, size)
         maps = self.backbone(image)
+        h, ref = self._embedding(image, maps, five_al)
+        base = self._posed_prior(self.head_out(h).float(), five_al.float() if aligned else None, ref.float())
+        to_crop = _aligned_to_crop(a, t)
+        if self.spiral_decoder is not None and self.spiral_refine is not None:
+            return self._spiral_forward(self.spiral_decoder, self.spiral_refine, base, h, image, maps, to_crop)
+        return self._graph_forward(base, maps, to_crop)
+
+    def _embedding(self, image: Tensor, maps: list[Tensor], five_al: Tensor) -> tuple[Tensor, Tensor]:
+        """The head's hidden features from the pooled last map, the aligned five points' offsets
+        from the reference (and O-Net's features); with the reference in the maps' dtype."""
         if self.cfg.prior.head_pool == "grid":
             g = F.adaptive_avg_pool2d(maps[-1], 4).flatten(1)
         else:
             g = maps[-1].mean((2, 3))
         ref = self.prior_five_ref.to(g)
-        parts = [g, (five_al - ref[None]).reshape(b, 10) * 10.0]
+        parts = [g, (five_al - ref[None]).reshape(g.shape[0], 10) * 10.0]
         if self.onet is not None:
             parts.append(self._onet_features(image))
-        h = self.head(torch.cat(parts, dim=1))
-        out = self.head_out(h).float()
+        return self.head(torch.cat(parts, dim=1)), ref
+
+    def _posed_prior(self, out: Tensor, five_fit: Tensor | None, ref: Tensor) -> Tensor:
+        """(B, V, 3) the base face in the aligned frame: the prior's shape from the head's
+        coefficients, posed by the scaled-orthographic fit to the five points (``five_fit``; the
+        reference layout when None) corrected by the head's rotation, scale and shift."""
+        b = out.shape[0]
         d6, dlog_s, dt, coeff = out[:, :6], out[:, 6], out[:, 7:10], out[:, 10:]
         five3d = self.prior_five3d.float()
-        five_fit = five_al.float() if aligned else ref.float()[None].expand(b, -1, -1)
+        if five_fit is None:
+            five_fit = ref[None].expand(b, -1, -1)
         s0, r0, t0 = fit_scaled_orthographic(five3d, five_fit)
         rot = r0 @ rotation_6d(0.1 * d6)
         s = s0 * torch.exp(0.1 * dlog_s)
@@ -229,25 +263,18 @@ class PriorFaceNet(MeshNetBase):
         base = s[:, None, None] * shape @ rot.transpose(1, 2)
         lm_z = s * (self.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]  # mean landmark depth
         shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
-        base = base + shift[:, None, :]
+        return base + shift[:, None, :]
 
-        a_inv = torch.linalg.inv(a.float())
-        t32 = t.float()
-        z_scale = torch.sqrt(torch.det(a.float()).abs())
-
-        def to_crop(x: Tensor) -> Tensor:
-            xy = (x[..., :2] - t32[:, None, :]) @ a_inv.transpose(1, 2)
-            return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
-
-        if self.spiral_decoder is not None:
-            return self._spiral_forward(base, h, image, maps, to_crop)
+    def _graph_forward(self, base: Tensor, maps: list[Tensor], to_crop: Callable[[Tensor], Tensor]) -> MeshPrediction:
+        """The graph blocks (``model.kind = "prior_graph"``): each refines the base face's first
+        ``V_l`` vertices by a residual unpooled to the next level; aligned frame in, crop units out."""
         residual: Tensor | None = None
         feats: Tensor | None = None
         out_coords, in_coords, out_feats, faces, edges = [], [], [], [], []
         for level, block in enumerate(self.blocks):
             nv = self.hierarchy.num_vertices(level)
             base_l = base[:, :nv]
-            if residual is None:
+            if residual is None or feats is None:
                 coords_in = base_l
             else:
                 unpool = self.unpools[level - 1]
@@ -272,16 +299,25 @@ class PriorFaceNet(MeshNetBase):
         pred.base = to_crop(base)
         return pred
 
-    def _spiral_forward(self, base: Tensor, embedding: Tensor, image: Tensor, maps: list, to_crop) -> MeshPrediction:
+    def _spiral_forward(
+        self,
+        decoder: SpiralDecoder,
+        refine: SpiralRefine,
+        base: Tensor,
+        embedding: Tensor,
+        image: Tensor,
+        maps: list[Tensor],
+        to_crop: Callable[[Tensor], Tensor],
+    ) -> MeshPrediction:
         """Coarse spiral decoder + spiral refinement (``model.kind = "prior_spiral"``), aligned frame."""
         from facerecon.model.spiral import _sample_map
 
         last = self.num_blocks - 1
         faces, edges = self.hierarchy.faces(last), self.hierarchy.edges(last)
-        coarse = base + self.spiral_decoder(embedding).float()
+        coarse = base + decoder(embedding).float()
         xy = coarse[..., :2]
         rgb = _sample_map(image, xy).float()
-        disp = self.spiral_refine(self.spiral_normals(coarse), rgb, maps, xy).float()
+        disp = refine(self.spiral_normals(coarse), rgb, maps, xy).float()
         final = coarse + disp
         out_coords = [to_crop(coarse), to_crop(final)]
         in_coords = [to_crop(base), out_coords[0]]
@@ -289,3 +325,25 @@ class PriorFaceNet(MeshNetBase):
         pred = MeshPrediction(out_coords, in_coords, [coarse, final], [faces, faces], [edges, edges], None, landmarks)
         pred.base = to_crop(base)
         return pred
+
+
+def _warp_to_aligned(image: Tensor, a: Tensor, t: Tensor, size: int) -> Tensor:
+    """The crop resampled into the aligned frame (``aligned = crop @ A.T + t``), ``size`` px."""
+    a_inv = torch.linalg.inv(a)
+    theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)  # aligned -> crop
+    grid = F.affine_grid(theta, [image.shape[0], 3, size, size], align_corners=False)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _aligned_to_crop(a: Tensor, t: Tensor) -> Callable[[Tensor], Tensor]:
+    """The map of (B, N, 3) points from the aligned frame back to crop units (depth scaled by
+    the similarity's scale)."""
+    a_inv = torch.linalg.inv(a.float())
+    t32 = t.float()
+    z_scale = torch.sqrt(torch.det(a.float()).abs())
+
+    def to_crop(x: Tensor) -> Tensor:
+        xy = (x[..., :2] - t32[:, None, :]) @ a_inv.transpose(1, 2)
+        return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
+
+    return to_crop

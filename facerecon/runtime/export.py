@@ -40,7 +40,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -50,10 +50,18 @@ from torch.nn import functional as F
 from facerecon.errors import FaceReconError, InputError
 from facerecon.runtime.session import META_KEY, MTCNN_FILES
 
+if TYPE_CHECKING:
+    from facerecon.mtcnn import PNet
+
 __all__ = ["META_KEY", "OPSET", "export_onnx", "export_network", "export_mtcnn", "export_module", "ExportNetwork", "NeighbourTable", "resize_matrix"]
 
 #: The ONNX opset written.
 OPSET = 17
+
+#: A trained module read by the export-time equivalents below (a network of any kind, or one of its
+#: blocks, convolutions, unpoolings, heads): they read its weights, buffers and sizes by name,
+#: across classes that share no interface, so the attributes are typed where they are used.
+TrainedModule = Any
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -71,6 +79,8 @@ def neighbour_table(crow: Tensor, col: Tensor, num_vertices: int) -> Tensor:
 class NeighbourTable(nn.Module):
     """``sum_{q in N(p)} x_q`` as one gather and one sum over a padded neighbour table."""
 
+    table: Tensor  # buffer: (V, D) neighbour indices
+
     def __init__(self, table: Tensor) -> None:
         super().__init__()
         self.register_buffer("table", table)
@@ -86,7 +96,7 @@ class NeighbourTable(nn.Module):
         return out
 
 
-def _graph_conv(conv: nn.Module, x: Tensor, nsum: NeighbourTable) -> Tensor:
+def _graph_conv(conv: TrainedModule, x: Tensor, nsum: NeighbourTable) -> Tensor:
     """``GraphConv.forward_vertex_major`` with the neighbour sum as a gather."""
     if conv.in_channels < conv.out_channels:
         out = F.linear(x, conv.weight0, conv.bias)
@@ -98,7 +108,7 @@ def _graph_conv(conv: nn.Module, x: Tensor, nsum: NeighbourTable) -> Tensor:
     return out + nsum(h1)
 
 
-def _bilinear(table: Tensor, size: tuple[int, int], grid: Tensor, zeros: bool = False) -> Tensor:
+def _bilinear(table: Tensor, size: tuple[int, ...], grid: Tensor, zeros: bool = False) -> Tensor:
     """``grid_sample(..., mode="bilinear", align_corners=False)`` as four row gathers (ONNX
     Runtime's ``GridSample`` is several times slower on the CPU).
 
@@ -123,7 +133,7 @@ def _bilinear(table: Tensor, size: tuple[int, int], grid: Tensor, zeros: bool = 
     c = table.shape[-1]
     flat = table.reshape(-1, c)
     offset = (torch.arange(table.shape[0]) * (h * w))[:, None]
-    out = None
+    terms = []
     for dy in (0, 1):
         for dx in (0, 1):
             xi, yi = lo_i[..., 0] + dx, lo_i[..., 1] + dy
@@ -132,8 +142,10 @@ def _bilinear(table: Tensor, size: tuple[int, int], grid: Tensor, zeros: bool = 
                 inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
                 weight = weight * inside.to(weight.dtype)
             xi, yi = torch.clamp(xi, 0, w - 1), torch.clamp(yi, 0, h - 1)
-            term = flat[offset + yi * w + xi] * weight[..., None]
-            out = term if out is None else out + term
+            terms.append(flat[offset + yi * w + xi] * weight[..., None])
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
     return out
 
 
@@ -147,7 +159,7 @@ def _sample(fmap: Tensor, grid: Tensor) -> Tensor:
     return _bilinear(_table(fmap), tuple(fmap.shape[-2:]), grid).transpose(0, 1)
 
 
-def _bilinear_stacked(table: Tensor, sizes: Sequence[tuple[int, int]], grid: Tensor) -> Tensor:
+def _bilinear_stacked(table: Tensor, sizes: Sequence[tuple[int, ...]], grid: Tensor) -> Tensor:
     """``sum_i grid_sample(map_i, grid)`` (bilinear, border, ``align_corners=False``) of M maps
     stacked in one channels-last table: the taps of all maps computed at once, one gather.
 
@@ -181,7 +193,7 @@ def _bilinear_stacked(table: Tensor, sizes: Sequence[tuple[int, int]], grid: Ten
     return (weight.flatten(2)[:, :, None, :] @ gathered).squeeze(2)  # a MatMul: ~2x a Mul + ReduceSum
 
 
-def _pool_conv(pc: nn.Module, maps: Sequence[Tensor], grid: Tensor, extra: Tensor, nsum: NeighbourTable) -> Tensor:
+def _pool_conv(pc: TrainedModule, maps: Sequence[Tensor], grid: Tensor, extra: Tensor, nsum: NeighbourTable) -> Tensor:
     """``PerceptualGraphConv.forward``: every map projected by its part of W0 and W1 first (a 1x1
     convolution, the ``pre`` order: the sum is the same in either order), then all maps sampled
     in one stacked gather."""
@@ -197,7 +209,7 @@ def _pool_conv(pc: nn.Module, maps: Sequence[Tensor], grid: Tensor, extra: Tenso
     return both[..., :h] + nsum(both[..., h:])
 
 
-def _deform_block(block: nn.Module, maps: Sequence[Tensor], grid: Tensor, extra: Tensor, nsum: NeighbourTable) -> tuple[Tensor, Tensor]:
+def _deform_block(block: TrainedModule, maps: Sequence[Tensor], grid: Tensor, extra: Tensor, nsum: NeighbourTable) -> tuple[Tensor, Tensor]:
     """``DeformBlock.forward``: (out (V, B, 3), hidden (V, B, H))."""
     x = torch.relu(_pool_conv(block.pool_conv, maps, grid, extra, nsum))
     g = block.gresnet
@@ -208,7 +220,7 @@ def _deform_block(block: nn.Module, maps: Sequence[Tensor], grid: Tensor, extra:
     return _graph_conv(g.conv_out, x, nsum), x
 
 
-def _unpool(unpool: nn.Module, x: Tensor, dim: int) -> Tensor:
+def _unpool(unpool: TrainedModule, x: Tensor, dim: int) -> Tensor:
     """``Unpool.forward``: the new vertices ``a + t (b - a)`` appended along ``dim``."""
     edges = unpool.edges
     a = x.index_select(dim, edges[:, 0])
@@ -312,7 +324,15 @@ class ExportNetwork(nn.Module):
     :attr:`output_names` order.
     """
 
-    def __init__(self, network: nn.Module, crop_size: int) -> None:
+    net: TrainedModule
+    resize: Tensor | None  # buffers
+    landmark_weights: Tensor | None
+    pinv: Tensor
+    onet_resize: Tensor | None
+    normal_faces: Tensor
+    vertex_faces: Tensor
+
+    def __init__(self, network: TrainedModule, crop_size: int) -> None:
         super().__init__()
         self.net = network.eval()
         cfg = network.cfg
@@ -342,7 +362,7 @@ class ExportNetwork(nn.Module):
         self.output_names += ["colors"] if getattr(network, "colour_head", None) is not None else []
         self.output_names += [f"stage{k}" for k in range(len(self.stage_faces()))]
 
-    def _init_prior(self, net: nn.Module) -> None:
+    def _init_prior(self, net: TrainedModule) -> None:
         five3d = net.prior_five3d.float()
         if not bool(five3d.abs().sum() > 0):
             raise InputError("this model v2 network has no face prior yet (it is set when training starts): nothing to export")
@@ -366,6 +386,8 @@ class ExportNetwork(nn.Module):
         image = crops.permute(0, 3, 1, 2).float() / 255.0
         image = _resize(image, self.resize)
         if self.prior:
+            if landmarks5 is None:
+                raise InputError("a model v2 network takes MTCNN's five points (landmarks5)")
             stages, landmarks, colors = self._prior_forward(image, landmarks5)
         else:
             stages, landmarks, colors = self._template_forward(image)
@@ -381,6 +403,10 @@ class ExportNetwork(nn.Module):
             maps.append(x)
         return maps
 
+    def _nsum(self, level: int) -> NeighbourTable:
+        """The neighbour sum of mesh level ``level``."""
+        return cast(NeighbourTable, self.nsums[level])
+
     def _landmarks(self, vertices: Tensor) -> Tensor | None:
         return None if self.landmark_weights is None else self.landmark_weights @ vertices
 
@@ -392,19 +418,19 @@ class ExportNetwork(nn.Module):
         feats: Tensor | None = None
         stages = []
         for level, block in enumerate(net.blocks):
-            if level > 0:
+            if level > 0 and feats is not None:
                 coords = _unpool(net.unpools[level - 1], coords, 1)
                 feats = _unpool(net.unpools[level - 1], feats, 0)
             extra = coords.transpose(0, 1)
             if feats is not None:
                 extra = torch.cat([extra, feats], dim=2)
-            out, feats = _deform_block(block, maps, net._project(coords), extra, self.nsums[level])
+            out, feats = _deform_block(block, maps, net._project(coords), extra, self._nsum(level))
             out = out.transpose(0, 1)
             coords = coords + out if net.cfg.pixel2mesh.coord_mode == "offset" else out
             stages.append(coords)
         colors = None
-        if net.colour_head is not None:
-            nsum = self.nsums[net.num_blocks - 1]
+        if net.colour_head is not None and feats is not None:
+            nsum = self._nsum(net.num_blocks - 1)
             x = torch.relu(_graph_conv(net.colour_head.conv1, feats, nsum))
             colors = torch.sigmoid(_graph_conv(net.colour_head.conv2, x, nsum)).transpose(0, 1)
         return stages, self._landmarks(coords), colors
@@ -481,7 +507,7 @@ class ExportNetwork(nn.Module):
         out = []
         for level, block in enumerate(net.blocks):
             base_l = base[:, : net.hierarchy.num_vertices(level)]
-            if residual is None:
+            if residual is None or feats is None:
                 coords_in = base_l
             else:
                 residual = _unpool(net.unpools[level - 1], residual, 1)
@@ -490,7 +516,7 @@ class ExportNetwork(nn.Module):
             extra = coords_in.transpose(0, 1)
             if feats is not None:
                 extra = torch.cat([extra, feats], dim=2)
-            delta, feats = _deform_block(block, maps, coords_in[..., :2], extra, self.nsums[level])
+            delta, feats = _deform_block(block, maps, coords_in[..., :2], extra, self._nsum(level))
             delta = delta.transpose(0, 1)
             residual = delta if residual is None else residual + delta
             out.append(base_l + residual)
@@ -526,7 +552,7 @@ class ExportNetwork(nn.Module):
         return [coarse, coarse + _spiral_conv(ref.out, x)]
 
 
-def _spiral_conv(conv: nn.Module, x: Tensor) -> Tensor:
+def _spiral_conv(conv: TrainedModule, x: Tensor) -> Tensor:
     """``SpiralConv.forward``: the spiral's features gathered (zero row appended), one linear layer."""
     padded = F.pad(x, (0, 0, 0, 1))
     v, length = conv.indices.shape
@@ -537,7 +563,8 @@ def _spiral_conv(conv: nn.Module, x: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------ writing
 def _npz_text(arrays: dict[str, np.ndarray]) -> str:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    named: dict[str, Any] = dict(arrays)  # numpy's stub types the keywords as its allow_pickle flag
+    np.savez_compressed(buf, **named)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -570,7 +597,7 @@ def export_module(
         torch.onnx.export(
             # PRESERVE (the module is in eval mode): the exporter's own batch-norm fusion in EVAL mode
             # mis-wires batch norms whose parameters are identical (freshly initialised ones)
-            module, args, buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            module, args, buf, dynamo=False,  # type: ignore[arg-type]  # torch's annotation omits the file objects it writes to opset_version=OPSET, do_constant_folding=True,
             training=torch.onnx.TrainingMode.PRESERVE,
             input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic,
         )
@@ -627,7 +654,7 @@ def export_network(
     crops = torch.randint(0, 256, (2, crop_size, crop_size, 3), dtype=torch.uint8, generator=gen)
     args: tuple[Tensor, ...] = (crops,)
     if wrapper.prior:
-        args = (crops, network.prior_five_ref.detach().float().cpu()[None].repeat(2, 1, 1))
+        args = (crops, wrapper.net.prior_five_ref.detach().float().cpu()[None].repeat(2, 1, 1))
     dynamic = {name: {0: "batch"} for name in wrapper.input_names + wrapper.output_names}
     meta = network_metadata(wrapper, landmark_reference, source)
     return export_module(wrapper, args, path, wrapper.input_names, wrapper.output_names, dynamic, meta)
@@ -653,7 +680,7 @@ def export_onnx(checkpoint: str | os.PathLike[str] | None, path: str | os.PathLi
 class _PNetExport(nn.Module):
     """P-Net on an NHWC mosaic with its outside mask (see ``facerecon.mtcnn.PNet``)."""
 
-    def __init__(self, pnet: nn.Module) -> None:
+    def __init__(self, pnet: PNet) -> None:
         super().__init__()
         self.pnet = pnet
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -23,6 +23,11 @@ from facerecon.engine.photos import PhotoOutcome, reconstruct_photos
 from facerecon.engine.results import FaceResult, Predictor, write_result
 from facerecon.engine.video import FrameResult, VideoPredictor, open_frames
 from facerecon.errors import InputError, missing_extra
+
+if TYPE_CHECKING:
+    from facerecon.detect import FaceDetector
+    from facerecon.engine.predict import LoadedModel
+    from facerecon.runtime.session import OnnxFaceDetector
 
 __all__ = ["Reconstructor", "FaceResult", "PhotoOutcome", "FrameResult", "write_result", "choose_runtime"]
 
@@ -98,7 +103,8 @@ class Reconstructor:
         runtime: str = "auto",
     ) -> None:
         self.runtime = choose_runtime(runtime, checkpoint, device)
-        self.model = None  # the LoadedModel on the PyTorch runtime
+        self.model: LoadedModel | None = None  # the network on the PyTorch runtime
+        self.detector: OnnxFaceDetector | FaceDetector
         if self.runtime == "onnx":
             from facerecon.runtime.session import MeshRuntime, OnnxFaceDetector, resolve_onnx_model
 

@@ -138,7 +138,7 @@ def _enlarged_square(x0: float, y0: float, x1: float, y1: float, enlarge: float)
     return (cx - 0.5 * side, cy - 0.5 * side, side)
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+def box_iou(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """IoU of two ``x0, y0, x1, y1`` boxes (0 when the union is empty)."""
     ix = max(0.0, min(float(a[2]), float(b[2])) - max(float(a[0]), float(b[0])))
     iy = max(0.0, min(float(a[3]), float(b[3])) - max(float(a[1]), float(b[1])))

@@ -272,7 +272,7 @@ class FaceDetector:
         if not faces:
             return None
         face = faces[0]
-        if box_iou(face.detection, previous.detection) < 0.5:
+        if face.detection is None or box_iou(face.detection, previous.detection) < 0.5:
             return None
         return face
 

@@ -272,14 +272,15 @@ class _Rasterizer:
             ) from None
         before_opengl()
         try:
-            self.ctx = moderngl.create_standalone_context(backend="egl")
+            # moderngl's stub types each keyword setting as a dict; backend is a string
+            self.ctx = moderngl.create_standalone_context(backend="egl")  # type: ignore[arg-type]
         except Exception as exc:  # glcontext raises plain Exceptions for a missing libEGL / driver
             raise DependencyError(
                 f"the renderer could not create an OpenGL context through EGL ({exc}); "
                 "install Mesa's EGL (Debian: libegl1 libgl1-mesa-dri)"
             ) from None
         self.programs: dict[int, object] = {}
-        self.framebuffers: dict[tuple[int, int, int], object] = {}
+        self.framebuffers: dict[tuple[int, int, int], moderngl.Framebuffer] = {}
         self.lock = threading.Lock()
 
     def _program(self, slots: int):  # a moderngl.Program

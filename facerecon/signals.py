@@ -27,7 +27,7 @@ from facerecon.errors import FaceReconError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_WHAT = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+_WHAT: dict[int, str] = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
 def exit_code(signum: int) -> int:

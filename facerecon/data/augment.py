@@ -111,7 +111,7 @@ def photometric(image: np.ndarray, rng: np.random.Generator, settings: AugmentSe
     """Colour jitter, grey-scale, blur, noise and an occlusion patch on an (S, S, 3) uint8 image."""
     import cv2
 
-    img = image.astype(np.float32)
+    img: np.ndarray = image.astype(np.float32)
     if rng.random() < settings.colour:
         img = img * rng.uniform(0.6, 1.4)  # brightness
         mean = img.mean()

@@ -437,7 +437,7 @@ def profile_view(sample: RawSample, model: FaceModel, angles: tuple[float, float
     """
     scene = scene if scene is not None else build_scene(sample, model)
     assert sample.params is not None  # build_scene checked it
-    angles = tuple(float(a) for a in angles)
+    angles = (float(angles[0]), float(angles[1]), float(angles[2]))
     if not all(math.isfinite(a) for a in angles) or abs(angles[1]) > math.radians(MAX_YAW_DEG) + 1e-9:
         raise InputError(f"{sample.id}: view angles must be finite with |yaw| <= {MAX_YAW_DEG:g} degrees, got {angles}")
     new_pose, transform = view_transform(sample.params.pose, angles, scene.centre_model, sample.image.shape[0])

@@ -17,7 +17,7 @@ group) and parallel like them (the same worker processes' set-up).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -58,10 +58,14 @@ def compute_views(
         if sample.params is None or ctx.model is None:
             return f"{ref.id}: not a face-model fit"
         landmarks = gt_landmarks_px(sample, ctx.model)
+        if landmarks is None:
+            return f"{ref.id}: no landmarks"
         out = []
         for k, view in enumerate(profile_views(sample, ctx.model, count, view_rng(seed, row))):
             view_lm = gt_landmarks_px(view.sample, ctx.model)
             located = locate_face(view.sample, view_lm, ctx) or locate_face(view.sample, view_lm, ctx, fallback_rel)
+            if located is None or view.sample.params is None:  # neither happens: a fallback box is given, views are fits
+                return f"{ref.id}: view {k} has no crop box or fit"
             box, probability, fallback, five = located
             out.append({
                 "images": crop_image(view.sample.image, box, CROP_SIZE),
@@ -81,10 +85,10 @@ def compute_views(
         return f"{ref.id}: {type(exc).__name__}: {exc}"
 
 
-def _jobs_results(jobs: list[tuple], workers: int, model_path: str | None, options: Any, ctx: SampleContext) -> Iterator:
+def _jobs_results(jobs: list[tuple], workers: int, model_path: str | None, options: Any, ctx: SampleContext) -> Generator[list[dict] | str, None, None]:
     if workers <= 0:
-        for job in jobs:
-            yield compute_views(*job[:5], ctx, job[5])
+        for row, ref, box, count, seed, fallback_rel in jobs:
+            yield compute_views(row, ref, box, count, seed, ctx, fallback_rel)
         return
     import multiprocessing as mp
 

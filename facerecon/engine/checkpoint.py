@@ -337,7 +337,7 @@ def _pickled_global(path: Path) -> str | None:
             for op, arg, _ in pickletools.genops(fh):
                 if isinstance(arg, str):
                     strings = (strings + [arg])[-2:]
-                name = arg.replace(" ", ".") if op.name == "GLOBAL" else ".".join(strings) if op.name == "STACK_GLOBAL" else None
+                name = arg.replace(" ", ".") if op.name == "GLOBAL" and isinstance(arg, str) else ".".join(strings) if op.name == "STACK_GLOBAL" else None
                 if name and not name.startswith(("torch.", "collections.OrderedDict")):
                     return name
                 if op.name == "STOP":

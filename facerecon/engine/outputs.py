@@ -121,6 +121,13 @@ def _topology(network: Any) -> _Topology:
     return _TOPOLOGY[key]
 
 
+def _photo(image: Optional[np.ndarray]) -> np.ndarray:
+    """The photo a texture is cut from (callers pass it whenever they ask for textures)."""
+    if image is None:
+        raise InputError("textures need the photo")
+    return image
+
+
 def photo_extras(
     model: Any, results: Sequence[Any], image: Optional[np.ndarray], mesh_paths: Sequence[Path],
     uv_paths: Sequence[Optional[Path]], extras: ExtraOutputs,
@@ -144,9 +151,9 @@ def photo_extras(
         files += _write_maps(model, results, mesh_paths[0], faces, extras)
     for result, face, uv_path in zip(results, faces, uv_paths):
         if extras.texture:
-            face.textured = texture_from_photo(image, result.vertices_px, result.faces)
+            face.textured = texture_from_photo(_photo(image), result.vertices_px, result.faces)
         if uv_path is not None:
-            tex = uv_texture(image, result.vertices_px, result.faces, _topology(model).layout, size=extras.uv_size)
+            tex = uv_texture(_photo(image), result.vertices_px, result.faces, _topology(model).layout, size=extras.uv_size)
             face.files += save_uv_texture(uv_path, tex, durable=False)
             face.record["uv_texture"] = uv_path.name
         if extras.dense_points:

@@ -65,7 +65,7 @@ class FaceResult:
     @property
     def box(self) -> tuple[float, float, float]:
         """The square crop box ``(x0, y0, side)``, image px."""
-        return tuple(self.crop.box)  # type: ignore[return-value]  # (x0, y0, side) by construction
+        return tuple(self.crop.box)
 
     def save(
         self, mesh_path: str | os.PathLike[str], overlay_path: str | os.PathLike[str] | None = None,

@@ -94,7 +94,7 @@ def render_maps(
     verts = np.concatenate(vs) if vs else np.zeros((0, 3))
     tris = np.concatenate([f + i * n for i in range(len(vs))]) if vs else np.zeros((0, 3), np.int64)
     attributes = {}
-    if "pncc" in kinds:
+    if "pncc" in kinds and pncc_reference is not None:  # checked above: a PNCC map has its reference
         attributes["pncc"] = np.tile(pncc_codes(pncc_reference), (len(vs), 1))
     if "normals" in kinds:
         from ..data.ground_truth import vertex_normals  # the one owner of vertex normals (loads scipy)

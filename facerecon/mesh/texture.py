@@ -19,7 +19,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 
@@ -211,7 +211,7 @@ def _glb_bytes(t: TexturedMesh) -> bytes:
     material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(t.image), diffuse=[255, 255, 255, 255])
     visual = trimesh.visual.TextureVisuals(uv=t.uv[unique[:, 1]], material=material)
     mesh = trimesh.Trimesh(t.vertices[unique[:, 0]], inverse.reshape(-1, 3), visual=visual, process=False)
-    return mesh.export(file_type="glb")
+    return cast(bytes, mesh.export(file_type="glb"))  # a binary format: trimesh returns bytes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,14 +119,14 @@ def make_session(model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_T
         with contextlib.suppress(InputError):  # a damaged copy: optimise again and replace it
             return _session(os.fspath(cached), options, cached)
     options = _options(threads)
-    tmp = None
+    tmp: Path | None = None
     if cached is not None:
         with contextlib.suppress(OSError):
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
             options.optimized_model_filepath = os.fspath(tmp)
     session = _session(os.fspath(model), options, model)
-    if tmp is not None:
+    if tmp is not None and cached is not None:
         try:
             os.replace(tmp, cached)  # atomic: a reader sees the whole copy or none
         except OSError:
@@ -235,10 +235,11 @@ class OnnxMTCNN:
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, threads: int = DEFAULT_THREADS) -> None:
         paths = {k: (Path(folder) / name if folder is not None else asset_path(name)) for k, name in MTCNN_FILES.items()}
-        missing = [MTCNN_FILES[k] for k, p in paths.items() if p is None or not p.is_file()]
+        found = {k: p for k, p in paths.items() if p is not None and p.is_file()}
+        missing = [MTCNN_FILES[k] for k in paths if k not in found]
         if missing:
             raise DependencyError(f"MTCNN's ONNX networks are missing ({', '.join(missing)}); write them with 'facerecon export --mtcnn FOLDER'")
-        self.pnet, self.rnet, self.onet = (make_session(paths[k], threads) for k in ("pnet", "rnet", "onet"))
+        self.pnet, self.rnet, self.onet = (make_session(found[k], threads) for k in ("pnet", "rnet", "onet"))
 
     def run_pnet(self, canvas: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, H, W, 3), (1, 1, H - 2, W - 2) bool -> regression (4, h, w), probability (h, w)."""

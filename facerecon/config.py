@@ -22,7 +22,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence
 
 import tomllib
 
@@ -656,6 +656,15 @@ def _check_family(model: Mapping[str, Any], kind_type: Any) -> None:
                                    f"is read by {who} networks only): remove it or change model.kind")
 
 
+#: The scalar annotations and which values each accepts (a bool is no number here).
+_SCALARS: tuple[tuple[type, Callable[[Any], bool]], ...] = (
+    (bool, lambda v: isinstance(v, bool)),
+    (int, lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    (str, lambda v: isinstance(v, str)),
+)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert lists to tuples and ints to floats."""
     origin = typing.get_origin(tp)
@@ -680,18 +689,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return tuple(_coerce(v, args[0], key) for v in value)
             if len(value) == len(args):
                 return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    else:
+        for scalar, accepts in _SCALARS:
+            if tp is scalar and accepts(value):
+                return float(value) if scalar is float else value
     raise ConfigError(key, f"config key {key!r}: {value!r} is not {_type_name(tp)}")
 
 

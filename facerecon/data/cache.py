@@ -36,7 +36,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -55,6 +55,9 @@ from facerecon.data.samples import (
 )
 from facerecon.errors import FaceReconError, InputError
 from facerecon.signals import Interrupted, Terminated
+
+if TYPE_CHECKING:
+    import h5py
 
 SCHEMA_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
@@ -207,7 +210,7 @@ def _compression_kwargs(name: str) -> dict:
     raise InputError(f"unknown compression {name!r} (use lzf, gzip or none)")
 
 
-def _create_partial(path: Path, config: dict) -> "h5py.File":  # noqa: F821
+def _create_partial(path: Path, config: dict) -> h5py.File:
     import h5py
 
     f = h5py.File(path, "w", libver="latest")
@@ -245,7 +248,7 @@ def _truncate(f, rows: int, pts: int, skipped: int) -> None:
     f["_skipped_reasons"].resize(skipped, axis=0)
 
 
-def _copy_partial(src_path: Path, dst_path: Path, config: dict) -> "h5py.File":  # noqa: F821
+def _copy_partial(src_path: Path, dst_path: Path, config: dict) -> h5py.File:
     """A partial file whose writer was killed: copy its rows up to the marker into a fresh one."""
     import h5py
 
@@ -280,7 +283,7 @@ def _check_config(f, config: dict, path: Path) -> None:
         )
 
 
-def _open_partial(path: Path, config: dict) -> tuple["h5py.File", bool]:  # noqa: F821
+def _open_partial(path: Path, config: dict) -> tuple[h5py.File, bool]:
     """Open (resume) or create the partial file; returns (file, resumed)."""
     import h5py
 
@@ -325,7 +328,7 @@ class _Writer:
         self.f = f
         self.options = options
         self.n_src, self.rows, self.pts, self.skipped = _read_marker(f)
-        self._buf: list[SampleResult] = []
+        self._buf: list[tuple[dict, dict]] = []  # (row, point cloud) of each queued sample
         self._skip_buf: list[tuple[bytes, bytes]] = []
         self._pending_src = 0
         self._last_flush = time.monotonic()
@@ -346,7 +349,7 @@ class _Writer:
             self._skip_buf.append((res.id.encode()[:ID_BYTES], res.error.encode()[:1024]))
         else:
             assert res.row is not None and res.cloud is not None
-            self._buf.append(res)
+            self._buf.append((res.row, res.cloud))
             if res.row["fallback"]:
                 self.n_fallback += 1
             else:
@@ -360,9 +363,9 @@ class _Writer:
     def _block_bytes(self) -> int:
         """Bytes the queued block adds to the file (uncompressed: an upper bound)."""
         total = len(self._skip_buf) * (ID_BYTES + 1024)
-        for res in self._buf:
-            total += sum(np.asarray(v).nbytes for v in res.row.values())  # type: ignore[union-attr]
-            total += sum(np.asarray(v).nbytes for v in res.cloud.values()) + 8  # type: ignore[union-attr]
+        for row, cloud in self._buf:
+            total += sum(np.asarray(v).nbytes for v in row.values())
+            total += sum(np.asarray(v).nbytes for v in cloud.values()) + 8
         return total
 
     def _write_block(self) -> None:
@@ -379,12 +382,12 @@ class _Writer:
             r, k = self.rows, len(self._buf)
             for name in _ROW_FIELDS:
                 f[name].resize(r + k, axis=0)
-                f[name][r:] = np.stack([np.asarray(res.row[name]) for res in self._buf]).astype(f[name].dtype)  # type: ignore[index]
-            counts = np.array([res.cloud["points"].shape[0] for res in self._buf], dtype=np.int64)  # type: ignore[index]
+                f[name][r:] = np.stack([np.asarray(row[name]) for row, _ in self._buf]).astype(f[name].dtype)
+            counts = np.array([cloud["points"].shape[0] for _, cloud in self._buf], dtype=np.int64)
             total = int(counts.sum())
             for name in _POINT_FIELDS:
                 f[name].resize(self.pts + total, axis=0)
-                f[name][self.pts :] = np.concatenate([res.cloud[name] for res in self._buf]).astype(f[name].dtype)  # type: ignore[index]
+                f[name][self.pts :] = np.concatenate([cloud[name] for _, cloud in self._buf]).astype(f[name].dtype)
             f["offsets"].resize(r + k + 1, axis=0)
             f["offsets"][r + 1 :] = self.pts + np.cumsum(counts)
             self.rows += k
@@ -517,7 +520,7 @@ def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, c
     return tuple(int((split == k).sum()) for k in range(3))  # type: ignore[return-value]
 
 
-def _open_to_finish(part: Path) -> "h5py.File":  # noqa: F821
+def _open_to_finish(part: Path) -> h5py.File:
     """The unfinished file, opened to write its split and index. HDF5 locks the file for that, and
     a reader of the unfinished file (an SWMR reader watching the progress) holds a lock that
     refuses it: the finish then goes ahead without the lock (what it writes comes after every
@@ -569,7 +572,7 @@ def _add_views(
 
 def _results(
     refs: Sequence[SampleRef], start: int, model_path: str | None, options: PrepareOptions, ctx: SampleContext
-) -> Iterator[SampleResult]:
+) -> Generator[SampleResult, None, None]:
     jobs = ((i, refs[i]) for i in range(start, len(refs)))
     if options.workers <= 0:
         for job in jobs:
@@ -614,22 +617,7 @@ def prepare_cache(
     """
     t0 = time.monotonic()
     out = Path(out)
-    if out.exists():
-        raise InputError(f"{out}: already exists (delete it or choose another output)")
-    if options.workers < 0:
-        raise InputError(f"--workers must be >= 0, got {options.workers}")
-    if options.crop_from not in ("detector", "landmarks"):
-        raise InputError(f"--crop-from must be detector or landmarks, got {options.crop_from!r}")
-    _compression_kwargs(options.compression)
-    if options.limit is not None:
-        refs = list(refs)[: max(0, options.limit)]
-    if not refs:
-        raise InputError("no samples to prepare")
-    if options.split_file is not None:
-        read_split_file(options.split_file)  # fail early on a malformed file
-    model = load_face_model(model_path) if model_path is not None else None
-    if model is None and any(r.format != "scans" for r in refs):
-        raise InputError("3DMM datasets (AFLW2000-3D, 300W-LP) need --face-model")
+    refs, model = _checked_inputs(out, refs, model_path, options)
     config = {
         "schema_version": SCHEMA_VERSION,
         "dataset": dataset,
@@ -649,7 +637,74 @@ def prepare_cache(
     resumed_from = writer.n_src if resumed else 0
     ctx = make_context(None, options, model)
     mp_path = str(model_path) if model_path is not None else None
-    results = _results(refs, writer.n_src, mp_path, options, ctx)
+    _write_sources(refs, writer, _results(refs, writer.n_src, mp_path, options, ctx), ctx, part, on_progress)
+    skipped = [(a.decode(), b.decode()) for a, b in zip(f["_skipped_ids"][:], f["_skipped_reasons"][:])]
+    n_written, n_fallback = writer.rows, writer.n_fallback
+    fallback_rel = writer.fallback_box()
+    f.close()
+    if n_written == 0:  # a cache without samples is of no use: fail, and leave nothing to resume
+        part.unlink(missing_ok=True)
+        first = f" (the first: {skipped[0][1]})" if skipped else ""
+        raise InputError(
+            f"{out}: not written: none of the {len(refs)} samples could be used{first}"
+        )
+    view_failures = _add_views(part, refs, options, ctx, mp_path, fallback_rel, on_views) if options.profile_views > 0 and n_written else []
+    _ensure_space(part, _finish_bytes(n_written, len(skipped), model), f"all {len(refs)} samples are in it; what is left is small")
+    with _open_to_finish(part) as f:
+        counts = _finish(f, config, options, model, command)
+        n_views = int(f["views/images"].shape[0]) if "views" in f else 0
+    os.replace(part, out)
+    return PrepareSummary(
+        path=out,
+        n_sources=len(refs),
+        n_written=n_written,
+        n_fallback=n_fallback,
+        skipped=skipped,
+        split_counts=counts,
+        resumed_from=resumed_from,
+        seconds=time.monotonic() - t0,
+        file_bytes=out.stat().st_size,
+        n_views=n_views,
+        view_failures=view_failures,
+    )
+
+
+def _checked_inputs(
+    out: Path, refs: Sequence[SampleRef], model_path: str | os.PathLike[str] | None, options: PrepareOptions
+) -> tuple[Sequence[SampleRef], FaceModel | None]:
+    """``prepare``'s checks before anything is written: the output, the options, the samples (cut
+    to ``--limit``) and the face model (loaded). Returns the samples and the model."""
+    if out.exists():
+        raise InputError(f"{out}: already exists (delete it or choose another output)")
+    if options.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {options.workers}")
+    if options.crop_from not in ("detector", "landmarks"):
+        raise InputError(f"--crop-from must be detector or landmarks, got {options.crop_from!r}")
+    _compression_kwargs(options.compression)
+    if options.limit is not None:
+        refs = list(refs)[: max(0, options.limit)]
+    if not refs:
+        raise InputError("no samples to prepare")
+    if options.split_file is not None:
+        read_split_file(options.split_file)  # fail early on a malformed file
+    model = load_face_model(model_path) if model_path is not None else None
+    if model is None and any(r.format != "scans" for r in refs):
+        raise InputError("3DMM datasets (AFLW2000-3D, 300W-LP) need --face-model")
+    return refs, model
+
+
+def _write_sources(
+    refs: Sequence[SampleRef],
+    writer: _Writer,
+    results: Generator[SampleResult, None, None],
+    ctx: SampleContext,
+    part: Path,
+    on_progress: Callable[[int, int, int], None] | None,
+) -> None:
+    """Each sample's result into the partial file (the fallback box for those without a
+    detection); on a stop, the block so far is marked and the file closed (the worker pool
+    stopped), and the stop is raised as :class:`PrepareInterrupted`."""
+    f = writer.f
     try:
         for res in results:
             if res.needs_fallback:
@@ -680,35 +735,6 @@ def prepare_cache(
         finally:
             f.close()
         raise
-    skipped = [(a.decode(), b.decode()) for a, b in zip(f["_skipped_ids"][:], f["_skipped_reasons"][:])]
-    n_written, n_fallback = writer.rows, writer.n_fallback
-    fallback_rel = writer.fallback_box()
-    f.close()
-    if n_written == 0:  # a cache without samples is of no use: fail, and leave nothing to resume
-        part.unlink(missing_ok=True)
-        first = f" (the first: {skipped[0][1]})" if skipped else ""
-        raise InputError(
-            f"{out}: not written: none of the {len(refs)} samples could be used{first}"
-        )
-    view_failures = _add_views(part, refs, options, ctx, mp_path, fallback_rel, on_views) if options.profile_views > 0 and n_written else []
-    _ensure_space(part, _finish_bytes(n_written, len(skipped), model), f"all {len(refs)} samples are in it; what is left is small")
-    with _open_to_finish(part) as f:
-        counts = _finish(f, config, options, model, command)
-        n_views = int(f["views/images"].shape[0]) if "views" in f else 0
-    os.replace(part, out)
-    return PrepareSummary(
-        path=out,
-        n_sources=len(refs),
-        n_written=n_written,
-        n_fallback=n_fallback,
-        skipped=skipped,
-        split_counts=counts,
-        resumed_from=resumed_from,
-        seconds=time.monotonic() - t0,
-        file_bytes=out.stat().st_size,
-        n_views=n_views,
-        view_failures=view_failures,
-    )
 
 
 __all__ = [

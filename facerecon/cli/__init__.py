@@ -72,12 +72,12 @@ class _FaceReconGroup(TyperGroup):
             _report(exc)
             sys.exit(exc.exit_code)
         except ImportError as exc:  # a command of the `train` extra on an install without it
-            extra = missing_extra(exc, f"facerecon {_command_name(argv)}".rstrip())
-            if extra is None:
+            missing = missing_extra(exc, f"facerecon {_command_name(argv)}".rstrip())
+            if missing is None:
                 _report(exc, prefix="internal error: ")
                 sys.exit(1)
-            _report(extra)
-            sys.exit(extra.exit_code)
+            _report(missing)
+            sys.exit(missing.exit_code)
         except (OSError, MemoryError) as exc:
             _report(exc)
             sys.exit(1)

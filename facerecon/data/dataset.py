@@ -78,6 +78,8 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         (:func:`view_arrays`).
     """
 
+    rows: np.ndarray  # the split's cache rows, in item order (with the yaw repeats)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -97,58 +99,56 @@ class FaceCacheDataset(torch.utils.data.Dataset):
 
         self.path = Path(path)
         split_codes(split)  # refuse an unknown split before opening the file
-        if points_per_region is not None:
-            points_per_region = tuple(int(c) for c in points_per_region)
-            if len(points_per_region) != 3 or min(points_per_region) < 0 or sum(points_per_region) == 0:
-                raise InputError(f"points_per_region must be 3 counts >= 0 (boundary, sub, key), got {points_per_region}")
+        self.points_per_region = _checked_counts(points_per_region)
         if weights is not None and len(weights) != 3:
             raise InputError(f"weights must be 3 numbers (boundary, sub, key), got {weights}")
-        self.points_per_region = points_per_region
         self.weights = np.asarray(weights if weights is not None else (1.0, 1.0, 1.0), dtype=np.float32)
         self.seed = int(seed)
         self.epoch = 0
         self.return_image_float = return_image_float
         self.augment = augment
-        self.correspondence = None
-        if correspondence is not None:
-            parts = [np.asarray(c) for c in correspondence]
-            if len(parts) == 2:
-                parts = parts + parts
-            self.correspondence = (parts[0].astype(np.int64), parts[1].astype(np.float32), parts[2].astype(np.int64), parts[3].astype(np.float32))
+        self.correspondence = _correspondence_arrays(correspondence) if correspondence is not None else None
         try:
             with h5py.File(self.path, "r") as f:
                 version = int(f.attrs.get("schema_version", -1))
                 if version != SCHEMA_VERSION:
                     raise InputError(f"{self.path}: cache schema {version} is not {SCHEMA_VERSION}; run facerecon prepare again")
-                split_arr = f["split"][:]
-                yaw = np.abs(f["pose"][:, 0]) if yaw_repeat is not None else None
-                rows = split_rows(split_arr, split)
-                self.five_failures = None
-                if augment is not None and augment.five_outlier > 0 and "landmarks5" in f:
-                    from facerecon.data.augment import FivePointFailures
-
-                    self.five_failures = FivePointFailures.from_samples(
-                        f["landmarks"][:][rows], f["landmarks5"][:][rows], f["pose"][:, 0][rows]
-                    )
-                self.offsets = f["offsets"][:].astype(np.int64)
-                codes = split_codes(split)
-                with_views = profile_views and "views" in f and (codes is None or 0 in codes)
-                self.n_views = int(f["views/source"].shape[0]) if with_views else 0
-                self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
+                yaw = self._read_index(f, split, augment, profile_views, yaw_repeat is not None)
                 if correspondence is not None and not bool(f.attrs.get("points_in_model_order", False)):
                     raise InputError(f"{self.path}: per-vertex ground truth needs points in the face model's order (a 3DMM cache)")
         except OSError as exc:
             raise InputError(f"{self.path}: cannot open cache ({exc})") from None
         except KeyError as exc:
             raise InputError(f"{self.path}: not a facerecon cache (missing {exc})") from None
-        self.rows = rows
         self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
-        if yaw is not None:
+        if yaw is not None and yaw_repeat is not None:
             self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
         self.n_rows = int(self.rows.shape[0])
         self.split = split
         self._file: Any = None
         self._pid: int | None = None
+
+    def _read_index(self, f: Any, split: str, augment: Any, profile_views: bool, with_yaw: bool) -> np.ndarray | None:
+        """What every item needs from the open cache ``f``: the split's rows, the point offsets,
+        the ids, the number of profiled views and the split's gross five-point failures. Returns
+        every row's abs(yaw) (``with_yaw``, for the yaw repeats) or None."""
+        split_arr = f["split"][:]
+        yaw = np.abs(f["pose"][:, 0]) if with_yaw else None
+        rows = split_rows(split_arr, split)
+        self.five_failures = None
+        if augment is not None and augment.five_outlier > 0 and "landmarks5" in f:
+            from facerecon.data.augment import FivePointFailures
+
+            self.five_failures = FivePointFailures.from_samples(
+                f["landmarks"][:][rows], f["landmarks5"][:][rows], f["pose"][:, 0][rows]
+            )
+        self.offsets = f["offsets"][:].astype(np.int64)
+        codes = split_codes(split)
+        with_views = profile_views and "views" in f and (codes is None or 0 in codes)
+        self.n_views = int(f["views/source"].shape[0]) if with_views else 0
+        self._all_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][:]]
+        self.rows = rows
+        return yaw
 
     def __len__(self) -> int:
         return self.n_rows + self.n_views
@@ -216,7 +216,6 @@ class FaceCacheDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         d, key = self._stored(int(item))
-        regions, points, normals, colors = d["regions"], d["points"], d["normals"], d["colors"]
         aug_rng = np.random.default_rng(key + [1]) if self.augment is not None else None
         tf = None
         if aug_rng is not None:
@@ -230,49 +229,59 @@ class FaceCacheDataset(torch.utils.data.Dataset):
                 ids, bary = ids_m, bary_m
             from facerecon.model.face_prior import template_truth
 
-            vertices = template_truth(points, ids, bary)
+            vertices = template_truth(d["points"], ids, bary)
         if self.points_per_region is not None:
-            rng = np.random.default_rng(key)
-            idx = self.draw(regions, rng)
-            regions, points, normals, colors = regions[idx], points[idx], normals[idx], colors[idx]
-        image_np = d["image"]
-        landmarks = true_landmarks = d["landmarks"]
-        pose = d["pose"]
-        five = d["landmarks5"]
-        normals = normals.astype(np.float32)
-        if tf is not None:
-            from facerecon.data.augment import apply_geometry, apply_normals, flip_landmarks, photometric, warp_image
+            idx = self.draw(d["regions"], np.random.default_rng(key))
+            for name in ("regions", "points", "normals", "colors"):
+                d[name] = d[name][idx]
+        d["normals"] = d["normals"].astype(np.float32)
+        if tf is not None and aug_rng is not None:
+            vertices = self._augment(d, tf, aug_rng, vertices)
+        return self._tensors(d, vertices)
 
-            image_np = photometric(warp_image(tf, image_np), aug_rng, self.augment)
-            points = apply_geometry(tf, points)
-            normals = apply_normals(tf, normals)
-            landmarks = apply_geometry(tf, landmarks)
-            five = apply_geometry(tf, five) + aug_rng.normal(0.0, self.augment.five_noise, size=(5, 2)).astype(np.float32)
-            if vertices is not None:
-                vertices = apply_geometry(tf, vertices)
+    def _augment(self, d: dict[str, Any], tf: Any, rng: np.random.Generator, vertices: np.ndarray | None) -> np.ndarray | None:
+        """Apply the drawn transform ``tf`` to the item's arrays in ``d`` (image with photometric
+        changes, points, normals, landmarks, the five points with their noise, drops and
+        transplanted failures) and to ``vertices``; returns the moved vertices."""
+        from facerecon.data.augment import apply_geometry, apply_normals, flip_landmarks, photometric, warp_image
+
+        aug = self.augment
+        true_landmarks = d["landmarks"]
+        d["image"] = photometric(warp_image(tf, d["image"]), rng, aug)
+        d["points"] = apply_geometry(tf, d["points"])
+        d["normals"] = apply_normals(tf, d["normals"])
+        landmarks = apply_geometry(tf, d["landmarks"])
+        five = apply_geometry(tf, d["landmarks5"]) + rng.normal(0.0, aug.five_noise, size=(5, 2)).astype(np.float32)
+        if vertices is not None:
+            vertices = apply_geometry(tf, vertices)
+        if tf.flip:
+            landmarks = flip_landmarks(landmarks)
+            five = flip_landmarks(five, five=True)
+        if aug.drop_five > 0 and rng.random() < aug.drop_five:
+            five = np.full((5, 2), np.nan, np.float32)  # as an undetected face's average crop
+        elif self.five_failures and rng.random() < aug.five_outlier:
+            five = apply_geometry(tf, self.five_failures.transplant(true_landmarks, float(d["pose"][0]), rng))
             if tf.flip:
-                landmarks = flip_landmarks(landmarks)
                 five = flip_landmarks(five, five=True)
-            if self.augment.drop_five > 0 and aug_rng.random() < self.augment.drop_five:
-                five = np.full((5, 2), np.nan, np.float32)  # as an undetected face's average crop
-            elif self.five_failures and aug_rng.random() < self.augment.five_outlier:
-                five = apply_geometry(tf, self.five_failures.transplant(true_landmarks, float(pose[0]), aug_rng))
-                if tf.flip:
-                    five = flip_landmarks(five, five=True)
-        image = torch.from_numpy(np.ascontiguousarray(image_np.transpose(2, 0, 1)))
+        d["landmarks"], d["landmarks5"] = landmarks, five
+        return vertices
+
+    def _tensors(self, d: dict[str, Any], vertices: np.ndarray | None) -> dict[str, Any]:
+        """The item as tensors (the image as float in [0, 1] unless ``return_image_float`` is off)."""
+        image = torch.from_numpy(np.ascontiguousarray(d["image"].transpose(2, 0, 1)))
         if self.return_image_float:
             image = image.float().div_(255.0)
-        regions_t = torch.from_numpy(regions.astype(np.int64))
+        regions = d["regions"]
         out = {
             "image": image,
-            "points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
-            "normals": torch.from_numpy(normals),
-            "regions": regions_t,
+            "points": torch.from_numpy(np.ascontiguousarray(d["points"], dtype=np.float32)),
+            "normals": torch.from_numpy(d["normals"]),
+            "regions": torch.from_numpy(regions.astype(np.int64)),
             "weights": torch.from_numpy(self.weights[regions]),
-            "colors": torch.from_numpy(colors.astype(np.float32) / 255.0),
-            "landmarks": torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)),
-            "landmarks5": torch.from_numpy(np.ascontiguousarray(five, dtype=np.float32)),
-            "pose": torch.from_numpy(pose),
+            "colors": torch.from_numpy(d["colors"].astype(np.float32) / 255.0),
+            "landmarks": torch.from_numpy(np.ascontiguousarray(d["landmarks"], dtype=np.float32)),
+            "landmarks5": torch.from_numpy(np.ascontiguousarray(d["landmarks5"], dtype=np.float32)),
+            "pose": torch.from_numpy(d["pose"]),
             "mm_per_unit": torch.tensor(d["mm_per_unit"], dtype=torch.float32),
             "index": torch.tensor(d["index"], dtype=torch.int64),
             "id": d["id"],
@@ -280,6 +289,24 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         if vertices is not None:
             out["vertices"] = torch.from_numpy(vertices)
         return out
+
+def _checked_counts(points_per_region: Sequence[int] | None) -> tuple[int, ...] | None:
+    """The points drawn per region (boundary, sub, key) as ints, checked; None: every point."""
+    if points_per_region is None:
+        return None
+    counts = tuple(int(c) for c in points_per_region)
+    if len(counts) != 3 or min(counts) < 0 or sum(counts) == 0:
+        raise InputError(f"points_per_region must be 3 counts >= 0 (boundary, sub, key), got {counts}")
+    return counts
+
+
+def _correspondence_arrays(correspondence: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, barycentrics, mirrored ids, mirrored barycentrics) with their dtypes; a pair
+    without a mirrored one serves both."""
+    parts = [np.asarray(c) for c in correspondence]
+    if len(parts) == 2:
+        parts = parts + parts
+    return parts[0].astype(np.int64), parts[1].astype(np.float32), parts[2].astype(np.int64), parts[3].astype(np.float32)
 
 
 def view_arrays(f: Any, v: int, offsets: np.ndarray) -> dict[str, Any]:

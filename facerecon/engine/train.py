@@ -33,7 +33,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -65,6 +65,10 @@ from facerecon.io_utils import atomic_path, ensure_parent
 from facerecon.model.network import forward_batch
 from facerecon.progress import TrainingProgress, training_progress
 from facerecon.signals import StopRequest, ignore_stop_signals, stop_requests, stop_signals_blocked
+
+if TYPE_CHECKING:
+    from facerecon.model.blocks import MeshNetBase
+    from facerecon.model.prior_net import PriorFaceNet
 
 
 @dataclass
@@ -326,7 +330,7 @@ def _build_model(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: Ca
 
 
 def _setup_prior(
-    model: nn.Module, cfg: Config, opts: TrainOptions, info: DistInfo, statistics: CacheStatistics, say: Callable[[str], None]
+    model: MeshNetBase, cfg: Config, opts: TrainOptions, info: DistInfo, statistics: CacheStatistics, say: Callable[[str], None]
 ) -> tuple:
     """The template-to-face-model correspondence (the per-vertex ground truth, both orientations
     for flips) and, for a new model-v2 run, the shape basis learned from the training split (by
@@ -349,7 +353,7 @@ def _setup_prior(
     else:
         faces = model.hierarchy.faces(model.num_blocks - 1).cpu().numpy()
         prior = run_on_main(lambda: _learn_prior(statistics, template, cfg.model.prior.components, faces), info)
-        model.set_prior(prior)
+        cast("PriorFaceNet", model).set_prior(prior)  # a prior network: cfg.model.starts_from_prior
         ids, bary = prior.ids, prior.bary
         say(f"face prior: {prior.basis.shape[0]} shape modes explain {100 * prior.explained:.1f} % of the aligned training faces")
     return ids, bary, ids_m, bary_m
@@ -374,10 +378,15 @@ def _learn_prior(statistics: CacheStatistics, template: Any, components: int, fa
 
     from facerecon.model.face_prior import build_face_prior
 
-    if statistics.prior_samples is None or not np.array_equal(statistics.correspondence_template, template):
+    if (
+        statistics.prior_samples is None
+        or statistics.correspondence is None
+        or statistics.correspondence_template is None
+        or not np.array_equal(statistics.correspondence_template, template)
+    ):
         raise InputError("internal: the cache statistics were read without the network's template")
-    samples = [a.numpy() if isinstance(a, torch.Tensor) else a for a in statistics.prior_samples]  # see _shareable
-    return build_face_prior(*samples, statistics.correspondence, template, components, template_faces=faces)
+    shapes, landmarks, fives = (a.numpy() if isinstance(a, torch.Tensor) else a for a in statistics.prior_samples)  # see _shareable
+    return build_face_prior(shapes, landmarks, fives, statistics.correspondence, template, components, template_faces=faces)
 
 
 def _start_or_resume(run: _Run, ckpt: dict | None) -> None:
@@ -616,7 +625,7 @@ def _rank_checksums(model: nn.Module, info: DistInfo) -> list[float]:
         value = sum(float(p.double().sum() + p.double().square().sum()) for p in model.parameters())
     if not info.distributed:
         return [value]
-    gathered: list[object] = [None] * info.world_size
+    gathered: list[Any] = [None] * info.world_size  # each rank's float
     torch.distributed.all_gather_object(gathered, value)
     return [float(v) for v in gathered]
 

@@ -160,6 +160,7 @@ class MeshNetBase(nn.Module):
     backbone: Backbone
     hierarchy: MeshHierarchy
     num_blocks: int
+    landmark_head: LandmarkHead | None
 
     def _setup(self, cfg: ModelConfig, hierarchy: MeshHierarchy, backbone: Backbone | None) -> None:
         """The shared part of every ``__init__``: the block count (checked against the template),
@@ -179,6 +180,11 @@ class MeshNetBase(nn.Module):
         if self.cfg.freeze_backbone:
             self.backbone.eval()
         return self
+
+    def template_vertices(self, level: int | None = None) -> Tensor:
+        """(V_l, 3) the surface the network starts from at ``level`` (default: final), crop units:
+        each network kind says which (the placed template, the prior's mean face)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which surface it starts from")
 
     @property
     def num_vertices(self) -> int:

@@ -150,7 +150,7 @@ def forward_batch(model: nn.Module, batch: Any) -> MeshPrediction:
     return model(batch["image"])
 
 
-def build_network(cfg: ModelConfig, template: Any = None, device: torch.device | str | None = None) -> nn.Module:
+def build_network(cfg: ModelConfig, template: Any = None, device: torch.device | str | None = None) -> MeshNetBase:
     """The network of ``cfg`` (its class chosen by ``cfg.kind``) on ``device``.
 
     Args:
@@ -167,7 +167,7 @@ def build_network(cfg: ModelConfig, template: Any = None, device: torch.device |
     if cfg.kind in ("prior_graph", "prior_spiral"):
         from facerecon.model.prior_net import PriorFaceNet
 
-        net: nn.Module = PriorFaceNet(cfg, hierarchy)
+        net: MeshNetBase = PriorFaceNet(cfg, hierarchy)
     elif cfg.kind == "pixel2mesh":
         net = FaceReconNet(cfg, hierarchy)
     else:

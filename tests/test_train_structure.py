@@ -207,18 +207,6 @@ def test_the_training_loop_reads_in_functions_of_a_screen() -> None:
 #: it) saying why.
 SCREEN_LINES = 60
 
-#: Functions still over a screen, in modules being restructured (each shrinks there); anything
-#: else over the limit fails :func:`test_functions_of_the_package_fit_a_screen`.
-_BEING_RESTRUCTURED = {
-    ("facerecon/cli/detect_crop.py", "detect_crop"),
-    ("facerecon/cli/prepare.py", "prepare"),
-    ("facerecon/cli/train.py", "train"),
-    ("facerecon/data/cache.py", "prepare_cache"),
-    ("facerecon/data/dataset.py", "__init__"),
-    ("facerecon/data/dataset.py", "__getitem__"),
-}
-
-
 def _long_functions() -> dict[tuple[str, str], int]:
     """(module path, function name) -> length in lines (``def`` to last line) of every function
     of facerecon/ over :data:`SCREEN_LINES` without a comment saying why."""
@@ -238,15 +226,9 @@ def _long_functions() -> dict[tuple[str, str], int]:
 
 
 def test_functions_of_the_package_fit_a_screen() -> None:
-    """No function of facerecon/ is over 60 lines without a stated reason (beyond the listed
-    functions of modules being restructured)."""
-    long = {key: n for key, n in _long_functions().items() if key not in _BEING_RESTRUCTURED}
+    """No function of facerecon/ is over 60 lines without a stated reason."""
+    long = _long_functions()
     assert not long, long
-
-
-@pytest.mark.xfail(strict=False, reason=f"still over a screen, in modules being restructured: {sorted(_BEING_RESTRUCTURED)}")
-def test_no_function_of_the_package_is_over_a_screen() -> None:
-    assert not _long_functions(), _long_functions()
 
 
 def test_the_screen_check_sees_a_long_function_and_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

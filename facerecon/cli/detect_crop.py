@@ -59,8 +59,27 @@ def detect_crop(
     Images without a face get the fallback crop, flagged in the record. Unreadable files are
     reported and skipped; the exit code is then 1.
     """
+    fmt, paths = _checked_inputs(inputs, outdir, fmt, fallback_box, fallback_mean, recursive)
+    records_path = outdir / (RECORDS_CSV if as_csv else RECORDS_JSONL)
+
+    from facerecon.engine.crops import CropOptions, CropSummary
+
+    options = CropOptions(
+        size=size, fmt=fmt, quality=quality, all_faces=all_faces, fallback_box=fallback_box, fallback_mean=fallback_mean,
+        device=device, min_probability=min_probability, max_detect_side=max_detect_side,
+    )
+    summary = CropSummary()
+    _run(paths, outdir, records_path, options, summary)
+    _print_summary(summary, records_path if summary.records else None)
+    _raise_for_unreadable(summary)
+
+
+def _checked_inputs(
+    inputs: list[str], outdir: Path, fmt: str, fallback_box: Optional[tuple[float, float, float]], fallback_mean: bool,
+    recursive: bool,
+) -> tuple[str, list[Path]]:
+    """The options checked before any work: the crop format (normalised) and the photos found."""
     from facerecon.imageio import expand_image_inputs
-    from facerecon.io_utils import folder_lock
 
     fmt = fmt.lower().lstrip(".")
     fmt = {"jpeg": "jpg"}.get(fmt, fmt)
@@ -73,19 +92,18 @@ def detect_crop(
     paths = expand_image_inputs(inputs, recursive=recursive)
     if not paths or not any(p.exists() for p in paths):
         raise InputError(f"no images found in {' '.join(inputs)}")
-    records_path = outdir / (RECORDS_CSV if as_csv else RECORDS_JSONL)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: exists and is not a folder")
+    return fmt, paths
 
+
+def _run(paths: list[Path], outdir: Path, records_path: Path, options: Any, summary: Any) -> None:
+    """The run under the folder's lock, with the progress bar; a signal stops it with a line
+    saying what was kept, and a folder this run created is removed when left empty."""
     from facerecon.crop_records import read_records
-    from facerecon.engine.crops import CropOptions, CropSummary
+    from facerecon.io_utils import folder_lock
 
-    options = CropOptions(
-        size=size, fmt=fmt, quality=quality, all_faces=all_faces, fallback_box=fallback_box, fallback_mean=fallback_mean,
-        device=device, min_probability=min_probability, max_detect_side=max_detect_side,
-    )
     created = not outdir.exists()
-    summary = CropSummary()
     kept = lambda: (  # noqa: E731  (read when a signal stops the run)
         f"{summary.crops} crop(s) and their records kept in {display_path(outdir)}; run the same command again to redo the rest"
     )
@@ -99,17 +117,15 @@ def detect_crop(
         if created:
             with contextlib.suppress(OSError):
                 outdir.rmdir()  # only when this run left it empty
-    _print_summary(summary, records_path if summary.records else None)
-    _raise_for_unreadable(summary)
 
 
 def _crop(
     paths: list[Path], outdir: Path, records_path: Path, options: Any, summary: Any, progress: Any, task: Any,
     old_records: list[dict[str, Any]],
 ) -> None:
+    """The run, with the progress bar and the ``--fallback-mean`` box reported."""
     from facerecon.engine.crops import crop_photos
 
-    """The run, with the progress bar and the ``--fallback-mean`` box reported."""
     crop_photos(
         paths, outdir, records_path, options, summary, on_photo=lambda path: progress.advance(task),
         on_fallback_box=lambda rel, n: info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -56,16 +56,11 @@ def prepare(
     train/val/test split. Resumable: stopped at any point (Ctrl-C, kill), the same command
     continues from OUTPUT.partial. Bad samples are reported and skipped.
     """
-    from facerecon.data.cache import PrepareOptions, partial_path, prepare_cache
-    from facerecon.data.face_model import load_face_model, save_face_model
+    from facerecon.data.cache import PrepareOptions
     from facerecon.data.readers import detect_format, list_samples
 
     if save_face_model_to is not None:
-        if face_model is None:
-            raise InputError("--convert-face-model needs --face-model (the model to convert)")
-        model = load_face_model(face_model)
-        save_face_model(model, save_face_model_to)
-        console.print(f"wrote {display_path(save_face_model_to)}: {model.name}, {model.n_vertices} vertices, sha256 {model.sha256[:12]}")
+        _convert_face_model(face_model, save_face_model_to)
         return
     if dataset is None or output is None:
         raise InputError("give DATASET and OUTPUT (or --convert-face-model)")
@@ -78,7 +73,27 @@ def prepare(
         compression=compression, split_seed=seed, split_file=split_file, limit=limit, flush_every=flush_every,
         profile_views=profile_views,
     )
-    total = min(len(refs), limit) if limit else len(refs)
+    summary = _run(refs, dataset, output, face_model, options, fmt)
+    _print_summary(summary, profile_views)
+
+
+def _convert_face_model(face_model: Optional[Path], out: Path) -> None:
+    """``--convert-face-model``: the face model saved as our ``.npz``."""
+    from facerecon.data.face_model import load_face_model, save_face_model
+
+    if face_model is None:
+        raise InputError("--convert-face-model needs --face-model (the model to convert)")
+    model = load_face_model(face_model)
+    save_face_model(model, out)
+    console.print(f"wrote {display_path(out)}: {model.name}, {model.n_vertices} vertices, sha256 {model.sha256[:12]}")
+
+
+def _run(refs: list[Any], dataset: Path, output: Path, face_model: Optional[Path], options: Any, fmt: str) -> Any:
+    """``prepare_cache`` with a progress bar for the samples and one for the profiled views;
+    Ctrl-C / SIGTERM stop it with a line saying how to resume."""
+    from facerecon.data.cache import partial_path, prepare_cache
+
+    total = min(len(refs), options.limit) if options.limit else len(refs)
     info(f"{display_path(dataset)}: {fmt}, {total} samples -> {display_path(output)}")
     command = shlex.join(["facerecon", *sys.argv[1:]]) if sys.argv else "facerecon prepare"
     kept = lambda: f"{display_path(partial_path(output))} keeps the samples done; run the same command again to resume"  # noqa: E731
@@ -96,10 +111,14 @@ def prepare(
                 views_task = progress.add_task("profiled views", total=n, unit="samples")
             progress.update(views_task, completed=done)
 
-        summary = prepare_cache(
+        return prepare_cache(
             refs, output, face_model, options, dataset=str(dataset.resolve()), fmt=fmt, command=command, on_progress=on_progress,
             on_views=on_views,
         )
+
+
+def _print_summary(summary: Any, profile_views: int) -> None:
+    """What was written, the views added and the samples skipped (the first 20 of each)."""
     if summary.resumed_from:
         info(f"resumed after {summary.resumed_from} samples")
     train, val, test = summary.split_counts
@@ -118,7 +137,6 @@ def prepare(
             console.print(f"  {sid}: {reason}", highlight=False, markup=False)
         if len(summary.skipped) > 20:
             console.print(f"  ... and {len(summary.skipped) - 20} more (stored in the cache under skipped/)")
-
 
 def register(app: typer.Typer) -> None:
     app.command("prepare", help="Turn a raw dataset (AFLW2000-3D, 300W-LP, scans) into one HDF5 training cache.", rich_help_panel="Data")(prepare)

@@ -54,6 +54,7 @@ from facerecon.data.samples import (
     worker_process,
 )
 from facerecon.errors import FaceReconError, InputError
+from facerecon.io_utils import ensure_parent
 from facerecon.signals import Interrupted, Terminated
 
 if TYPE_CHECKING:
@@ -618,17 +619,7 @@ def prepare_cache(
     t0 = time.monotonic()
     out = Path(out)
     refs, model = _checked_inputs(out, refs, model_path, options)
-    config = {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": dataset,
-        "format": fmt,
-        "sources_sha256": hashlib.sha256("\n".join(r.id for r in refs).encode()).hexdigest(),
-        "n_sources": len(refs),
-        "face_model_sha256": model.sha256 if model is not None else "",
-        "options": options.content_key(),
-    }
-    from facerecon.io_utils import ensure_parent
-
+    config = _cache_config(refs, model, options, dataset, fmt)
     ensure_parent(out)
     part = partial_path(out)
     _ensure_space(part, 0, "nothing was changed")
@@ -638,16 +629,7 @@ def prepare_cache(
     ctx = make_context(None, options, model)
     mp_path = str(model_path) if model_path is not None else None
     _write_sources(refs, writer, _results(refs, writer.n_src, mp_path, options, ctx), ctx, part, on_progress)
-    skipped = [(a.decode(), b.decode()) for a, b in zip(f["_skipped_ids"][:], f["_skipped_reasons"][:])]
-    n_written, n_fallback = writer.rows, writer.n_fallback
-    fallback_rel = writer.fallback_box()
-    f.close()
-    if n_written == 0:  # a cache without samples is of no use: fail, and leave nothing to resume
-        part.unlink(missing_ok=True)
-        first = f" (the first: {skipped[0][1]})" if skipped else ""
-        raise InputError(
-            f"{out}: not written: none of the {len(refs)} samples could be used{first}"
-        )
+    skipped, n_written, n_fallback, fallback_rel = _close_rows(writer, out, part, len(refs))
     view_failures = _add_views(part, refs, options, ctx, mp_path, fallback_rel, on_views) if options.profile_views > 0 and n_written else []
     _ensure_space(part, _finish_bytes(n_written, len(skipped), model), f"all {len(refs)} samples are in it; what is left is small")
     with _open_to_finish(part) as f:
@@ -667,6 +649,39 @@ def prepare_cache(
         n_views=n_views,
         view_failures=view_failures,
     )
+
+
+def _cache_config(
+    refs: Sequence[SampleRef], model: FaceModel | None, options: PrepareOptions, dataset: str, fmt: str
+) -> dict:
+    """What a partial file must have been made with to be resumed (and the finished file records)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset,
+        "format": fmt,
+        "sources_sha256": hashlib.sha256("\n".join(r.id for r in refs).encode()).hexdigest(),
+        "n_sources": len(refs),
+        "face_model_sha256": model.sha256 if model is not None else "",
+        "options": options.content_key(),
+    }
+
+
+def _close_rows(
+    writer: _Writer, out: Path, part: Path, n_refs: int
+) -> tuple[list[tuple[str, str]], int, int, tuple[float, float, float]]:
+    """Close the partial file after its rows: (the skipped samples' ids and reasons, rows
+    written, fallback crops, the mean fallback box). No row at all: the partial file is
+    removed and the run fails (a cache without samples is of no use, and nothing to resume)."""
+    f = writer.f
+    skipped = [(a.decode(), b.decode()) for a, b in zip(f["_skipped_ids"][:], f["_skipped_reasons"][:])]
+    n_written, n_fallback = writer.rows, writer.n_fallback
+    fallback_rel = writer.fallback_box()
+    f.close()
+    if n_written == 0:
+        part.unlink(missing_ok=True)
+        first = f" (the first: {skipped[0][1]})" if skipped else ""
+        raise InputError(f"{out}: not written: none of the {n_refs} samples could be used{first}")
+    return skipped, n_written, n_fallback, fallback_rel
 
 
 def _checked_inputs(

@@ -68,7 +68,7 @@ class _Checked:
     TABLE: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # a mixin: self is always a dataclass
             value = getattr(self, f.name)
             if f.metadata:
                 _check_range(f"{self.TABLE}.{f.name}" if self.TABLE else f.name, value, f.metadata)
@@ -638,7 +638,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")  # type: ignore[arg-type]
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")  # type: ignore[arg-type]  # an annotation: a class, never an instance
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
     return cls(**kwargs)

@@ -74,7 +74,7 @@ class FaceCrop:
         det = data.get("detection")
         prob = data.get("probability")
         return cls(
-            box=tuple(float(v) for v in data["box"]),  # type: ignore[arg-type]
+            box=tuple(float(v) for v in data["box"]),  # type: ignore[arg-type]  # (x0, y0, side): to_dict wrote three numbers
             probability=float("nan") if prob is None else float(prob),
             landmarks5=None if lm is None else np.asarray(lm, dtype=np.float32).reshape(5, 2),
             detection=None if det is None else np.asarray(det, dtype=np.float32).reshape(4),

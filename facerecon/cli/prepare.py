@@ -96,7 +96,7 @@ def _run(refs: list[Any], dataset: Path, output: Path, face_model: Optional[Path
     total = min(len(refs), options.limit) if options.limit else len(refs)
     info(f"{display_path(dataset)}: {fmt}, {total} samples -> {display_path(output)}")
     command = shlex.join(["facerecon", *sys.argv[1:]]) if sys.argv else "facerecon prepare"
-    kept = lambda: f"{display_path(partial_path(output))} keeps the samples done; run the same command again to resume"  # noqa: E731
+    kept = lambda: f"{display_path(partial_path(output))} keeps the samples done; run the same command again to resume"  # noqa: E731  (read when a signal stops the run)
     with interruptible(kept), make_progress() as progress:  # Ctrl-C / SIGTERM: 130 / 143, the partial file closed
         task = progress.add_task("prepare", total=total, unit="samples")
 

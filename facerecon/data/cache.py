@@ -518,7 +518,8 @@ def _finish(f, config: dict, options: PrepareOptions, model: FaceModel | None, c
     for name in ("_ids", "_skipped_ids", "_skipped_reasons", "_progress"):  # last: until here a rerun can redo all
         del f[name]
     del attrs["_config"]
-    return tuple(int((split == k).sum()) for k in range(3))  # type: ignore[return-value]
+    train, val, test = (int((split == k).sum()) for k in range(3))
+    return train, val, test
 
 
 def _open_to_finish(part: Path) -> h5py.File:

@@ -237,7 +237,7 @@ def mirror_ids(model: FaceModel) -> np.ndarray:
         mirrored = mean * np.array([-1.0, 1.0, 1.0])
         mirrored[:, 0] += mean[:, 0].min() + mean[:, 0].max()
         cached = cKDTree(mean).query(mirrored)[1].astype(np.int64)
-        model._mirror_ids = cached  # type: ignore[attr-defined]
+        model._mirror_ids = cached  # type: ignore[attr-defined]  # cached on the face model it belongs to
     return cached
 
 

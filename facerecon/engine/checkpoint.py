@@ -240,11 +240,12 @@ def _current_spelling(model_cfg: dict, path: str | os.PathLike[str]) -> dict:
 
 def _dotted(table: dict, key: str) -> Any:
     """``table["a"]["b"]`` for ``key = "a.b"``; None where a level is missing or not a table."""
+    value: Any = table
     for part in key.split("."):
-        if not isinstance(table, dict):
+        if not isinstance(value, dict):
             return None
-        table = table.get(part)  # type: ignore[assignment]
-    return table
+        value = value.get(part)
+    return value
 
 
 def export_inference_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict:

@@ -135,7 +135,7 @@ def _shareable(statistics: CacheStatistics) -> CacheStatistics:
     import numpy as np
 
     samples = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in statistics.prior_samples)
-    return dataclasses.replace(statistics, prior_samples=samples)  # type: ignore[arg-type]
+    return dataclasses.replace(statistics, prior_samples=samples)  # type: ignore[arg-type]  # tensors while shared; _learn_prior reads them back as arrays
 
 
 def _spawned_worker(rank: int, world: int, cfg_dict: dict, opts: TrainOptions, use_cuda: bool, statistics: CacheStatistics) -> TrainResult:
@@ -243,13 +243,13 @@ class _Run:
     model: nn.Module
     correspondence: tuple | None  # per-vertex ground truth (see FaceCacheDataset), or None
     reference: torch.Tensor | None  # the landmark reference saved in every checkpoint
-    loss_fn: nn.Module = None  # type: ignore[assignment]
+    loss_fn: nn.Module = None  # type: ignore[assignment]  # set by _build_model right after construction
     params: list = field(default_factory=list)
     optimizer: Any = None
     scheduler: Any = None
     scaler: Any = None
     use_amp: bool = False
-    ddp_model: nn.Module = None  # type: ignore[assignment]
+    ddp_model: nn.Module = None  # type: ignore[assignment]  # set when the loop starts (the model, or its DDP wrapper)
     # "running": the epoch's loss sums so far (saved mid-epoch, so metrics.jsonl covers the whole epoch)
     state: dict = field(
         default_factory=lambda: {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": math.inf, "metrics": {}, "running": {}}

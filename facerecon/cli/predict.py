@@ -76,7 +76,10 @@ def predict(  # over 60 lines: one line per command-line option (typer reads the
 
     retain_freed_memory()  # before torch loads: what imports and loading free is reused without page faults
     written: list[Path] = []
-    kept = lambda: f"stopped after {len(written)} file(s); no partial file left; run the same command again to redo the rest"  # noqa: E731
+
+    def kept() -> str:  # read when a signal stops the run
+        return f"stopped after {len(written)} file(s); no partial file left; run the same command again to redo the rest"
+
     with interruptible(kept):  # Ctrl-C / SIGTERM (facerecon.signals): 130 / 143; atomic writes remove their temporaries
         _predict(
             inputs or [], output, checkpoint, fmt, overlay, overlay_mode, stages, all_faces, require_face,

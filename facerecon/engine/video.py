@@ -109,7 +109,9 @@ def open_frames(path: str | os.PathLike[str] | None, camera: int | None = None) 
         if not capture.isOpened():
             raise InputError(f"--camera {camera}: the camera cannot be opened (in use, or no permission)")
         return FrameSource(capture, f"camera {camera}", is_camera=True)
-    path = Path(path)  # type: ignore[arg-type]
+    if path is None:
+        raise InputError("no video file or camera given")
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such video file")
     capture = cv2.VideoCapture(str(path))

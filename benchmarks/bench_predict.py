@@ -33,20 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from facerecon.machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 PEER = {"detection": 8.6, "network": 1.4 + 1.1, "total": 11.0}  # 3DDFA_V2, ms, this machine kind
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return "unknown CPU"
 
 
 def _load() -> str:
@@ -329,7 +320,7 @@ def main() -> None:
         photo = ROOT / "facerecon" / "assets" / "astronaut.png"
     # instances with the same CPU model name differ in vector width (AVX2 / AVX-512): ~2x for the kernels
     capability = torch.backends.cpu.get_cpu_capability()
-    print(f"machine: {_cpu_model()} ({capability}), {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {cpu_model()} ({capability}), {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"load average at start (1, 5, 15 min): {_load()}  (an idle 2-core machine is below ~0.3); "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}; "
           f"freed memory {'kept in the heap' if retained else 'returned to the OS (glibc defaults or not glibc)'}")

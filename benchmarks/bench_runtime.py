@@ -34,16 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 sys.path.insert(0, str(ROOT))
 
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return "unknown CPU"
+from facerecon.machine import cpu_model  # noqa: E402  (after the checkout is on the path)
 
 
 def _median_ms(fn, repeats: int, warm: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -160,7 +151,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    print(f"{_cpu_model()}, {args.threads} threads, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{cpu_model()}, {args.threads} threads, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if "network" not in skip:
         bench_network(args.threads, args.repeats, args.rounds)
     if "detection" not in skip:

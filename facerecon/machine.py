@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_identity", "user_cache_dir"]
+__all__ = ["cpu_identity", "cpu_model", "user_cache_dir"]
 
 
 def cpu_identity() -> str:
@@ -25,6 +25,19 @@ def cpu_identity() -> str:
     except OSError:
         ident.append(platform.processor())
     return "\n".join(ident)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), for benchmark reports; "unknown CPU" where
+    the system does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == "model name":
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def user_cache_dir() -> Path:

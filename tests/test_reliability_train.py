@@ -125,12 +125,13 @@ def test_signal_mid_step_then_resume_is_bit_identical(sig: str, cache: Path, dri
         assert {k: v for k, v in r.items() if k != "samples_per_s"} == {k: v for k, v in g.items() if k != "samples_per_s"}
 
 
-def test_sigterm_at_batch_size_1_then_resume_is_bit_identical(cache: Path, driver: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_at_batch_size_1_then_resume_is_bit_identical(sig: str, cache: Path, driver: Path, tmp_path: Path) -> None:
     """The same at batch size 1 with two threads, where the losses' gradient sums once depended on
-    thread order: a SIGTERM mid-step and --resume end where an uninterrupted run ends."""
+    thread order: a Ctrl-C or SIGTERM mid-step and --resume end where an uninterrupted run ends."""
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert _run(driver, cache, ref, False, "none", batch=1, threads=2) == {"interrupted": False, "global_step": 8}
-    assert _run(driver, cache, out, False, "SIGTERM", batch=1, threads=2) == {"interrupted": True, "global_step": 1}
+    assert _run(driver, cache, out, False, sig, batch=1, threads=2) == {"interrupted": True, "global_step": 1}
     assert _run(driver, cache, out, True, "none", batch=1, threads=2) == {"interrupted": False, "global_step": 8}
     a, b = _tensors(load_checkpoint(ref / "last.pt")), _tensors(load_checkpoint(out / "last.pt"))
     differ = [k for k in a if not torch.equal(a[k], b[k])]

@@ -96,7 +96,7 @@ def test_prepare_keeps_a_resumable_partial_file(sig: str, tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     out = tmp_path / "c.h5"
     args = ["prepare", str(data), str(out), *common]
-    line = _one_line(_signalled(tmp_path, "facerecon.data.cache:compute_sample", 5, sig, *args), sig)
+    line = _one_line(_signalled(tmp_path, "facerecon.data.samples:compute_sample", 5, sig, *args), sig)
     assert "stopped after 4 of 8 samples" in line and str(partial_path(out)) in line and "resume" in line, line
     assert partial_path(out).exists() and not out.exists()
     r = cli("-q", *args)

@@ -50,8 +50,8 @@ from facerecon.data.samples import (
     SampleResult,
     compute_sample,
     make_context,
-    worker_init,
-    worker_process,
+    run_jobs,
+    sample_job,
 )
 from facerecon.errors import FaceReconError, InputError
 from facerecon.io_utils import ensure_parent
@@ -575,20 +575,9 @@ def _add_views(
 def _results(
     refs: Sequence[SampleRef], start: int, model_path: str | None, options: PrepareOptions, ctx: SampleContext
 ) -> Generator[SampleResult, None, None]:
+    """The samples from ``start`` on, computed in order (``options.workers`` processes, or here)."""
     jobs = ((i, refs[i]) for i in range(start, len(refs)))
-    if options.workers <= 0:
-        for job in jobs:
-            yield compute_sample(job[0], job[1], ctx)
-        return
-    import multiprocessing as mp
-
-    pool = mp.get_context("spawn").Pool(options.workers, initializer=worker_init, initargs=(model_path, options))
-    try:
-        yield from pool.imap(worker_process, jobs, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+    return run_jobs(sample_job, jobs, ctx, options.workers, model_path, options)
 
 
 def prepare_cache(

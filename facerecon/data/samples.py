@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Generator, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class SampleContext:
 
 
 _WORKER_CONTEXT: SampleContext | None = None
+_Job = TypeVar("_Job")
+_Result = TypeVar("_Result")
 
 
 def make_context(model_path: str | None, options: Any, model: FaceModel | None = None) -> SampleContext:
@@ -86,10 +88,37 @@ def worker_context() -> SampleContext:
     return _WORKER_CONTEXT
 
 
-def worker_process(job: tuple[int, SampleRef]) -> SampleResult:
-    """One ``(index, sample)`` job in a worker process (after :func:`worker_init`)."""
-    assert _WORKER_CONTEXT is not None
-    return compute_sample(job[0], job[1], _WORKER_CONTEXT)
+def sample_job(job: tuple[int, SampleRef], ctx: SampleContext) -> SampleResult:
+    """One ``(index, sample)`` job of ``prepare``: :func:`compute_sample`."""
+    return compute_sample(job[0], job[1], ctx)
+
+
+def _in_worker(fn: Callable[[_Job, SampleContext], _Result], job: _Job) -> _Result:
+    return fn(job, worker_context())
+
+
+def run_jobs(
+    fn: Callable[[_Job, SampleContext], _Result], jobs: Iterable[_Job], ctx: SampleContext, workers: int,
+    model_path: str | None, options: Any,
+) -> Generator[_Result, None, None]:
+    """``fn(job, context)`` for each job, results in the jobs' order: in this process with ``ctx``
+    when ``workers <= 0``, else in a pool of ``workers`` spawned processes, each with its own
+    context (:func:`worker_init`; ``fn`` must be a module-level function). The pool is ended
+    however the iteration ends (Ctrl-C, SIGTERM, an error, the caller stopping early)."""
+    if workers <= 0:
+        for job in jobs:
+            yield fn(job, ctx)
+        return
+    import functools
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(workers, initializer=worker_init, initargs=(model_path, options))
+    try:
+        yield from pool.imap(functools.partial(_in_worker, fn), jobs, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 #: A detection is the annotated face when its crop box and the landmarks' crop box (both the
@@ -221,5 +250,6 @@ __all__ = [
     "pick_face",
     "worker_context",
     "worker_init",
-    "worker_process",
+    "run_jobs",
+    "sample_job",
 ]

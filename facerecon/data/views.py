@@ -17,7 +17,7 @@ group) and parallel like them (the same worker processes' set-up).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from facerecon.data.face_model import pose_degrees
 from facerecon.data.ground_truth import gt_landmarks_px
 from facerecon.data.profiling import crop_frame_transform, profile_views
 from facerecon.data.readers import SampleRef, read_sample
-from facerecon.data.samples import SampleContext, locate_face, worker_context, worker_init
+from facerecon.data.samples import SampleContext, locate_face, run_jobs
 from facerecon.errors import FaceReconError
 
 #: name: (trailing shape, dtype) of the per-view datasets of the ``views`` group.
@@ -85,25 +85,10 @@ def compute_views(
         return f"{ref.id}: {type(exc).__name__}: {exc}"
 
 
-def _jobs_results(jobs: list[tuple], workers: int, model_path: str | None, options: Any, ctx: SampleContext) -> Generator[list[dict] | str, None, None]:
-    if workers <= 0:
-        for row, ref, box, count, seed, fallback_rel in jobs:
-            yield compute_views(row, ref, box, count, seed, ctx, fallback_rel)
-        return
-    import multiprocessing as mp
-
-    pool = mp.get_context("spawn").Pool(workers, initializer=worker_init, initargs=(model_path, options))
-    try:
-        yield from pool.imap(_worker_with_fallback, jobs, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _worker_with_fallback(job: tuple) -> list[dict] | str:
+def _views_job(job: tuple, ctx: SampleContext) -> list[dict] | str:
+    """One source row's views (:func:`compute_views`), in this process or a worker."""
     row, ref, box, count, seed, fallback_rel = job
-    return compute_views(row, ref, box, count, seed, worker_context(), fallback_rel)
+    return compute_views(row, ref, box, count, seed, ctx, fallback_rel)
 
 
 def _open_group(f, compression: dict) -> tuple[int, int]:
@@ -143,7 +128,7 @@ def add_views(
     failures: list[str] = []
     buf: list[dict] = []
     last = time.monotonic()
-    results = _jobs_results(jobs, options.workers, model_path, options, ctx)
+    results = run_jobs(_views_job, jobs, ctx, options.workers, model_path, options)
     try:
         for res in results:
             if isinstance(res, str):

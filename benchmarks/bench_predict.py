@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import median_ms
+
 from facerecon.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +47,6 @@ def _load() -> str:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except (OSError, AttributeError):
         return "?"
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
 
 
 def _checkpoint(args: argparse.Namespace, tmp: Path) -> Path:
@@ -95,15 +87,15 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
     detector = FaceDetector()
     predictor = Predictor(model, detector, batch_size=1)
     print(f"\nsingle photo: {photo.name} ({image.shape[1]}x{image.shape[0]}), median of {args.repeats} after a warm-up")
-    decode = _median_ms(lambda: load_photo(photo), args.repeats)
-    detection = _median_ms(lambda: detector.crop(image), args.repeats)
+    decode = median_ms(lambda: load_photo(photo), args.repeats)
+    detection = median_ms(lambda: detector.crop(image), args.repeats)
     crops = detector.crop(image)
     print(f"  (the face was found by the {detector.last_search!r} search; p = {crops[0].probability:.4f})")
     prepared = predictor.prepare(photo, image, crops)
     pixels = np.stack([p.pixels for p in prepared])
-    network = _median_ms(lambda: predictor.network.outputs(pixels, [p.crop for p in prepared]), args.repeats)
+    network = median_ms(lambda: predictor.network.outputs(pixels, [p.crop for p in prepared]), args.repeats)
     (result,) = predictor.reconstruct(prepared)
-    export = _median_ms(lambda: write_result(result, tmp / "face.obj"), args.repeats)
+    export = median_ms(lambda: write_result(result, tmp / "face.obj"), args.repeats)
     import json
 
     from facerecon.mesh.export import mesh_bytes
@@ -112,13 +104,13 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
         mesh_bytes(".obj", result.vertices_px, result.faces, result.colors)
         json.dumps(result.record(), separators=(",", ":"))
 
-    encode_ms = _median_ms(encode, args.repeats)
+    encode_ms = median_ms(encode, args.repeats)
 
     def export_durable() -> None:  # the same files flushed to the disk before the rename
         export_mesh(tmp / "durable.obj", result.vertices_px, result.faces, result.colors, durable=True)
         write_record(tmp / "durable.json", result.record(), durable=True)
 
-    durable_ms = _median_ms(export_durable, args.repeats)
+    durable_ms = median_ms(export_durable, args.repeats)
     try:  # what the export cost before: trimesh's writer and indented JSON
         import trimesh
 
@@ -128,7 +120,7 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
             mesh.export(file_type="obj")
             json.dumps(result.record(), indent=2)
 
-        before_ms: float | None = _median_ms(encode_before, max(3, args.repeats // 2))
+        before_ms: float | None = median_ms(encode_before, max(3, args.repeats // 2))
     except ImportError:
         before_ms = None
     def post_processing() -> float:  # reconstruct's own work: its time less the network's, call by call
@@ -166,7 +158,7 @@ def _bench_facenet_mtcnn(args: argparse.Namespace, image) -> None:
         return
     ref = MTCNN(keep_all=True, select_largest=False, post_process=False).eval()
     with torch.inference_mode():
-        old = _median_ms(lambda: ref.detect(image[None]), args.repeats)
+        old = median_ms(lambda: ref.detect(image[None]), args.repeats)
     print(f"  for comparison, facenet-pytorch's MTCNN as run before (20 px faces): {old:.2f} ms")
 
 
@@ -187,7 +179,7 @@ def _bench_flops(args: argparse.Namespace, model, predictor, prepared, pixels, n
     flops = counter.get_total_flops()
     n = max(64, round((flops / 2.0) ** (1.0 / 3.0)))
     a, b = torch.randn(n, n), torch.randn(n, n)
-    mm = _median_ms(lambda: torch.mm(a, b), args.repeats)
+    mm = median_ms(lambda: torch.mm(a, b), args.repeats)
     print(f"\n  network: {flops / 1e9:.3f} GFLOP per face (torch.utils.flop_counter: convolutions, matrix products)"
           f" -> {flops / (network / 1000) / 1e9:.1f} GFLOP/s achieved")
     print(f"  torch.mm {n}x{n} @ {n}x{n} ({2 * n**3 / 1e9:.3f} GFLOP): {mm:.2f} ms -> {2 * n**3 / (mm / 1000) / 1e9:.1f} GFLOP/s")

@@ -34,26 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 sys.path.insert(0, str(ROOT))
 
+from timing import median_ms  # noqa: E402  (benchmarks/, the script's folder)
+
 from facerecon.machine import cpu_model  # noqa: E402  (after the checkout is on the path)
-
-
-def _median_ms(fn, repeats: int, warm: int = 3) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
 
 
 def _alternate(a, b, repeats: int, rounds: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Medians of ``a`` and ``b`` measured in alternating rounds."""
     ta, tb = [], []
     for _ in range(rounds):
-        ta.append(_median_ms(a, repeats))
-        tb.append(_median_ms(b, repeats))
+        ta.append(median_ms(a, repeats, warm=3))
+        tb.append(median_ms(b, repeats, warm=3))
     return statistics.median(ta), statistics.median(tb)
 
 

@@ -328,6 +328,9 @@ class TrainConfig(_Checked):
     #: Times each training face is seen per epoch by its |yaw| bin (0-30, 30-60, 60-90 degrees);
     #: fractions repeat a fixed share of the bin. Profiles are rare in the data and hardest.
     yaw_repeat: tuple[float, float, float] = _num((1.0, 1.0, 1.0), ge=0.0)
+    #: Face-profiled views (``prepare --profile-views``) served per epoch, after the photos: a
+    #: fresh seeded draw each epoch. -1: every view of the cache each epoch; 0: none.
+    profile_views_per_epoch: int = _num(-1, ge=-1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -116,3 +116,22 @@ def test_the_cache_check_accepts_views_and_refuses_one_from_a_test_row(fixture: 
         f["views/source"][0] = int(np.flatnonzero(f["split"][:] == 2)[0])
     with pytest.raises(InputError, match="validation or test row"):
         check_cache(bad)
+
+
+def test_an_epoch_can_serve_a_fresh_share_of_the_views(fixture: dict) -> None:
+    """``views_per_epoch``: the epoch's length is the rows plus that many views, the views are
+    distinct within an epoch, differ between epochs, and together cover the cache's views."""
+    dataset = FaceCacheDataset(fixture["views"].path, split="train", points_per_region=None, views_per_epoch=3)
+    assert len(dataset) == dataset.n_rows + 3
+    seen = []
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        ids = [dataset[dataset.n_rows + k]["id"] for k in range(3)]
+        assert len(set(ids)) == 3 and all("@view" in i for i in ids)
+        seen.append(tuple(ids))
+    assert len(set(seen)) > 1
+    assert len({i for ids in seen for i in ids}) > 3
+    everything = FaceCacheDataset(fixture["views"].path, split="train", points_per_region=None, views_per_epoch=10_000)
+    assert len(everything) == everything.n_rows + everything.n_views
+    with pytest.raises(Exception, match="views_per_epoch"):
+        FaceCacheDataset(fixture["views"].path, split="train", points_per_region=None, views_per_epoch=-2)

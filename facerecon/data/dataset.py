@@ -66,6 +66,9 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             collected once (``FivePointFailures``) and transplanted onto its faces.
         profile_views: include the cache's face-profiled views (``prepare --profile-views``,
             training rows only) after the rows when the split includes ``train``.
+        views_per_epoch: serve only this many of the views per epoch, a different seeded draw
+            each epoch (:meth:`epoch_view`); None: all of them. Keeps an epoch's length, and so
+            the learning-rate schedule, independent of how many views the cache holds.
 
     Each item is a dict:
         ``image`` (3, 224, 224); ``points``, ``normals`` (P, 3) float32 crop units / unit vectors;
@@ -92,6 +95,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         augment: Any = None,
         yaw_repeat: Sequence[float] | None = None,
         profile_views: bool = True,
+        views_per_epoch: int | None = None,
     ) -> None:
         import h5py
 
@@ -120,6 +124,9 @@ class FaceCacheDataset(torch.utils.data.Dataset):
             raise InputError(f"{self.path}: cannot open cache ({exc})") from None
         except KeyError as exc:
             raise InputError(f"{self.path}: not a facerecon cache (missing {exc})") from None
+        if views_per_epoch is not None and views_per_epoch < 0:
+            raise InputError(f"views_per_epoch must be >= 0, got {views_per_epoch}")
+        self.views_per_epoch = self.n_views if views_per_epoch is None else min(int(views_per_epoch), self.n_views)
         self.copies = np.zeros_like(self.rows)  # 0: the sample itself; k > 0: its k-th repeat
         if yaw is not None and yaw_repeat is not None:
             self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
@@ -151,7 +158,16 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         return yaw
 
     def __len__(self) -> int:
-        return self.n_rows + self.n_views
+        return self.n_rows + self.views_per_epoch
+
+    def epoch_view(self, k: int) -> int:
+        """The stored view served as the epoch's ``k``-th view: all of them in order, or, when an
+        epoch serves fewer views than the cache holds, the first ``views_per_epoch`` of a
+        permutation seeded by (seed, epoch), so that every epoch sees other views."""
+        if self.views_per_epoch == self.n_views:
+            return k
+        order = np.random.default_rng([self.seed, self.epoch, 3000]).permutation(self.n_views)
+        return int(order[k])
 
     def set_epoch(self, epoch: int) -> None:
         """Change the draws (call at the start of each epoch; DataLoader workers pick it up when
@@ -200,7 +216,7 @@ class FaceCacheDataset(torch.utils.data.Dataset):
         """Item ``item``'s arrays, read (a row) or derived (a profiled view), and its seed key."""
         f = self._h5()
         if item >= self.n_rows:
-            v = item - self.n_rows
+            v = self.epoch_view(item - self.n_rows)
             d = view_arrays(f, v, self.offsets)
             d["id"] = f"{self._all_ids[d['index']]}@view{int(f['views/view'][v])}"
             return d, [self.seed, self.epoch, d["index"], 2000 + int(f["views/view"][v])]

@@ -443,6 +443,7 @@ def _build_data(run: _Run) -> None:
     run.train_set = FaceCacheDataset(
         opts.cache, split=split, points_per_region=tuple(tc.points_per_region), seed=tc.seed,
         correspondence=run.correspondence, augment=augment, yaw_repeat=yaw_repeat,
+        views_per_epoch=None if tc.profile_views_per_epoch < 0 else tc.profile_views_per_epoch,
     )
     if len(run.train_set) == 0:
         raise InputError(f"{opts.cache}: the {split} split is empty")

@@ -327,26 +327,13 @@ class FaceDetector:
         return detect_faces(small, self.nets, min_face=min_face, thresholds=thresholds, base_min_face=self.min_face_size)
 
     def _rotated_search(self, small: np.ndarray, angle: float, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
-        """Search a copy rotated by ``angle`` degrees (counter-clockwise on screen, canvas grown
-        to hold it); boxes and landmarks are rotated back (a box keeps its size about its
-        rotated-back centre)."""
-        import cv2
-
-        h, w = small.shape[:2]
-        rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-        c, s = abs(rot[0, 0]), abs(rot[0, 1])
-        nw, nh = int(math.ceil(h * s + w * c)), int(math.ceil(h * c + w * s))
-        rot[0, 2] += nw / 2.0 - w / 2.0
-        rot[1, 2] += nh / 2.0 - h / 2.0
-        # cv2's matrices act on pixel indices; ours are continuous px (centres at +0.5)
-        shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
-        unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
-        forward = shift @ np.vstack([rot, [0.0, 0.0, 1.0]]) @ unshift  # continuous px -> rotated
-        inverse = np.linalg.inv(forward)[:2]
-        rotated = cv2.warpAffine(small, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        """Search a copy rotated by ``angle`` degrees (:func:`rotate_image`); boxes and landmarks
+        are rotated back (a box keeps its size about its rotated-back centre)."""
+        rotated, forward = rotate_image(small, angle)
         found = self._search(rotated, min_face, self.thresholds)
         if len(found) == 0:
             return []
+        inverse = invert_affine(forward)
         boxes = found.boxes.astype(np.float64)
         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
         half = np.stack([(boxes[:, 2] - boxes[:, 0]) / 2, (boxes[:, 3] - boxes[:, 1]) / 2], axis=1)
@@ -375,6 +362,41 @@ class FaceDetector:
                 continue
             crops.append(FaceCrop(box=square_box(det), probability=p, landmarks5=lm, detection=det, fallback=False))
         return crops
+
+
+def rotate_image(image: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` turned by ``angle`` degrees about its centre (counter-clockwise on screen, as
+    :func:`cv2.getRotationMatrix2D` turns), on a canvas grown so that nothing is cut (black
+    outside the photo), bilinear.
+
+    Args:
+        image: ``(H, W, C)`` array.
+        angle: degrees, positive counter-clockwise on screen.
+
+    Returns:
+        ``(rotated, forward)``: the turned copy and the ``(2, 3)`` float64 affine map from image
+        px of ``image`` to image px of the copy (continuous px, pixel centres at +0.5).
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), 1.0)
+    c, s = abs(rot[0, 0]), abs(rot[0, 1])
+    nw, nh = int(math.ceil(h * s + w * c)), int(math.ceil(h * c + w * s))
+    rot[0, 2] += nw / 2.0 - w / 2.0
+    rot[1, 2] += nh / 2.0 - h / 2.0
+    # cv2's matrices act on pixel indices; ours are continuous px (centres at +0.5)
+    shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+    forward = (shift @ np.vstack([rot, [0.0, 0.0, 1.0]]) @ unshift)[:2]
+    rotated = cv2.warpAffine(image, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return rotated, forward
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a ``(2, 3)`` affine map ``x -> A x + b`` (as ``(2, 3)`` float64)."""
+    full = np.vstack([np.asarray(matrix, dtype=np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -1,0 +1,139 @@
+"""Rolled faces: the turned copy of a photo and its matrix, detections of a turned photo mapped
+back onto the upright photo's, and the second chance left alone when the fast search finds a face.
+
+References: a dot's centroid and the rotation about the centre worked out by hand; the upright
+photo's own detection; the photos are turned here with OpenCV directly, not through facerecon.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facerecon.detect import FaceDetector, invert_affine, rotate_image
+
+cv2 = pytest.importorskip("cv2")
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "facerecon" / "assets" / "astronaut.png"
+
+
+def _dot(h: int, w: int, x: float, y: float, sigma: float = 2.0) -> np.ndarray:
+    """A Gaussian dot centred at continuous image px (x, y) (pixel centres at +0.5)."""
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    return (255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))).astype(np.float32)[..., None].repeat(3, axis=2)
+
+
+def _centroid(image: np.ndarray) -> np.ndarray:
+    weight = image[..., 0].astype(np.float64)
+    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]] + 0.5
+    return np.array([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, -45.0, 90.0, 137.0])
+def test_rotate_image_moves_a_dot_as_a_turn_about_the_centre(angle: float) -> None:
+    h, w, x, y = 60, 100, 71.3, 22.8
+    rotated, forward = rotate_image(_dot(h, w, x, y), angle)
+    t = math.radians(angle)
+    c, s = math.cos(t), math.sin(t)
+    # the canvas holds the whole turned rectangle
+    assert rotated.shape[:2] == (math.ceil(h * abs(c) + w * abs(s)), math.ceil(h * abs(s) + w * abs(c)))
+    # counter-clockwise on screen (y down): (dx, dy) -> (dx c + dy s, -dx s + dy c), centre to centre
+    dx, dy = x - w / 2, y - h / 2
+    expected = np.array([rotated.shape[1] / 2 + dx * c + dy * s, rotated.shape[0] / 2 - dx * s + dy * c])
+    np.testing.assert_allclose(_centroid(rotated), expected, atol=0.05)
+    np.testing.assert_allclose(forward[:, :2] @ [x, y] + forward[:, 2], expected, atol=1e-9)
+    back = invert_affine(forward)
+    np.testing.assert_allclose(back[:, :2] @ expected + back[:, 2], [x, y], atol=1e-9)
+
+
+def _turned(image: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """The photo on a square canvas (its diagonal) turned by ``angle`` degrees counter-clockwise
+    about the canvas centre with OpenCV, and the (2, 3) map from the photo's image px to the
+    turned copy's (OpenCV's index matrix taken to continuous px: x + 0.5)."""
+    h, w = image.shape[:2]
+    side = int(np.ceil(np.hypot(h, w)))
+    canvas = np.zeros((side, side, 3), np.uint8)
+    oy, ox = (side - h) // 2, (side - w) // 2
+    canvas[oy : oy + h, ox : ox + w] = image
+    rot = cv2.getRotationMatrix2D((side / 2 - 0.5, side / 2 - 0.5), angle, 1.0)
+    turned = cv2.warpAffine(canvas, rot, (side, side))
+    # photo px p -> canvas px p + (ox, oy) -> indices - 0.5 -> rot -> + 0.5
+    offset = rot[:, :2] @ (np.array([ox, oy]) - 0.5) + rot[:, 2] + 0.5
+    return turned, np.hstack([rot[:, :2], offset[:, None]])
+
+
+def _back(points: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    a, b = forward[:, :2], forward[:, 2]
+    return (np.asarray(points, np.float64) - b) @ np.linalg.inv(a).T
+
+
+def _photo(shared: bool, request: pytest.FixtureRequest) -> Path:
+    """The bundled astronaut, or a shared photo (skipped without ../shared/data)."""
+    if not shared:
+        return ASTRONAUT
+    path = request.getfixturevalue("shared_data") / "photos" / "JianzhuGuo.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(device="cpu")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["astronaut", "shared-photo"])
+@pytest.mark.parametrize("angle", [-45.0, -30.0, 30.0, 45.0, 75.0])
+def test_a_turned_photo_gives_the_upright_box_and_five_points_turned(
+    detector: FaceDetector, shared: bool, angle: float, request: pytest.FixtureRequest
+) -> None:
+    """Whichever search finds it, the face of a turned photo maps back onto the upright photo's:
+    five points within a few px (MTCNN's own accuracy), the box's centre too, about its size
+    (MTCNN's box of a rolled face is the upright-ish box of the face it sees)."""
+    from facerecon.imageio import load_image
+
+    path = _photo(shared, request)
+    image = load_image(path)
+    (upright,) = detector.crop(image)
+    assert not upright.fallback
+    turned, forward = _turned(image, angle)
+    (crop,) = detector.crop(turned)
+    assert not crop.fallback, detector.last_search
+    eye_dist = float(np.linalg.norm(upright.landmarks5[1] - upright.landmarks5[0]))
+    points = _back(crop.landmarks5, forward)
+    err = np.linalg.norm(points - upright.landmarks5, axis=1)
+    assert err.max() < max(4.0, 0.12 * eye_dist), (detector.last_search, err, eye_dist)
+    centre = _back(np.array([crop.box[:2]]) + crop.box[2] / 2, forward)[0]
+    up_centre = np.array(upright.box[:2]) + upright.box[2] / 2
+    assert np.linalg.norm(centre - up_centre) < max(4.0, 0.15 * eye_dist), (detector.last_search, centre, up_centre)
+    assert 0.8 < crop.box[2] / upright.box[2] < 1.5
+
+
+def test_the_second_chance_runs_only_when_the_fast_search_finds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upright face: one search (the fast one), no rotated copy, and the box the fast search
+    alone gives (so a face found today keeps its box)."""
+    from facerecon.imageio import load_image
+
+    image = load_image(ASTRONAUT)
+    alone = FaceDetector(device="cpu", second_chance=False)
+    (fast,) = alone.crop(image)
+    detector = FaceDetector(device="cpu")
+    searches: list[float] = []
+    real_search = detector._search
+
+    def counted(small: np.ndarray, min_face: float, thresholds: list[float]):  # type: ignore[no-untyped-def]
+        searches.append(min_face)
+        return real_search(small, min_face, thresholds)
+
+    def no_rotation(*args: object) -> list:
+        raise AssertionError("a rotated copy was searched although the fast search found the face")
+
+    monkeypatch.setattr(detector, "_search", counted)
+    monkeypatch.setattr(detector, "_rotated_search", no_rotation)
+    (crop,) = detector.crop(image)
+    assert detector.last_search == "fast" and len(searches) == 1
+    np.testing.assert_array_equal(crop.detection, fast.detection)
+    np.testing.assert_array_equal(crop.landmarks5, fast.landmarks5)

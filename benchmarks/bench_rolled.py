@@ -11,8 +11,10 @@ exactly as ``facerecon predict`` runs them. Printed per angle:
 * the 68-point NME of ``facerecon eval`` (:func:`facerecon.metrics.landmark_nme`: x-y, over
   sqrt(w h) of the ground-truth landmark box), mean and median, in percent;
 * its ratio to the same faces upright (the goal: within 1.3x at +-30 and +-45 degrees);
-* the faces with no detection (average crop), and how each face was found (the detector's
-  ``last_search``: fast, full, low-thresholds, rotated, none);
+* the faces with no detection (average crop), those whose detection is another face (its box
+  misses the annotated face's landmark centre: a photo with several people), and how each face was found (the detector's
+  ``last_search``: fast, full, low-thresholds, rotated, none), and how many got their five points
+  from a copy turned so that the eyes are level (``last_levelled``; ``--no-level`` turns it off);
 * the detector's median time per photo.
 
 ``--study`` measures the second chance itself on every copy the fast search misses: each way
@@ -23,14 +25,14 @@ mesh from its crop; then whole orders of them (the detector's own and others), w
 each recovers, its cost and the NME of the missed faces end to end.
 
 ``--overlays DIR`` writes the ``--worst`` copies with the highest NME as overlays: the mesh and
-its landmarks (facerecon's overlay), the ground truth (green), MTCNN's five points (red; the
-eyes larger) and its box (yellow).
+its landmarks (facerecon's overlay), the ground truth (green), MTCNN's five points (magenta;
+the eyes larger) and its box (yellow).
 
 Timings depend on the machine's load (printed at the start and the end) and the CPU (first line).
 
     python benchmarks/bench_rolled.py --cache aflw2000.h5 [--data ../shared/data/aflw2000-3d]
         [--checkpoint model.pt|model.onnx] [--limit N] [--angles -45,-30,0,30,45] [--no-second-chance]
-        [--json out.json] [--overlays DIR] [--worst 10] [--study] [--study-angles 15,30,45,60,90]
+        [--no-level] [--json out.json] [--overlays DIR] [--worst 10] [--study] [--study-angles 15,30,45,60,90]
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class Row:
     yaw: float
     roll: float
     five_point_error: float | None = None  # percent, MTCNN's five points against the ground truth's
+    other_face: bool = False  # a detection whose box misses the annotated face's landmark centre
+    levelled: bool = False  # its five points come from a copy turned so that the eyes are level
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,6 +145,16 @@ def five_point_error(points5: np.ndarray | None, gt68: np.ndarray) -> float | No
     return float(100.0 * err / landmark_box_size(gt68))
 
 
+def other_face(crop: Any, gt68: np.ndarray) -> bool:
+    """Whether a detection's crop box misses the centre of the annotated face's landmarks (the
+    most confident face of a photo with several is another person)."""
+    if crop.fallback:
+        return False
+    x0, y0, side = crop.box
+    cx, cy = gt68[:, :2].mean(axis=0)
+    return not (x0 < cx < x0 + side and y0 < cy < y0 + side)
+
+
 def nme_of(result: Any, gt68: np.ndarray) -> float:
     from facerecon.metrics import landmark_nme
 
@@ -158,12 +172,12 @@ def predict_rows(rec: Any, faces: list[Face], angles: list[float], progress: Cal
             t0 = time.perf_counter()
             crops = predictor.crops_of(image)
             detect_ms = 1000 * (time.perf_counter() - t0)
-            search = rec.detector.last_search
+            search, levelled = rec.detector.last_search, rec.detector.last_levelled
             (result,) = predictor.reconstruct(predictor.prepare(Path(face.id), image, crops))
             crop = crops[0]
             prob = None if crop.fallback else float(crop.probability)
             rows.append(Row(face.id, angle, nme_of(result, gt), search, bool(crop.fallback), detect_ms, prob, face.yaw,
-                            face.roll, five_point_error(crop.landmarks5, gt)))
+                            face.roll, five_point_error(crop.landmarks5, gt), other_face(crop, gt), levelled))
         progress(1)
     return rows
 
@@ -183,7 +197,8 @@ def summary(rows: list[Row], angles: list[float]) -> list[dict[str, Any]]:
             "angle": angle, "faces": len(sel), "nme_mean": statistics.fmean(r.nme for r in sel),
             "nme_median": statistics.median(r.nme for r in sel), "ratio_to_upright": ratio,
             "nme_detected": statistics.fmean(r.nme for r in found) if found else None,
-            "no_detection": sum(r.fallback for r in sel),
+            "no_detection": sum(r.fallback for r in sel), "other_face": sum(r.other_face for r in sel),
+            "levelled": sum(r.levelled for r in sel),
             "searches": {s: sum(r.search == s for r in sel) for s in SEARCHES},
             "detect_ms_median": statistics.median(r.detect_ms for r in sel),
         })
@@ -191,15 +206,15 @@ def summary(rows: list[Row], angles: list[float]) -> list[dict[str, Any]]:
 
 
 def print_summary(table: list[dict[str, Any]]) -> None:
-    print(f"\n{'angle':>6} {'faces':>5} {'NME %':>7} {'median':>7} {'x upright':>9} {'found NME':>9} {'no det':>6}   "
-          f"{'fast':>4} {'full':>4} {'low':>4} {'rot':>4} {'none':>4} {'detect ms':>9}")
+    print(f"\n{'angle':>6} {'faces':>5} {'NME %':>7} {'median':>7} {'x upright':>9} {'found NME':>9} {'no det':>6} {'other':>5}   "
+          f"{'fast':>4} {'full':>4} {'low':>4} {'rot':>4} {'none':>4} {'lev':>4} {'detect ms':>9}")
     for t in table:
         s = t["searches"]
         ratio = "-" if t["ratio_to_upright"] is None else f"{t['ratio_to_upright']:.2f}x"
         found = "-" if t["nme_detected"] is None else f"{t['nme_detected']:.2f}"
         print(f"{t['angle']:>+6.0f} {t['faces']:>5} {t['nme_mean']:>7.2f} {t['nme_median']:>7.2f} {ratio:>9} {found:>9} "
-              f"{t['no_detection']:>6}   {s['fast']:>4} {s['full']:>4} {s['low-thresholds']:>4} {s['rotated']:>4} "
-              f"{s['none']:>4} {t['detect_ms_median']:>9.1f}")
+              f"{t['no_detection']:>6} {t['other_face']:>5}   {s['fast']:>4} {s['full']:>4} {s['low-thresholds']:>4} {s['rotated']:>4} "
+              f"{s['none']:>4} {t['levelled']:>4} {t['detect_ms_median']:>9.1f}")
 
 
 # ---- the second chance, strategy by strategy ------------------------------------------------
@@ -252,7 +267,7 @@ def study_rows(rec: Any, faces: list[Face], angles: list[float], names: list[str
                 if found:
                     (result,) = predictor.reconstruct(predictor.prepare(Path(face.id), image, found[:1]))
                     entry.update(nme=nme_of(result, gt), five_point_error=five_point_error(found[0].landmarks5, gt),
-                                 probability=float(found[0].probability))
+                                 probability=float(found[0].probability), landmarks5=np.asarray(found[0].landmarks5).tolist())
                 item["by"][name] = entry
             out.append(item)
         progress(1)
@@ -362,7 +377,7 @@ def write_overlays(rec: Any, faces: dict[str, Face], rows: list[Row], folder: Pa
             cv2.rectangle(canvas, (x0, y0), (x1, y1), (255, 255, 0), 1, cv2.LINE_AA)
         if crop.landmarks5 is not None:
             for k, (x, y) in enumerate(crop.landmarks5):
-                cv2.circle(canvas, (int(round(x)), int(round(y))), 5 if k < 2 else 3, (255, 0, 0), -1, cv2.LINE_AA)
+                cv2.circle(canvas, (int(round(x)), int(round(y))), 5 if k < 2 else 3, (255, 0, 255), -1, cv2.LINE_AA)
         stem = row.id.split("/")[-1]
         name = f"{rank:02d}_{stem}_{row.angle:+.0f}_{row.search}_nme{row.nme:.1f}.png"
         paths.append(save_image(folder / name, canvas, durable=False))
@@ -384,6 +399,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="the first N test faces only")
     parser.add_argument("--angles", type=_floats, default=[-45.0, -30.0, 0.0, 30.0, 45.0], help="degrees, counter-clockwise on screen")
     parser.add_argument("--no-second-chance", action="store_true", help="the detector's fast search only, then the average crop")
+    parser.add_argument("--no-level", action="store_true", help="keep MTCNN's five points of a rolled face as found (no levelled copy)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows and the summary here")
     parser.add_argument("--overlays", type=Path, default=None, help="write the worst copies' overlays into this folder")
     parser.add_argument("--worst", type=int, default=10)
@@ -411,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rec = Reconstructor(checkpoint=args.checkpoint)
     rec.detector.second_chance = not args.no_second_chance
+    if args.no_level:
+        rec.detector.level_roll = 0.0
     faces = list(load_faces(ids, args.data))
     print(f"{len(faces)} test faces of {args.cache}, angles {args.angles}, runtime {rec.runtime}, model {rec.checkpoint}, "
-          f"second chance {'off' if args.no_second_chance else 'on'}")
+          f"second chance {'off' if args.no_second_chance else 'on'}, levelling {'off' if args.no_level else 'on'}")
     with Progress(transient=True) as bar:
         task = bar.add_task("predicting", total=len(faces))
         rows = predict_rows(rec, faces, args.angles, lambda n: bar.advance(task, n))

@@ -274,16 +274,18 @@ def study_rows(rec: Any, faces: list[Face], angles: list[float], names: list[str
     return out
 
 
-def simulate(items: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
-    """An order of strategies on the missed copies: the first that finds a face wins."""
+def simulate(items: list[dict[str, Any]], order: list[list[str]]) -> dict[str, Any]:
+    """An order of groups of strategies on the missed copies: every strategy of a group runs, the
+    most confident face of the first group that finds one wins."""
     recovered, ms, nmes = 0, [], []
     for item in items:
         cost, nme = 0.0, item["fallback_nme"]
-        for name in order:
-            entry = item["by"][name]
-            cost += entry["ms"]
-            if entry["found"]:
-                recovered, nme = recovered + 1, entry["nme"]
+        for group in order:
+            entries = [item["by"][name] for name in group]
+            cost += sum(e["ms"] for e in entries)
+            hits = [e for e in entries if e["found"]]
+            if hits:
+                recovered, nme = recovered + 1, max(hits, key=lambda e: e["probability"])["nme"]
                 break
         ms.append(cost)
         nmes.append(nme)
@@ -311,7 +313,16 @@ def greedy_order(items: list[dict[str, Any]], names: list[str]) -> list[str]:
     return order
 
 
-def print_study(items: list[dict[str, Any]], names: list[str], current: list[str]) -> dict[str, Any]:
+def rotated_pick(item: dict[str, Any], groups: list[list[str]]) -> dict[str, Any] | None:
+    """The face the rotated copies of ``groups`` give (see :func:`simulate`), or None."""
+    for group in groups:
+        hits = [item["by"][name] for name in group if item["by"][name]["found"]]
+        if hits:
+            return max(hits, key=lambda e: e["probability"])
+    return None
+
+
+def print_study(items: list[dict[str, Any]], names: list[str], current: list[list[str]]) -> dict[str, Any]:
     print(f"\nsecond chance: {len(items)} copies missed by the fast search "
           f"(by angle: {dict(sorted(_count(it['angle'] for it in items).items()))})")
     print(f"  average crop on all of them: NME {statistics.fmean(it['fallback_nme'] for it in items) if items else 0:.2f} %")
@@ -325,25 +336,30 @@ def print_study(items: list[dict[str, Any]], names: list[str], current: list[str
         nme = statistics.fmean(h["nme"] for h in hits) if hits else float("nan")
         per[name] = {"finds": len(hits), "only": only, "ms_mean": ms, "five_point_error": err, "nme": nme}
         print(f"  {name:<10} {len(hits):>5} {only:>7} {ms:>8.1f} {err:>10.2f} {nme:>7.2f}")
-    both = [it for it in items if it["by"]["low"]["found"] and any(it["by"][n]["found"] for n in names if n.startswith("rot"))]
+    rotations = [group for group in current if group[0].startswith("rot")]
+    both = [(it, rotated_pick(it, rotations)) for it in items if it["by"]["low"]["found"]]
+    both = [(it, pick) for it, pick in both if pick is not None]
     if both:
-        def first_rot(it: dict[str, Any]) -> dict[str, Any]:
-            return min((it["by"][n] for n in names if n.startswith("rot") and it["by"][n]["found"]), key=lambda e: e["five_point_error"])
-
-        print(f"\n  copies that both lower thresholds and a rotated copy find: {len(both)}; five-point error "
-              f"{statistics.fmean(it['by']['low']['five_point_error'] for it in both):.2f} % (low) vs "
-              f"{statistics.fmean(first_rot(it)['five_point_error'] for it in both):.2f} % (best rotated); mesh NME "
-              f"{statistics.fmean(it['by']['low']['nme'] for it in both):.2f} % vs {statistics.fmean(first_rot(it)['nme'] for it in both):.2f} %")
-    orders = {"detector's": current, "greedy (NME gain per ms)": greedy_order(items, names)}
-    rots = [n for n in current if n.startswith("rot")]
-    orders["rotated first"] = ["full"] + rots + ["low"]
-    orders["all, by angle"] = ["full", "low"] + [n for n in names if n.startswith("rot")]
-    print(f"\n  {'order':<24} {'recovered':>9} {'ms mean':>8} {'ms max':>7} {'NME %':>7}   strategies")
+        low = [it["by"]["low"] for it, _ in both]
+        print(f"\n  copies that both lower thresholds and the detector's rotated copies find: {len(both)}; five-point error "
+              f"{statistics.fmean(e['five_point_error'] for e in low):.2f} % (low) vs "
+              f"{statistics.fmean(p['five_point_error'] for _, p in both):.2f} % (rotated); mesh NME "
+              f"{statistics.fmean(e['nme'] for e in low):.2f} % vs {statistics.fmean(p['nme'] for _, p in both):.2f} %")
+    singles = [n for n in names if n.startswith("rot")]
+    orders = {
+        "detector's": current,
+        "same, one way at a time": [[n] for group in current for n in group],
+        "thresholds first (+-30, +-45)": [["full"], ["low"], ["rot-30"], ["rot+30"], ["rot-45"], ["rot+45"]],
+        "greedy (NME gain per ms)": [[n] for n in greedy_order(items, names)],
+        "every angle, both ways": [["full"]] + [[a, b] for a, b in zip(singles[::2], singles[1::2])] + [["low"]],
+    }
+    print(f"\n  {'order':<30} {'recovered':>9} {'ms mean':>8} {'ms max':>7} {'NME %':>7}   strategies ([a|b]: both, the more confident)")
     sims = {}
     for label, order in orders.items():
         sim = simulate(items, order)
         sims[label] = sim
-        print(f"  {label:<24} {sim['recovered']:>4}/{sim['missed']:<4} {sim['ms_mean']:>8.1f} {sim['ms_max']:>7.1f} {sim['nme_mean']:>7.2f}   {','.join(order)}")
+        text = ",".join(group[0] if len(group) == 1 else "[" + "|".join(group) + "]" for group in order)
+        print(f"  {label:<30} {sim['recovered']:>4}/{sim['missed']:<4} {sim['ms_mean']:>8.1f} {sim['ms_max']:>7.1f} {sim['nme_mean']:>7.2f}   {text}")
     return {"strategies": per, "orders": sims}
 
 
@@ -440,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} predictions in {time.perf_counter() - t0:.0f} s; load average at the end: {_load()}")
     report: dict[str, Any] = {"summary": table, "rows": [asdict(r) for r in rows], "model": str(rec.checkpoint), "machine": cpu_model()}
     if args.study:
-        current = ["full", "low"] + [f"rot{a:+.0f}" for a in rec.detector.ROTATIONS]
-        names = list(dict.fromkeys(strategies(args.study_angles) + current))
+        current = [["full"]] + [[f"rot{-a:+.0f}", f"rot{a:+.0f}"] for a in rec.detector.ROTATIONS] + [["low"]]
+        names = list(dict.fromkeys(strategies(args.study_angles) + [n for group in current for n in group]))
         with Progress(transient=True) as bar:
             task = bar.add_task("second chance", total=len(faces))
             items = study_rows(rec, faces, args.angles, names, lambda n: bar.advance(task, n))

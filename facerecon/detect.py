@@ -43,7 +43,8 @@ class FaceDetector:
       (the costly ones) are skipped; the levels kept are the same as the full search's, so a face
       found there has the same box. When that finds nothing, a *second chance* before the
       average-crop fallback: the full search, then copies rotated by +-45, +-30 and +-60 degrees
-      (strongly rolled faces), then lower stage thresholds, each with the same ``min_probability``.
+      (strongly rolled faces; each angle both ways, the more confident face kept), then lower
+      stage thresholds, each with the same ``min_probability``.
 
     Args:
         device: torch device for MTCNN ("cpu", "cuda", "cuda:1", ...).
@@ -64,9 +65,11 @@ class FaceDetector:
 
     #: The stage thresholds of the second chance.
     LOW_THRESHOLDS = (0.5, 0.6, 0.6)
-    #: The roll angles (degrees, counter-clockwise on screen) of the rotated copies of the second
-    #: chance, in the order tried (chosen by ``benchmarks/bench_rolled.py --study``, docs/predict.md).
-    ROTATIONS = (-45.0, 45.0, -30.0, 30.0, -60.0, 60.0)
+    #: The turns (degrees) of the rotated copies of the second chance, in the order tried: each
+    #: both ways, the more confident face of the two copies kept (a face turned the wrong way
+    #: ends up at twice its roll, where MTCNN still finds faces at a lower probability, with five
+    #: points far off). Chosen by ``benchmarks/bench_rolled.py --study`` (docs/predict.md).
+    ROTATIONS = (45.0, 30.0, 60.0)
 
     def __init__(
         self,
@@ -217,6 +220,16 @@ class FaceDetector:
                 return faces
         return self._last_chances(small, min_face, sx, sy)
 
+    def level(self, image: np.ndarray, face: FaceCrop) -> FaceCrop:
+        """``face`` (found on ``image``) with the five points of a copy turned so that its eyes
+        are level, when they are tilted by ``level_roll`` degrees or more (what :meth:`crop` does
+        to the face it returns; ``prepare`` calls it for the face it picks); the box stays."""
+        _check_image(image)
+        self.finish_warm_up()
+        small, sx, sy = self._downscale(image)
+        self.last_levelled = False
+        return self._levelled(small, face, self._fast_min_face(small.shape[1], small.shape[0]), sx, sy)
+
     def _levelled(self, small: np.ndarray, face: FaceCrop, min_face: float, sx: float, sy: float) -> FaceCrop:
         """``face`` with the five points of a copy turned so that its eyes are level, when its eye
         line is tilted by ``level_roll`` degrees or more and the copy finds a face whose box
@@ -252,10 +265,11 @@ class FaceDetector:
         --study`` chose: a rolled face turned upright gets MTCNN's accurate five points, where a
         low-threshold hit on it puts them far off, and the copies cost a fifth as much)."""
         for angle in self.ROTATIONS:
-            faces = self._rotated_search(small, angle, min_face, sx, sy)
-            if faces:
+            both = [self._rotated_search(small, a, min_face, sx, sy) for a in (-angle, angle)]
+            found = [faces for faces in both if faces]
+            if found:
                 self.last_search = "rotated"
-                return faces
+                return max(found, key=lambda faces: faces[0].probability)
         low = [min(a, b) for a, b in zip(self.thresholds, self.LOW_THRESHOLDS)]
         if low != list(self.thresholds):
             faces = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)

@@ -165,6 +165,9 @@ def test_a_rolled_face_takes_the_five_points_of_a_levelled_copy(angle: float) ->
     err = np.linalg.norm(crop.landmarks5 - expected, axis=1)
     eye_dist = float(np.linalg.norm(expected[1] - expected[0]))
     assert err.max() < max(4.0, 0.1 * eye_dist), err
+    again = detector.level(turned, rolled)  # prepare's call on the face it picked: the same points
+    assert again.box == rolled.box and detector.last_levelled
+    np.testing.assert_array_equal(again.landmarks5, crop.landmarks5)
 
 
 def test_eye_line_angle_hand_values() -> None:
@@ -184,3 +187,28 @@ def test_level_roll_is_checked() -> None:
 
     with pytest.raises(InputError, match="level_roll"):
         FaceDetector(level_roll=-1.0)
+
+
+def test_each_turn_is_tried_both_ways_and_the_more_confident_face_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing found upright: the copies turned by -45 and +45 degrees are both searched before
+    any other turn, and the more confident of their faces is the one returned."""
+    from facerecon.crop import FaceCrop, square_box
+    from facerecon.mtcnn_cascade import Detections
+
+    def face(p: float) -> FaceCrop:
+        det = np.array([10.0, 10.0, 60.0, 70.0], np.float32)
+        return FaceCrop(square_box(det), p, np.zeros((5, 2), np.float32), det, False)
+
+    detector = FaceDetector(device="cpu", level_roll=0.0)
+    tried: list[float] = []
+    found = {-45.0: [face(0.93)], 45.0: [face(0.99)], -30.0: [face(1.0)]}
+
+    def rotated(small: np.ndarray, angle: float, *args: object) -> list:
+        tried.append(angle)
+        return found.get(angle, [])
+
+    monkeypatch.setattr(detector, "_search", lambda *args: Detections.empty())
+    monkeypatch.setattr(detector, "_rotated_search", rotated)
+    (crop,) = detector.crop(np.zeros((100, 100, 3), np.uint8))
+    assert detector.last_search == "rotated" and sorted(tried) == [-45.0, 45.0]
+    assert crop.probability == 0.99

@@ -42,8 +42,9 @@ class FaceDetector:
       starts at faces of ``min_face_fraction`` of the image's shorter side, so the fine levels
       (the costly ones) are skipped; the levels kept are the same as the full search's, so a face
       found there has the same box. When that finds nothing, a *second chance* before the
-      average-crop fallback: the full search, then lower stage thresholds, then copies rotated by
-      +-30 and +-45 degrees (strongly rolled faces), each with the same ``min_probability``.
+      average-crop fallback: the full search, then copies rotated by +-45, +-30 and +-60 degrees
+      (strongly rolled faces; each angle both ways, the more confident face kept), then lower
+      stage thresholds, each with the same ``min_probability``.
 
     Args:
         device: torch device for MTCNN ("cpu", "cuda", "cuda:1", ...).
@@ -55,13 +56,20 @@ class FaceDetector:
         min_face_size: MTCNN's smallest face, px of the detection copy (full search).
         min_face_fraction: the smallest face of the fast search, as a fraction of the detection
             copy's shorter side (never below ``min_face_size``); 0 makes it the full search.
-        second_chance: try the full search, lower thresholds and rotated copies before giving up.
+        second_chance: try the full search, rotated copies and lower thresholds before giving up.
+        level_roll: degrees; when the most confident face's eye line is tilted by at least this
+            much, its five points are taken from a copy of the photo turned so that the eyes are
+            level (MTCNN's points on a rolled face are far less accurate than on an upright one);
+            the box stays the one found. 0 turns this off.
     """
 
     #: The stage thresholds of the second chance.
     LOW_THRESHOLDS = (0.5, 0.6, 0.6)
-    #: The roll angles (degrees) of the rotated copies of the second chance.
-    ROTATIONS = (-30.0, 30.0, -45.0, 45.0)
+    #: The turns (degrees) of the rotated copies of the second chance, in the order tried: each
+    #: both ways, the more confident face of the two copies kept (a face turned the wrong way
+    #: ends up at twice its roll, where MTCNN still finds faces at a lower probability, with five
+    #: points far off). Chosen by ``benchmarks/bench_rolled.py --study`` (docs/predict.md).
+    ROTATIONS = (45.0, 30.0, 60.0)
 
     def __init__(
         self,
@@ -72,6 +80,7 @@ class FaceDetector:
         min_face_size: int = 20,
         min_face_fraction: float = 0.1,
         second_chance: bool = True,
+        level_roll: float = 15.0,
     ) -> None:
         if not 0.0 <= float(min_probability) <= 1.0:
             raise InputError(f"min_probability must be in [0, 1], got {min_probability}")
@@ -81,6 +90,8 @@ class FaceDetector:
             raise InputError(f"MTCNN thresholds are three numbers, got {list(thresholds)}")
         if not 0.0 <= float(min_face_fraction) < 1.0:
             raise InputError(f"min_face_fraction must be in [0, 1), got {min_face_fraction}")
+        if not 0.0 <= float(level_roll) <= 180.0:
+            raise InputError(f"level_roll must be in [0, 180] degrees, got {level_roll}")
         if int(min_face_size) < 12:
             raise InputError(f"min_face_size must be >= 12 px (MTCNN's cell), got {min_face_size}")
         self.device = str(device)
@@ -90,12 +101,15 @@ class FaceDetector:
         self.min_face_size = int(min_face_size)
         self.min_face_fraction = float(min_face_fraction)
         self.second_chance = bool(second_chance)
+        self.level_roll = float(level_roll)
         self._nets: Any = None
         self._lock = threading.Lock()
         self._warming: threading.Thread | None = None
         #: How the last :meth:`crop` found its face: "fast", "full", "low-thresholds",
         #: "rotated", "none" (fallback) or "all" (all faces).
         self.last_search = ""
+        #: Whether the last :meth:`crop`'s five points come from a levelled copy (see ``level_roll``).
+        self.last_levelled = False
 
     @property
     def nets(self) -> Any:
@@ -184,6 +198,14 @@ class FaceDetector:
         self.finish_warm_up()
         small, sx, sy = self._downscale(image)
         min_face = self._fast_min_face(small.shape[1], small.shape[0])
+        self.last_levelled = False
+        faces = self._first_chances(small, min_face, sx, sy)
+        if faces:
+            faces[0] = self._levelled(small, faces[0], min_face, sx, sy)
+        return faces
+
+    def _first_chances(self, small: np.ndarray, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
+        """The fast search, then (with ``second_chance``) the full search and the last chances."""
         faces = self._to_crops(self._search(small, min_face, self.thresholds), sx, sy)
         if faces:
             self.last_search = "fast"
@@ -198,9 +220,38 @@ class FaceDetector:
                 return faces
         return self._last_chances(small, min_face, sx, sy)
 
+    def level(self, image: np.ndarray, face: FaceCrop) -> FaceCrop:
+        """``face`` (found on ``image``) with the five points of a copy turned so that its eyes
+        are level, when they are tilted by ``level_roll`` degrees or more (what :meth:`crop` does
+        to the face it returns; ``prepare`` calls it for the face it picks); the box stays."""
+        _check_image(image)
+        self.finish_warm_up()
+        small, sx, sy = self._downscale(image)
+        self.last_levelled = False
+        return self._levelled(small, face, self._fast_min_face(small.shape[1], small.shape[0]), sx, sy)
+
+    def _levelled(self, small: np.ndarray, face: FaceCrop, min_face: float, sx: float, sy: float) -> FaceCrop:
+        """``face`` with the five points of a copy turned so that its eyes are level, when its eye
+        line is tilted by ``level_roll`` degrees or more and the copy finds a face whose box
+        centre lies in ``face``'s box; its box, detection and probability stay (so a face keeps
+        the box it was found with). Measured by ``benchmarks/bench_rolled.py``: on rolled
+        AFLW2000-3D faces the points' error falls by about half, the mesh's NME by a third."""
+        if self.level_roll <= 0 or face.landmarks5 is None:
+            return face
+        roll = eye_line_angle(face.landmarks5)
+        if abs(roll) < self.level_roll:
+            return face
+        x0, y0, side = face.box
+        for found in self._rotated_search(small, roll, min_face, sx, sy):
+            cx, cy = found.box[0] + found.box[2] / 2, found.box[1] + found.box[2] / 2
+            if x0 < cx < x0 + side and y0 < cy < y0 + side:
+                self.last_levelled = True
+                return FaceCrop(box=face.box, probability=face.probability, landmarks5=found.landmarks5, detection=face.detection, fallback=False)
+        return face
+
     def detect_second_chance(self, image: np.ndarray) -> list[FaceCrop]:
-        """What :meth:`detect_best` tries after the full search finds nothing: lower stage
-        thresholds, then the rotated copies (``last_search`` says which found the faces, "none"
+        """What :meth:`detect_best` tries after the full search finds nothing: the rotated
+        copies, then lower stage thresholds (``last_search`` says which found the faces, "none"
         when neither did). ``prepare`` calls it for an image whose full search found no face, so
         the cache's crops come from the same policy as ``predict``'s."""
         _check_image(image)
@@ -210,16 +261,20 @@ class FaceDetector:
         return self._last_chances(small, min_face, sx, sy)
 
     def _last_chances(self, small: np.ndarray, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
+        """The rotated copies, then lower thresholds (the order ``benchmarks/bench_rolled.py
+        --study`` chose: a rolled face turned upright gets MTCNN's accurate five points, where a
+        low-threshold hit on it puts them far off, and the copies cost a fifth as much)."""
+        for angle in self.ROTATIONS:
+            both = [self._rotated_search(small, a, min_face, sx, sy) for a in (-angle, angle)]
+            found = [faces for faces in both if faces]
+            if found:
+                self.last_search = "rotated"
+                return max(found, key=lambda faces: faces[0].probability)
         low = [min(a, b) for a, b in zip(self.thresholds, self.LOW_THRESHOLDS)]
         if low != list(self.thresholds):
             faces = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)
             if faces:
                 self.last_search = "low-thresholds"
-                return faces
-        for angle in self.ROTATIONS:
-            faces = self._rotated_search(small, angle, min_face, sx, sy)
-            if faces:
-                self.last_search = "rotated"
                 return faces
         self.last_search = "none"
         return []
@@ -327,26 +382,13 @@ class FaceDetector:
         return detect_faces(small, self.nets, min_face=min_face, thresholds=thresholds, base_min_face=self.min_face_size)
 
     def _rotated_search(self, small: np.ndarray, angle: float, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
-        """Search a copy rotated by ``angle`` degrees (counter-clockwise on screen, canvas grown
-        to hold it); boxes and landmarks are rotated back (a box keeps its size about its
-        rotated-back centre)."""
-        import cv2
-
-        h, w = small.shape[:2]
-        rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-        c, s = abs(rot[0, 0]), abs(rot[0, 1])
-        nw, nh = int(math.ceil(h * s + w * c)), int(math.ceil(h * c + w * s))
-        rot[0, 2] += nw / 2.0 - w / 2.0
-        rot[1, 2] += nh / 2.0 - h / 2.0
-        # cv2's matrices act on pixel indices; ours are continuous px (centres at +0.5)
-        shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
-        unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
-        forward = shift @ np.vstack([rot, [0.0, 0.0, 1.0]]) @ unshift  # continuous px -> rotated
-        inverse = np.linalg.inv(forward)[:2]
-        rotated = cv2.warpAffine(small, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        """Search a copy rotated by ``angle`` degrees (:func:`rotate_image`); boxes and landmarks
+        are rotated back (a box keeps its size about its rotated-back centre)."""
+        rotated, forward = rotate_image(small, angle)
         found = self._search(rotated, min_face, self.thresholds)
         if len(found) == 0:
             return []
+        inverse = invert_affine(forward)
         boxes = found.boxes.astype(np.float64)
         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
         half = np.stack([(boxes[:, 2] - boxes[:, 0]) / 2, (boxes[:, 3] - boxes[:, 1]) / 2], axis=1)
@@ -375,6 +417,48 @@ class FaceDetector:
                 continue
             crops.append(FaceCrop(box=square_box(det), probability=p, landmarks5=lm, detection=det, fallback=False))
         return crops
+
+
+def rotate_image(image: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` turned by ``angle`` degrees about its centre (counter-clockwise on screen, as
+    :func:`cv2.getRotationMatrix2D` turns), on a canvas grown so that nothing is cut (black
+    outside the photo), bilinear.
+
+    Args:
+        image: ``(H, W, C)`` array.
+        angle: degrees, positive counter-clockwise on screen.
+
+    Returns:
+        ``(rotated, forward)``: the turned copy and the ``(2, 3)`` float64 affine map from image
+        px of ``image`` to image px of the copy (continuous px, pixel centres at +0.5).
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    # cv2's matrices act on pixel indices (continuous px - 0.5): the centre (w/2, h/2) is index (w/2 - 0.5, h/2 - 0.5)
+    rot = cv2.getRotationMatrix2D((w / 2.0 - 0.5, h / 2.0 - 0.5), float(angle), 1.0)
+    c, s = abs(rot[0, 0]), abs(rot[0, 1])
+    nw, nh = int(math.ceil(h * s + w * c)), int(math.ceil(h * c + w * s))
+    rot[0, 2] += nw / 2.0 - w / 2.0
+    rot[1, 2] += nh / 2.0 - h / 2.0
+    shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+    forward = (shift @ np.vstack([rot, [0.0, 0.0, 1.0]]) @ unshift)[:2]
+    rotated = cv2.warpAffine(image, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return rotated, forward
+
+
+def eye_line_angle(landmarks5: np.ndarray) -> float:
+    """The tilt of the line from MTCNN's first eye to its second, degrees in (-180, 180]:
+    turning the photo by it (:func:`rotate_image`) makes the eyes level."""
+    (lx, ly), (rx, ry) = np.asarray(landmarks5, dtype=np.float64)[:2]
+    return math.degrees(math.atan2(ry - ly, rx - lx))
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a ``(2, 3)`` affine map ``x -> A x + b`` (as ``(2, 3)`` float64)."""
+    full = np.vstack([np.asarray(matrix, dtype=np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -284,6 +284,10 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
             self.calls.append("second")
             return [face]
 
+        def level(self, image: np.ndarray, found: FaceCrop) -> FaceCrop:  # an upright face: as found
+            self.calls.append("level")
+            return found
+
     detector = Detector()
     ctx = SampleContext(model=load_face_model(model_dir), options=PrepareOptions(second_chance=second_chance), detector=detector)
     result = compute_sample(0, ref, ctx)
@@ -291,7 +295,7 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
     if not second_chance:
         assert result.needs_fallback and detector.calls == ["full"]
         return
-    assert not result.needs_fallback and detector.calls == ["full", "second"]
+    assert not result.needs_fallback and detector.calls == ["full", "second", "level"]
     row = result.row
     assert row["fallback"] == 0 and row["probabilities"] == pytest.approx(0.95)
     np.testing.assert_allclose(row["boxes"], face.box)

@@ -105,8 +105,8 @@ class PrepareOptions:
         workers: processes computing samples (0: in this process).
         device: torch device for MTCNN.
         min_probability: MTCNN faces below it are ignored.
-        second_chance: when MTCNN's full search finds no face, try its lower thresholds and
-            rotated copies (``FaceDetector.detect_second_chance``, as ``predict`` does) before the
+        second_chance: when MTCNN's full search finds no face, try rotated copies and
+            its lower thresholds (``FaceDetector.detect_second_chance``, as ``predict`` does) before the
             average crop.
         compression: ``"gzip"`` (level 4), ``"lzf"`` or ``"none"`` for the crop images (point arrays are stored uncompressed).
         split_seed: seed of the deterministic train/val/test permutation.

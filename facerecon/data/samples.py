@@ -210,6 +210,7 @@ def locate_face(
         face = pick_face(detector.detect_second_chance(sample.image), landmarks_px)
     if face is None:
         return None
+    face = detector.level(sample.image, face)  # a rolled face's five points, as predict takes them
     box, probability = (float(face.box[0]), float(face.box[1]), float(face.box[2])), float(face.probability)
     if face.landmarks5 is not None:
         five = image_to_crop(np.asarray(face.landmarks5, dtype=np.float64), box).astype(np.float32)

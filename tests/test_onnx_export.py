@@ -232,14 +232,15 @@ def test_neighbour_table_sums_what_the_sparse_adjacency_sums() -> None:
     from facerecon.model.graph import MeshHierarchy
 
     h = MeshHierarchy.from_template(load_template("hemisphere"))
-    level = 2
-    crow, col = h.adj_crow_2, h.adj_col_2
-    v = h.num_vertices(level)
-    x = torch.randn(v, 3, 5)
-    ours = NeighbourTable(neighbour_table(crow, col, v))(x)
-    adj = csr_matrix((np.ones(len(col)), col.numpy(), crow.numpy()), shape=(v, v))
-    ref = (adj @ x.reshape(v, -1).double().numpy()).reshape(v, 3, 5)
-    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+    for level in range(h.num_levels):
+        crow, col = getattr(h, f"adj_crow_{level}"), getattr(h, f"adj_col_{level}")
+        v = h.num_vertices(level)
+        x = torch.randn(v, 3, 5)
+        nsum = NeighbourTable(neighbour_table(crow, col, v))
+        adj = csr_matrix((np.ones(len(col)), col.numpy(), crow.numpy()), shape=(v, v))
+        ref = (adj @ x.reshape(v, -1).double().numpy()).reshape(v, 3, 5)
+        np.testing.assert_allclose(nsum(x).numpy(), ref, atol=1e-5)
+    assert nsum.table.shape[1] == 6 and nsum.rest is not None  # the few vertices of degree 7-9 apart
 
 
 def test_export_subcommand_writes_a_model_that_loads(tmp_path: Path) -> None:

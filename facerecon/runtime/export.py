@@ -569,19 +569,37 @@ class ExportNetwork(nn.Module):
         return stages, self._landmarks(coords), colors
 
     # -------------------------------------------------------------------- model v2
-    def _align(self, five: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``PriorFaceNet._align``: (A (B, 2, 2), t (B, 2), aligned five points (B, 5, 2))."""
+    def _align(self, five: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``PriorFaceNet._align`` (``face_prior.similarity_2d``) as a few matrix products:
+        ``(A (B, 2, 2), t (B, 2), aligned five points (B, 5, 2), to_crop (B, 3, 4))`` with
+        ``aligned = crop @ A.T + t`` and ``to_crop`` the inverse map of (x, y, z) (depth divided by
+        the similarity's scale) as one affine matrix. In 2-D the least-squares similarity is one
+        complex number ``a + i b = sum(conj(z_s) z_t) / sum(|z_s|^2)`` over the centred points,
+        both sums products with constants of the reference."""
         ref = self.net.prior_five_ref.float()
         ok = torch.isfinite(five).all(-1).all(-1)
         five = torch.where(ok[:, None, None], five, ref[None])
         if self.aligned:
-            from facerecon.model.face_prior import similarity_2d
-
-            a, t = similarity_2d(five, ref)
+            mu_t = ref.mean(0)
+            xt = ref - mu_t
+            pair = torch.stack([xt.reshape(-1), torch.stack([xt[:, 1], -xt[:, 0]], 1).reshape(-1)], 1)  # (10, 2)
+            mu_s = five.mean(1)
+            xs = (five - mu_s[:, None, :]).reshape(-1, 10)
+            ab = (xs @ pair) / (xs * xs).sum(1, keepdim=True).clamp(min=1e-12)  # (a, b)
+            a = (ab @ torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, -1.0, 1.0, 0.0]])).reshape(-1, 2, 2)
+            t = mu_t - (a @ mu_s[:, :, None]).squeeze(-1)
+            norm2 = (ab * ab).sum(1, keepdim=True)
+            # the inverse (a, b) / |.|^2 and its translation; depth / |(a, b)|
+            inv = torch.cat([ab / norm2, norm2.rsqrt()], 1) @ torch.tensor(
+                [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 8 + [1.0]]
+            )
+            m3 = inv.reshape(-1, 3, 3)
+            to_crop = torch.cat([m3, -(m3[:, :, :2] @ t[:, :, None])], 2)
         else:
             a = torch.zeros_like(five[:, :2, :]) + torch.eye(2)
             t = torch.zeros_like(five[:, 0, :])
-        return a, t, five @ a.transpose(1, 2) + t[:, None, :]
+            to_crop = torch.zeros_like(five[:, :3, :4]) + torch.eye(3, 4)
+        return a, t, five @ a.transpose(1, 2) + t[:, None, :], to_crop
 
     def _pose(self, five_fit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``fit_scaled_orthographic(prior_five3d, five_fit)`` without solves or SVDs."""
@@ -596,10 +614,9 @@ class ExportNetwork(nn.Module):
     def _prior_forward(self, image: Tensor, landmarks5: Tensor) -> tuple[list[Tensor], Tensor | None, None]:
         net = self.net
         size = self.size
-        a, t, five_al = self._align(landmarks5.float())
-        a_inv = _inv2(a)
+        a, t, five_al, to_crop3 = self._align(landmarks5.float())
         if self.aligned:
-            theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)
+            theta = to_crop3[:, :2, [0, 1, 3]]  # aligned -> crop
             # ONNX Runtime's GridSample: ~8x the four row gathers of a 3-channel image (it is the
             # pooling's many channels at few points that it runs slowly)
             grid = _affine_grid(theta, size).reshape(-1, size, size, 2)
@@ -623,11 +640,10 @@ class ExportNetwork(nn.Module):
         lm_z = s * (net.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]
         shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
         base = base + shift[:, None, :]
-        z_scale = torch.sqrt(torch.abs(a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]))
+        linear, shift3 = to_crop3[:, :, :3].transpose(1, 2), to_crop3[:, None, :, 3]
 
         def to_crop(x: Tensor) -> Tensor:
-            xy = (x[..., :2] - t[:, None, :]) @ a_inv.transpose(1, 2)
-            return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
+            return x @ linear + shift3
 
         if self.spiral:
             stages = [to_crop(c) for c in self._spiral(base, h, image, maps)]

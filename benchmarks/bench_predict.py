@@ -1,24 +1,27 @@
-"""Prediction speed on this machine, stage by stage, against 3DDFA_V2's measured figures.
+"""Prediction speed on this machine: facerecon against 3DDFA_V2 and MediaPipe in the same run,
+then facerecon's stages.
 
-Prints, for one photo (default ../shared/data/photos/JianzhuGuo.jpg, else the bundled
-astronaut): the median time of each stage after a warm-up (decode, detection, network, export
-of the .obj + .json), each beside 3DDFA_V2's figure on the same photo; the network's FLOPs and
-achieved GFLOP/s beside a plain ``torch.mm`` of about the same FLOPs in the same run (how much of
-the CPU the network uses); the wall time of whole ``facerecon predict photo -o face.obj``
-processes beside ``python -c "import torch"`` (the floor torch sets); video frames/s on a
-pan-and-zoom clip made from the photo; and folder throughput at batch 1 and 8.
+First (``benchmarks/peers.py``), warm, the three tools interleaved in rounds on one-face photos
+(JianzhuGuo.jpg, aflw-test.jpg, emma_watson_01.jpg of ../shared/data/photos) and on the many-face
+t1.jpg (every face): facerecon on its default runtime (the shipped ONNX model, MTCNN in ONNX
+Runtime), 3DDFA_V2 and MediaPipe Face Mesh through the timing workers of ../shared/peers (built
+by its ``setup_peers.sh`` into ``PEERS_DIR``, default /tmp/peers; a peer not built is left out).
+It prints a markdown table ready for docs/benchmarks.md, with the CPU model and the load
+average, and the ratios measured in this run.
 
-3DDFA_V2 (MobileNet x0.5 on ONNX Runtime, FaceBoxes detector, 2 threads), measured on this
-machine kind on JianzhuGuo.jpg: 11.0 ms end to end = detection 8.6 + regression 1.4 + dense
-38k-vertex reconstruction 1.1 ms (it writes no file in that figure). The network row is compared
-with regression + reconstruction (2.5 ms).
+Then, for one photo, the PyTorch runtime's stages after a warm-up (decode, detection, network,
+export of the .obj + .json); the network's FLOPs and achieved GFLOP/s beside a plain
+``torch.mm`` of about the same FLOPs in the same run; the wall time of whole
+``facerecon predict photo -o face.obj`` processes beside ``python -c "import torch"``; video
+frames/s on a pan-and-zoom clip made from the photo; and folder throughput at batch 1 and 8.
 
 The load average is printed at the start and the end: timings taken while other jobs run are
 not comparable (rerun on an idle machine; machines of this kind also differ by up to 2x, so
 quote the CPU model printed on the first line).
 
     python benchmarks/bench_predict.py [--checkpoint best.pt] [--photo PATH] [--repeats 10]
-        [--threads 2] [--processes 3] [--video-frames 60] [--folder-images 8] [--skip video,process,folder]
+        [--threads 2] [--rounds 2] [--processes 3] [--video-frames 60] [--folder-images 8]
+        [--skip peers,stages,process,video,folder]
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from facerecon.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-PEER = {"detection": 8.6, "network": 1.4 + 1.1, "total": 11.0}  # 3DDFA_V2, ms, this machine kind
+#: the peers table's photos: (name, every face)
+PEER_PHOTOS = [("JianzhuGuo.jpg", False), ("aflw-test.jpg", False), ("emma_watson_01.jpg", False), ("t1.jpg", True)]
 
 
 def _load() -> str:
@@ -70,9 +74,23 @@ def _checkpoint(args: argparse.Namespace, tmp: Path) -> Path:
     return path
 
 
-def _row(name: str, ms: float, peer: float | None) -> str:
-    ratio = f"{ms / peer:8.2f}x" if peer else "        -"
-    return f"  {name:<34}{ms:>6.2f}{(f'{peer:.1f}' if peer else '-'):>10}{ratio}"
+def _row(name: str, ms: float) -> str:
+    return f"  {name:<34}{ms:>6.2f}"
+
+
+def bench_peers_table(args: argparse.Namespace, tmp: Path) -> None:
+    """facerecon (default runtime) against 3DDFA_V2 and MediaPipe, one run (benchmarks/peers.py)."""
+    from peers import PEERS_DIR, bench_peers
+
+    photos = [(SHARED / "photos" / name, every) for name, every in PEER_PHOTOS if (SHARED / "photos" / name).is_file()]
+    if not photos:
+        print("\npeers: ../shared/data/photos is absent: left out")
+        return
+    print(f"\nfacerecon (default runtime: ONNX) against the peers in {PEERS_DIR}, warm medians of {args.repeats} "
+          f"after 5 calls, {args.rounds} rounds, the tools interleaved; load average {_load()}")
+    rows = bench_peers(photos, args.rounds, 5, args.repeats, tmp)
+    print(f"\n{cpu_model()}, {os.cpu_count()} cores, 2 threads each; load average at the end {_load()}\n")
+    print("\n".join(rows))
 
 
 def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> None:
@@ -132,18 +150,18 @@ def bench_stages(args: argparse.Namespace, model, photo: Path, tmp: Path) -> Non
     post_processing()  # warm-up
     post = 1000.0 * statistics.median(post_processing() for _ in range(max(3, args.repeats // 2)))
     total = detection + network + max(post, 0.0) + export
-    print(f"  {'stage':<34}{'ms':>6}{'3DDFA_V2':>10}{'ratio':>9}")
-    print(_row("decode (JPEG/PNG)", decode, None))
-    print(_row("detection (MTCNN, tuned)", detection, PEER["detection"]))
-    print(_row("network", network, PEER["network"]))
-    print(_row("to photo px + colours + pose", max(post, 0.0), None))
-    print(_row("export (.obj + .json)", export, None))
-    print(_row("  of which formatting (CPU)", encode_ms, None))
-    print(_row("  of which writing + rename (2)", max(export - encode_ms, 0.0), None))
-    print(_row("  the same with fsync (durable)", durable_ms, None))
+    print(f"  {'stage (PyTorch runtime)':<34}{'ms':>6}")
+    print(_row("decode (JPEG/PNG)", decode))
+    print(_row("detection (MTCNN, tuned)", detection))
+    print(_row("network", network))
+    print(_row("to photo px + colours + pose", max(post, 0.0)))
+    print(_row("export (.obj + .json)", export))
+    print(_row("  of which formatting (CPU)", encode_ms))
+    print(_row("  of which writing + rename (2)", max(export - encode_ms, 0.0)))
+    print(_row("  the same with fsync (durable)", durable_ms))
     if before_ms is not None:
-        print(_row("  formatting with trimesh (before)", before_ms, None))
-    print(_row("total (without decode)", total, PEER["total"]))
+        print(_row("  formatting with trimesh (before)", before_ms))
+    print(_row("total (without decode)", total))
     _bench_facenet_mtcnn(args, image)
     _bench_flops(args, model, predictor, prepared, pixels, network)
 
@@ -286,10 +304,11 @@ def main() -> None:
     parser.add_argument("--photo", default=str(SHARED / "photos" / "JianzhuGuo.jpg"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the peers table")
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--video-frames", type=int, default=60)
     parser.add_argument("--folder-images", type=int, default=8)
-    parser.add_argument("--skip", default="", help="comma-separated: stages, process, video, folder")
+    parser.add_argument("--skip", default="", help="comma-separated: peers, stages, process, video, folder")
     args = parser.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     # as `facerecon predict` does: on a busy machine OpenMP threads sleep instead of spinning
@@ -318,6 +337,8 @@ def main() -> None:
           f"freed memory {'kept in the heap' if retained else 'returned to the OS (glibc defaults or not glibc)'}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if "peers" not in skip:
+            bench_peers_table(args, tmp)
         model = load_model(_checkpoint(args, tmp))
         cfg = model.config.model
         print(f"model: {model.path.name}: {cfg.backbone}, {getattr(model.network, 'num_vertices', '?')} vertices, input {cfg.image_size or 224} px")

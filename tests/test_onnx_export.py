@@ -17,12 +17,18 @@ pytest.importorskip("onnx")
 
 from facerecon.config import Config
 from facerecon.runtime.export import (
+    BandedResize,
     NeighbourTable,
+    _bilinear_stacked,
+    _bilinear_union,
     _nearest_scaled_rotation,
+    _resize,
+    _table,
     export_mtcnn,
     export_network,
     neighbour_table,
     resize_matrix,
+    union_pays,
 )
 from facerecon.runtime.session import MeshRuntime, OnnxMTCNN
 
@@ -182,6 +188,35 @@ def test_resize_matrix_is_pytorchs_antialiased_bilinear_resize() -> None:
     torch.testing.assert_close(m @ image @ m.t(), ref, atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize(("src", "dst"), [(224, 128), (128, 48), (224, 112), (100, 37)])
+def test_banded_resize_is_pytorchs_antialiased_bilinear_resize(src: int, dst: int) -> None:
+    image = torch.rand(2, 3, src, src)
+    resize = BandedResize(resize_matrix(src, dst))
+    ref = F.interpolate(image, size=(dst, dst), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(_resize(image, resize), ref, atol=2e-6, rtol=0)
+    assert resize.banded == ((src, dst) != (100, 37))  # coprime sizes have no blocks: kept dense
+
+
+@pytest.mark.parametrize("sizes", [[(32, 32), (16, 16), (8, 8), (4, 4)], [(28, 56), (14, 28), (7, 14)], [(6, 9), (2, 3)]])
+def test_union_table_samples_what_grid_sample_samples_from_each_map(sizes: list[tuple[int, int]]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 5, h, w, generator=gen) for h, w in sizes]
+    grid = torch.rand(2, 300, 2, generator=gen) * 2.4 - 1.2  # past the crop's edges too (border padding)
+    grid[0, :3] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])  # corners and a pixel edge of every map
+    ref = sum(F.grid_sample(m, grid[:, None], mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0] for m in maps)
+    ref = ref.transpose(1, 2)  # (B, V, C)
+    ours = _bilinear_union([m.permute(0, 2, 3, 1) for m in maps], sizes, grid).reshape(2, 300, 5)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    stacked = _bilinear_stacked(torch.cat([_table(m) for m in maps], 1), sizes, grid)
+    torch.testing.assert_close(stacked, ref, atol=1e-5, rtol=0)
+
+
+def test_union_table_is_used_on_the_fine_levels_of_the_shipped_sizes() -> None:
+    sizes = [(32, 32), (16, 16), (8, 8), (4, 4)]  # MobileNetV2's maps of a 128 px input
+    assert [union_pays(sizes, v) for v in (141, 491, 1821, 7001)] == [False, False, True, True]
+    assert not union_pays(sizes[:1], 7001)  # one map: its own four taps
+
+
 def test_nearest_scaled_rotation_equals_the_svd() -> None:
     m = torch.randn(64, 2, 3, dtype=torch.float64)
     u, sig, vh = torch.linalg.svd(m, full_matrices=False)
@@ -197,14 +232,15 @@ def test_neighbour_table_sums_what_the_sparse_adjacency_sums() -> None:
     from facerecon.model.graph import MeshHierarchy
 
     h = MeshHierarchy.from_template(load_template("hemisphere"))
-    level = 2
-    crow, col = h.adj_crow_2, h.adj_col_2
-    v = h.num_vertices(level)
-    x = torch.randn(v, 3, 5)
-    ours = NeighbourTable(neighbour_table(crow, col, v))(x)
-    adj = csr_matrix((np.ones(len(col)), col.numpy(), crow.numpy()), shape=(v, v))
-    ref = (adj @ x.reshape(v, -1).double().numpy()).reshape(v, 3, 5)
-    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+    for level in range(h.num_levels):
+        crow, col = getattr(h, f"adj_crow_{level}"), getattr(h, f"adj_col_{level}")
+        v = h.num_vertices(level)
+        x = torch.randn(v, 3, 5)
+        nsum = NeighbourTable(neighbour_table(crow, col, v))
+        adj = csr_matrix((np.ones(len(col)), col.numpy(), crow.numpy()), shape=(v, v))
+        ref = (adj @ x.reshape(v, -1).double().numpy()).reshape(v, 3, 5)
+        np.testing.assert_allclose(nsum(x).numpy(), ref, atol=1e-5)
+    assert nsum.table.shape[1] == 6 and nsum.rest is not None  # the few vertices of degree 7-9 apart
 
 
 def test_export_subcommand_writes_a_model_that_loads(tmp_path: Path) -> None:

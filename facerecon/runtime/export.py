@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -77,13 +78,27 @@ def neighbour_table(crow: Tensor, col: Tensor, num_vertices: int) -> Tensor:
 
 
 class NeighbourTable(nn.Module):
-    """``sum_{q in N(p)} x_q`` as one gather and one sum over a padded neighbour table."""
+    """``sum_{q in N(p)} x_q`` as row gathers over a padded neighbour table.
 
-    table: Tensor  # buffer: (V, D) neighbour indices
+    A gather costs per row more than per byte, and the widest slots of the table are nearly
+    empty (on the hemisphere 25 vertices have more than 6 neighbours, up to 9), so the slots
+    that more than a sixteenth of the vertices fill are gathered for every vertex and the rest
+    for the vertices that use them only, added to their rows (``ScatterND``).
+    """
+
+    table: Tensor  # buffers: (V, D0) neighbour indices of every vertex
+    rows: Tensor | None  # (R,) the vertices with more than D0 neighbours
+    rest: Tensor | None  # (R, D - D0) their other neighbours
 
     def __init__(self, table: Tensor) -> None:
         super().__init__()
-        self.register_buffer("table", table)
+        v, d = table.shape
+        used = (table < v).sum(0)  # vertices that fill each slot (padding: index V)
+        full = max(1, sum(1 for k in range(d) if 16 * int(used[k]) > v))
+        rows = (table[:, full:] < v).any(1).nonzero()[:, 0] if full < d else table.new_zeros(0)
+        self.register_buffer("table", table[:, :full].contiguous())
+        self.register_buffer("rows", rows if len(rows) else None)
+        self.register_buffer("rest", table[rows, full:].contiguous() if len(rows) else None)
 
     def forward(self, x: Tensor) -> Tensor:
         """(V, B, C) vertex-major -> (V, B, C): one row gather and one add per neighbour slot
@@ -93,6 +108,11 @@ class NeighbourTable(nn.Module):
         out = padded[self.table[:, 0]]
         for k in range(1, self.table.shape[1]):
             out = out + padded[self.table[:, k]]
+        if self.rows is not None and self.rest is not None:
+            extra = out[self.rows]
+            for k in range(self.rest.shape[1]):
+                extra = extra + padded[self.rest[:, k]]
+            out = out.index_put((self.rows,), extra)
         return out
 
 
@@ -108,24 +128,21 @@ def _graph_conv(conv: TrainedModule, x: Tensor, nsum: NeighbourTable) -> Tensor:
     return out + nsum(h1)
 
 
-def _bilinear(table: Tensor, size: tuple[int, ...], grid: Tensor, zeros: bool = False) -> Tensor:
-    """``grid_sample(..., mode="bilinear", align_corners=False)`` as four row gathers (ONNX
-    Runtime's ``GridSample`` is several times slower on the CPU).
+def _bilinear(table: Tensor, size: tuple[int, ...], grid: Tensor) -> Tensor:
+    """``grid_sample(..., mode="bilinear", padding_mode="border", align_corners=False)`` as four
+    row gathers (ONNX Runtime's ``GridSample`` is several times slower at many channels).
 
     Args:
         table: (B, H W, C) a map's pixels, channels last (row-major).
         size: (H, W) of the map.
         grid: (B, N, 2) sampling locations.
-        zeros: ``padding_mode="zeros"`` (taps outside read 0), else ``"border"`` (clipped).
 
     Returns:
         (B, N, C).
     """
     h, w = int(size[0]), int(size[1])
     scale = torch.tensor([w, h], dtype=grid.dtype)
-    pos = ((grid + 1.0) * scale - 1.0) * 0.5
-    if not zeros:
-        pos = torch.minimum(torch.clamp(pos, min=0.0), scale - 1.0)
+    pos = torch.minimum(torch.clamp(((grid + 1.0) * scale - 1.0) * 0.5, min=0.0), scale - 1.0)
     lo = torch.floor(pos)
     w_hi = pos - lo
     w_lo = 1.0 - w_hi
@@ -136,12 +153,8 @@ def _bilinear(table: Tensor, size: tuple[int, ...], grid: Tensor, zeros: bool = 
     terms = []
     for dy in (0, 1):
         for dx in (0, 1):
-            xi, yi = lo_i[..., 0] + dx, lo_i[..., 1] + dy
+            xi, yi = torch.clamp(lo_i[..., 0] + dx, 0, w - 1), torch.clamp(lo_i[..., 1] + dy, 0, h - 1)
             weight = (w_hi[..., 0] if dx else w_lo[..., 0]) * (w_hi[..., 1] if dy else w_lo[..., 1])
-            if zeros:
-                inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-                weight = weight * inside.to(weight.dtype)
-            xi, yi = torch.clamp(xi, 0, w - 1), torch.clamp(yi, 0, h - 1)
             terms.append(flat[offset + yi * w + xi] * weight[..., None])
     out = terms[0]
     for term in terms[1:]:
@@ -193,17 +206,102 @@ def _bilinear_stacked(table: Tensor, sizes: Sequence[tuple[int, ...]], grid: Ten
     return (weight.flatten(2)[:, :, None, :] @ gathered).squeeze(2)  # a MatMul: ~2x a Mul + ReduceSum
 
 
+def knot_weights(n: int, knots: int) -> Tensor:
+    """(2 N - 1, n) float32 with N = ``knots`` (a multiple of n): a map of n pixels sampled like
+    ``grid_sample(..., mode="bilinear", padding_mode="border", align_corners=False)`` at the
+    crop locations ``t = m / (2 N)``, m = 1 .. 2N-1 (t = (x + 1) / 2 from 0 to 1 across the
+    crop). These hold the pixel centres ``(k + 1/2) / n`` of every map whose size divides N."""
+    m = np.arange(1, 2 * knots, dtype=np.float64)
+    u = np.clip(m * n / (2 * knots) - 0.5, 0.0, n - 1.0)
+    lo = np.floor(u).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = u - lo
+    out = np.zeros((2 * knots - 1, n))
+    rows = np.arange(2 * knots - 1)
+    np.add.at(out, (rows, lo), 1.0 - frac)
+    np.add.at(out, (rows, hi), frac)
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def union_pays(sizes: Sequence[tuple[int, int]], num_vertices: int) -> bool:
+    """Whether sampling M maps from their union table (:func:`_union_table`, four taps a vertex)
+    is cheaper than their own taps (:func:`_bilinear_stacked`, 4 M a vertex): when the stacked
+    gather would read at least twice as many rows as the union table has (measured on the
+    shipped model: its two finest levels, 1,821 and 7,001 vertices, not 141 and 491)."""
+    ny = int(np.lcm.reduce([h for h, _ in sizes]))
+    nx = int(np.lcm.reduce([w for _, w in sizes]))
+    return len(sizes) > 1 and 4 * len(sizes) * num_vertices >= 2 * (2 * ny - 1) * (2 * nx - 1)
+
+
+def _union_table(tables: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, tuple[int, int]]:
+    """The sum of the maps' bilinear interpolants on the grid :func:`knot_weights` describes,
+    ``(B, ky, kx, C)`` with ``(ky, kx) = (2 Ny - 1, 2 Nx - 1)``: each map resampled there by a
+    constant matrix per axis (rows first, then the columns of all maps in one ``MatMul``).
+
+    Args:
+        tables: (B, H_i, W_i, C) the maps, channels last.
+        sizes: (H_i, W_i) of each map.
+    """
+    ny = int(np.lcm.reduce([h for h, _ in sizes]))
+    nx = int(np.lcm.reduce([w for _, w in sizes]))
+    c = int(tables[0].shape[-1])
+    rows = [(knot_weights(h, ny) @ t.reshape(-1, h, w * c)).reshape(-1, 2 * ny - 1, w, c) for t, (h, w) in zip(tables, sizes)]
+    columns = torch.cat([knot_weights(w, nx) for _, w in sizes], 1)
+    return columns @ torch.cat(rows, 2), (2 * ny - 1, 2 * nx - 1)
+
+
+def _bilinear_union(tables: Sequence[Tensor], sizes: Sequence[tuple[int, int]], grid: Tensor) -> Tensor:
+    """``sum_i grid_sample(map_i, grid)`` (bilinear, border, ``align_corners=False``) from one
+    table: the maps' summed interpolants at the union of their pixel centres (:func:`_union_table`).
+    Between two neighbouring knots of that grid every map is linear along each axis, so their
+    sum is bilinear in each cell and four taps in the union table give it exactly (up to
+    rounding), where each map's own taps take four a map.
+
+    Args:
+        tables: (B, H_i, W_i, C) the maps, channels last.
+        sizes: (H_i, W_i) of each map.
+        grid: (B, V, 2) sampling locations.
+
+    Returns:
+        (B V, C), batch-major.
+    """
+    table, (ky, kx) = _union_table(tables, sizes)
+    scale = torch.tensor([(kx + 1) // 2, (ky + 1) // 2], dtype=grid.dtype)
+    last = torch.tensor([kx - 1, ky - 1], dtype=grid.dtype)
+    pos = torch.minimum(torch.clamp((grid + 1.0) * scale - 1.0, min=0.0), last)  # knot m at t = m / (2 N)
+    lo = torch.floor(pos)
+    w_hi = pos - lo
+    w_lo = 1.0 - w_hi
+    lo_i = torch.minimum(torch.clamp(lo.long(), min=0), last.long())  # clamped again: NaN locations stay in bounds
+    hi_i = torch.minimum(lo_i + 1, last.long())
+    base = (torch.arange(table.shape[0]) * (ky * kx))[:, None]
+    y0, y1 = (lo_i[..., 1] * kx + base).reshape(-1), (hi_i[..., 1] * kx + base).reshape(-1)
+    x0, x1 = lo_i[..., 0].reshape(-1), hi_i[..., 0].reshape(-1)
+    wx0, wx1 = w_lo[..., 0].reshape(-1, 1), w_hi[..., 0].reshape(-1, 1)
+    wy0, wy1 = w_lo[..., 1].reshape(-1, 1), w_hi[..., 1].reshape(-1, 1)
+    flat = table.reshape(-1, table.shape[-1])
+    # one row gather per tap: a (4, B V, C) gather summed by ReduceSum, or a batched MatMul, is slower
+    return (flat[y0 + x0] * wx0 + flat[y0 + x1] * wx1) * wy0 + (flat[y1 + x0] * wx0 + flat[y1 + x1] * wx1) * wy1
+
+
 def _pool_conv(pc: TrainedModule, maps: Sequence[Tensor], grid: Tensor, extra: Tensor, nsum: NeighbourTable) -> Tensor:
     """``PerceptualGraphConv.forward``: every map projected by its part of W0 and W1 first (a 1x1
     convolution, the ``pre`` order: the sum is the same in either order), then all maps sampled
-    in one stacked gather."""
+    at once: from their union table on fine levels (:func:`union_pays`), else in one stacked
+    gather."""
     c_img = sum(pc.image_channels)
     h = pc.out_channels
     tables = []
     for i, fmap in enumerate(maps):
         w0, w1 = pc._image_weights(i)
         tables.append(F.linear(_table(fmap), torch.cat([w0, w1], 0)))
-    sampled = _bilinear_stacked(torch.cat(tables, 1), [tuple(m.shape[-2:]) for m in maps], grid).transpose(0, 1)
+    sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+    b, v = grid.shape[:2]
+    if union_pays(sizes, int(v)):
+        grids = [t.reshape(-1, hw[0], hw[1], 2 * h) for t, hw in zip(tables, sizes)]
+        sampled = _bilinear_union(grids, sizes, grid).reshape(b, v, 2 * h).transpose(0, 1)
+    else:
+        sampled = _bilinear_stacked(torch.cat(tables, 1), sizes, grid).transpose(0, 1)
     bias = torch.cat([pc.bias, torch.zeros_like(pc.bias)])
     both = F.linear(extra, torch.cat([pc.weight0[:, c_img:], pc.weight1[:, c_img:]], 0), bias) + sampled
     return both[..., :h] + nsum(both[..., h:])
@@ -241,11 +339,46 @@ def resize_matrix(src: int, dst: int) -> Tensor:
     return cols[:, 0, :, 0].t().contiguous()
 
 
-def _resize(image: Tensor, matrix: Tensor | None) -> Tensor:
+class BandedResize(nn.Module):
+    """``matrix @ x`` along the second last axis of ``x``, for a resize matrix (dst, src): its rows
+    come in ``g = gcd(dst, src)`` blocks of ``dst / g`` that read a window of ``width`` input rows
+    starting every ``src / g`` rows, so one batched ``MatMul`` of the blocks with the windows does
+    the work of the dense product on ~``src / width`` times fewer multiply-adds (the filter has a
+    few taps). A matrix without that structure is kept dense."""
+
+    blocks: Tensor  # buffers: (g, dst / g, width), or the dense (dst, src) matrix
+    dense: Tensor
+
+    def __init__(self, matrix: Tensor) -> None:
+        super().__init__()
+        dst, src = matrix.shape
+        g = math.gcd(dst, src)
+        self.rows_out, self.step, self.groups, self.src = dst // g, src // g, g, src
+        nonzero = matrix != 0
+        spans = [nonzero[b * self.rows_out : (b + 1) * self.rows_out].any(0).nonzero()[:, 0] for b in range(g)]
+        self.lo = min(int(c.min()) - self.step * b for b, c in enumerate(spans))
+        self.width = max(int(c.max()) - self.step * b for b, c in enumerate(spans)) - self.lo + 1
+        padded = F.pad(matrix, (-self.lo, self.step * (g + 2)))
+        blocks = torch.stack([padded[b * self.rows_out : (b + 1) * self.rows_out, self.step * b : self.step * b + self.width] for b in range(g)])
+        self.banded = g > 1 and self.width <= 2 * self.step
+        self.register_buffer("blocks", blocks if self.banded else None)
+        self.register_buffer("dense", None if self.banded else matrix.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.banded:
+            return self.dense @ x
+        n = self.groups + 1  # row blocks after padding: every window lies in a block and the next
+        xp = F.pad(x, (0, 0, -self.lo, n * self.step - self.src + self.lo))
+        xb = xp.reshape(*x.shape[:-2], n, self.step, x.shape[-1])
+        window = torch.cat([xb[..., :-1, :, :], xb[..., 1:, : self.width - self.step, :]], -2)
+        return (self.blocks @ window).reshape(*x.shape[:-2], -1, x.shape[-1])
+
+
+def _resize(image: Tensor, resize: BandedResize | None) -> Tensor:
     """(B, C, S, S) -> (B, C, s, s) with :func:`resize_matrix` ``(s, S)`` on both axes."""
-    if matrix is None:
+    if resize is None:
         return image
-    return matrix @ image @ matrix.t()
+    return resize(resize(image).transpose(-1, -2)).transpose(-1, -2)
 
 
 def _grid_pool(fmap: Tensor, cells: int) -> Tensor:
@@ -325,10 +458,10 @@ class ExportNetwork(nn.Module):
     """
 
     net: TrainedModule
-    resize: Tensor | None  # buffers
+    resize: BandedResize | None
     landmark_weights: Tensor | None
     pinv: Tensor
-    onet_resize: Tensor | None
+    onet_resize: BandedResize | None
     normal_faces: Tensor
     vertex_faces: Tensor
 
@@ -341,7 +474,7 @@ class ExportNetwork(nn.Module):
         size = cfg.image_size or crop_size
         self.size = int(size)
         self.crop_size = int(crop_size)
-        self.register_buffer("resize", resize_matrix(crop_size, size) if size != crop_size else None)
+        self.resize = BandedResize(resize_matrix(crop_size, size)) if size != crop_size else None
         from facerecon.model.backbones import fold_batch_norms
 
         self.stages = [fold_batch_norms(stage) for stage in network.backbone._stages]  # plain list: not state
@@ -369,7 +502,7 @@ class ExportNetwork(nn.Module):
         xc = five3d - five3d.mean(0, keepdim=True)
         self.register_buffer("pinv", torch.linalg.solve(xc.T @ xc, xc.T))  # as fit_scaled_orthographic
         self.aligned = bool(net.cfg.prior.five_point and bool(net.prior_five_ref.abs().sum() > 0))
-        self.register_buffer("onet_resize", resize_matrix(self.size, 48) if net.onet is not None else None)
+        self.onet_resize = BandedResize(resize_matrix(self.size, 48)) if net.onet is not None else None
 
     @property
     def input_names(self) -> list[str]:
@@ -436,19 +569,37 @@ class ExportNetwork(nn.Module):
         return stages, self._landmarks(coords), colors
 
     # -------------------------------------------------------------------- model v2
-    def _align(self, five: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``PriorFaceNet._align``: (A (B, 2, 2), t (B, 2), aligned five points (B, 5, 2))."""
+    def _align(self, five: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``PriorFaceNet._align`` (``face_prior.similarity_2d``) as a few matrix products:
+        ``(A (B, 2, 2), t (B, 2), aligned five points (B, 5, 2), to_crop (B, 3, 4))`` with
+        ``aligned = crop @ A.T + t`` and ``to_crop`` the inverse map of (x, y, z) (depth divided by
+        the similarity's scale) as one affine matrix. In 2-D the least-squares similarity is one
+        complex number ``a + i b = sum(conj(z_s) z_t) / sum(|z_s|^2)`` over the centred points,
+        both sums products with constants of the reference."""
         ref = self.net.prior_five_ref.float()
         ok = torch.isfinite(five).all(-1).all(-1)
         five = torch.where(ok[:, None, None], five, ref[None])
         if self.aligned:
-            from facerecon.model.face_prior import similarity_2d
-
-            a, t = similarity_2d(five, ref)
+            mu_t = ref.mean(0)
+            xt = ref - mu_t
+            pair = torch.stack([xt.reshape(-1), torch.stack([xt[:, 1], -xt[:, 0]], 1).reshape(-1)], 1)  # (10, 2)
+            mu_s = five.mean(1)
+            xs = (five - mu_s[:, None, :]).reshape(-1, 10)
+            ab = (xs @ pair) / (xs * xs).sum(1, keepdim=True).clamp(min=1e-12)  # (a, b)
+            a = (ab @ torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, -1.0, 1.0, 0.0]])).reshape(-1, 2, 2)
+            t = mu_t - (a @ mu_s[:, :, None]).squeeze(-1)
+            norm2 = (ab * ab).sum(1, keepdim=True)
+            # the inverse (a, b) / |.|^2 and its translation; depth / |(a, b)|
+            inv = torch.cat([ab / norm2, norm2.rsqrt()], 1) @ torch.tensor(
+                [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 8 + [1.0]]
+            )
+            m3 = inv.reshape(-1, 3, 3)
+            to_crop = torch.cat([m3, -(m3[:, :, :2] @ t[:, :, None])], 2)
         else:
             a = torch.zeros_like(five[:, :2, :]) + torch.eye(2)
             t = torch.zeros_like(five[:, 0, :])
-        return a, t, five @ a.transpose(1, 2) + t[:, None, :]
+            to_crop = torch.zeros_like(five[:, :3, :4]) + torch.eye(3, 4)
+        return a, t, five @ a.transpose(1, 2) + t[:, None, :], to_crop
 
     def _pose(self, five_fit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``fit_scaled_orthographic(prior_five3d, five_fit)`` without solves or SVDs."""
@@ -463,12 +614,13 @@ class ExportNetwork(nn.Module):
     def _prior_forward(self, image: Tensor, landmarks5: Tensor) -> tuple[list[Tensor], Tensor | None, None]:
         net = self.net
         size = self.size
-        a, t, five_al = self._align(landmarks5.float())
-        a_inv = _inv2(a)
+        a, t, five_al, to_crop3 = self._align(landmarks5.float())
         if self.aligned:
-            theta = torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2)
-            warped = _bilinear(_table(image), (size, size), _affine_grid(theta, size), zeros=True)
-            image = warped.transpose(1, 2).reshape(-1, 3, size, size)
+            theta = to_crop3[:, :2, [0, 1, 3]]  # aligned -> crop
+            # ONNX Runtime's GridSample: ~8x the four row gathers of a 3-channel image (it is the
+            # pooling's many channels at few points that it runs slowly)
+            grid = _affine_grid(theta, size).reshape(-1, size, size, 2)
+            image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         maps = self._backbone(image)
         g = _grid_pool(maps[-1], 4) if net.cfg.prior.head_pool == "grid" else maps[-1].mean((2, 3))
         ref = net.prior_five_ref.float()
@@ -488,11 +640,10 @@ class ExportNetwork(nn.Module):
         lm_z = s * (net.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]
         shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
         base = base + shift[:, None, :]
-        z_scale = torch.sqrt(torch.abs(a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]))
+        linear, shift3 = to_crop3[:, :, :3].transpose(1, 2), to_crop3[:, None, :, 3]
 
         def to_crop(x: Tensor) -> Tensor:
-            xy = (x[..., :2] - t[:, None, :]) @ a_inv.transpose(1, 2)
-            return torch.cat([xy, x[..., 2:3] / z_scale[:, None, None]], dim=-1)
+            return x @ linear + shift3
 
         if self.spiral:
             stages = [to_crop(c) for c in self._spiral(base, h, image, maps)]

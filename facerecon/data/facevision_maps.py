@@ -439,6 +439,8 @@ class MapsDataset:
             applied to the crop with the photometric changes, and to its maps by
             :func:`warp_maps`, and to its landmarks), or None.
         seed: base seed of the augmentation draws (with the epoch, :meth:`set_epoch`, and the row).
+        yaw_repeat: times each row is served per epoch by its |yaw| bin (``train.yaw_repeat``,
+            ``facerecon.data.dataset.yaw_repeat_rows``; a repeat draws its own augmentation), or None.
 
     Each item: ``image`` ``(224, 224, 3)`` uint8 (the network resizes it,
     ``facerecon.model.facevision.network_input``), ``depth`` ``(1, S, S)`` and ``pncc`` ``(3, S, S)``
@@ -450,11 +452,11 @@ class MapsDataset:
 
     def __init__(
         self, cache: str | os.PathLike[str], maps: str | os.PathLike[str] | None = None, split: str = "train",
-        augment: Any = None, seed: int = 0,
+        augment: Any = None, seed: int = 0, yaw_repeat: Sequence[float] | None = None,
     ) -> None:
         import h5py
 
-        from facerecon.data.dataset import split_rows
+        from facerecon.data.dataset import split_rows, yaw_repeat_rows
 
         self.cache, self.maps = Path(cache), maps_path(cache) if maps is None else Path(maps)
         self.augment, self.seed, self.epoch = augment, int(seed), 0
@@ -463,10 +465,14 @@ class MapsDataset:
             with h5py.File(self.cache, "r") as f:
                 identity = _cache_inputs(f, int(stored["size"]) if stored else MAP_SIZE)[0]
                 self.rows = split_rows(f["split"][:], split)
+                yaw = np.abs(f["pose"][:, 0]) if yaw_repeat is not None else None
         except OSError as exc:
             raise InputError(f"{self.cache}: cannot open cache ({exc})") from None
         if stored != identity:
             raise InputError(f"{self.maps}: not the finished maps of {self.cache}; make them with make_maps_file")
+        self.copies = np.zeros_like(self.rows)  # 0: the row itself; k > 0: its k-th repeat
+        if yaw is not None and yaw_repeat is not None:
+            self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
         self._files: tuple[Any, Any] | None = None
         self._pid: int | None = None
 
@@ -496,7 +502,7 @@ class MapsDataset:
         image, landmarks = cache["images"][row], cache["landmarks"][row].astype(np.float32)
         depth, pncc = maps["depth"][row].astype(np.float32), maps["pncc"][row].astype(np.float32)
         if self.augment is not None:
-            image, depth, pncc, landmarks = self._augmented(row, image, depth, pncc, landmarks)
+            image, depth, pncc, landmarks = self._augmented([row, int(self.copies[item])], image, depth, pncc, landmarks)
         return {
             "image": image,
             "depth": depth[None],
@@ -506,12 +512,12 @@ class MapsDataset:
         }
 
     def _augmented(
-        self, row: int, image: np.ndarray, depth: np.ndarray, pncc: np.ndarray, landmarks: np.ndarray
+        self, key: list[int], image: np.ndarray, depth: np.ndarray, pncc: np.ndarray, landmarks: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One row's arrays moved by the transform drawn for (seed, epoch, row), the crop's colours changed."""
+        """One row's arrays moved by the transform drawn for (seed, epoch, row, repeat), the crop's colours changed."""
         from facerecon.data.augment import apply_geometry, draw_transform, flip_landmarks, photometric, warp_image
 
-        rng = np.random.default_rng([self.seed, self.epoch, row, 1])
+        rng = np.random.default_rng([self.seed, self.epoch, *key, 1])
         tf = draw_transform(rng, self.augment)
         image = photometric(warp_image(tf, image), rng, self.augment)
         depth, pncc = warp_maps(tf, depth, pncc)

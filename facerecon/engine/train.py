@@ -467,7 +467,7 @@ def _build_data(run: _Run) -> None:
     if run.gan_weights is not None:  # the crops with their maps (the cache's profiled views have none)
         from facerecon.data.facevision_maps import MapsDataset
 
-        run.train_set = MapsDataset(opts.cache, run.maps, split=split, augment=augment, seed=tc.seed)
+        run.train_set = MapsDataset(opts.cache, run.maps, split=split, augment=augment, seed=tc.seed, yaw_repeat=yaw_repeat)
     else:
         run.train_set = FaceCacheDataset(
             opts.cache, split=split, points_per_region=tuple(tc.points_per_region), seed=tc.seed,

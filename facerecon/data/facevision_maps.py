@@ -416,9 +416,11 @@ def warp_maps(tf: Any, depth: np.ndarray, pncc: np.ndarray) -> tuple[np.ndarray,
 
     size = depth.shape[0]
     mat = warp_matrix(tf, size)
-    flags = {"flags": cv2.INTER_NEAREST, "borderMode": cv2.BORDER_CONSTANT, "borderValue": 0}
-    d = cv2.warpAffine(np.ascontiguousarray(depth, dtype=np.float32), mat, (size, size), **flags)
-    p = cv2.warpAffine(np.ascontiguousarray(pncc, dtype=np.float32), mat, (size, size), **flags)
+    d, p = (
+        np.asarray(cv2.warpAffine(np.ascontiguousarray(m, dtype=np.float32), mat, (size, size), flags=cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+        for m in (depth, pncc)
+    )
     face = d > FOREGROUND_CODE
     d = np.where(face, depth_to_code(tf.scale * code_to_depth(d)), 0.0).astype(np.float32)
     if tf.flip:

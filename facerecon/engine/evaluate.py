@@ -14,10 +14,13 @@ truth, recall the reverse); NME is in percent of sqrt(w*h) of the ground-truth l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Container, Sized, cast
+from typing import TYPE_CHECKING, Callable, Container, Sized, cast
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from facerecon.model.facevision import FaceVisionNet
 
 #: Default F-score threshold, crop units (0.01 crop units is about 1.1 px of a 224-px crop, or
 #: about 1 mm on an average AFLW2000-3D face).
@@ -331,7 +334,7 @@ def evaluate_network(
 _Measure = Callable[[dict, Tensor, Tensor, list[int]], dict[str, Tensor]]
 
 
-def _facevision_measure(network: torch.nn.Module, settings: EvalSettings, folds: bool) -> _Measure:
+def _facevision_measure(network: FaceVisionNet, settings: EvalSettings, folds: bool) -> _Measure:
     """The FaceVision-GAN family's metrics: each crop's final mesh (from its predicted depth map,
     refined, smoothed and detailed; ``engine.facevision``) sampled on its surface as every
     network's, landmarks from its correspondence map, folds of that mesh."""

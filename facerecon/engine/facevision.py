@@ -19,13 +19,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from facerecon.errors import FaceReconError, InputError
+
+if TYPE_CHECKING:
+    from facerecon.model.facevision import FaceVisionNet
 
 __all__ = ["FaceMeshes", "Pair", "build_optimizers", "gradient_averager", "loss_weights", "reconstruct_batch",
            "refine_options", "train_on_batch", "training_maps"]
@@ -63,10 +66,10 @@ def loss_weights(model_cfg: Any) -> Any:
     return LossWeights(adversarial=fv.adversarial, l1=fv.lambda_1, gradient=fv.lambda_g)
 
 
-def build_optimizers(net: nn.Module, train_cfg: Any) -> tuple[Pair, Pair, list[nn.Parameter]]:
+def build_optimizers(net: FaceVisionNet, train_cfg: Any) -> tuple[Pair, Pair, list[nn.Parameter]]:
     """Adam for the generator and for both discriminators (pix2pix's beta1 = 0.5, ``train.lr``,
     ``train.weight_decay``), each with ``train.milestones`` / ``train.gamma``; and every parameter."""
-    gan = net.gan  # type: ignore[union-attr]  # a FaceVisionNet
+    gan = net.gan
     disc = [p for d in gan.discriminators() for p in d.parameters()]
     kw = {"lr": train_cfg.lr, "betas": (0.5, 0.999), "weight_decay": train_cfg.weight_decay}
     opt_g, opt_d = torch.optim.Adam(gan.generator.parameters(), **kw), torch.optim.Adam(disc, **kw)
@@ -107,14 +110,14 @@ def gradient_averager(distributed: bool) -> Callable[[list[nn.Parameter]], None]
     return average
 
 
-def train_on_batch(net: nn.Module, batch: dict, optimizers: Pair, weights: Any, average: Callable | None) -> tuple[float, dict[str, float]]:
+def train_on_batch(net: FaceVisionNet, batch: dict, optimizers: Pair, weights: Any, average: Callable | None) -> tuple[float, dict[str, float]]:
     """One pix2pix step on a ``MapsDataset`` batch (on the device): the discriminators, then the
     generator (``facerecon.model.facevision.train_step``). Returns the generator's weighted loss and every term."""
     from facerecon.model.facevision import network_input, train_step
 
-    images = network_input(batch["image"], net.input_size)  # type: ignore[arg-type]  # a FaceVisionNet
+    images = network_input(batch["image"], net.input_size)
     opt_d = optimizers.discriminators if weights.adversarial != 0 else None
-    terms = train_step(net.gan, images, batch["depth"], batch["pncc"], optimizers.generator, opt_d, weights, average)  # type: ignore[arg-type]
+    terms = train_step(net.gan, images, batch["depth"], batch["pncc"], optimizers.generator, opt_d, weights, average)
     return terms.pop("total"), terms
 
 
@@ -150,7 +153,7 @@ class FaceMeshes:
 
 
 @torch.inference_mode()
-def reconstruct_batch(net: nn.Module, crops: Tensor, options: Any = None) -> list[FaceMeshes]:
+def reconstruct_batch(net: FaceVisionNet, crops: Tensor, options: Any = None) -> list[FaceMeshes]:
     """The meshes and landmarks of a batch of crops.
 
     Args:
@@ -165,7 +168,7 @@ def reconstruct_batch(net: nn.Module, crops: Tensor, options: Any = None) -> lis
     if options is None:
         options = refine_options(getattr(net, "settings", None))
     depth, pncc = net(crops)
-    codes = net.landmark_codes.detach().cpu().numpy().astype(np.float64)  # type: ignore[union-attr, operator]
+    codes = net.landmark_codes.detach().cpu().numpy().astype(np.float64)
     pixels = (crops.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     d, p = depth[:, 0].float().cpu().numpy(), pncc.float().permute(0, 2, 3, 1).cpu().numpy()
     return [_crop_meshes(d[b], p[b], pixels[b], codes, options) for b in range(d.shape[0])]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -84,9 +84,10 @@ class LoadedModel:
         """The FaceVision-GAN family's outputs: each crop's own mesh (``engine.facevision``; its
         stages raw, cleaned and smoothed), its faces per crop under ``item_stage_faces``."""
         from facerecon.engine.facevision import reconstruct_batch
+        from facerecon.model.facevision import FaceVisionNet
 
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        meshes = reconstruct_batch(self.network, batch)
+        meshes = reconstruct_batch(cast(FaceVisionNet, self.network), batch)  # the family's network (config.model.kind)
         return {
             "vertices": [m.vertices for m in meshes],
             "landmarks": np.stack([m.landmarks for m in meshes]),

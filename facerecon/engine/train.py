@@ -70,6 +70,7 @@ from facerecon.signals import StopRequest, ignore_stop_signals, stop_requests, s
 
 if TYPE_CHECKING:
     from facerecon.model.blocks import MeshNetBase
+    from facerecon.model.facevision import FaceVisionNet
     from facerecon.model.prior_net import PriorFaceNet
 
 
@@ -591,7 +592,7 @@ def _gan_step(run: _Run, batch: dict, epoch: int, progress: TrainingProgress) ->
     from facerecon.engine.facevision import train_on_batch
 
     state = run.state
-    total, terms = train_on_batch(run.model, batch, run.optimizer, run.gan_weights, run.average)
+    total, terms = train_on_batch(cast("FaceVisionNet", run.model), batch, run.optimizer, run.gan_weights, run.average)
     if not math.isfinite(total):
         raise FaceReconError(
             f"training diverged: the generator's loss is {total} at epoch {epoch + 1}, step {state['global_step'] + 1} (lower --lr)"

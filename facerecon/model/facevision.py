@@ -185,6 +185,7 @@ class FaceVisionNet(nn.Module):
 
     #: The data pipeline reads it: this network takes no five points.
     takes_five_points = False
+    landmark_codes: Tensor  # (68, 3) buffer
 
     def __init__(self, input_size: int = INPUT_SIZE, channels: int = 16, levels: int = 5, disc_channels: int = 16) -> None:
         super().__init__()

@@ -163,3 +163,16 @@ def test_a_gan_trains_resumes_exactly_and_eval_predict_and_view_read_it(tmp_path
         pytest.skip(f"no offscreen rendering here: {viewed.output}")
     assert viewed.exit_code == 0, viewed.output
     assert shot.is_file()
+
+
+def test_two_processes_train_the_same_gan(tmp_path: Path) -> None:
+    """CPU processes (gloo): each averages its two optimizers' gradients over both, so both hold the same weights."""
+    from facerecon.engine.train import TrainOptions, run_training
+    from synthetic_cache import make_tiny_cache
+
+    _renderer()
+    cache = make_tiny_cache(tmp_path / "c.h5", n=8, points=600, same_topology=True)
+    cfg = Config().replace({**TINY, "train.epochs": 1, "train.batch_size": 1})
+    result = run_training(cfg, TrainOptions(cache=cache, out=tmp_path / "run", nproc=2, quiet=True, validate=False))
+    assert result.global_step == 2 and len(result.rank_checksums) == 2
+    assert result.rank_checksums[0] == result.rank_checksums[1]

@@ -374,6 +374,12 @@ def _identity_of(path: Path) -> dict | None:
         return None
 
 
+def stored_maps_size(path: str | os.PathLike[str]) -> int | None:
+    """The map size of a finished side file, or None where ``path`` is not one (missing, unfinished, foreign)."""
+    identity = _identity_of(Path(path))
+    return None if identity is None else int(identity["size"])
+
+
 def read_maps(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The maps of cache ``rows`` from a side file.
 

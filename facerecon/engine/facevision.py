@@ -84,11 +84,10 @@ def build_optimizers(net: FaceVisionNet, train_cfg: Any) -> tuple[Pair, Pair, li
 def training_maps(cache: str | os.PathLike[str], size: int, say: Callable[[str], None]) -> tuple[Path, np.ndarray]:
     """The side file of ``cache``'s depth and PNCC maps at ``size`` px (made now unless it exists for
     this cache and size; ``facerecon.data.facevision_maps.make_maps_file``) and the 68 landmark codes."""
-    from facerecon.data.facevision_maps import _identity_of, make_maps_file, maps_path, read_maps
+    from facerecon.data.facevision_maps import make_maps_file, maps_path, read_maps, stored_maps_size
 
     target = maps_path(cache)
-    stored = _identity_of(target) if target.exists() else None
-    if stored is None or stored.get("size") != size:
+    if stored_maps_size(target) != size:
         say(f"rendering the {size} px depth and correspondence maps of every row of {cache} into {target} (once)")
     path = make_maps_file(cache, size=size)
     return path, read_maps(path, [])[2]

@@ -145,6 +145,8 @@ def test_a_gan_trains_resumes_exactly_and_eval_predict_and_view_read_it(tmp_path
 
     refused = runner.invoke(app, ["-q", "predict", str(photo), "-o", str(tmp_path / "x.obj"), "--checkpoint", str(checkpoint), "--runtime", "onnx"])
     assert refused.exit_code == 2 and "PyTorch runtime only" in refused.output
+    not_exported = runner.invoke(app, ["-q", "export", str(tmp_path / "gan.onnx"), "--checkpoint", str(checkpoint)])
+    assert not_exported.exit_code == 2 and "not exported to ONNX" in not_exported.output and not (tmp_path / "gan.onnx").exists()
 
     report = tmp_path / "eval.json"
     evaluated = runner.invoke(app, ["-q", "eval", "--cache", str(cache), "--checkpoint", str(checkpoint), "--split", "test",

@@ -59,6 +59,11 @@ def choose_runtime(runtime: str, checkpoint: str | os.PathLike[str] | None, devi
     if runtime == "onnx" and device != "cpu":
         raise InputError(f"--device {device}: the ONNX runtime runs on the CPU; use the PyTorch runtime (--runtime torch) for {device}")
     if runtime == "onnx" and checkpoint is not None and not is_onnx:
+        if _checkpoint_kind(checkpoint) == "facevision":
+            raise InputError(
+                f"{checkpoint}: a FaceVision-GAN checkpoint runs on the PyTorch runtime only (its mesh is made from the "
+                "network's maps after the network, and the ONNX runtime serves the template families); use --runtime torch"
+            )
         raise InputError(
             f"{checkpoint}: the ONNX runtime runs an exported network; write one with "
             f"'facerecon export model.onnx --checkpoint {checkpoint}', or use --runtime torch"
@@ -66,6 +71,16 @@ def choose_runtime(runtime: str, checkpoint: str | os.PathLike[str] | None, devi
     if runtime == "torch" and is_onnx:
         raise InputError(f"{checkpoint}: an ONNX file runs on the ONNX runtime (--runtime onnx or auto), not PyTorch")
     return runtime
+
+
+def _checkpoint_kind(checkpoint: str | os.PathLike[str]) -> str | None:
+    """The ``model.kind`` a checkpoint file names, or None where it cannot be read (its loader says why later)."""
+    from facerecon.engine.checkpoint import load_checkpoint
+
+    try:
+        return str(load_checkpoint(checkpoint)["config"].get("model", {}).get("kind"))
+    except (InputError, AttributeError):
+        return None
 
 
 class Reconstructor:

@@ -29,15 +29,16 @@ import tomllib
 from facerecon.errors import InputError
 
 __all__ = [
-    "AugmentConfig", "CameraConfig", "Config", "ConfigError", "FAMILY_TABLES", "GraphConfig", "LossConfig",
+    "AugmentConfig", "CameraConfig", "Config", "ConfigError", "FAMILY_TABLES", "FaceVisionConfig", "GraphConfig", "LossConfig",
     "ModelConfig", "NetworkKind", "Override", "Pixel2MeshConfig", "PriorConfig", "SpiralConfig", "TrainConfig",
     "command_line_overrides", "load_config", "upgrade_dict",
 ]
 
 #: The network families: ``pixel2mesh`` (model v1: the placed template refined by graph blocks),
 #: ``prior_graph`` (model v2: a posed prior face refined by graph blocks), ``prior_spiral`` (the
-#: posed prior face, then the spiral-convolution decoder).
-NetworkKind = Literal["pixel2mesh", "prior_graph", "prior_spiral"]
+#: posed prior face, then the spiral-convolution decoder), ``facevision`` (FaceVision-GAN: depth and
+#: correspondence maps of the crop, the mesh made from the depth map; docs/facevision.md).
+NetworkKind = Literal["pixel2mesh", "prior_graph", "prior_spiral", "facevision"]
 
 
 class ConfigError(InputError):
@@ -174,6 +175,38 @@ class SpiralConfig(_Checked):
     hops: tuple[int, ...] = _num((1, 1, 1, 1), ge=1, le=64)
 
 
+@dataclass
+class FaceVisionConfig(_Checked):
+    """``[model.facevision]``: the FaceVision-GAN family (facerecon.model.facevision): the U-Net
+    generator and its two PatchGAN discriminators, the generator's loss weights (the same for the
+    depth and the correspondence output), and how the mesh is made from the predicted depth map
+    (facerecon.mesh.from_depth.RefineOptions)."""
+
+    TABLE: ClassVar[str] = "model.facevision"
+    #: Side of the network's input crop and of its maps, px (a multiple of 2^levels).
+    input_size: int = _num(128, ge=8, le=1024)
+    #: The generator's first encoder width and its levels (each halves the side).
+    channels: int = _num(16, ge=1, le=512)
+    levels: int = _num(5, ge=2, le=8)
+    #: The discriminators' first width.
+    disc_channels: int = _num(16, ge=1, le=512)
+    #: The generator's adversarial weight (0: trained without the discriminators), lambda_1 (L1 of
+    #: the maps) and lambda_g (L1 of their image gradients).
+    adversarial: float = _num(1.0, ge=0.0)
+    lambda_1: float = _num(100.0, ge=0.0)
+    lambda_g: float = _num(100.0, ge=0.0)
+    #: Spike thresholds of the refinement (times the median edge length and area).
+    edge_factor: float = _num(4.0, gt=0.0)
+    area_factor: float = _num(16.0, gt=0.0)
+    #: Laplacian smoothing of the depth (iterations; 0: none) and its step.
+    smooth_iterations: int = _num(10, ge=0, le=1000)
+    smooth_lambda: float = _num(0.5, gt=0.0, le=1.0)
+    #: Detail filling from the crop: px of the 224 px crop per unit of grey high-pass (0: none),
+    #: and the low-pass's sigma in px of the crop.
+    detail_gain: float = _num(2.0, ge=0.0)
+    detail_sigma_px: float = _num(3.0, gt=0.0)
+
+
 #: The nested ``[model.*]`` tables and the network kinds that read them; a key of a table the
 #: chosen kind does not read is an error.
 FAMILY_TABLES: dict[str, tuple[str, ...]] = {
@@ -182,6 +215,7 @@ FAMILY_TABLES: dict[str, tuple[str, ...]] = {
     "camera": ("pixel2mesh",),
     "prior": ("prior_graph", "prior_spiral"),
     "spiral": ("prior_spiral",),
+    "facevision": ("facevision",),
 }
 
 
@@ -215,6 +249,7 @@ class ModelConfig(_Checked):
     camera: CameraConfig = field(default_factory=CameraConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     spiral: SpiralConfig = field(default_factory=SpiralConfig)
+    facevision: FaceVisionConfig = field(default_factory=FaceVisionConfig)
 
     @property
     def starts_from_prior(self) -> bool:

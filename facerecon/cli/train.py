@@ -75,7 +75,8 @@ def train(
                         validate=not no_validate, val_limit=val_limit, quiet=state.quiet)
     check_train_inputs(cfg, opts)
     where = f"{gpus} GPU(s)" if gpus else f"CPU x {nproc} process(es)"
-    info(f"training {cfg.model.backbone} on {display_path(cache)} -> {display_path(out)} ({where})")
+    network = "the FaceVision-GAN (facevision)" if cfg.model.kind == "facevision" else f"{cfg.model.backbone} ({cfg.model.kind})"
+    info(f"training {network} on {display_path(cache)} -> {display_path(out)} ({where})")
     result = run_training(cfg, opts, reporter=info)
     summary = f"{result.epochs_done}/{cfg.train.epochs} epochs, {result.global_step} steps"
     if result.last_metrics:

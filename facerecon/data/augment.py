@@ -29,7 +29,7 @@ import numpy as np
 from facerecon.config import AugmentConfig
 from facerecon.data.readers import FLIP_PERMUTATION_68
 
-__all__ = ["AugmentSettings", "FivePointFailures", "Transform2D", "draw_transform", "apply_geometry", "warp_image", "photometric"]
+__all__ = ["AugmentSettings", "FivePointFailures", "Transform2D", "draw_transform", "apply_geometry", "warp_image", "warp_matrix", "photometric"]
 
 #: The five points after a flip: left and right eyes swap, and the mouth corners.
 FLIP_PERMUTATION_5 = (1, 0, 2, 4, 3)
@@ -100,11 +100,17 @@ def warp_image(tf: Transform2D, image: np.ndarray) -> np.ndarray:
     import cv2
 
     size = image.shape[0]
+    return cv2.warpAffine(image, warp_matrix(tf, size), (size, image.shape[1]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def warp_matrix(tf: Transform2D, size: int) -> np.ndarray:
+    """``(2, 3)`` the pixel-space affine map of ``tf`` on an ``size`` px square (``cv2.warpAffine``'s
+    source-to-destination matrix; pixel centre u at x = (u + 0.5) 2/size - 1): the same transform
+    on an image of any size."""
     alpha, beta = 2.0 / size, 1.0 / size - 1.0
     m = tf.linear
     offset = (m @ np.array([beta, beta]) + tf.shift - beta) / alpha
-    mat = np.concatenate([m, offset[:, None]], axis=1)
-    return cv2.warpAffine(image, mat, (size, image.shape[1]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return np.concatenate([m, offset[:, None]], axis=1)
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:

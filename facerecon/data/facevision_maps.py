@@ -374,6 +374,12 @@ def _identity_of(path: Path) -> dict | None:
         return None
 
 
+def stored_maps_size(path: str | os.PathLike[str]) -> int | None:
+    """The map size of a finished side file, or None where ``path`` is not one (missing, unfinished, foreign)."""
+    identity = _identity_of(Path(path))
+    return None if identity is None else int(identity["size"])
+
+
 def read_maps(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The maps of cache ``rows`` from a side file.
 
@@ -394,40 +400,96 @@ def read_maps(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray) ->
         raise FaceReconError(f"{path}: cannot read the maps file ({exc})") from None
 
 
+def warp_maps(tf: Any, depth: np.ndarray, pncc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A crop's maps moved by the augmentation's transform (``facerecon.data.augment.Transform2D``,
+    crop units: a flip, then rotation, scale and shift in the image plane), as ``warp_image``
+    moves the crop itself.
+
+    Nearest-pixel resampling (a code between a face pixel and the background, or between two
+    surfaces, would be a point on neither); depth codes follow the transform's ``z' = scale z``;
+    on a mirrored face every point shows its mirror image on the mean face, so the PNCC x code
+    becomes ``1 - x`` (the codes span the symmetric mean face's x range).
+
+    Args:
+        tf: the transform; depth: ``(S, S)`` codes; pncc: ``(S, S, 3)`` codes.
+
+    Returns:
+        The moved ``depth`` ``(S, S)`` and ``pncc`` ``(S, S, 3)``, float32, 0 where no face.
+    """
+    import cv2
+
+    from facerecon.data.augment import warp_matrix
+
+    size = depth.shape[0]
+    mat = warp_matrix(tf, size)
+    d, p = (
+        np.asarray(cv2.warpAffine(np.ascontiguousarray(m, dtype=np.float32), mat, (size, size), flags=cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+        for m in (depth, pncc)
+    )
+    face = d > FOREGROUND_CODE
+    d = np.where(face, depth_to_code(tf.scale * code_to_depth(d)), 0.0).astype(np.float32)
+    if tf.flip:
+        p[..., 0] = 1.0 - p[..., 0]
+    return d, np.where(face[..., None], p, 0.0).astype(np.float32)
+
+
 class MapsDataset:
     """The crops of one cache split with their target maps, for a ``torch.utils.data.DataLoader``
-    (map-style; numpy items, collated into tensors by the loader; no augmentation yet).
+    (map-style; numpy items, collated into tensors by the loader's default collate).
 
     Args:
         cache: the ``prepare`` cache; maps: its side file (default :func:`maps_path`), made by
             :func:`make_maps_file` from this very cache (checked).
         split: as ``facerecon.data.dataset.split_codes`` reads it (``"train"``, ``"train+val"``, ...).
+        augment: a ``facerecon.config.AugmentConfig`` (``[train.augment]``) to augment every item
+            as the other families' training items are (one seeded transform per row and epoch,
+            applied to the crop with the photometric changes, and to its maps by
+            :func:`warp_maps`, and to its landmarks), or None.
+        seed: base seed of the augmentation draws (with the epoch, :meth:`set_epoch`, and the row).
+        yaw_repeat: times each row is served per epoch by its |yaw| bin (``train.yaw_repeat``,
+            ``facerecon.data.dataset.yaw_repeat_rows``; a repeat draws its own augmentation), or None.
 
     Each item: ``image`` ``(224, 224, 3)`` uint8 (the network resizes it,
     ``facerecon.model.facevision.network_input``), ``depth`` ``(1, S, S)`` and ``pncc`` ``(3, S, S)``
-    float32, ``index`` (the cache row).
+    float32, ``landmarks`` ``(68, 3)`` float32 crop units, ``index`` (the cache row).
     """
 
-    def __init__(self, cache: str | os.PathLike[str], maps: str | os.PathLike[str] | None = None, split: str = "train") -> None:
+    #: The loader's default collate stacks the items (``facerecon train`` reads this).
+    collate_fn = None
+
+    def __init__(
+        self, cache: str | os.PathLike[str], maps: str | os.PathLike[str] | None = None, split: str = "train",
+        augment: Any = None, seed: int = 0, yaw_repeat: Sequence[float] | None = None,
+    ) -> None:
         import h5py
 
-        from facerecon.data.dataset import split_rows
+        from facerecon.data.dataset import split_rows, yaw_repeat_rows
 
         self.cache, self.maps = Path(cache), maps_path(cache) if maps is None else Path(maps)
+        self.augment, self.seed, self.epoch = augment, int(seed), 0
         stored = _identity_of(self.maps)
         try:
             with h5py.File(self.cache, "r") as f:
                 identity = _cache_inputs(f, int(stored["size"]) if stored else MAP_SIZE)[0]
                 self.rows = split_rows(f["split"][:], split)
+                yaw = np.abs(f["pose"][:, 0]) if yaw_repeat is not None else None
         except OSError as exc:
             raise InputError(f"{self.cache}: cannot open cache ({exc})") from None
         if stored != identity:
             raise InputError(f"{self.maps}: not the finished maps of {self.cache}; make them with make_maps_file")
+        self.copies = np.zeros_like(self.rows)  # 0: the row itself; k > 0: its k-th repeat
+        if yaw is not None and yaw_repeat is not None:
+            self.rows, self.copies = yaw_repeat_rows(self.rows, yaw[self.rows], yaw_repeat, self.seed)
         self._files: tuple[Any, Any] | None = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentation of this epoch (loader workers made per epoch pick it up)."""
+        self.epoch = int(epoch)
 
     def _h5(self) -> tuple[Any, Any]:
         if self._files is None or self._pid != os.getpid():  # h5py handles must not cross a fork
@@ -445,9 +507,27 @@ class MapsDataset:
     def __getitem__(self, item: int) -> dict[str, Any]:
         row = int(self.rows[item])
         cache, maps = self._h5()
+        image, landmarks = cache["images"][row], cache["landmarks"][row].astype(np.float32)
+        depth, pncc = maps["depth"][row].astype(np.float32), maps["pncc"][row].astype(np.float32)
+        if self.augment is not None:
+            image, depth, pncc, landmarks = self._augmented([row, int(self.copies[item])], image, depth, pncc, landmarks)
         return {
-            "image": cache["images"][row],
-            "depth": maps["depth"][row].astype(np.float32)[None],
-            "pncc": np.ascontiguousarray(maps["pncc"][row].astype(np.float32).transpose(2, 0, 1)),
+            "image": image,
+            "depth": depth[None],
+            "pncc": np.ascontiguousarray(pncc.transpose(2, 0, 1)),
+            "landmarks": np.ascontiguousarray(landmarks, dtype=np.float32),
             "index": row,
         }
+
+    def _augmented(
+        self, key: list[int], image: np.ndarray, depth: np.ndarray, pncc: np.ndarray, landmarks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One row's arrays moved by the transform drawn for (seed, epoch, row, repeat), the crop's colours changed."""
+        from facerecon.data.augment import apply_geometry, draw_transform, flip_landmarks, photometric, warp_image
+
+        rng = np.random.default_rng([self.seed, self.epoch, *key, 1])
+        tf = draw_transform(rng, self.augment)
+        image = photometric(warp_image(tf, image), rng, self.augment)
+        depth, pncc = warp_maps(tf, depth, pncc)
+        landmarks = apply_geometry(tf, landmarks)
+        return image, depth, pncc, flip_landmarks(landmarks) if tf.flip else landmarks

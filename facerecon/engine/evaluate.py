@@ -14,10 +14,13 @@ truth, recall the reverse); NME is in percent of sqrt(w*h) of the ground-truth l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Container, Sized, cast
+from typing import TYPE_CHECKING, Callable, Container, Sized, cast
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from facerecon.model.facevision import FaceVisionNet
 
 #: Default F-score threshold, crop units (0.01 crop units is about 1.1 px of a 224-px crop, or
 #: about 1 mm on an average AFLW2000-3D face).
@@ -310,9 +313,12 @@ def evaluate_network(
     """The metrics of ``network`` (left in eval mode) on the first ``limit`` samples of a
     ``FaceCacheDataset`` with every ground-truth point (``points_per_region=None``): ``facerecon
     eval`` and the validation of ``facerecon train``. ``folds``: also the fold percentage."""
+    from facerecon.model.facevision import FaceVisionNet
     from facerecon.model.network import forward_batch
 
     network.eval()
+    if isinstance(network, FaceVisionNet):  # a mesh of its own per crop, made from the predicted maps
+        return _evaluate(dataset, _facevision_measure(network, settings, folds), settings, batch_size, torch.device(device), limit, on_batch)
 
     def measure(batch: dict, gt: Tensor, lengths: Tensor, indices: list[int]) -> dict[str, Tensor]:
         pred = forward_batch(network, batch)
@@ -326,6 +332,31 @@ def evaluate_network(
 
 #: ``measure(batch on the device, gt points, gt lengths, sample indices)`` -> per-sample metrics.
 _Measure = Callable[[dict, Tensor, Tensor, list[int]], dict[str, Tensor]]
+
+
+def _facevision_measure(network: FaceVisionNet, settings: EvalSettings, folds: bool) -> _Measure:
+    """The FaceVision-GAN family's metrics: each crop's final mesh (from its predicted depth map,
+    refined, smoothed and detailed; ``engine.facevision``) sampled on its surface as every
+    network's, landmarks from its correspondence map, folds of that mesh."""
+    import numpy as np
+
+    from facerecon.engine.facevision import reconstruct_batch
+    from facerecon.metrics import landmark_nme
+
+    def measure(batch: dict, gt: Tensor, lengths: Tensor, indices: list[int]) -> dict[str, Tensor]:
+        meshes = reconstruct_batch(network, batch["image"])
+        samples = []
+        for mesh, index in zip(meshes, indices):  # seeded per sample, as sample_batch_surfaces
+            gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + int(index))
+            samples.append(sample_surface(torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces), settings.surface_samples, gen))
+        metrics = point_metrics(torch.stack(samples).to(gt.device), gt, lengths, settings)
+        landmarks = torch.from_numpy(np.stack([m.landmarks for m in meshes])).float()
+        metrics["nme"] = torch.as_tensor(landmark_nme(landmarks, batch["landmarks"].float().cpu())).double() * 100.0
+        if folds:
+            metrics["folds"] = torch.stack([fold_fraction(torch.from_numpy(m.vertices)[None], torch.from_numpy(m.faces))[0] for m in meshes]) * 100.0
+        return metrics
+
+    return measure
 
 
 def _five_point_measure(cache: str, settings: EvalSettings) -> _Measure:

@@ -114,6 +114,10 @@ _TOPOLOGY: dict[int, _Topology] = {}
 
 
 def _topology(network: Any) -> _Topology:
+    config = getattr(network, "config", None)
+    if config is not None and config.model.kind == "facevision":  # a mesh of its own per face: no fixed layout
+        raise InputError("--uv-texture and the pncc map need a template family's fixed topology; a FaceVision-GAN "
+                         "mesh has its own per face (its depth map and --texture work)")
     key = id(network)
     if key not in _TOPOLOGY:
         _TOPOLOGY.clear()  # one model per process

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -69,6 +69,8 @@ class LoadedModel:
 
     def outputs(self, pixels: np.ndarray, crops: Sequence[Any]) -> dict[str, Any]:
         """:meth:`run` as numpy (:meth:`facerecon.engine.results.NetworkRunner.outputs`)."""
+        if self.config.model.kind == "facevision":
+            return self._mesh_from_maps(pixels)
         pred = self.run(pixels, crops)
         return {
             "vertices": pred.vertices.float().cpu().numpy(),
@@ -76,6 +78,23 @@ class LoadedModel:
             "colors": None if pred.colors is None else pred.colors.float().cpu().numpy(),
             "stages": [c.float().cpu().numpy() for c in pred.coords],
             "stage_faces": [f.cpu().numpy().astype(np.int64) for f in pred.faces],
+        }
+
+    def _mesh_from_maps(self, pixels: np.ndarray) -> dict[str, Any]:
+        """The FaceVision-GAN family's outputs: each crop's own mesh (``engine.facevision``; its
+        stages raw, cleaned and smoothed), its faces per crop under ``item_stage_faces``."""
+        from facerecon.engine.facevision import reconstruct_batch
+        from facerecon.model.facevision import FaceVisionNet
+
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        meshes = reconstruct_batch(cast(FaceVisionNet, self.network), batch)  # the family's network (config.model.kind)
+        return {
+            "vertices": [m.vertices for m in meshes],
+            "landmarks": np.stack([m.landmarks for m in meshes]),
+            "colors": None,
+            "stages": [[m.stages[k] for m in meshes] for k in range(len(meshes[0].stages))],
+            "stage_faces": meshes[0].stage_faces,
+            "item_stage_faces": [m.stage_faces + [m.faces] for m in meshes],
         }
 
     def reference_face(self) -> np.ndarray | None:
@@ -96,7 +115,6 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
     """
     from facerecon.config import Config
     from facerecon.engine.checkpoint import load_checkpoint
-    from facerecon.model.network import build_network
 
     path = Path(checkpoint)
     device = torch.device(device)
@@ -106,15 +124,16 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
     except InputError as exc:
         raise InputError(f"{path}: its configuration is not understood by this version ({exc})") from None
     cfg.model.backbone_weights = None  # the checkpoint holds the trained backbone
-    network = build_network(cfg.model, device=device)
+    network = _build(cfg, device)
     state = ckpt["model"]
     expected = network.state_dict()
     problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
     problems += [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if problems:
+        what = (f"a FaceVision network of width {cfg.model.facevision.channels}" if cfg.model.kind == "facevision" else
+                f"a {cfg.model.backbone} network on the '{cfg.model.template}' template ({network.num_vertices} vertices)")
         raise InputError(
-            f"{path}: its weights do not match a {cfg.model.backbone} network on the '{cfg.model.template}' "
-            f"template ({network.num_vertices} vertices); first mismatch: {problems[0]} "
+            f"{path}: its weights do not match {what}; first mismatch: {problems[0]} "
             "(was the template regenerated with other numbers, or the checkpoint edited?)"
         )
     network.load_state_dict(state)
@@ -123,6 +142,17 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
     reference = None if ref is None else np.asarray(torch.as_tensor(ref), dtype=np.float64)
     info = {"epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}), "facerecon_version": ckpt.get("facerecon_version")}
     return LoadedModel(network, cfg, path, reference, device, info)
+
+
+def _build(cfg: Any, device: torch.device) -> Any:
+    """The untrained network of a configuration (its family's class), on ``device``."""
+    if cfg.model.kind == "facevision":
+        from facerecon.model.facevision import FaceVisionNet
+
+        return FaceVisionNet.from_config(cfg.model).to(device)
+    from facerecon.model.network import build_network
+
+    return build_network(cfg.model, device=device)
 
 
 def _accepts_landmarks5(network: torch.nn.Module) -> bool:

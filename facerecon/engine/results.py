@@ -201,7 +201,10 @@ class NetworkRunner(Protocol):
     def outputs(self, pixels: np.ndarray, crops: Sequence[Any]) -> dict[str, Any]:
         """The network on ``(B, S, S, 3)`` uint8 crops: ``vertices`` (B, V, 3), ``landmarks``
         (B, 68, 3) or None, ``colors`` (B, V, 3) in [0, 1] or None, ``stages`` (per block
-        (B, V_l, 3)) float32, crop units; ``stage_faces`` (per block (F_l, 3) int64)."""
+        (B, V_l, 3)) float32, crop units; ``stage_faces`` (per block (F_l, 3) int64). A runner
+        whose faces each have a mesh of their own (the FaceVision-GAN family) gives per-face lists
+        instead of the batch arrays and ``item_stage_faces``: per face, its stages' triangles and
+        last the final mesh's."""
         ...
 
     def reference_face(self) -> np.ndarray | None:
@@ -280,18 +283,19 @@ class Predictor:
         else:
             colors = face.sample_colors(v_px[:, :2])
         reference = self.network.landmark_reference
+        stage_faces = out["item_stage_faces"][b] if "item_stage_faces" in out else out["stage_faces"]  # a mesh of its own per face
         return FaceResult(
             source=face.source,
             face_index=face.face_index,
             image_size=face.image_size,
             crop=face.crop,
             vertices_px=v_px,
-            faces=out["stage_faces"][-1],
+            faces=stage_faces[-1],
             colors=colors,
             landmarks_px=None if lms is None else crop_to_image_3d(lms[b], face.crop.box),
             pose=None if lms is None or reference is None else head_pose(lms[b], reference),
             stages_crop=[s[b] for s in stages],
-            stage_faces=out["stage_faces"],
+            stage_faces=stage_faces[: len(stages)],
         )
 
 

@@ -6,6 +6,8 @@ every process, one stage after the other, each a function below in the same orde
 
     setup   the run's configuration and cache statistics (read by rank 0, handed to the others)
     model   network, face prior, loss, optimizer and schedule; their states on ``--resume``
+            (the FaceVision-GAN family, ``model.kind = "facevision"``: the generator and both
+            discriminators, two optimizers and schedules, the maps side file; ``engine.facevision``)
     data    the training and validation sets
     loop    epochs of steps (forward, loss, backward, optimizer step); at each epoch's end rank 0
             validates (``engine.evaluate``), appends ``metrics.jsonl`` and writes ``last.pt`` and
@@ -68,6 +70,7 @@ from facerecon.signals import StopRequest, ignore_stop_signals, stop_requests, s
 
 if TYPE_CHECKING:
     from facerecon.model.blocks import MeshNetBase
+    from facerecon.model.facevision import FaceVisionNet
     from facerecon.model.prior_net import PriorFaceNet
 
 
@@ -263,6 +266,9 @@ class _Run:
     forced: bool = False  # by a second Ctrl-C: nothing more is saved
     stop_signal: int | None = None  # the signal this process was stopped by (None: another rank's)
     last_saved: int = -1  # global step of the last last.pt written by this run
+    gan_weights: Any = None  # the FaceVision-GAN family's loss weights (None: a template family)
+    average: Any = None  # the GAN's gradient averaging over processes, or None
+    maps: Path | None = None  # the FaceVision-GAN family's training maps (side file of the cache)
 
     @property
     def device(self) -> torch.device:
@@ -310,6 +316,8 @@ def _build_model(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: Ca
     from facerecon.losses import MeshLoss
     from facerecon.model.network import build_network
 
+    if cfg.model.kind == "facevision":
+        return _build_facevision(cfg, opts, info, statistics, say)
     model = build_network(cfg.model, device=info.device)
     correspondence = None
     if cfg.model.starts_from_prior or cfg.loss.vertex > 0:
@@ -326,6 +334,23 @@ def _build_model(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: Ca
     run.scheduler = torch.optim.lr_scheduler.MultiStepLR(run.optimizer, milestones=list(tc.milestones), gamma=tc.gamma)
     run.use_amp = bool(tc.amp and info.device.type == "cuda")
     run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp)
+    return run
+
+
+def _build_facevision(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: CacheStatistics, say: Callable[[str], None]) -> _Run:
+    """The FaceVision-GAN family: the maps side file (made once, by rank 0), the generator and
+    both discriminators with the landmarks' codes, their optimizers and schedules."""
+    from facerecon.engine.facevision import build_optimizers, gradient_averager, loss_weights, training_maps
+    from facerecon.model.facevision import FaceVisionNet
+
+    maps, codes = run_on_main(lambda: training_maps(opts.cache, cfg.model.facevision.input_size, say), info)
+    model = FaceVisionNet.from_config(cfg.model).to(info.device)
+    model.landmark_codes.copy_(torch.from_numpy(codes))
+    reference = None if statistics.landmark_reference is None else torch.from_numpy(statistics.landmark_reference.copy())
+    run = _Run(cfg, opts, info, say, model, None, reference, gan_weights=loss_weights(cfg.model), maps=maps)
+    run.optimizer, run.scheduler, run.params = build_optimizers(model, cfg.train)
+    run.average = gradient_averager(info.distributed)
+    run.scaler = torch.amp.GradScaler("cuda", enabled=False)  # float32: the adversarial losses are sensitive
     return run
 
 
@@ -409,7 +434,7 @@ def _start_or_resume(run: _Run, ckpt: dict | None) -> None:
         with contextlib.suppress(FileNotFoundError):
             (run.out / "metrics.jsonl").unlink()
     run.ddp_model = run.model
-    if run.info.distributed:
+    if run.info.distributed and run.gan_weights is None:  # the GAN averages its gradients itself
         device = run.device
         run.ddp_model = nn.parallel.DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -440,11 +465,16 @@ def _build_data(run: _Run) -> None:
         augment = tc.augment
     yaw_repeat = None if tuple(tc.yaw_repeat) == (1.0, 1.0, 1.0) else tuple(tc.yaw_repeat)
     split = training_split(run.cfg)
-    run.train_set = FaceCacheDataset(
-        opts.cache, split=split, points_per_region=tuple(tc.points_per_region), seed=tc.seed,
-        correspondence=run.correspondence, augment=augment, yaw_repeat=yaw_repeat,
-        views_per_epoch=None if tc.profile_views_per_epoch < 0 else tc.profile_views_per_epoch,
-    )
+    if run.gan_weights is not None:  # the crops with their maps (the cache's profiled views have none)
+        from facerecon.data.facevision_maps import MapsDataset
+
+        run.train_set = MapsDataset(opts.cache, run.maps, split=split, augment=augment, seed=tc.seed, yaw_repeat=yaw_repeat)
+    else:
+        run.train_set = FaceCacheDataset(
+            opts.cache, split=split, points_per_region=tuple(tc.points_per_region), seed=tc.seed,
+            correspondence=run.correspondence, augment=augment, yaw_repeat=yaw_repeat,
+            views_per_epoch=None if tc.profile_views_per_epoch < 0 else tc.profile_views_per_epoch,
+        )
     if len(run.train_set) == 0:
         raise InputError(f"{opts.cache}: the {split} split is empty")
     if opts.validate and "val" in tc.splits:
@@ -470,7 +500,7 @@ def _epoch_loader(run: _Run, epoch: int) -> DataLoader:
         batch_size=tc.batch_size,
         sampler=sampler,
         num_workers=tc.num_workers,
-        collate_fn=collate_faces,
+        collate_fn=getattr(run.train_set, "collate_fn", collate_faces),  # the GAN's maps: the default collate
         pin_memory=run.device.type == "cuda",
         drop_last=False,
         generator=loader_generator(tc.seed, epoch),  # not the global RNG: exact mid-epoch resume
@@ -532,6 +562,9 @@ def _train_step(run: _Run, batch: dict, epoch: int, progress: TrainingProgress) 
     """Forward, loss, backward and one optimizer step on one batch."""
     state, tc = run.state, run.cfg.train
     batch = _to_device(batch, run.device)
+    if run.gan_weights is not None:
+        _gan_step(run, batch, epoch, progress)
+        return
     with torch.autocast(device_type=run.device.type, enabled=run.use_amp):
         pred = forward_batch(run.ddp_model, batch)
     losses = run.loss_fn(pred, batch, epoch=epoch + state["step_in_epoch"] / run.steps_per_epoch)
@@ -552,6 +585,22 @@ def _train_step(run: _Run, batch: dict, epoch: int, progress: TrainingProgress) 
     state["global_step"] += 1
     run.run_steps += 1
     progress.step(batch["image"].shape[0] * run.info.world_size, float(total.detach()), {k: float(v) for k, v in terms.items()})
+
+
+def _gan_step(run: _Run, batch: dict, epoch: int, progress: TrainingProgress) -> None:
+    """The FaceVision-GAN family's step: both discriminators, then the generator (``engine.facevision``)."""
+    from facerecon.engine.facevision import train_on_batch
+
+    state = run.state
+    total, terms = train_on_batch(cast("FaceVisionNet", run.model), batch, run.optimizer, run.gan_weights, run.average)
+    if not math.isfinite(total):
+        raise FaceReconError(
+            f"training diverged: the generator's loss is {total} at epoch {epoch + 1}, step {state['global_step'] + 1} (lower --lr)"
+        )
+    state["step_in_epoch"] += 1
+    state["global_step"] += 1
+    run.run_steps += 1
+    progress.step(batch["image"].shape[0] * run.info.world_size, total, terms)
 
 
 # ------------------------------------------------------------------------------------- save

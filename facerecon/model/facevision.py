@@ -25,7 +25,9 @@ crops); maps are ``(B, 1 or 3, H, W)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,7 @@ from facerecon.errors import InputError
 __all__ = [
     "FaceVisionGAN",
     "FaceVisionGenerator",
+    "FaceVisionNet",
     "LossWeights",
     "PatchDiscriminator",
     "discriminator_loss",
@@ -168,6 +171,51 @@ class FaceVisionGAN(nn.Module):
         return [self.disc_depth, self.disc_pncc]
 
 
+class FaceVisionNet(nn.Module):
+    """The family's network as ``facerecon train`` saves it and ``eval`` / ``predict`` load it
+    (``model.kind = "facevision"``): the GAN (:class:`FaceVisionGAN`: the generator and both
+    discriminators, so a checkpoint resumes the adversarial training) and the 68 landmarks' codes on
+    the mean face (a buffer, from the maps side file: where ``predict`` looks for each landmark in
+    the predicted correspondence map).
+
+    ``forward`` takes the data pipeline's crops ``(B, 3, S, S)`` float in [0, 1] (any ``S``: resized
+    to ``input_size`` as :func:`network_input` does) and returns the depth and PNCC maps
+    ``(B, 1, N, N)``, ``(B, 3, N, N)`` at ``N = input_size``.
+    """
+
+    #: The data pipeline reads it: this network takes no five points.
+    takes_five_points = False
+    landmark_codes: Tensor  # (68, 3) buffer
+
+    def __init__(self, input_size: int = INPUT_SIZE, channels: int = 16, levels: int = 5, disc_channels: int = 16) -> None:
+        super().__init__()
+        if input_size % 2**levels:
+            raise InputError(f"model.facevision.input_size {input_size} must be a multiple of 2^levels = {2**levels}")
+        self.input_size = int(input_size)
+        #: the ``[model.facevision]`` table it was built from (how its meshes are refined), or None
+        self.settings: Any = None
+        self.gan = FaceVisionGAN(channels, levels, disc_channels)
+        self.register_buffer("landmark_codes", torch.zeros(68, 3))
+
+    @classmethod
+    def from_config(cls, model_cfg: Any) -> "FaceVisionNet":
+        """The network of a ``facerecon.config.ModelConfig`` (its ``[model.facevision]`` table)."""
+        fv = model_cfg.facevision
+        net = cls(fv.input_size, fv.channels, fv.levels, fv.disc_channels)
+        net.settings = fv
+        return net
+
+    def images(self, crops: Tensor) -> Tensor:
+        """Crops ``(B, 3, S, S)`` float in [0, 1] -> ``(B, 3, N, N)`` at the network's side (bilinear, antialiased)."""
+        if crops.shape[-1] == self.input_size and crops.shape[-2] == self.input_size:
+            return crops
+        return F.interpolate(crops.float(), size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+
+    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
+        """Crops ``(B, 3, S, S)`` in [0, 1] -> depth codes ``(B, 1, N, N)`` and PNCC ``(B, 3, N, N)``."""
+        return self.gan.generator(self.images(crops))
+
+
 # ---------------------------------------------------------------------------------------------- losses
 @dataclass(frozen=True)
 class LossWeights:
@@ -258,12 +306,15 @@ def train_step(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer | None,
     weights: LossWeights = LossWeights(),
+    average_gradients: Callable[[list[nn.Parameter]], None] | None = None,
 ) -> dict[str, float]:
     """One pix2pix step: the discriminators on the generator's current maps, then the generator.
 
     Args:
         images: ``(B, 3, H, W)`` in [0, 1]; depth_target ``(B, 1, H, W)``, pncc_target ``(B, 3, H, W)``.
         opt_g: the generator's optimizer; opt_d: the discriminators' (None when ``weights.adversarial`` is 0).
+        average_gradients: called with each optimizer's parameters after its backward pass and
+            before its step (several processes: the mean gradient over them), or None.
 
     Returns:
         The generator's terms (:func:`generator_losses`) and ``disc`` (the discriminators' mean loss) as floats.
@@ -277,6 +328,8 @@ def train_step(
         opt_d.zero_grad(set_to_none=True)
         loss_d = discriminator_loss(gan.disc_depth, images, depth_target, depth) + discriminator_loss(gan.disc_pncc, images, pncc_target, pncc)
         loss_d.backward()
+        if average_gradients is not None:
+            average_gradients([p for d in gan.discriminators() for p in d.parameters()])
         opt_d.step()
         disc = 0.5 * float(loss_d.detach())
     opt_g.zero_grad(set_to_none=True)
@@ -289,6 +342,8 @@ def train_step(
     finally:
         for p in frozen:
             p.requires_grad_(True)
+    if average_gradients is not None:
+        average_gradients(list(gan.generator.parameters()))
     opt_g.step()
     out = {k: float(v.detach()) for k, v in terms.items()}
     out["disc"] = disc

@@ -821,6 +821,11 @@ def export_onnx(checkpoint: str | os.PathLike[str] | None, path: str | os.PathLi
 
     source = resolve_checkpoint(checkpoint)
     model = load_model(source, device="cpu")
+    if model.config.model.kind == "facevision":
+        raise InputError(
+            f"{source}: a FaceVision-GAN checkpoint is not exported to ONNX (its mesh is made from the network's maps "
+            "after the network); 'facerecon predict --checkpoint' runs it on the PyTorch runtime"
+        )
     try:
         return export_network(model.network, path, model.landmark_reference, source=source.name)
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:  # pragma: no cover

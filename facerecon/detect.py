@@ -70,6 +70,12 @@ class FaceDetector:
     #: ends up at twice its roll, where MTCNN still finds faces at a lower probability, with five
     #: points far off). Chosen by ``benchmarks/bench_rolled.py --study`` (docs/predict.md).
     ROTATIONS = (45.0, 30.0, 60.0)
+    #: A face found only on a turned copy with a probability below this must be found again on
+    #: the copy turned so that its own eyes are level (its box centre inside the face's box), or
+    #: it is dropped and the search goes on: a true rolled face turned upright is found again,
+    #: a face-like pattern that one turn happened to score (a hand, a fence) mostly is not.
+    #: Measured with ``benchmarks/bench_rolled.py`` (docs/predict.md).
+    CONFIRM_BELOW = 0.95
 
     def __init__(
         self,
@@ -241,13 +247,11 @@ class FaceDetector:
         roll = eye_line_angle(face.landmarks5)
         if abs(roll) < self.level_roll:
             return face
-        x0, y0, side = face.box
-        for found in self._rotated_search(small, roll, min_face, sx, sy):
-            cx, cy = found.box[0] + found.box[2] / 2, found.box[1] + found.box[2] / 2
-            if x0 < cx < x0 + side and y0 < cy < y0 + side:
-                self.last_levelled = True
-                return FaceCrop(box=face.box, probability=face.probability, landmarks5=found.landmarks5, detection=face.detection, fallback=False)
-        return face
+        found = self._found_again(small, face, min_face, sx, sy)
+        if found is None:
+            return face
+        self.last_levelled = True
+        return FaceCrop(box=face.box, probability=face.probability, landmarks5=found.landmarks5, detection=face.detection, fallback=False)
 
     def detect_second_chance(self, image: np.ndarray) -> list[FaceCrop]:
         """What :meth:`detect_best` tries after the full search finds nothing: the rotated
@@ -268,8 +272,10 @@ class FaceDetector:
             both = [self._rotated_search(small, a, min_face, sx, sy) for a in (-angle, angle)]
             found = [faces for faces in both if faces]
             if found:
-                self.last_search = "rotated"
-                return max(found, key=lambda faces: faces[0].probability)
+                faces = max(found, key=lambda faces: faces[0].probability)
+                if faces[0].probability >= self.CONFIRM_BELOW or self._found_again(small, faces[0], min_face, sx, sy) is not None:
+                    self.last_search = "rotated"
+                    return faces
         low = [min(a, b) for a, b in zip(self.thresholds, self.LOW_THRESHOLDS)]
         if low != list(self.thresholds):
             faces = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)
@@ -278,6 +284,18 @@ class FaceDetector:
                 return faces
         self.last_search = "none"
         return []
+
+    def _found_again(self, small: np.ndarray, face: FaceCrop, min_face: float, sx: float, sy: float) -> FaceCrop | None:
+        """The face found on the copy turned so that ``face``'s eyes are level whose box centre
+        lies inside ``face``'s box (its five points turned back), or None."""
+        if face.landmarks5 is None:
+            return None
+        x0, y0, side = face.box
+        for found in self._rotated_search(small, eye_line_angle(face.landmarks5), min_face, sx, sy):
+            cx, cy = found.box[0] + found.box[2] / 2, found.box[1] + found.box[2] / 2
+            if x0 < cx < x0 + side and y0 < cy < y0 + side:
+                return found
+        return None
 
     def crop(
         self,

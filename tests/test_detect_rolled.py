@@ -212,3 +212,50 @@ def test_each_turn_is_tried_both_ways_and_the_more_confident_face_kept(monkeypat
     (crop,) = detector.crop(np.zeros((100, 100, 3), np.uint8))
     assert detector.last_search == "rotated" and sorted(tried) == [-45.0, 45.0]
     assert crop.probability == 0.99
+
+
+def test_a_weak_face_on_one_turned_copy_must_be_found_again_levelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A face found only on a turned copy below ``CONFIRM_BELOW`` is kept when the copy turned
+    so that its own eyes are level finds it again, and dropped otherwise (the search goes on to
+    the next turn); a confident one is kept without the extra search."""
+    from facerecon.crop import FaceCrop, square_box
+    from facerecon.mtcnn_cascade import Detections
+
+    # eyes tilted by 20 degrees: the levelled copy is the one turned by eye_line_angle(points)
+    t = math.radians(20.0)
+    eyes = np.array([[30.0, 40.0], [30.0 + 20 * math.cos(t), 40.0 - 20 * math.sin(t)]])
+    points = np.concatenate([eyes, [[40.0, 50.0], [32.0, 60.0], [48.0, 60.0]]]).astype(np.float32)
+    from facerecon.detect import eye_line_angle
+
+    level = eye_line_angle(points)
+
+    def face(p: float, det: tuple[float, ...] = (10.0, 10.0, 60.0, 70.0)) -> FaceCrop:
+        box = np.array(det, np.float32)
+        return FaceCrop(square_box(box), p, points, box, False)
+
+    def run(found: dict[float, list]) -> tuple[FaceCrop, list[float], str]:
+        detector = FaceDetector(device="cpu", level_roll=0.0)
+        tried: list[float] = []
+
+        def rotated(small: np.ndarray, angle: float, *args: object) -> list:
+            tried.append(round(angle, 6))
+            return found.get(round(angle, 6), [])
+
+        monkeypatch.setattr(detector, "_search", lambda *args: Detections.empty())
+        monkeypatch.setattr(detector, "_rotated_search", rotated)
+        (crop,) = detector.crop(np.zeros((100, 100, 3), np.uint8))
+        return crop, tried, detector.last_search
+
+    lv = round(level, 6)
+    # weak, found again on the levelled copy: kept
+    crop, tried, how = run({45.0: [face(0.93)], lv: [face(0.99, (12.0, 12.0, 58.0, 68.0))]})
+    assert how == "rotated" and crop.probability == 0.93 and lv in tried
+    # weak, the levelled copy finds a face elsewhere only: dropped, the next turn's face taken
+    crop, tried, how = run({45.0: [face(0.93)], lv: [face(0.99, (300.0, 300.0, 350.0, 360.0))], 30.0: [face(0.97)]})
+    assert how == "rotated" and crop.probability == 0.97
+    # weak and never found again, nothing else: the average crop
+    crop, tried, how = run({45.0: [face(0.93)]})
+    assert how == "none" and crop.fallback
+    # confident: kept without searching the levelled copy
+    crop, tried, how = run({45.0: [face(0.96)]})
+    assert crop.probability == 0.96 and lv not in tried

@@ -19,6 +19,7 @@ from facerecon.mesh.from_depth import (
     drop_spikes,
     fill_detail,
     grey_high_pass,
+    keep_largest_part,
     laplacian_smooth,
     synthesize_mesh,
 )
@@ -90,6 +91,20 @@ def test_a_spike_is_removed_and_a_small_bump_kept() -> None:
     bump = (mesh.pixels[:, 0] == 6) & (mesh.pixels[:, 1] == 3)
     assert mesh.vertices[~bump, 2] == pytest.approx(np.full((~bump).sum(), flat))
     assert mesh.vertices[bump, 2] == pytest.approx([(1 - 2 * 0.61) * 40])
+
+
+def test_specks_apart_from_the_face_are_dropped_with_their_vertices() -> None:
+    depth = np.zeros((12, 12))
+    depth[1:7, 1:7] = 0.6  # the face: 6 x 6 pixels, 50 triangles
+    depth[9:11, 9:11] = 0.6  # a speck of 2 x 2 pixels: 2 triangles, touching no face pixel
+    cleaned = drop_background_triangles(delaunay_mesh(depth, BOX), depth)
+    assert len(cleaned.vertices) == 40 and len(cleaned.faces) == 52
+    face = keep_largest_part(cleaned)
+    assert len(face.vertices) == 36 and len(face.faces) == 50
+    assert face.pixels.max() == 6 and face.faces.max() == 35
+    np.testing.assert_array_equal(face.vertices, cleaned.vertices[(cleaned.pixels < 7).all(axis=1)])
+    assert keep_largest_part(face) is face  # one part: unchanged
+    assert len(synthesize_mesh(depth, BOX).cleaned.vertices) == 36
 
 
 def _degrees(faces: np.ndarray, n: int) -> np.ndarray:

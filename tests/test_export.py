@@ -433,3 +433,22 @@ def test_cli_help_lists_the_registered_formats() -> None:
         text = " ".join(result.output.split())
         for suffix in mesh_suffixes():
             assert suffix in text, (command, suffix)
+
+
+@pytest.mark.parametrize("scale, decimals", [(400.0, 5), (1.0, 8), (3000.0, 4), (1e-3, 9)])
+def test_text_rows_write_what_python_percent_formatting_writes(scale: float, decimals: int) -> None:
+    from facerecon.mesh_formats import text_rows
+
+    rng = np.random.default_rng(7)
+    values = rng.standard_normal((3000, 3)) * scale
+    # signed zeros, ties and carries into a new integer place
+    values[:5] = [[0.0, -0.0, 1e-12], [-1e-12, 0.5, -0.5], [123.456785, -9.99999999, 10.0], [1, 2, 3], [99999.5, -4e-6, 7]]
+    expected = "".join(f"v %.{decimals}f %.{decimals}f %.{decimals}f\n" % tuple(row) for row in values.tolist())
+    assert text_rows("v", values, (decimals,) * 3) == expected.encode("ascii")
+    bare = "".join(f"%.{decimals}f %.{decimals}f %.{decimals}f\n" % tuple(row) for row in values.tolist())
+    assert text_rows("", values, (decimals,) * 3) == bare.encode("ascii")
+    ints = rng.integers(-5, 100000, (500, 3))
+    assert text_rows("f", ints, (0, 0, 0)) == "".join("f %d %d %d\n" % tuple(r) for r in ints.tolist()).encode("ascii")
+    with_nan = np.array([[1.0, np.nan, -np.inf]])
+    assert text_rows("v", with_nan, (2, 2, 2)) == b"v 1.00 nan -inf\n"
+    assert text_rows("v", np.zeros((0, 3)), (2, 2, 2)) == b""

@@ -205,6 +205,10 @@ class FaceVisionConfig(_Checked):
     #: and the low-pass's sigma in px of the crop.
     detail_gain: float = _num(2.0, ge=0.0)
     detail_sigma_px: float = _num(3.0, gt=0.0)
+    #: How the 68 landmarks come from the correspondence map: "fit" (the mean face's landmarks
+    #: carried by an affine map fitted to every face pixel's code, trimmed of outliers) or
+    #: "nearest" (the pixel whose code is nearest each landmark's, the paper's).
+    landmarks: Literal["fit", "nearest"] = "fit"
 
 
 #: The nested ``[model.*]`` tables and the network kinds that read them; a key of a table the

@@ -140,6 +140,37 @@ def landmarks_from_pncc(pncc: np.ndarray, mask: np.ndarray, landmark_codes: np.n
     return out
 
 
+def landmarks_by_fit(pncc: np.ndarray, mask: np.ndarray, landmark_codes: np.ndarray, keep: float = 0.8, rounds: int = 3) -> np.ndarray:
+    """The landmarks where an affine map from codes to map points, fitted to every face pixel,
+    carries the landmarks' codes.
+
+    Each face pixel says "the mean face's point with this code is here"; the least-squares
+    affine map ``uv = M (code, 1)`` over all of them is a pose (with scale and shear) of the mean
+    face, and it places the landmarks even where the map's codes near them are off or hidden
+    (the far side of a turned face). After each fit the pixels whose residual is above the
+    ``keep`` quantile are left out of the next (``rounds`` fits in all): the silhouette and the
+    mistaken codes of a network's map do not pull the fit.
+
+    Args:
+        pncc: ``(S, S, 3)`` codes; mask: ``(S, S)`` bool face pixels; landmark_codes: ``(L, 3)``.
+
+    Returns:
+        ``(L, 2)`` float64 map px ``(u, v)`` (pixel centres at +0.5).
+    """
+    rows, cols = np.nonzero(mask)
+    if rows.size < 4:
+        raise InputError("the correspondence map has fewer than 4 face pixels: no landmarks can be fitted")
+    uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    design = np.concatenate([pncc[rows, cols].astype(np.float64), np.ones((rows.size, 1))], axis=1)
+    used = np.ones(rows.size, dtype=bool)
+    for _ in range(max(int(rounds), 1)):
+        m = np.linalg.lstsq(design[used], uv[used], rcond=None)[0]  # (4, 2)
+        residual = np.linalg.norm(design @ m - uv, axis=1)
+        used = residual <= np.quantile(residual, keep)
+    target = np.asarray(landmark_codes, dtype=np.float64)
+    return np.concatenate([target, np.ones((len(target), 1))], axis=1) @ m
+
+
 def _subpixel_steps(pncc: np.ndarray, mask: np.ndarray, r: np.ndarray, c: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``(L, 2)`` steps ``(du, dv)`` in [-1, 1] from pixels ``(r, c)`` by a linear code model of their
     3 x 3 face neighbourhood (weighted least squares, all landmarks at once; no step where the
@@ -194,15 +225,24 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return code_to_depth(code)
 
 
-def landmarks_from_maps(depth: np.ndarray, pncc: np.ndarray, landmark_codes: np.ndarray, subpixel: bool = True) -> np.ndarray:
+def landmarks_from_maps(depth: np.ndarray, pncc: np.ndarray, landmark_codes: np.ndarray, subpixel: bool = True,
+                        method: str = "nearest") -> np.ndarray:
     """The 68 landmarks ``(L, 3)`` in crop units from a depth map and a PNCC map (x, y from the PNCC
-    search, z from the depth map there); ``facerecon.frames.head_pose`` turns them into a head pose.
+    map, z from the depth map there); ``facerecon.frames.head_pose`` turns them into a head pose.
 
     Args:
         depth: ``(S, S)`` depth codes; pncc: ``(S, S, 3)``; landmark_codes: ``(L, 3)``.
+        method: "nearest" (:func:`landmarks_from_pncc`, with ``subpixel``) or "fit"
+            (:func:`landmarks_by_fit`).
     """
     depth = np.asarray(depth, dtype=np.float64)
-    uv = landmarks_from_pncc(np.asarray(pncc), depth > FOREGROUND_CODE, landmark_codes, subpixel)
+    mask = depth > FOREGROUND_CODE
+    if method == "fit":
+        uv = landmarks_by_fit(np.asarray(pncc), mask, landmark_codes)
+    elif method == "nearest":
+        uv = landmarks_from_pncc(np.asarray(pncc), mask, landmark_codes, subpixel)
+    else:
+        raise InputError(f"unknown landmark method {method!r}: 'fit' or 'nearest'")
     xy = map_px_to_crop(uv, depth.shape[0])
     return np.concatenate([xy, sample_depth(depth, uv)[:, None]], axis=1)
 

@@ -164,16 +164,18 @@ def reconstruct_batch(net: FaceVisionNet, crops: Tensor, options: Any = None) ->
         FaceReconError: the network drew no face (or too little to triangulate) in a crop.
     """
     net.eval()
+    settings = getattr(net, "settings", None)
     if options is None:
-        options = refine_options(getattr(net, "settings", None))
+        options = refine_options(settings)
+    method = getattr(settings, "landmarks", "fit")
     depth, pncc = net(crops)
     codes = net.landmark_codes.detach().cpu().numpy().astype(np.float64)
     pixels = (crops.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     d, p = depth[:, 0].float().cpu().numpy(), pncc.float().permute(0, 2, 3, 1).cpu().numpy()
-    return [_crop_meshes(d[b], p[b], pixels[b], codes, options) for b in range(d.shape[0])]
+    return [_crop_meshes(d[b], p[b], pixels[b], codes, options, method) for b in range(d.shape[0])]
 
 
-def _crop_meshes(depth: np.ndarray, pncc: np.ndarray, crop: np.ndarray, codes: np.ndarray, options: Any) -> FaceMeshes:
+def _crop_meshes(depth: np.ndarray, pncc: np.ndarray, crop: np.ndarray, codes: np.ndarray, options: Any, method: str = "fit") -> FaceMeshes:
     """One crop's maps -> its mesh stages (synthesised in the crop's own px frame, with detail from
     its pixels, then in crop units) and its landmarks."""
     from facerecon.data.facevision_maps import landmarks_from_maps
@@ -183,7 +185,7 @@ def _crop_meshes(depth: np.ndarray, pncc: np.ndarray, crop: np.ndarray, codes: n
     box = (0.0, 0.0, float(crop.shape[0]))  # the crop is the photo: image px = crop px
     try:
         stages = synthesize_mesh(depth, box, crop, options)
-        landmarks = landmarks_from_maps(depth, pncc, codes)
+        landmarks = landmarks_from_maps(depth, pncc, codes, method=method)
     except InputError as exc:
         raise FaceReconError(f"the FaceVision network drew no usable face in the crop ({exc})") from None
     final = stages.detailed if stages.detailed is not None else stages.smoothed

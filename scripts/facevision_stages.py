@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from facevision_gt_stages import STAGES, _shaded  # noqa: E402
+from facevision_gt_stages import STAGES, _shaded
 
-from facerecon.engine.evaluate import fold_fraction  # noqa: E402
-from facerecon.engine.facevision import refine_options  # noqa: E402
-from facerecon.engine.predict import load_model  # noqa: E402
-from facerecon.imageio import save_image  # noqa: E402
-from facerecon.mesh.from_depth import synthesize_mesh  # noqa: E402
+from facerecon.engine.evaluate import fold_fraction
+from facerecon.engine.facevision import refine_options
+from facerecon.engine.predict import load_model
+from facerecon.imageio import save_image
+from facerecon.mesh.from_depth import synthesize_mesh
 
 BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 

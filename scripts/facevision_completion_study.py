@@ -29,7 +29,14 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from facerecon.data.facevision_maps import FOREGROUND_CODE, code_to_depth, map_px_to_crop, reference_codes
+from facerecon.data.dataset import split_rows
+from facerecon.data.facevision_maps import (
+    FOREGROUND_CODE,
+    code_to_depth,
+    map_px_to_crop,
+    reference_codes,
+    trimmed_affine_fit,
+)
 from facerecon.engine.facevision import reconstruct_batch
 from facerecon.engine.predict import load_model
 
@@ -47,13 +54,7 @@ def _posed_mean_face(depth: np.ndarray, pncc: np.ndarray, codes: np.ndarray) -> 
     rows, cols = np.nonzero(mask)
     xy = map_px_to_crop(np.stack([cols + 0.5, rows + 0.5], axis=1), depth.shape[0])
     target = np.concatenate([xy, code_to_depth(depth[rows, cols])[:, None]], axis=1)
-    design = np.concatenate([pncc[rows, cols].astype(np.float64), np.ones((rows.size, 1))], axis=1)
-    used = np.ones(rows.size, dtype=bool)
-    for _ in range(3):
-        m = np.linalg.lstsq(design[used], target[used], rcond=None)[0]
-        residual = np.linalg.norm(design @ m - target, axis=1)
-        used = residual <= np.quantile(residual, 0.8)
-    return np.concatenate([codes, np.ones((len(codes), 1))], axis=1) @ m
+    return trimmed_affine_fit(pncc[rows, cols], target)(codes)
 
 
 def main() -> None:
@@ -65,8 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     net = load_model(args.checkpoint).network.eval()
     with h5py.File(args.cache, "r") as f:
-        names = str(f.attrs.get("split_names", "train,val,test")).split(",")
-        rows = np.flatnonzero(f["split"][:] == names.index(args.split))[: args.rows]
+        rows = split_rows(f["split"][:], args.split)[: args.rows]
         offsets = f["offsets"][:]
         triangles = f["face_model/triangles"][:]
         codes = reference_codes(f["face_model/mean"][:])

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from facevision_gt_stages import STAGES, _shaded
 
+from facerecon.data.dataset import split_rows
 from facerecon.engine.evaluate import fold_fraction
 from facerecon.engine.facevision import refine_options
 from facerecon.engine.predict import load_model
@@ -57,8 +58,7 @@ def main() -> None:
     options = refine_options(getattr(net, "settings", None))
     box = np.array([0.0, 0.0, 224.0])  # the crop is the photo
     with h5py.File(args.cache, "r") as f:
-        names = str(f.attrs.get("split_names", "train,val,test")).split(",")
-        rows = np.flatnonzero(f["split"][:] == names.index(args.split))
+        rows = split_rows(f["split"][:], args.split)
         yaw = np.abs(f["pose"][:, 0])
         stats: dict[str, list[tuple[float, ...]]] = {s: [] for s in STAGES}
         for i in rows[: args.rows]:

@@ -161,14 +161,28 @@ def landmarks_by_fit(pncc: np.ndarray, mask: np.ndarray, landmark_codes: np.ndar
     if rows.size < 4:
         raise InputError("the correspondence map has fewer than 4 face pixels: no landmarks can be fitted")
     uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
-    design = np.concatenate([pncc[rows, cols].astype(np.float64), np.ones((rows.size, 1))], axis=1)
-    used = np.ones(rows.size, dtype=bool)
+    fitted = trimmed_affine_fit(pncc[rows, cols], uv, keep, rounds)
+    return fitted(np.asarray(landmark_codes, dtype=np.float64))
+
+
+def trimmed_affine_fit(codes: np.ndarray, targets: np.ndarray, keep: float = 0.8, rounds: int = 3) -> Callable[[np.ndarray], np.ndarray]:
+    """The least-squares affine map ``targets ~ M (codes, 1)``, refitted ``rounds`` times in all,
+    each time without the pairs whose residual is above the ``keep`` quantile of the last fit.
+
+    Args:
+        codes: ``(N, 3)`` correspondence codes; targets: ``(N, K)`` where each lies.
+
+    Returns:
+        The fitted map: ``(L, 3)`` codes -> ``(L, K)``.
+    """
+    design = np.concatenate([np.asarray(codes, dtype=np.float64), np.ones((len(codes), 1))], axis=1)
+    targets = np.asarray(targets, dtype=np.float64)
+    used = np.ones(len(design), dtype=bool)
     for _ in range(max(int(rounds), 1)):
-        m = np.linalg.lstsq(design[used], uv[used], rcond=None)[0]  # (4, 2)
-        residual = np.linalg.norm(design @ m - uv, axis=1)
+        m = np.linalg.lstsq(design[used], targets[used], rcond=None)[0]  # (4, K)
+        residual = np.linalg.norm(design @ m - targets, axis=1)
         used = residual <= np.quantile(residual, keep)
-    target = np.asarray(landmark_codes, dtype=np.float64)
-    return np.concatenate([target, np.ones((len(target), 1))], axis=1) @ m
+    return lambda c: np.concatenate([np.asarray(c, dtype=np.float64), np.ones((len(c), 1))], axis=1) @ m
 
 
 def _subpixel_steps(pncc: np.ndarray, mask: np.ndarray, r: np.ndarray, c: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -209,6 +209,11 @@ class FaceVisionConfig(_Checked):
     #: carried by an affine map fitted to every face pixel's code, trimmed of outliers) or
     #: "nearest" (the pixel whose code is nearest each landmark's, the paper's).
     landmarks: Literal["fit", "nearest"] = "fit"
+    #: Complete the surface the depth map does not show (the far cheek and ear of a turned face)
+    #: with the face model's mean face posed on the maps (needs a network trained with a face
+    #: model), and how far behind the map's surface, crop units, a face-model vertex counts as hidden.
+    complete_hidden: bool = True
+    hidden_margin: float = _num(0.05, ge=0.0)
 
 
 #: The nested ``[model.*]`` tables and the network kinds that read them; a key of a table the

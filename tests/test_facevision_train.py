@@ -148,6 +148,11 @@ def test_a_gan_trains_resumes_exactly_and_eval_predict_and_view_read_it(tmp_path
     assert {"generator", "discriminators"} == set(ckpt["optimizer"]) == set(ckpt["scheduler"])
     assert any(k.startswith("gan.disc_depth.") for k in ckpt["model"]) and any(k.startswith("gan.disc_pncc.") for k in ckpt["model"])
     assert float(ckpt["model"]["landmark_codes"].abs().sum()) > 0  # the maps' landmark codes, for predict
+    import h5py
+
+    with h5py.File(cache, "r") as f:  # the face model that completes the meshes, from the cache
+        mean, model_triangles = f["face_model/mean"][:], f["face_model/triangles"][:]
+    assert ckpt["model"]["face_codes"].shape == mean.shape and np.array_equal(ckpt["model"]["face_triangles"].numpy(), model_triangles)
     lines = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and all("val_nme" in r and "val_chamfer" in r and "depth_l1" in r for r in lines)
     # stopped after 3 steps (mid-epoch), resumed: the same weights as the uninterrupted run
@@ -165,13 +170,24 @@ def test_a_gan_trains_resumes_exactly_and_eval_predict_and_view_read_it(tmp_path
     record = json.loads(out.with_suffix(".json").read_text())
     mesh = trimesh.load(out, process=False, force="mesh")
     assert record["num_vertices"] == len(mesh.vertices) > 3 and np.asarray(record["landmarks68"]).shape == (68, 3)
-    assert set(record["pose_degrees"]) == {"yaw", "pitch", "roll"} and len(record["stages"]) == 3
-    x0, y0, side = record["box"]  # in the photo's frame: inside the crop box
-    assert (mesh.vertices[:, 0] >= x0).all() and (mesh.vertices[:, 0] <= x0 + side).all()
-    assert (mesh.vertices[:, 1] >= y0).all() and (mesh.vertices[:, 1] <= y0 + side).all()
-    raw, cleaned, smoothed = (trimesh.load(out.with_name(name), process=False, force="mesh") for name in record["stages"])
-    assert len(raw.faces) >= len(cleaned.faces) == len(smoothed.faces) == len(mesh.faces)
+    assert set(record["pose_degrees"]) == {"yaw", "pitch", "roll"} and len(record["stages"]) == 4
+    raw, cleaned, smoothed, detailed = (trimesh.load(out.with_name(name), process=False, force="mesh") for name in record["stages"])
+    x0, y0, side = record["box"]  # the map's mesh is in the photo's frame, inside the crop box
+    assert (detailed.vertices[:, 0] >= x0).all() and (detailed.vertices[:, 0] <= x0 + side).all()
+    assert (detailed.vertices[:, 1] >= y0).all() and (detailed.vertices[:, 1] <= y0 + side).all()
+    assert len(raw.faces) >= len(cleaned.faces) == len(smoothed.faces) == len(detailed.faces)
     assert np.allclose(smoothed.vertices[:, :2], cleaned.vertices[:, :2])  # depth-only smoothing
+    # the final mesh: the detailed one, then the face model's triangles the depth map does not show
+    assert len(mesh.faces) > len(detailed.faces) and np.allclose(mesh.vertices[: len(detailed.vertices)], detailed.vertices, atol=1e-4)
+    assert np.array_equal(mesh.faces[: len(detailed.faces)], detailed.faces)
+
+    # a checkpoint without a face model gives the map's mesh alone, uncompleted
+    bare = tmp_path / "bare.pt"
+    torch.save({**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.startswith("face_")}}, bare)
+    plain = runner.invoke(app, ["-q", "predict", str(photo), "-o", str(tmp_path / "bare" / "face.obj"), "--checkpoint", str(bare), "--stages"])
+    assert plain.exit_code == 0, plain.output
+    bare_record = json.loads((tmp_path / "bare" / "face.json").read_text())
+    assert len(bare_record["stages"]) == 3 and bare_record["num_vertices"] == len(detailed.vertices)
 
     refused = runner.invoke(app, ["-q", "predict", str(photo), "-o", str(tmp_path / "x.obj"), "--checkpoint", str(checkpoint), "--runtime", "onnx"])
     assert refused.exit_code == 2 and "PyTorch runtime only" in refused.output

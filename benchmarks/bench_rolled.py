@@ -1,6 +1,7 @@
 """Rolled faces: facerecon's full prediction on the AFLW2000-3D test split, upright and turned.
 
-Each test face of a prepared cache (the ids whose split is ``test``; the cache is only read) is
+Each test face of a prepared cache (the ids whose split is ``test``, or ``--split``'s; the cache
+is only read) is
 loaded from the raw AFLW2000-3D files (the photo and ``pt3d_68``) and turned in the image plane
 about its centre by each of ``--angles`` degrees (positive: counter-clockwise on screen; the
 canvas grows so that nothing is cut, :func:`facerecon.detect.rotate_image`); the ground-truth
@@ -13,7 +14,7 @@ exactly as ``facerecon predict`` runs them. Printed per angle:
 * its ratio to the same faces upright (the goal: within 1.3x at +-30 and +-45 degrees);
 * the faces with no detection (average crop), those whose detection is another face (its box
   misses the annotated face's landmark centre: a photo with several people), and how each face was found (the detector's
-  ``last_search``: fast, full, low-thresholds, rotated, none), and how many got their five points
+  ``last_search``: fast, full, low-thresholds, rotated, equalised, none), and how many got their five points
   from a copy turned so that the eyes are level (``last_levelled``; ``--no-level`` turns it off);
 * the detector's median time per photo.
 
@@ -31,7 +32,7 @@ the eyes larger) and its box (yellow).
 Timings depend on the machine's load (printed at the start and the end) and the CPU (first line).
 
     python benchmarks/bench_rolled.py --cache aflw2000.h5 [--data ../shared/data/aflw2000-3d]
-        [--checkpoint model.pt|model.onnx] [--limit N] [--angles -45,-30,0,30,45] [--no-second-chance]
+        [--checkpoint model.pt|model.onnx] [--split test|val|train] [--limit N] [--angles -45,-30,0,30,45] [--no-second-chance]
         [--no-level] [--json out.json] [--overlays DIR] [--worst 10] [--study] [--study-angles 15,30,45,60,90]
 """
 
@@ -52,7 +53,7 @@ from facerecon.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "aflw2000-3d"
-SEARCHES = ("fast", "full", "low-thresholds", "rotated", "none")
+SEARCHES = ("fast", "full", "low-thresholds", "rotated", "equalised", "none")
 #: The ground truth's five points from the 68: eye centres (mean of each eye's six contour
 #: points), nose tip, mouth corners; MTCNN's order (left = smaller x on an upright face).
 FIVE_FROM_68 = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
@@ -60,7 +61,7 @@ FIVE_FROM_68 = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
 
 @dataclass
 class Face:
-    """One test face: the photo, its 68 ground-truth landmarks (image px) and its pose."""
+    """One face: the photo, its 68 ground-truth landmarks (image px) and its pose."""
 
     id: str
     image: np.ndarray
@@ -93,16 +94,16 @@ def _load() -> str:
         return "?"
 
 
-def test_ids(cache: Path) -> list[str]:
-    """The ids of the cache's test split, in cache order (only reads the file)."""
+def split_ids(cache: Path, split_name: str = "test") -> list[str]:
+    """The ids of one split of the cache, in cache order (only reads the file)."""
     import h5py
 
     with h5py.File(cache, "r") as f:
         names = str(f.attrs.get("split_names", "train,val,test")).split(",")
         split = f["split"][:]
         ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["ids"][:]]
-    test = names.index("test")
-    return [ids[k] for k in np.flatnonzero(split == test)]
+    wanted = names.index(split_name)
+    return [ids[k] for k in np.flatnonzero(split == wanted)]
 
 
 def load_faces(ids: list[str], data: Path) -> Iterator[Face]:
@@ -207,14 +208,14 @@ def summary(rows: list[Row], angles: list[float]) -> list[dict[str, Any]]:
 
 def print_summary(table: list[dict[str, Any]]) -> None:
     print(f"\n{'angle':>6} {'faces':>5} {'NME %':>7} {'median':>7} {'x upright':>9} {'found NME':>9} {'no det':>6} {'other':>5}   "
-          f"{'fast':>4} {'full':>4} {'low':>4} {'rot':>4} {'none':>4} {'lev':>4} {'detect ms':>9}")
+          f"{'fast':>4} {'full':>4} {'low':>4} {'rot':>4} {'eq':>4} {'none':>4} {'lev':>4} {'detect ms':>9}")
     for t in table:
         s = t["searches"]
         ratio = "-" if t["ratio_to_upright"] is None else f"{t['ratio_to_upright']:.2f}x"
         found = "-" if t["nme_detected"] is None else f"{t['nme_detected']:.2f}"
         print(f"{t['angle']:>+6.0f} {t['faces']:>5} {t['nme_mean']:>7.2f} {t['nme_median']:>7.2f} {ratio:>9} {found:>9} "
               f"{t['no_detection']:>6} {t['other_face']:>5}   {s['fast']:>4} {s['full']:>4} {s['low-thresholds']:>4} {s['rotated']:>4} "
-              f"{s['none']:>4} {t['levelled']:>4} {t['detect_ms_median']:>9.1f}")
+              f"{s['equalised']:>4} {s['none']:>4} {t['levelled']:>4} {t['detect_ms_median']:>9.1f}")
 
 
 # ---- the second chance, strategy by strategy ------------------------------------------------
@@ -412,7 +413,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, required=True, help="a prepared AFLW2000-3D cache (only read: its test split's ids)")
     parser.add_argument("--data", type=Path, default=DATA, help="the raw AFLW2000-3D folder (photos and .mat files)")
     parser.add_argument("--checkpoint", default=None, help="a .pt checkpoint or an exported .onnx network (default: the shipped model)")
-    parser.add_argument("--limit", type=int, default=None, help="the first N test faces only")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="the cache split whose faces are turned (choose a policy on val, report on test)")
+    parser.add_argument("--limit", type=int, default=None, help="the first N faces only")
     parser.add_argument("--angles", type=_floats, default=[-45.0, -30.0, 0.0, 30.0, 45.0], help="degrees, counter-clockwise on screen")
     parser.add_argument("--no-second-chance", action="store_true", help="the detector's fast search only, then the average crop")
     parser.add_argument("--no-level", action="store_true", help="keep MTCNN's five points of a rolled face as found (no levelled copy)")
@@ -438,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    ids = test_ids(args.cache)[: args.limit]
+    ids = split_ids(args.cache, args.split)[: args.limit]
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average at the start: {_load()}")
     t0 = time.perf_counter()
     rec = Reconstructor(checkpoint=args.checkpoint)
@@ -446,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_level:
         rec.detector.level_roll = 0.0
     faces = list(load_faces(ids, args.data))
-    print(f"{len(faces)} test faces of {args.cache}, angles {args.angles}, runtime {rec.runtime}, model {rec.checkpoint}, "
+    print(f"{len(faces)} {args.split} faces of {args.cache}, angles {args.angles}, runtime {rec.runtime}, model {rec.checkpoint}, "
           f"second chance {'off' if args.no_second_chance else 'on'}, levelling {'off' if args.no_level else 'on'}")
     with Progress(transient=True) as bar:
         task = bar.add_task("predicting", total=len(faces))

@@ -44,7 +44,8 @@ class FaceDetector:
       found there has the same box. When that finds nothing, a *second chance* before the
       average-crop fallback: the full search, then copies rotated by +-45, +-30 and +-60 degrees
       (strongly rolled faces; each angle both ways, the more confident face kept), then lower
-      stage thresholds, each with the same ``min_probability``.
+      stage thresholds, then a copy with its contrast equalised (faces in shadow), each with the
+      same ``min_probability``.
 
     Args:
         device: torch device for MTCNN ("cpu", "cuda", "cuda:1", ...).
@@ -76,6 +77,11 @@ class FaceDetector:
     #: a face-like pattern that one turn happened to score (a hand, a fence) mostly is not.
     #: Measured with ``benchmarks/bench_rolled.py`` (docs/predict.md).
     CONFIRM_BELOW = 0.95
+    #: The last chance searches a copy whose lightness is equalised tile by tile (CLAHE with this
+    #: clip limit, :func:`equalise_contrast`): MTCNN misses faces in deep shadow or low contrast
+    #: that it finds once their lightness is spread. Chosen on the AFLW2000-3D validation split
+    #: (``benchmarks/bench_rolled.py --split val``, docs/predict.md).
+    EQUALISE_CLIP = 2.0
 
     def __init__(
         self,
@@ -111,8 +117,8 @@ class FaceDetector:
         self._nets: Any = None
         self._lock = threading.Lock()
         self._warming: threading.Thread | None = None
-        #: How the last :meth:`crop` found its face: "fast", "full", "low-thresholds",
-        #: "rotated", "none" (fallback) or "all" (all faces).
+        #: How the last :meth:`crop` found its face: "fast", "full", "rotated", "low-thresholds",
+        #: "equalised", "none" (fallback) or "all" (all faces).
         self.last_search = ""
         #: Whether the last :meth:`crop`'s five points come from a levelled copy (see ``level_roll``).
         self.last_levelled = False
@@ -255,8 +261,8 @@ class FaceDetector:
 
     def detect_second_chance(self, image: np.ndarray) -> list[FaceCrop]:
         """What :meth:`detect_best` tries after the full search finds nothing: the rotated
-        copies, then lower stage thresholds (``last_search`` says which found the faces, "none"
-        when neither did). ``prepare`` calls it for an image whose full search found no face, so
+        copies, then lower stage thresholds, then the contrast-equalised copy (``last_search`` says
+        which found the faces, "none" when none did). ``prepare`` calls it for an image whose full search found no face, so
         the cache's crops come from the same policy as ``predict``'s."""
         _check_image(image)
         self.finish_warm_up()
@@ -276,12 +282,20 @@ class FaceDetector:
                 if faces[0].probability >= self.CONFIRM_BELOW or self._found_again(small, faces[0], min_face, sx, sy) is not None:
                     self.last_search = "rotated"
                     return faces
+        # lower thresholds on the photo and on its contrast-equalised copy, the more confident
+        # face kept (a face in deep shadow: the photo's search finds a false face at best)
         low = [min(a, b) for a, b in zip(self.thresholds, self.LOW_THRESHOLDS)]
-        if low != list(self.thresholds):
-            faces = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)
-            if faces:
-                self.last_search = "low-thresholds"
-                return faces
+        plain = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)
+        even = equalise_contrast(small, self.EQUALISE_CLIP)
+        evened = self._to_crops(self._search(even, self.min_face_size, low), sx, sy)
+        if evened and evened[0].probability < self.CONFIRM_BELOW and self._found_again(even, evened[0], min_face, sx, sy) is None:
+            evened = []
+        if evened and (not plain or evened[0].probability > plain[0].probability):
+            self.last_search = "equalised"
+            return evened
+        if plain:
+            self.last_search = "low-thresholds"
+            return plain
         self.last_search = "none"
         return []
 
@@ -435,6 +449,17 @@ class FaceDetector:
                 continue
             crops.append(FaceCrop(box=square_box(det), probability=p, landmarks5=lm, detection=det, fallback=False))
         return crops
+
+
+def equalise_contrast(image: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """``image`` (uint8 RGB) with its CIE L* lightness equalised by CLAHE (OpenCV's contrast-limited
+    adaptive histogram equalisation on ``tiles`` x ``tiles`` tiles, clip limit ``clip``); hue and
+    saturation kept. Same size and geometry, so boxes and points found on it hold for ``image``."""
+    import cv2
+
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(int(tiles), int(tiles))).apply(np.ascontiguousarray(lab[..., 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
 def rotate_image(image: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:

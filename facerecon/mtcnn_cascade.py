@@ -125,10 +125,11 @@ def _nms_opencv(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups:
     order = np.argsort(-scores, kind="stable")
     rank = np.empty(len(scores), np.float32)
     rank[order] = np.arange(len(scores), 0, -1, dtype=np.float32)
+    # OpenCV's stubs name sequences; its bindings take these arrays as they are
     if groups is None:
-        kept = cv2.dnn.NMSBoxes(rects, rank, 0.0, threshold)
+        kept = cv2.dnn.NMSBoxes(rects, rank, 0.0, threshold)  # type: ignore[arg-type]
     else:
-        kept = cv2.dnn.NMSBoxesBatched(rects, rank, np.asarray(groups).astype(np.int32), 0.0, threshold)
+        kept = cv2.dnn.NMSBoxesBatched(rects, rank, np.asarray(groups).astype(np.int32), 0.0, threshold)  # type: ignore[arg-type]
     return np.asarray(kept, dtype=np.int64).reshape(-1)
 
 

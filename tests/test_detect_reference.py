@@ -277,7 +277,7 @@ def test_boxes_equal_facenet_pytorch(shared_data: Path) -> None:
     # faces that only the second chance finds are real: on AFLW2000-3D their box holds the
     # ground-truth landmarks' centre and has about the face's size
     for path, crop, how in found_by_second_chance:
-        assert how in ("low-thresholds", "rotated", "full"), (path.name, how)
+        assert how in ("low-thresholds", "equalised", "rotated", "full"), (path.name, how)
         gt = _ground_truth_landmarks(path)
         if gt is None:
             continue

@@ -259,3 +259,32 @@ def test_a_weak_face_on_one_turned_copy_must_be_found_again_levelled(monkeypatch
     # confident: kept without searching the levelled copy
     crop, tried, how = run({45.0: [face(0.96)]})
     assert crop.probability == 0.96 and lv not in tried
+
+
+def test_equalise_contrast_spreads_lightness_and_keeps_grey_and_geometry() -> None:
+    """A grey ramp of lightness 100-120 (of 255): CLAHE spreads it over a half wider range at least, pixels stay
+    grey, lightness still rises along the ramp, and the image keeps its size."""
+    from facerecon.detect import equalise_contrast
+
+    ramp = np.tile(np.linspace(100, 120, 128).round().astype(np.uint8)[None, :, None], (96, 1, 3))
+    even = equalise_contrast(ramp)
+    assert even.shape == ramp.shape and even.dtype == np.uint8
+    assert np.abs(even[..., 0].astype(int) - even[..., 1]).max() <= 1 and np.abs(even[..., 0].astype(int) - even[..., 2]).max() <= 1
+    row = even[48, :, 0].astype(int)
+    assert row.max() - row.min() > 1.5 * (120 - 100)
+    assert row[:32].mean() < row[48:80].mean() < row[-32:].mean()
+
+
+def test_a_face_in_deep_shadow_is_found_on_the_contrast_equalised_copy() -> None:
+    """The astronaut at 7 % of its brightness: MTCNN's fast search finds no face; the second
+    chance finds it on the equalised copy, in the box of the upright photo's own detection."""
+    image = cv2.cvtColor(cv2.imread(str(ASTRONAUT)), cv2.COLOR_BGR2RGB)
+    reference = FaceDetector().detect_best(image)[0]
+    dark = (image.astype(np.float32) * 0.07 + 3).round().clip(0, 255).astype(np.uint8)
+    assert FaceDetector(second_chance=False).detect_best(dark) == []
+    detector = FaceDetector()
+    found = detector.detect_best(dark)
+    assert detector.last_search == "equalised" and found[0].probability >= 0.9
+    (x0, y0, s0), (x1, y1, s1) = reference.box, found[0].box
+    overlap = max(0.0, min(x0 + s0, x1 + s1) - max(x0, x1)) * max(0.0, min(y0 + s0, y1 + s1) - max(y0, y1))
+    assert overlap / (s0 * s0 + s1 * s1 - overlap) > 0.9

@@ -44,8 +44,8 @@ class FaceDetector:
       found there has the same box. When that finds nothing, a *second chance* before the
       average-crop fallback: the full search, then copies rotated by +-45, +-30 and +-60 degrees
       (strongly rolled faces; each angle both ways, the more confident face kept), then lower
-      stage thresholds, then a copy with its contrast equalised (faces in shadow), each with the
-      same ``min_probability``.
+      stage thresholds on the photo and on a copy with its contrast equalised (faces in shadow;
+      the more confident face kept), each with the same ``min_probability``.
 
     Args:
         device: torch device for MTCNN ("cpu", "cuda", "cuda:1", ...).
@@ -261,8 +261,8 @@ class FaceDetector:
 
     def detect_second_chance(self, image: np.ndarray) -> list[FaceCrop]:
         """What :meth:`detect_best` tries after the full search finds nothing: the rotated
-        copies, then lower stage thresholds, then the contrast-equalised copy (``last_search`` says
-        which found the faces, "none" when none did). ``prepare`` calls it for an image whose full search found no face, so
+        copies, then lower stage thresholds on the photo and on its contrast-equalised copy
+        (``last_search`` says which found the faces, "none" when none did). ``prepare`` calls it for an image whose full search found no face, so
         the cache's crops come from the same policy as ``predict``'s."""
         _check_image(image)
         self.finish_warm_up()
@@ -271,9 +271,10 @@ class FaceDetector:
         return self._last_chances(small, min_face, sx, sy)
 
     def _last_chances(self, small: np.ndarray, min_face: float, sx: float, sy: float) -> list[FaceCrop]:
-        """The rotated copies, then lower thresholds (the order ``benchmarks/bench_rolled.py
-        --study`` chose: a rolled face turned upright gets MTCNN's accurate five points, where a
-        low-threshold hit on it puts them far off, and the copies cost a fifth as much)."""
+        """The rotated copies, then lower thresholds on the photo and its contrast-equalised copy
+        (the order ``benchmarks/bench_rolled.py --study`` chose: a rolled face turned upright gets
+        MTCNN's accurate five points, where a low-threshold hit on it puts them far off, and the
+        copies cost a fifth as much)."""
         for angle in self.ROTATIONS:
             both = [self._rotated_search(small, a, min_face, sx, sy) for a in (-angle, angle)]
             found = [faces for faces in both if faces]

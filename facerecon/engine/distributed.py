@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar, cast
 
@@ -151,4 +152,10 @@ def _spawned(rank: int, fn: Callable[..., Any], world: int, args: tuple, queue: 
             queue.put(exc)
         raise
     if rank == 0:
-        queue.put(result)
+        queue.put(result)  # a SimpleQueue: written to the pipe before put returns
+    # The work is done and its files closed: leave without the interpreter's shutdown, in which a
+    # native thread pool still running (gloo's, or a library's) aborts the process now and then
+    # ("terminate called without an active exception"), and the parent would report a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

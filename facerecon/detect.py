@@ -286,7 +286,9 @@ class FaceDetector:
         # lower thresholds on the photo and on its contrast-equalised copy, the more confident
         # face kept (a face in deep shadow: the photo's search finds a false face at best)
         low = [min(a, b) for a, b in zip(self.thresholds, self.LOW_THRESHOLDS)]
-        plain = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)
+        plain = []  # at the thresholds already searched, the photo has no face
+        if low != list(self.thresholds):
+            plain = self._to_crops(self._search(small, self.min_face_size, low), sx, sy)
         even = equalise_contrast(small, self.EQUALISE_CLIP)
         evened = self._to_crops(self._search(even, self.min_face_size, low), sx, sy)
         if evened and evened[0].probability < self.CONFIRM_BELOW and self._found_again(even, evened[0], min_face, sx, sy) is None:

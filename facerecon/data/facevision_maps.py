@@ -318,21 +318,31 @@ def maps_path(cache: str | os.PathLike[str]) -> Path:
     return cache.with_name(cache.stem + ".maps.h5")
 
 
-def _cache_inputs(f: Any, size: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """The side file's identity (checked on resume and when read), the offsets, triangles and codes."""
+def face_model_of(f: Any) -> tuple[np.ndarray, np.ndarray]:
+    """An open cache's face model: its triangles ``(F, 3)`` int64 and every vertex's code ``(V, 3)``
+    (:func:`reference_codes`).
+
+    Raises:
+        InputError: a cache whose points are not a face model's vertices (a scan cache).
+    """
     if not bool(f.attrs.get("points_in_model_order", False)) or "face_model" not in f:
         raise InputError(
             f"{f.filename}: depth and correspondence maps need a cache whose points are a face model's vertices "
             "(AFLW2000-3D, 300W-LP prepared with --face-model); scan caches have no triangles"
         )
+    return f["face_model/triangles"][:].astype(np.int64), reference_codes(f["face_model/mean"][:])
+
+
+def _cache_inputs(f: Any, size: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """The side file's identity (checked on resume and when read), the offsets, triangles and codes."""
+    triangles, codes = face_model_of(f)
     offsets = f["offsets"][:].astype(np.int64)
-    triangles = f["face_model/triangles"][:].astype(np.int64)
     digest = hashlib.sha256(offsets.tobytes())
     digest.update(f["boxes"][:].tobytes())
     digest.update(triangles.tobytes())
     digest.update("\n".join(v.decode() if isinstance(v, bytes) else str(v) for v in f["ids"][:]).encode())
     identity = {"cache_sha256": digest.hexdigest(), "rows": int(offsets.size - 1), "size": int(size), "version": MAPS_FORMAT_VERSION}
-    return identity, offsets, triangles, reference_codes(f["face_model/mean"][:])
+    return identity, offsets, triangles, codes
 
 
 def _create_partial(path: Path, identity: dict, landmark_codes: np.ndarray) -> Any:

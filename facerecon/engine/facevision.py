@@ -98,10 +98,11 @@ def cache_face_model(cache: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
     what a FaceVision network keeps to complete the surface its depth map does not show."""
     import h5py
 
-    from facerecon.data.facevision_maps import reference_codes
+    from facerecon.data.facevision_maps import face_model_of
 
     with h5py.File(cache, "r") as f:
-        return reference_codes(f["face_model/mean"][:]).astype(np.float32), f["face_model/triangles"][:].astype(np.int32)
+        triangles, codes = face_model_of(f)
+    return codes.astype(np.float32), triangles.astype(np.int32)
 
 
 def gradient_averager(distributed: bool) -> Callable[[list[nn.Parameter]], None] | None:

@@ -298,11 +298,9 @@ class PyramidPlan:
     Attributes:
         scales: the pyramid's scales (:func:`pyramid_scales`), float32.
         mosaic: the levels packed into one image (:func:`pack_levels`).
-        pixels: ``(P,)`` flat mosaic pixel of each level pixel.
-        corners: ``(4, P)`` flat summed-area-table entries ``S[y1, x1]``, ``S[y0, x1]``,
-            ``S[y1, x0]``, ``S[y0, x0]`` of each level pixel's area window
-            (:func:`_area_resample`'s windows).
-        counts: ``(P, 1)`` float32 pixels in each window.
+        windows: per level, its area windows (:func:`_area_resample`'s): the bounds of its rows
+            ``(r0, r1)`` and columns ``(c0, c1)`` in the summed-area table, and ``(h, w, 1)``
+            float32 pixels in each window.
         cell_level: ``(h, w)`` int16 level of each P-Net output cell of the mosaic whose
             receptive field lies in that level; -1 elsewhere.
         cell_origin: ``(L, 2)`` the first cell (row, column) of each level.
@@ -310,9 +308,7 @@ class PyramidPlan:
 
     scales: np.ndarray
     mosaic: Mosaic
-    pixels: np.ndarray
-    corners: np.ndarray
-    counts: np.ndarray
+    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     cell_level: np.ndarray
     cell_origin: np.ndarray
 
@@ -320,15 +316,19 @@ class PyramidPlan:
         """``(1, H, W, 3)`` float32 the mosaic of the image behind ``table`` (its summed-area
         table, :func:`_integral`), MTCNN-normalised; 0 between the levels. Each level equals
         ``interpolate(image, size, mode="area")`` exactly (integer window sums, one float32
-        division), as :func:`_area_resample` computes it."""
-        flat = table.reshape(-1, table.shape[2])
-        sums = np.take(flat, self.corners[0], axis=0)
-        sums -= np.take(flat, self.corners[1], axis=0)
-        sums -= np.take(flat, self.corners[2], axis=0)
-        sums += np.take(flat, self.corners[3], axis=0)
-        canvas = np.zeros((self.mosaic.shape[0] * self.mosaic.shape[1], 3), np.float32)
-        canvas[self.pixels] = _normalise(sums.astype(np.float32) / self.counts)
-        return canvas.reshape(1, *self.mosaic.shape, 3)
+        division), as :func:`_area_resample` computes it: the table's rows at the level's row
+        bounds first (whole rows copied), then their columns, so the costly element gathers
+        run on a level's rows only (~3x faster than four gathers per pixel on a 1024 px photo)."""
+        out = np.zeros((*self.mosaic.shape, 3), np.float32)
+        for (oy, ox), (r0, r1, c0, c1, counts) in zip(self.mosaic.offsets, self.windows):
+            rows = np.take(table, r1, axis=0)
+            rows -= np.take(table, r0, axis=0)
+            sums = np.take(rows, c1, axis=1)
+            sums -= np.take(rows, c0, axis=1)
+            level = sums.astype(np.float32)
+            level /= counts
+            out[oy : oy + len(r0), ox : ox + len(c0)] = _normalise(level)
+        return out[None]
 
     def candidates(self, reg_map: np.ndarray, prob_map: np.ndarray, threshold: float) -> np.ndarray:
         """P-Net's boxes ``(N, 9)`` (``x0 y0 x1 y1 score`` + 4 regressions) of every level, each
@@ -376,18 +376,14 @@ def pyramid_plan(height: int, width: int, min_face: float, factor: float = DEFAU
 def _make_plan(height: int, width: int, scales: Sequence[float]) -> PyramidPlan:
     sizes = [(int(height * scale + 1), int(width * scale + 1)) for scale in scales]
     mosaic = pack_levels(sizes)
-    stride = width + 1  # of the summed-area table
-    pixels, corners, counts = [], [], []
+    windows = []
     cell_level = np.full(((mosaic.shape[0] - 1) // 2 - 4, (mosaic.shape[1] - 1) // 2 - 4), -1, np.int16)
     origin = np.zeros((len(sizes), 2), np.int64)
     zero = np.zeros(1, np.int64)
     for k, ((oy, ox), (hs, ws)) in enumerate(zip(mosaic.offsets, sizes)):
-        r0, r1 = _bins(zero, np.array([height]), hs)
-        c0, c1 = _bins(zero, np.array([width]), ws)
-        r0, r1, c0, c1 = r0[0][:, None], r1[0][:, None], c0[0][None, :], c1[0][None, :]
-        corners.append(np.stack([r1 * stride + c1, r0 * stride + c1, r1 * stride + c0, r0 * stride + c0]).reshape(4, -1))
-        counts.append(((r1 - r0) * (c1 - c0)).reshape(-1))
-        pixels.append(((oy + np.arange(hs))[:, None] * mosaic.shape[1] + ox + np.arange(ws)[None, :]).reshape(-1))
+        (r0,), (r1,) = _bins(zero, np.array([height]), hs)
+        (c0,), (c1,) = _bins(zero, np.array([width]), ws)
+        windows.append((r0, r1, c0, c1, ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)[..., None]))
         # the level's P-Net output: one cell per 2 px, (ceil((hs - 2) / 2) - 4) rows
         rows, cols = (hs - 1) // 2 - 4, (ws - 1) // 2 - 4
         cell_level[oy // 2 : oy // 2 + rows, ox // 2 : ox // 2 + cols] = k
@@ -395,9 +391,7 @@ def _make_plan(height: int, width: int, scales: Sequence[float]) -> PyramidPlan:
     return PyramidPlan(
         scales=np.array(scales, np.float32),
         mosaic=mosaic,
-        pixels=np.concatenate(pixels),
-        corners=np.concatenate(corners, axis=1),
-        counts=np.concatenate(counts).astype(np.float32)[:, None],
+        windows=windows,
         cell_level=cell_level,
         cell_origin=origin,
     )

@@ -94,6 +94,27 @@ def test_area_resample_is_torch_area_interpolation(size, region, out) -> None:
     np.testing.assert_allclose(two[0], ours, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(61, 47), (120, 90)])
+def test_pyramid_canvas_is_torch_area_interpolation_per_level(size) -> None:
+    """P-Net's mosaic: every level is torch's ``interpolate(mode="area")`` of the image at the
+    level's size, MTCNN-normalised, in its place; 0 between the levels."""
+    from facerecon.mtcnn_cascade import pyramid_plan
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    plan = pyramid_plan(*size, min_face=20.0)
+    assert plan is not None and len(plan.scales) >= 3
+    canvas = plan.canvas(_integral(image))[0]
+    tensor = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+    covered = np.zeros(canvas.shape[:2], bool)
+    for (oy, ox), scale in zip(plan.mosaic.offsets, plan.scales):
+        hs, ws = int(size[0] * float(scale) + 1), int(size[1] * float(scale) + 1)
+        ref = torch.nn.functional.interpolate(tensor, size=(hs, ws), mode="area")[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(canvas[oy : oy + hs, ox : ox + ws], (ref - 127.5) / 128.0, rtol=0, atol=1e-6)
+        covered[oy : oy + hs, ox : ox + ws] = True
+    assert not canvas[~covered].any()
+
+
 def test_nms_hand_values() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 5]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)

@@ -181,6 +181,25 @@ def test_mtcnn_networks_run_the_same_in_onnx_runtime(tmp_path: Path) -> None:
 # ---- export-time equivalents ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("low, high", [(-1.3, 1.0), (-0.7, 1.3), (0.0, 0.5)])
+def test_prelu_for_onnx_is_prelu_bit_for_bit(low: float, high: float) -> None:
+    """MTCNN's PReLUs as exported (``max(x, a x)``, or ``relu(x) + a min(x, 0)`` where a slope
+    exceeds 1): the same bits as ``nn.PReLU`` on both sides of 0, for slopes below 0, in (0, 1]
+    and above 1."""
+    from facerecon.runtime.export import _prelu
+
+    torch.manual_seed(0)
+    prelu = torch.nn.PReLU(16)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.linspace(low, high, 16))
+    x = torch.randn(3, 16, 7, 5) * 4
+    x[0, :, 0, 0] = 0.0
+    with torch.no_grad():
+        assert torch.equal(_prelu(prelu, x), prelu(x))
+        assert torch.equal(_prelu(prelu, x, general="split"), prelu(x))
+        assert torch.equal(_prelu(prelu, x[:, :, 0, 0]), prelu(x[:, :, 0, 0]))  # dense layers' (N, C)
+
+
 def test_resize_matrix_is_pytorchs_antialiased_bilinear_resize() -> None:
     image = torch.rand(2, 3, 224, 224)
     m = resize_matrix(224, 128)

@@ -60,9 +60,10 @@ def resolve_onnx_model(model: str | os.PathLike[str] | None) -> Path:
     return found
 
 
-def optimised_model_path(model: str | os.PathLike[str]) -> Path | None:
+def optimised_model_path(model: str | os.PathLike[str], batch: int | None = None) -> Path | None:
     """Where ONNX Runtime's optimised copy of ``model`` is kept for this machine, or None when
-    caching is off (``FACERECON_ONNX_CACHE=0``).
+    caching is off (``FACERECON_ONNX_CACHE=0``); ``batch``: the copy optimised for that batch
+    size (:func:`make_session`), a file of its own.
 
     Fully optimised graphs (ONNX Runtime's blocked ``NCHWc`` convolution layouts) depend on the
     CPU's vector width, so the key holds the CPU's identity and ONNX Runtime's version, with the
@@ -80,13 +81,16 @@ def optimised_model_path(model: str | os.PathLike[str]) -> Path | None:
     stat = path.stat()
     key = "\n".join([str(path), str(stat.st_size), str(stat.st_mtime_ns), ort.__version__, cpu_identity()])
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
-    return user_cache_dir() / "onnx" / f"{path.stem}-{digest}.onnx"
+    suffix = "" if batch is None else f"-batch{int(batch)}"
+    return user_cache_dir() / "onnx" / f"{path.stem}-{digest}{suffix}.onnx"
 
 
-def _options(threads: int) -> Any:
+def _options(threads: int, batch: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if batch is not None:  # the exports name their batch axis "batch" (facerecon.runtime.export)
+        options.add_free_dimension_override_by_name("batch", int(batch))
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -95,10 +99,12 @@ def _options(threads: int) -> Any:
     return options
 
 
-def make_session(model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_THREADS, cache: bool = True) -> Any:
+def make_session(model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_THREADS, cache: bool = True, batch: int | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on the CPU with ``threads`` non-spinning intra-op
     threads. With ``cache``, a model file's optimised graph is kept for this machine
-    (:func:`optimised_model_path`, written atomically) and loaded as is the next time.
+    (:func:`optimised_model_path`, written atomically) and loaded as is the next time. With
+    ``batch``, the batch axis is fixed to that size, so ONNX Runtime folds the shape arithmetic
+    that depends on it (the session then takes that batch size only).
 
     Raises:
         DependencyError: onnxruntime is not installed.
@@ -109,16 +115,16 @@ def make_session(model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_T
     except ImportError:
         raise DependencyError("the ONNX runtime needs onnxruntime: pip install onnxruntime") from None
     if isinstance(model, bytes):
-        return _session(model, _options(threads), "model")
+        return _session(model, _options(threads, batch), "model")
     if not Path(model).is_file():
         raise InputError(f"{model}: no such ONNX model (write one with 'facerecon export')")
-    cached = optimised_model_path(model) if cache else None
+    cached = optimised_model_path(model, batch) if cache else None
     if cached is not None and cached.is_file():
-        options = _options(threads)
+        options = _options(threads, batch)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         with contextlib.suppress(InputError):  # a damaged copy: optimise again and replace it
             return _session(os.fspath(cached), options, cached)
-    options = _options(threads)
+    options = _options(threads, batch)
     tmp: Path | None = None
     if cached is not None:
         with contextlib.suppress(OSError):
@@ -155,13 +161,20 @@ class MeshRuntime:
         landmark_reference: (68, 3) frontal landmarks for the head pose, or None.
         template: the template's name; ``input_size``, ``takes_landmarks5``, ``device``: the rest
             of a network runner's interface (:class:`facerecon.engine.results.NetworkRunner`).
+
+    One face runs in a session of its own: one thread, the batch axis fixed to 1. The network's
+    operations are small at batch 1, and a second thread costs more to wake than it saves on a
+    2-core machine (median 14.8 against 17.3 ms, ``benchmarks/bench_runtime.py``). Batches of
+    several faces run on ``threads`` threads in a second session, opened when first needed.
     """
 
     device = "cpu"
 
     def __init__(self, path: str | os.PathLike[str], threads: int = DEFAULT_THREADS) -> None:
         self.path = Path(path)
-        self.session = make_session(self.path, threads)
+        self.threads = int(threads)
+        self.session = make_session(self.path, 1, batch=1)
+        self._batched: Any = None
         meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
         if meta is None:
             raise InputError(f"{self.path}: not a facerecon network export (write one with 'facerecon export')")
@@ -222,7 +235,13 @@ class MeshRuntime:
             if landmarks5 is None:
                 landmarks5 = np.full((len(crops), 5, 2), np.nan, np.float32)
             feeds["landmarks5"] = np.ascontiguousarray(landmarks5, dtype=np.float32).reshape(len(crops), 5, 2)
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        if len(crops) == 1:
+            session = self.session
+        else:
+            if self._batched is None:
+                self._batched = make_session(self.path, self.threads)
+            session = self._batched
+        return dict(zip(self.output_names, session.run(self.output_names, feeds)))
 
 
 class OnnxMTCNN:

@@ -73,24 +73,28 @@ def bench_network(threads: int, repeats: int, rounds: int) -> None:
         t_torch, t_ort = _alternate(run_torch, lambda: runtime.run(crops, five), repeats, rounds)
         per = f"{t_torch / batch:.1f} / {t_ort / batch:.1f}"
         print(f"{f'batch {batch}':<28} {t_torch:>11.1f} {t_ort:>11.1f} {per:>16} {t_torch / t_ort:>8.2f}x")
-    bench_single_face_session(runtime, threads, repeats, rounds)
+    bench_sessions(runtime, threads, repeats, rounds)
 
 
-def bench_single_face_session(runtime, threads: int, repeats: int, rounds: int) -> None:  # type: ignore[no-untyped-def]
-    """MeshRuntime's session for one face (one thread, batch axis fixed to 1) against a session
-    with ``threads`` threads and the dynamic batch axis, at batch 1, alternating."""
+def bench_sessions(runtime, threads: int, repeats: int, rounds: int) -> None:  # type: ignore[no-untyped-def]
+    """MeshRuntime's way of running the network (one session, one intra-op thread, batch axis
+    fixed to 1; several faces spread over ``threads`` workers running it at once) against one
+    session with ``threads`` intra-op threads and the dynamic batch axis, alternating: one face,
+    and 6 faces (a group photo)."""
     import numpy as np
 
     from facerecon.runtime.session import make_session
 
     rng = np.random.default_rng(1)
-    feeds = {"crops": rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)}
-    if runtime.takes_landmarks5:
-        feeds["landmarks5"] = np.array([[[82, 90], [142, 90], [112, 125], [88, 158], [136, 158]]], np.float32)
     dynamic = make_session(runtime.path, threads)
     names = runtime.output_names
-    t_one, t_dyn = _alternate(lambda: runtime.session.run(names, feeds), lambda: dynamic.run(names, feeds), repeats, max(rounds, 6))
-    print(f"one face: 1 thread, batch fixed {t_one:.2f} ms; {threads} threads, dynamic batch {t_dyn:.2f} ms ({t_dyn / t_one:.2f}x)")
+    print(f"sessions: MeshRuntime (1 thread, batch fixed to 1, faces over {threads} workers) against one {threads}-thread session, dynamic batch")
+    for batch in (1, 6):
+        feeds = {"crops": rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)}
+        if runtime.takes_landmarks5:
+            feeds["landmarks5"] = np.repeat(np.array([[[82, 90], [142, 90], [112, 125], [88, 158], [136, 158]]], np.float32), batch, 0)
+        ours, theirs = _alternate(lambda: runtime.run(**feeds), lambda: dynamic.run(names, feeds), repeats, max(rounds, 6))
+        print(f"  {batch} face(s): {ours:.2f} ms against {theirs:.2f} ms ({theirs / ours:.2f}x)")
 
 
 def bench_detection(threads: int, repeats: int, rounds: int) -> None:

@@ -127,7 +127,7 @@ def test_optimised_copy_is_kept_per_machine_and_gives_the_same_outputs(tmp_path:
 
     if default_onnx_model() is None:
         pytest.skip("no shipped ONNX model")
-    cached = optimised_model_path(default_onnx_model())
+    cached = optimised_model_path(default_onnx_model(), batch=1)  # MeshRuntime's session: batch axis fixed to 1
     assert cached is not None and str(cached).startswith(str(tmp_path / "cache")) and not cached.exists()
     rng = np.random.default_rng(5)
     crops = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
@@ -155,6 +155,10 @@ def test_mesh_runtime_takes_all_faces_in_one_batch() -> None:
         alone = rt.run(crops[k : k + 1], five[k : k + 1])["vertices"]
         np.testing.assert_allclose(together[k], alone[0], atol=1e-5)
     assert together.shape[0] == 5 and int(rt.stage_faces[-1].max()) < together.shape[1]
+    # the faces of a batch run concurrently, face by face: the same arrays on one worker
+    np.testing.assert_array_equal(MeshRuntime(default_onnx_model(), threads=1).run(crops, five)["vertices"], together)
+    empty = rt.run(crops[:0], five[:0])
+    assert empty["vertices"].shape == (0, *together.shape[1:]) and empty["landmarks"].shape[0] == 0
 
 
 def test_runtime_reports_a_missing_model_in_one_line(tmp_path: Path) -> None:

@@ -162,19 +162,22 @@ class MeshRuntime:
         template: the template's name; ``input_size``, ``takes_landmarks5``, ``device``: the rest
             of a network runner's interface (:class:`facerecon.engine.results.NetworkRunner`).
 
-    One face runs in a session of its own: one thread, the batch axis fixed to 1. The network's
-    operations are small at batch 1, and a second thread costs more to wake than it saves on a
-    2-core machine (median 14.8 against 17.3 ms, ``benchmarks/bench_runtime.py``). Batches of
-    several faces run on ``threads`` threads in a second session, opened when first needed.
+    The network runs in one session with one intra-op thread and the batch axis fixed to 1; a
+    batch of several faces (all the faces of a photo) is spread face by face over ``threads``
+    worker threads that run the same session at once (ONNX Runtime's sessions take concurrent
+    runs). The network's operations are small: a second intra-op thread costs about what it
+    saves (one face: 1.05-1.19x faster on one thread), and two faces at a time on the two cores
+    beat ONNX Runtime's own 2-thread batch by 1.16-1.40x (6 faces; ``benchmarks/bench_runtime.py``,
+    "sessions", docs/runtime.md).
     """
 
     device = "cpu"
 
     def __init__(self, path: str | os.PathLike[str], threads: int = DEFAULT_THREADS) -> None:
         self.path = Path(path)
-        self.threads = int(threads)
+        self.threads = max(1, int(threads))
         self.session = make_session(self.path, 1, batch=1)
-        self._batched: Any = None
+        self._pool: Any = None
         meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
         if meta is None:
             raise InputError(f"{self.path}: not a facerecon network export (write one with 'facerecon export')")
@@ -235,13 +238,20 @@ class MeshRuntime:
             if landmarks5 is None:
                 landmarks5 = np.full((len(crops), 5, 2), np.nan, np.float32)
             feeds["landmarks5"] = np.ascontiguousarray(landmarks5, dtype=np.float32).reshape(len(crops), 5, 2)
-        if len(crops) == 1:
-            session = self.session
+        names = self.output_names
+        if len(crops) <= 1 or self.threads == 1:
+            runs = [self.session.run(names, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(len(crops))]
         else:
-            if self._batched is None:
-                self._batched = make_session(self.path, self.threads)
-            session = self._batched
-        return dict(zip(self.output_names, session.run(self.output_names, feeds)))
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="facerecon-network")
+            futures = [self._pool.submit(self.session.run, names, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(len(crops))]
+            runs = [f.result() for f in futures]
+        if not runs:  # no crops: empty arrays of the outputs' shapes
+            shapes = {o.name: o.shape for o in self.session.get_outputs()}
+            return {n: np.zeros((0, *shapes[n][1:]), np.float32) for n in names}
+        return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
 
 
 class OnnxMTCNN:

@@ -3,10 +3,11 @@
 Imports numpy, onnxruntime and facerecon's torch-free modules only (``tests/test_runtime.py``
 checks that ``torch`` is never imported). Sessions run on 2 intra-op threads whose workers do not
 spin (``session.intra_op.allow_spinning = 0``): spinning workers starve every other thread of a
-2-core machine (docs/runtime.md).
+2-core machine (docs/runtime.md). The mesh network's session is the exception (one thread, see
+:class:`MeshRuntime`).
 
 * :class:`MeshRuntime`: an exported network (``facerecon export``) on a batch of crops, all faces of
-  a photo at once (the batch axis is dynamic).
+  a photo at once (spread face by face over 2 workers running one session).
 * :class:`OnnxMTCNN`: MTCNN's three networks with the cascade's interface
   (:mod:`facerecon.mtcnn_cascade`); :class:`OnnxFaceDetector` is ``FaceDetector``'s crop policy on them.
 """

@@ -35,6 +35,7 @@ landmark reference for the head pose, the input size.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import math
@@ -52,7 +53,7 @@ from facerecon.errors import FaceReconError, InputError
 from facerecon.runtime.session import META_KEY, MTCNN_FILES
 
 if TYPE_CHECKING:
-    from facerecon.mtcnn import ONet, PNet, RNet
+    from facerecon.mtcnn import PNet
 
 __all__ = ["META_KEY", "OPSET", "export_onnx", "export_network", "export_mtcnn", "export_module", "ExportNetwork", "NeighbourTable", "resize_matrix"]
 
@@ -865,37 +866,31 @@ class _PNetExport(nn.Module):
         return p.conv4_2(x), torch.softmax(p.conv4_1(x), dim=1)
 
 
-class _RNetExport(nn.Module):
-    """R-Net on NHWC crops (``facerecon.mtcnn.RNet.forward`` with :func:`_prelu`)."""
+class _PReLUExport(nn.Module):
+    """A trained ``nn.PReLU`` as :func:`_prelu` writes it (``general``: its form for a layer with a
+    slope above 1)."""
 
-    def __init__(self, rnet: RNet) -> None:
+    def __init__(self, prelu: nn.PReLU, general: str = "prelu") -> None:
         super().__init__()
-        self.net = rnet
+        self.prelu, self.general = prelu, general
 
-    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
-        n = self.net
-        x = n.pool1(_prelu(n.prelu1, n.conv1(crops.permute(0, 3, 1, 2)), general="split"))
-        x = n.pool2(_prelu(n.prelu2, n.conv2(x)))
-        x = _prelu(n.prelu3, n.conv3(x))
-        x = _prelu(n.prelu4, n.dense4(x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)))
-        return n.dense5_2(x), torch.softmax(n.dense5_1(x), dim=1)
+    def forward(self, x: Tensor) -> Tensor:
+        return _prelu(self.prelu, x, self.general)
 
 
-class _ONetExport(nn.Module):
-    """O-Net on NHWC crops (``facerecon.mtcnn.ONet.forward`` with :func:`_prelu`)."""
+class _CropNetExport(nn.Module):
+    """R-Net or O-Net on NHWC crops, their own ``forward`` with every PReLU as :func:`_prelu`
+    (a copy of the network; ``general``: the form per layer name where a slope exceeds 1)."""
 
-    def __init__(self, onet: ONet) -> None:
+    def __init__(self, net: nn.Module, general: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.net = onet
+        self.net = copy.deepcopy(net)
+        for name, module in list(self.net.named_children()):
+            if isinstance(module, nn.PReLU):
+                setattr(self.net, name, _PReLUExport(module, (general or {}).get(name, "prelu")))
 
-    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        n = self.net
-        x = n.pool1(_prelu(n.prelu1, n.conv1(crops.permute(0, 3, 1, 2))))
-        x = n.pool2(_prelu(n.prelu2, n.conv2(x)))
-        x = n.pool3(_prelu(n.prelu3, n.conv3(x)))
-        x = _prelu(n.prelu4, n.conv4(x))
-        x = _prelu(n.prelu5, n.dense5(x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)))
-        return n.dense6_2(x), n.dense6_3(x), torch.softmax(n.dense6_1(x), dim=1)
+    def forward(self, crops: Tensor) -> tuple[Tensor, ...]:
+        return self.net(crops.permute(0, 3, 1, 2))
 
 
 def export_mtcnn(folder: str | os.PathLike[str]) -> dict[str, Path]:
@@ -915,8 +910,8 @@ def export_mtcnn(folder: str | os.PathLike[str]) -> dict[str, Path]:
         {"canvas": {1: "h", 2: "w"}, "outside": {2: "h2", 3: "w2"}, "reg": {2: "ch", 3: "cw"}, "prob": {2: "ch", 3: "cw"}},
     )
     for name, size, outputs, net in (
-        ("rnet", 24, ["reg", "prob"], _RNetExport(nets.rnet)),
-        ("onet", 48, ["reg", "points", "prob"], _ONetExport(nets.onet)),
+        ("rnet", 24, ["reg", "prob"], _CropNetExport(nets.rnet, {"prelu1": "split"})),
+        ("onet", 48, ["reg", "points", "prob"], _CropNetExport(nets.onet)),
     ):
         dynamic = {k: {0: "n"} for k in ["crops", *outputs]}
         out[name] = export_module(net, (torch.zeros(2, size, size, 3),), folder / MTCNN_FILES[name], ["crops"], outputs, dynamic)

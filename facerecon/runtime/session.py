@@ -240,15 +240,15 @@ class MeshRuntime:
                 landmarks5 = np.full((len(crops), 5, 2), np.nan, np.float32)
             feeds["landmarks5"] = np.ascontiguousarray(landmarks5, dtype=np.float32).reshape(len(crops), 5, 2)
         names = self.output_names
-        if len(crops) <= 1 or self.threads == 1:
-            runs = [self.session.run(names, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(len(crops))]
+        faces = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(len(crops))]
+        if len(faces) <= 1 or self.threads == 1:
+            runs = [self.session.run(names, face) for face in faces]
         else:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="facerecon-network")
-            futures = [self._pool.submit(self.session.run, names, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(len(crops))]
-            runs = [f.result() for f in futures]
+            runs = [f.result() for f in [self._pool.submit(self.session.run, names, face) for face in faces]]
         if not runs:  # no crops: empty arrays of the outputs' shapes
             shapes = {o.name: o.shape for o in self.session.get_outputs()}
             return {n: np.zeros((0, *shapes[n][1:]), np.float32) for n in names}

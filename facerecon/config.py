@@ -105,6 +105,11 @@ class GraphConfig(_Checked):
     hidden_per_block: tuple[int, ...] = _num((), ge=1, le=8192)
     #: Per-block graph convolution counts (empty: ``layers_per_block`` everywhere; ``prior_graph`` only).
     layers_per_block_list: tuple[int, ...] = _num((), ge=1, le=512)
+    #: ``prior_graph`` only: graph blocks refine the first this many template levels; each finer
+    #: level is the previous one's refined face unpooled onto the base face (no block of its own).
+    #: None: every level has a block. On a face-model ground truth the finer blocks learn next to
+    #: nothing (docs/default-model.md), and they cost most of the network's time.
+    refined_levels: int | None = _num(None, ge=1, le=64)
     #: Learn the position of each new vertex on its edge (face paper) instead of the midpoint.
     adaptive_unpool: bool = True
     #: Where the first graph convolution applies W0/W1 to image features: "auto" (cheaper per map),

@@ -172,3 +172,63 @@ def test_two_processes_learn_the_same_face_prior_as_one(tmp_path: Path) -> None:
         runs[nproc] = load_checkpoint(out / "last.pt")["model"]
     for key in ("prior_mean", "prior_basis", "prior_std", "prior_five3d", "prior_five_ref"):
         torch.testing.assert_close(runs[2][key], runs[1][key], rtol=0, atol=0, msg=key)
+
+
+def test_pruning_the_finer_blocks_keeps_what_they_did_not_change(tmp_path: Path) -> None:
+    """A network whose blocks past the first output nothing (their last convolution zero, every
+    other weight random) and the same network pruned to its first block (``prune_refinement``,
+    loaded by ``load_model``): the same mesh at every level, the same landmarks; the dropped
+    blocks' weights are gone from the file, and asking for more blocks than there are, or for
+    none, is refused."""
+    from facerecon import __version__
+    from facerecon.engine.checkpoint import CHECKPOINT_FORMAT, prune_refinement, save_checkpoint
+    from facerecon.engine.predict import load_model
+    from facerecon.errors import InputError
+    from facerecon.model.network import build_network
+
+    config = Config().replace(TINY_V2)
+    net = build_network(config.model).eval()
+    v = net.num_vertices
+    rng = np.random.default_rng(1)
+    five3d = np.array([[-0.3, -0.2, -0.1], [0.3, -0.2, -0.1], [0.0, 0.1, -0.35], [-0.22, 0.4, -0.08], [0.22, 0.4, -0.08]], np.float32)
+    net.set_prior(FacePriorArrays(
+        ids=np.zeros((v, 3), np.int64), bary=np.ones((v, 3), np.float32) / 3, mean=rng.normal(scale=0.3, size=(v, 3)).astype(np.float32),
+        basis=rng.normal(scale=0.02, size=(4, v, 3)).astype(np.float32), std=np.ones(4, np.float32), landmarks=np.zeros((68, 3), np.float32),
+        five3d=five3d, five_ref=five3d[:, :2], mirror=np.arange(v), explained=1.0,
+    ))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            dead = name.startswith(("blocks.1.", "blocks.2.", "blocks.3.")) and ".conv_out." in name
+            p.copy_(torch.zeros_like(p) if dead else 0.1 * torch.randn(p.shape, generator=gen))
+    src, dst = tmp_path / "full.pt", tmp_path / "pruned.pt"
+    save_checkpoint(src, {
+        "format": CHECKPOINT_FORMAT, "version": 1, "facerecon_version": __version__, "config": config.to_dict(),
+        "epoch": 1, "global_step": 1, "best": 0.0, "metrics": {}, "model": net.state_dict(), "landmark_reference": None,
+    })
+    written = prune_refinement(src, dst, 1)
+    assert not any(k.startswith("blocks.1.") for k in written["model"])
+    assert written["config"]["model"]["graph"]["refined_levels"] == 1
+    pruned = load_model(dst).network
+    assert len(pruned.blocks) == 1 and pruned.num_blocks == net.num_blocks
+    image, five = torch.rand(2, 3, 64, 64, generator=gen), torch.from_numpy(five3d[:, :2] * 0.9)[None].repeat(2, 1, 1)
+    with torch.no_grad():
+        a, b = net(image, landmarks5=five), pruned(image, landmarks5=five)
+    assert float((a.vertices - a.base).abs().max()) > 1e-3  # the first block does move the face
+    for level, (x, y) in enumerate(zip(a.coords, b.coords)):
+        np.testing.assert_allclose(y.numpy(), x.numpy(), atol=1e-6, err_msg=f"level {level}")
+    np.testing.assert_allclose(b.landmarks.numpy(), a.landmarks.numpy(), atol=1e-6)
+    for levels in (0, 5):
+        with pytest.raises(InputError, match="graph blocks on 4 levels"):
+            prune_refinement(src, tmp_path / "bad.pt", levels)
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_refined_levels_beyond_the_template_or_on_model_v1_are_refused() -> None:
+    from facerecon.errors import InputError
+    from facerecon.model.network import build_network
+
+    with pytest.raises(InputError, match="refined_levels = 5: the network has 4 levels"):
+        build_network(Config().replace({**{k: v for k, v in TINY_V2.items() if k.startswith("model.")}, "model.graph.refined_levels": 5}).model)
+    with pytest.raises(InputError, match="refined_levels is read by model.kind = 'prior_graph' only"):
+        build_network(Config().replace({"model.kind": "pixel2mesh", "model.backbone": "resnet18", "model.graph.refined_levels": 1}).model)

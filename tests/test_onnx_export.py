@@ -1,6 +1,7 @@
 """ONNX export (facerecon/runtime/export.py): ONNX Runtime's outputs equal PyTorch's within 1e-4
 crop units, on the shipped model and on random weights of every network kind (model v1 with a
-colour head, model v2 with graph blocks, model v2 with the spiral decoder), at several batch sizes;
+colour head, model v2 with graph blocks on every level or on the coarsest only, model v2 with the
+spiral decoder), at several batch sizes;
 the export-time equivalents against the operations they replace (scipy, numpy, PyTorch's own)."""
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from facerecon.runtime.export import (
     _nearest_scaled_rotation,
     _resize,
     _table,
+    _unpool,
+    carry_matrix,
     export_mtcnn,
     export_network,
     neighbour_table,
     resize_matrix,
+    sparse_rows,
     union_pays,
 )
 from facerecon.runtime.session import MeshRuntime, OnnxMTCNN
@@ -116,6 +120,11 @@ TINY = {
         "model.kind": "prior_graph", "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.prior.components": 6,
         "model.prior.head_hidden": 32, "model.graph.hidden_per_block": [16, 12, 8, 8],
         "model.graph.layers_per_block_list": [4, 2, 2, 2], "model.prior.head_pool": "grid", "model.prior.onet_features": True,
+    },
+    "v2 graph refining the coarsest level only (the finer ones carried by the unpoolings)": {
+        "model.kind": "prior_graph", "model.backbone": "mobilenet_v2_050", "model.image_size": 64, "model.prior.components": 6,
+        "model.prior.head_hidden": 32, "model.graph.hidden_per_block": [16, 12, 8, 8],
+        "model.graph.layers_per_block_list": [4, 2, 2, 2], "model.graph.refined_levels": 1,
     },
     "v2 spiral": {
         "model.kind": "prior_spiral", "model.backbone": "mobilenet_v2_050", "model.image_size": 64,
@@ -234,6 +243,27 @@ def test_union_table_is_used_on_the_fine_levels_of_the_shipped_sizes() -> None:
     sizes = [(32, 32), (16, 16), (8, 8), (4, 4)]  # MobileNetV2's maps of a 128 px input
     assert [union_pays(sizes, v) for v in (141, 491, 1821, 7001)] == [False, False, True, True]
     assert not union_pays(sizes[:1], 7001)  # one map: its own four taps
+
+
+def test_carry_matrix_is_the_unpoolings_one_after_the_other_and_its_sparse_rows_sum_the_same() -> None:
+    from facerecon.model.network import build_network
+
+    network = _randomise(build_network(Config().replace(TINY["v2 graph (posed prior, grid head, O-Net features)"]).model), seed=3)
+    x = torch.randn(network.hierarchy.num_vertices(1), 2, 3)
+    unpools = list(network.unpools)[1:]
+    expected = x
+    for unpool in unpools:  # the network's own unpooling modules
+        expected = unpool(expected, dim=0)
+    carry = carry_matrix(unpools, x.shape[0])
+    assert carry.shape == (network.hierarchy.num_vertices(3), x.shape[0])
+    np.testing.assert_allclose((carry @ x.reshape(x.shape[0], -1)).reshape(-1, 2, 3).numpy(), expected.detach().numpy(), atol=1e-5)
+    # the first rows are the identity: an unpooling appends its new vertices after the old ones
+    np.testing.assert_array_equal(carry[: x.shape[0]].numpy(), np.eye(x.shape[0], dtype=np.float32))
+    index, weight = sparse_rows(carry)
+    assert index.shape[1] <= 3  # a vertex of the finest level lies on an edge of an edge of an edge
+    gathered = (x.reshape(x.shape[0], -1)[index] * weight[..., None]).sum(1)
+    np.testing.assert_allclose(gathered.numpy(), (carry @ x.reshape(x.shape[0], -1)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_unpool(unpools[0], x, 0).detach().numpy(), expected[: network.hierarchy.num_vertices(2)].detach().numpy(), atol=1e-6)
 
 
 def test_nearest_scaled_rotation_equals_the_svd() -> None:

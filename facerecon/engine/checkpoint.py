@@ -39,6 +39,7 @@ MODEL_LIMITS = {
     "graph.hidden": 8192,
     "prior.head_hidden": 65_536,
     "graph.layers_per_block": 512,
+    "graph.refined_levels": 64,
     "blocks": 64,
     "num_landmarks": 100_000,
     "image_size": 8192,
@@ -260,6 +261,31 @@ def export_inference_checkpoint(src: str | os.PathLike[str], dst: str | os.PathL
     slim["model"] = {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items()}
     save_checkpoint(Path(dst), slim)
     return slim
+
+
+def prune_refinement(src: str | os.PathLike[str], dst: str | os.PathLike[str], levels: int) -> dict:
+    """A model v2 graph network (``model.kind = "prior_graph"``) with graph blocks on its first
+    ``levels`` template levels only (``model.graph.refined_levels``): the finer blocks' weights are
+    dropped and those levels carry the last kept block's refinement, unpooled. The network's
+    output changes by what the dropped blocks added (check it with ``facerecon eval`` before and
+    after); it runs in a fraction of the time where those blocks learned little. Written
+    atomically, without what only training needs (as :func:`export_inference_checkpoint`).
+    Returns the written dict."""
+    ckpt = load_checkpoint(src)
+    model_cfg = _current_spelling(ckpt["config"]["model"], src)
+    if model_cfg.get("kind") != "prior_graph":
+        raise InputError(f"{src}: a {model_cfg.get('kind')!r} network has no graph blocks to prune (model v2's 'prior_graph' has)")
+    block_ids = {int(m.group(1)) for k in ckpt["model"] for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
+    if not 1 <= int(levels) <= len(block_ids):
+        raise InputError(f"{src}: it has graph blocks on {len(block_ids)} levels; keep 1 to {len(block_ids)}, not {levels}")
+    keep = ("format", "version", "facerecon_version", "config", "epoch", "global_step", "best", "metrics", "landmark_reference")
+    out = {k: ckpt[k] for k in keep if k in ckpt}
+    out["step_in_epoch"] = 0
+    out["config"] = {**ckpt["config"], "model": {**model_cfg, "graph": {**model_cfg.get("graph", {}), "refined_levels": int(levels)}}}
+    dropped = tuple(f"blocks.{l}." for l in range(int(levels), len(block_ids)))
+    out["model"] = {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items() if not k.startswith(dropped)}
+    save_checkpoint(Path(dst), out)
+    return out
 
 
 def clean_stale_temps(folder: str | os.PathLike[str], patterns: tuple[str, ...] = RUN_TEMPORARIES) -> list[Path]:

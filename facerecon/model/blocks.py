@@ -30,7 +30,8 @@ class MeshPrediction:
         coords: per block (B, V_l, 3) float32 vertex positions, crop units.
         input_coords: per block (B, V_l, 3) the block's input positions (after unpooling), for the
             Laplacian and move losses.
-        features: per block (B, V_l, H) float hidden features (a strided view, not a copy).
+        features: per block (B, V_l, H) float hidden features (a strided view, not a copy); width 0
+            on the levels without a block of their own (``model.graph.refined_levels``).
         faces: per block (F_l, 3) int64 triangles (shared by the batch).
         edges: per block (E_l, 2) int64 undirected edges (shared by the batch).
         colors: (B, V_L, 3) RGB in (0, 1) of the last block's vertices, or None.

@@ -55,6 +55,8 @@ class FaceReconNet(MeshNetBase):
         graph, p2m = cfg.graph, cfg.pixel2mesh
         if p2m.coord_mode not in ("offset", "absolute"):
             raise InputError(f"model.pixel2mesh.coord_mode = {p2m.coord_mode!r}: use 'offset' or 'absolute'")
+        if graph.refined_levels is not None:
+            raise InputError("model.graph.refined_levels is read by model.kind = 'prior_graph' only: remove it for 'pixel2mesh'")
         self._setup(cfg, hierarchy, backbone)
         blocks = self.num_blocks
         widths = per_block(graph.hidden_per_block, graph.hidden, blocks, "model.graph.hidden_per_block")

@@ -121,6 +121,10 @@ class PriorFaceNet(MeshNetBase):
 
     def _build_graph(self, cfg: ModelConfig, blocks: int) -> None:
         graph = cfg.graph
+        if graph.refined_levels is not None:
+            if graph.refined_levels > blocks:
+                raise InputError(f"model.graph.refined_levels = {graph.refined_levels}: the network has {blocks} levels")
+            blocks = int(graph.refined_levels)
         widths = per_block(graph.hidden_per_block, graph.hidden, blocks, "model.graph.hidden_per_block")
         layers = per_block(graph.layers_per_block_list, graph.layers_per_block, blocks, "model.graph.layers_per_block_list")
         self.widths = widths
@@ -265,13 +269,32 @@ class PriorFaceNet(MeshNetBase):
         shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
         return base + shift[:, None, :]
 
+    @property
+    def refined_levels(self) -> int:
+        """The levels with a graph block (``model.graph.refined_levels``); the finer ones carry the
+        last block's residual, unpooled."""
+        return len(self.blocks)
+
     def _graph_forward(self, base: Tensor, maps: list[Tensor], to_crop: Callable[[Tensor], Tensor]) -> MeshPrediction:
         """The graph blocks (``model.kind = "prior_graph"``): each refines the base face's first
-        ``V_l`` vertices by a residual unpooled to the next level; aligned frame in, crop units out."""
+        ``V_l`` vertices by a residual unpooled to the next level; aligned frame in, crop units out.
+        The levels past the last block (``model.graph.refined_levels``) are the base face plus that
+        residual unpooled (no hidden features: ``features`` of width 0)."""
         residual: Tensor | None = None
         feats: Tensor | None = None
         out_coords, in_coords, out_feats, faces, edges = [], [], [], [], []
-        for level, block in enumerate(self.blocks):
+        for level in range(self.num_blocks):
+            if level >= len(self.blocks):
+                assert residual is not None
+                residual = self.unpools[level - 1](residual, dim=1)
+                coords = to_crop(base[:, : self.hierarchy.num_vertices(level)] + residual)
+                in_coords.append(coords)
+                out_coords.append(coords)
+                out_feats.append(coords.new_zeros(coords.shape[0], coords.shape[1], 0))
+                faces.append(self.hierarchy.faces(level))
+                edges.append(self.hierarchy.edges(level))
+                continue
+            block = self.blocks[level]
             nv = self.hierarchy.num_vertices(level)
             base_l = base[:, :nv]
             if residual is None or feats is None:

@@ -330,6 +330,25 @@ def _unpool(unpool: TrainedModule, x: Tensor, dim: int) -> Tensor:
     return torch.cat([x, a + t * (b - a)], dim=dim)
 
 
+def carry_matrix(unpools: Sequence[TrainedModule], num_vertices: int) -> Tensor:
+    """(V_last, V) float32: the unpoolings ``unpools`` (coarse to fine) applied one after the other
+    to a per-vertex quantity of ``num_vertices`` vertices, as one matrix (each unpooling is linear:
+    a new vertex is ``a + t (b - a)`` of its edge's ends, ``t`` fixed once trained)."""
+    x = torch.eye(num_vertices)
+    for unpool in unpools:
+        x = _unpool(unpool, x, 0)
+    return x
+
+
+def sparse_rows(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """``(index (R, K) int64, weight (R, K) float32)`` with ``matrix[r] @ x = sum_k weight[r, k]
+    x[index[r, k]]``, K the most non-zeros of a row (shorter rows padded with weight 0)."""
+    nz = matrix != 0
+    k = max(1, int(nz.sum(1).max()))
+    order = torch.argsort((~nz).to(torch.int8), dim=1, stable=True)[:, :k]  # the non-zero columns first
+    return order.contiguous(), torch.gather(matrix, 1, order).float().contiguous()
+
+
 def resize_matrix(src: int, dst: int) -> Tensor:
     """(dst, src) float32: ``interpolate(..., mode="bilinear", align_corners=False,
     antialias=True)`` along one axis as a matrix (the filter is separable and linear)."""
@@ -459,6 +478,11 @@ class ExportNetwork(nn.Module):
     """
 
     net: TrainedModule
+    carry_index: Tensor | None  # (K, V_last): the carry_matrix's non-zeros, row by row (sparse_rows)
+    carry_weight: Tensor | None  # (K, V_last)
+    basis_cm: Tensor | None  # (K, 3 V_last) the prior's modes, coordinate-major
+    mean_cm: Tensor | None  # (3 V_last,)
+    landmark_weights_t: Tensor | None  # (V_last, 68)
     resize: BandedResize | None
     landmark_weights: Tensor | None
     pinv: Tensor
@@ -486,6 +510,22 @@ class ExportNetwork(nn.Module):
         )
         head = network.landmark_head
         self.register_buffer("landmark_weights", None if head is None else torch.softmax(head.logits.detach().float(), dim=1))
+        carry_index = carry_weight = basis_cm = mean_cm = landmark_weights_t = None
+        if self.prior and not self.spiral and len(network.blocks) < network.num_blocks:
+            carry = carry_matrix(network.unpools[len(network.blocks) - 1 :], h.num_vertices(len(network.blocks) - 1))
+            index, weight = sparse_rows(carry)
+            carry_index, carry_weight = index.T.contiguous(), weight.T.contiguous()  # (K, V_last)
+            k = network.prior_basis.shape[0]
+            basis_cm = network.prior_basis.detach().float().permute(0, 2, 1).reshape(k, -1).contiguous()
+            mean_cm = network.prior_mean.detach().float().T.reshape(-1).contiguous()
+            if network.landmark_head is not None:
+                landmark_weights_t = torch.softmax(network.landmark_head.logits.detach().float(), dim=1).T.contiguous()
+        # the coordinate-major forms of the finest level (_carried_forward)
+        self.register_buffer("carry_index", carry_index)
+        self.register_buffer("carry_weight", carry_weight)
+        self.register_buffer("basis_cm", basis_cm)
+        self.register_buffer("mean_cm", mean_cm)
+        self.register_buffer("landmark_weights_t", landmark_weights_t)
         if self.prior:
             self._init_prior(network)
         if self.spiral:
@@ -635,11 +675,13 @@ class ExportNetwork(nn.Module):
         s0, r0, t0 = self._pose(five_fit)
         rot = r0 @ _rotation_6d(0.1 * d6)
         s = s0 * torch.exp(0.1 * dlog_s)
+        lm_z = s * (net.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]
+        shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
+        if self.carry_index is not None:
+            return self._carried_forward(coeff, s[:, None, None] * rot, shift, to_crop3, maps)
         k = net.prior_basis.shape[0]
         shape = net.prior_mean[None] + ((coeff * net.prior_std[None]) @ net.prior_basis.reshape(k, -1)).reshape(coeff.shape[0], -1, 3)
         base = s[:, None, None] * shape @ rot.transpose(1, 2)
-        lm_z = s * (net.prior_landmarks.mean(0) @ rot.transpose(1, 2))[:, 2]
-        shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
         base = base + shift[:, None, :]
         linear, shift3 = to_crop3[:, :, :3].transpose(1, 2), to_crop3[:, None, :, 3]
 
@@ -653,6 +695,7 @@ class ExportNetwork(nn.Module):
         return stages, self._landmarks(stages[-1]), None
 
     def _graph_blocks(self, base: Tensor, maps: Sequence[Tensor]) -> list[Tensor]:
+        """The graph blocks on the base face (B, V, 3): each level's refined face, aligned frame."""
         net = self.net
         residual: Tensor | None = None
         feats: Tensor | None = None
@@ -673,6 +716,37 @@ class ExportNetwork(nn.Module):
             residual = delta if residual is None else residual + delta
             out.append(base_l + residual)
         return out
+
+    def _carried_forward(self, coeff: Tensor, rot: Tensor, shift: Tensor, to_crop3: Tensor, maps: Sequence[Tensor]) -> tuple[list[Tensor], Tensor | None, None]:
+        """Model v2 with graph blocks on its coarse levels only (``model.graph.refined_levels``):
+        the finer levels are the base face plus the last block's residual carried by the
+        unpoolings, ``sum_k w_k r[i_k]`` (:func:`sparse_rows` of :func:`carry_matrix`; the coarser
+        levels are the finest one's first rows: each unpooling appends its new vertices).
+
+        The finest level is computed coordinate-major, ``(B, 3, V)``: element-wise operations and
+        products over a last axis of 3 run ~10x slower in ONNX Runtime than over one of V.
+
+        Args:
+            coeff: (B, K) shape coefficients; rot: (B, 3, 3) scaled rotation; shift: (B, 3);
+            to_crop3: (B, 3, 4) aligned frame -> crop units; maps: the backbone's feature maps.
+        """
+        net = self.net
+        assert self.carry_index is not None and self.carry_weight is not None and self.basis_cm is not None and self.mean_cm is not None
+        b = coeff.shape[0]
+        base_cm = rot @ (self.mean_cm + (coeff * net.prior_std[None]) @ self.basis_cm).reshape(b, 3, -1) + shift[:, :, None]
+        linear, shift3 = to_crop3[:, :, :3], to_crop3[:, :, 3:]
+        refined = len(net.blocks)
+        coarse = self._graph_blocks(base_cm[:, :, : net.hierarchy.num_vertices(refined - 1)].transpose(1, 2), maps)
+        residual = (coarse[-1] - base_cm[:, :, : coarse[-1].shape[1]].transpose(1, 2)).transpose(1, 2)  # (B, 3, V_r)
+        carried = residual[:, :, self.carry_index[0]] * self.carry_weight[0]
+        for k in range(1, self.carry_index.shape[0]):
+            carried = carried + residual[:, :, self.carry_index[k]] * self.carry_weight[k]
+        final_cm = linear @ (base_cm + carried) + shift3
+        landmarks = None if self.landmark_weights_t is None else (final_cm @ self.landmark_weights_t).transpose(1, 2)
+        final = final_cm.transpose(1, 2)
+        stages = [c @ linear.transpose(1, 2) + shift3.transpose(1, 2) for c in coarse]
+        stages += [final[:, : net.hierarchy.num_vertices(level)] for level in range(refined, net.num_blocks - 1)]
+        return stages + [final], landmarks, None
 
     # -------------------------------------------------------------------- spiral decoder
     def _normals(self, coords: Tensor) -> Tensor:

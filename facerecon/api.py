@@ -92,6 +92,8 @@ class Reconstructor:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         min_probability: the smallest MTCNN face probability counted as a face.
         all_faces: every face of a photo instead of the most confident one.
+        min_face: with ``all_faces``, the smallest face searched for, px of the photo downscaled to
+            at most 1,024 px on its longer side (MTCNN's detection copy); default 32 px.
         batch_size: faces per network pass over a folder.
         warm_up_size: ``(width, height)`` of the first photo when known: the detector sets
             itself up for it on another core while the network loads (``predict`` does this).
@@ -113,6 +115,7 @@ class Reconstructor:
         device: str = "cpu",
         min_probability: float = 0.9,
         all_faces: bool = False,
+        min_face: float = 32.0,
         batch_size: int = 8,
         warm_up_size: tuple[int, int] | None = None,
         runtime: str = "auto",
@@ -124,17 +127,19 @@ class Reconstructor:
             from facerecon.runtime.session import MeshRuntime, OnnxFaceDetector, resolve_onnx_model
 
             self.checkpoint = resolve_onnx_model(checkpoint)
-            self.detector = OnnxFaceDetector(min_probability=min_probability)
+            self.detector = OnnxFaceDetector(min_probability=min_probability, smallest_face=min_face)
             self.detector.warm_up(warm_up_size)  # MTCNN sets itself up on the other core while the network loads
             try:
                 network = MeshRuntime(self.checkpoint)
             finally:
                 self.detector.finish_warm_up()
         else:
-            network = self._load_torch(checkpoint, device, min_probability, warm_up_size)
+            network = self._load_torch(checkpoint, device, min_probability, min_face, warm_up_size)
         self.predictor = Predictor(network, self.detector, all_faces=all_faces, batch_size=batch_size)
 
-    def _load_torch(self, checkpoint: str | os.PathLike[str] | None, device: str, min_probability: float, warm_up_size: tuple[int, int] | None) -> Any:
+    def _load_torch(
+        self, checkpoint: str | os.PathLike[str] | None, device: str, min_probability: float, min_face: float, warm_up_size: tuple[int, int] | None
+    ) -> Any:
         """The PyTorch runtime: the checkpoint's network and MTCNN in PyTorch."""
         try:
             import torch
@@ -148,7 +153,7 @@ class Reconstructor:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"--device {device}: CUDA is not available on this machine")
         self.checkpoint = resolve_checkpoint(checkpoint)
-        self.detector = FaceDetector(device=device, min_probability=min_probability)
+        self.detector = FaceDetector(device=device, min_probability=min_probability, smallest_face=min_face)
         self.detector.warm_up(warm_up_size)  # MTCNN sets itself up on the other core while the network loads
         try:
             self.model = load_model(self.checkpoint, device)

@@ -36,8 +36,10 @@ class FaceDetector:
     Two ways to search:
 
     * :meth:`detect` (and :meth:`detect_batch`, :meth:`crop` with ``all_faces=True``): every face
-      of at least ``min_face_size`` px of the detection copy, exactly the cascade facenet-pytorch
-      runs (boxes within IoU 0.9 of it, tested).
+      of at least ``smallest_face`` px of the detection copy: the cascade facenet-pytorch runs
+      (boxes within IoU 0.9 of it, tested) without the pyramid levels of smaller faces; the levels
+      kept are the whole pyramid's, so a face found has the box the whole pyramid gives it (the
+      same numbers on the shared group photos; within a pixel for a face near the limit).
     * :meth:`crop` for the most confident face (``facerecon predict``'s default): the pyramid
       starts at faces of ``min_face_fraction`` of the image's shorter side, so the fine levels
       (the costly ones) are skipped; the levels kept are the same as the full search's, so a face
@@ -54,10 +56,16 @@ class FaceDetector:
         max_detect_side: detection runs on a copy whose longer side is at most this many px
             (area-downscaled); boxes and landmarks are mapped back to the original.
         thresholds: MTCNN's three stage thresholds (default ``[0.6, 0.7, 0.7]``).
-        min_face_size: MTCNN's smallest face, px of the detection copy (full search).
+        min_face_size: MTCNN's ``min_face_size``, px of the detection copy: it fixes the pyramid's
+            scales, and is the smallest face of the second chance's full search.
         min_face_fraction: the smallest face of the fast search, as a fraction of the detection
             copy's shorter side (never below ``min_face_size``); 0 makes it the full search.
         second_chance: try the full search, rotated copies and lower thresholds before giving up.
+        smallest_face: the smallest face of the every-face search, px of the detection copy (never
+            below ``min_face_size``). 32 px, the smallest anchor of FaceBoxes (3DDFA_V2's
+            detector) at its working size: the pyramid levels of smaller faces cost 2-3x the rest
+            on a group photo (docs/predict.md), and a face that small gives a mesh of little more
+            than the prior.
         level_roll: degrees; when the most confident face's eye line is tilted by at least this
             much, its five points are taken from a copy of the photo turned so that the eyes are
             level (MTCNN's points on a rolled face are far less accurate than on an upright one);
@@ -93,6 +101,7 @@ class FaceDetector:
         min_face_fraction: float = 0.1,
         second_chance: bool = True,
         level_roll: float = 15.0,
+        smallest_face: float = 32.0,
     ) -> None:
         if not 0.0 <= float(min_probability) <= 1.0:
             raise InputError(f"min_probability must be in [0, 1], got {min_probability}")
@@ -106,12 +115,15 @@ class FaceDetector:
             raise InputError(f"level_roll must be in [0, 180] degrees, got {level_roll}")
         if int(min_face_size) < 12:
             raise InputError(f"min_face_size must be >= 12 px (MTCNN's cell), got {min_face_size}")
+        if not float(smallest_face) >= 12.0:
+            raise InputError(f"the smallest face must be >= 12 px (MTCNN's cell), got {smallest_face}")
         self.device = str(device)
         self.min_probability = float(min_probability)
         self.max_detect_side = int(max_detect_side)
         self.thresholds = [0.6, 0.7, 0.7] if thresholds is None else [float(t) for t in thresholds]
         self.min_face_size = int(min_face_size)
         self.min_face_fraction = float(min_face_fraction)
+        self.smallest_face = float(smallest_face)
         self.second_chance = bool(second_chance)
         self.level_roll = float(level_roll)
         self._nets: Any = None
@@ -195,7 +207,7 @@ class FaceDetector:
         _check_image(image)
         self.finish_warm_up()
         small, sx, sy = self._downscale(image)
-        return self._to_crops(self._search(small, self.min_face_size, self.thresholds), sx, sy)
+        return self._to_crops(self._search(small, max(self.smallest_face, self.min_face_size), self.thresholds), sx, sy)
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[FaceCrop]]:
         """:meth:`detect` for several images, in order."""

@@ -141,3 +141,25 @@ def test_fallback_mean_uses_the_runs_average_face_box(photo_dir: Path, tmp_path:
     assert grass["fallback"]
     np.testing.assert_allclose(relative(grass), mean, rtol=1e-6)
     assert (out / "grass.jpg").is_file()
+
+
+def test_min_face_leaves_out_the_smaller_faces(tmp_path: Path) -> None:
+    """A large and a ~16-px face on one photo: --all-faces crops the large one only (faces under
+    32 px are not searched for by default); --min-face 12 crops both, the large one with the same
+    box."""
+    astronaut = Image.open(Path(__file__).resolve().parents[1] / "facerecon" / "assets" / "astronaut.png").convert("RGB")
+    canvas = Image.new("RGB", (1000, 700), (100, 100, 100))
+    canvas.paste(astronaut.resize((400, 400), Image.Resampling.BOX), (80, 100))
+    canvas.paste(astronaut.resize((100, 100), Image.Resampling.BOX), (700, 400))
+    photo = tmp_path / "two.png"
+    canvas.save(photo)
+    boxes = {}
+    for args in ([], ["--min-face", "12"]):
+        out = tmp_path / f"out{len(args)}"
+        result = runner.invoke(app, ["detect-crop", str(photo), "-o", str(out), "--all-faces", *args])
+        assert result.exit_code == 0, result.output
+        boxes[len(args)] = [r["box"] for r in _records(out)]
+    assert len(boxes[0]) == 1 and len(boxes[2]) == 2
+    assert boxes[0][0] in boxes[2] and boxes[0][0][2] > 60
+    result = runner.invoke(app, ["detect-crop", str(photo), "-o", str(tmp_path / "bad"), "--min-face", "5"])
+    assert result.exit_code != 0 and "--min-face" in result.output

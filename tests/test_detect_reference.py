@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from facerecon.detect import FaceDetector
+from facerecon.errors import InputError
 from facerecon.mtcnn import _area_resample, _integral, load_nets, nms
 from testutils import box_iou
 
@@ -274,7 +275,7 @@ def test_boxes_equal_facenet_pytorch(shared_data: Path) -> None:
     from facerecon.imageio import load_image
 
     reference = facenet.MTCNN(keep_all=True, device="cpu", select_largest=False, post_process=False, thresholds=[0.6, 0.7, 0.7], min_face_size=20).eval()
-    detector = FaceDetector(device="cpu")
+    detector = FaceDetector(device="cpu", smallest_face=20)  # facenet-pytorch's whole pyramid
     problems, found_by_second_chance, checked = [], [], 0
     for path in _images(shared_data):
         image = load_image(path)
@@ -352,7 +353,7 @@ def test_small_face_is_found_by_the_second_chance() -> None:
     small = cv2.resize(astronaut, (160, 160), interpolation=cv2.INTER_AREA)  # the face: ~45 px of 900
     canvas[600:760, 700:860] = small
     detector = FaceDetector(device="cpu")
-    full = detector.detect(canvas)
+    full = FaceDetector(device="cpu", smallest_face=20).detect(canvas)  # the second chance's whole pyramid
     assert len(full) == 1, [f.probability for f in full]
     side = full[0].detection[2] - full[0].detection[0]
     assert side < 0.1 * 900  # below the fast search's smallest face
@@ -362,3 +363,25 @@ def test_small_face_is_found_by_the_second_chance() -> None:
     # the face lies where it was pasted
     cx, cy = crop.box[0] + crop.box[2] / 2, crop.box[1] + crop.box[2] / 2
     assert 700 < cx < 860 and 600 < cy < 760
+
+
+def test_every_face_search_skips_faces_below_the_smallest_face_and_keeps_the_others_boxes() -> None:
+    """Two faces pasted on one canvas, ~16 and ~70 px: the whole pyramid (``smallest_face=20``)
+    finds both; the default every-face search (32 px) finds the large one with the same box and
+    probability, and not the small one; the most-confident-face policy is not affected."""
+    from PIL import Image
+
+    astronaut = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "facerecon" / "assets" / "astronaut.png").convert("RGB"))
+    canvas = np.full((700, 1000, 3), 100, np.uint8)
+    canvas[100:500, 80:480] = cv2.resize(astronaut, (400, 400), interpolation=cv2.INTER_AREA)
+    canvas[400:500, 700:800] = cv2.resize(astronaut, (100, 100), interpolation=cv2.INTER_AREA)
+    whole = FaceDetector(device="cpu", smallest_face=20).detect(canvas)
+    default = FaceDetector(device="cpu").detect(canvas)
+    sides = sorted(f.detection[2] - f.detection[0] for f in whole)
+    assert len(whole) == 2 and sides[0] < 24 and sides[1] > 60, sides
+    assert len(default) == 1 and default[0].detection[2] - default[0].detection[0] > 60
+    (big,) = [f for f in whole if f.detection[2] - f.detection[0] > 60]
+    np.testing.assert_array_equal(default[0].detection, big.detection)
+    assert default[0].probability == big.probability
+    with pytest.raises(InputError, match="smallest face"):
+        FaceDetector(smallest_face=8)

@@ -37,6 +37,7 @@ def detect_crop(
     size: int = typer.Option(224, "--size", min=8, max=4096, help="Side of the square crops, px."),
     device: str = typer.Option("cpu", "--device", help="Where MTCNN runs: cpu (ONNX Runtime), cuda, cuda:1, ... (PyTorch)."),
     max_detect_side: int = typer.Option(1024, "--max-detect-side", min=32, help="Detect on a copy whose longer side is at most this many px; crops come from the original."),
+    min_face: float = typer.Option(32.0, "--min-face", min=12.0, help="The smallest face searched for, px of that copy (smaller ones cost most of the search)."),
     fallback_box: Optional[tuple[float, float, float]] = typer.Option(
         None, "--fallback-box", metavar="CX CY SIDE",
         help="Crop used when no face is found, relative to the image: centre CX/W, CY/H and side/min(W,H). Default: 0.5 0.5 1 (the largest centred square).",
@@ -66,7 +67,7 @@ def detect_crop(
 
     options = CropOptions(
         size=size, fmt=fmt, quality=quality, all_faces=all_faces, fallback_box=fallback_box, fallback_mean=fallback_mean,
-        device=device, min_probability=min_probability, max_detect_side=max_detect_side,
+        device=device, min_probability=min_probability, max_detect_side=max_detect_side, min_face=min_face,
     )
     summary = CropSummary()
     _run(paths, outdir, records_path, options, summary)

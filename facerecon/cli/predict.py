@@ -51,6 +51,7 @@ def predict(  # over 60 lines: one line per command-line option (typer reads the
     all_faces: bool = typer.Option(False, "--all-faces", help="One mesh per detected face (<name>_<k>) instead of the most confident face."),
     require_face: bool = typer.Option(False, "--require-face", help="Treat an image with no detected face as an error instead of using the average crop (a video: frames without a face get no mesh; an error when none has one)."),
     min_probability: float = typer.Option(0.9, "--min-probability", min=0.0, max=1.0, help="Minimum MTCNN face probability."),
+    min_face: float = typer.Option(32.0, "--min-face", min=12.0, help="With --all-faces: the smallest face searched for, px of the photo scaled to at most 1024 px on its longer side (smaller ones cost most of the search)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Faces per network forward pass in folder mode."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | torch. auto: ONNX Runtime for the shipped model or a .onnx file on the CPU (no torch), PyTorch for a .pt checkpoint or --device cuda."),
@@ -84,7 +85,7 @@ def predict(  # over 60 lines: one line per command-line option (typer reads the
         _predict(
             inputs or [], output, checkpoint, fmt, overlay, overlay_mode, stages, all_faces, require_face,
             min_probability, batch_size, device, recursive, camera, every, max_frames, written,
-            _extra_outputs(texture, uv_texture, maps, dense_points), runtime,
+            _extra_outputs(texture, uv_texture, maps, dense_points), runtime, min_face,
         )
 
 
@@ -92,7 +93,7 @@ def _predict(
     inputs: list[str], output: Path, checkpoint: Optional[Path], fmt: str, overlay: Optional[Path], overlay_mode: str,
     stages: bool, all_faces: bool, require_face: bool, min_probability: float, batch_size: int, device: str,
     recursive: bool, camera: Optional[int], every: int, max_frames: Optional[int], written: list[Path],
-    extras: Any = None, runtime: str = "auto",
+    extras: Any = None, runtime: str = "auto", min_face: float = 32.0,
 ) -> None:
     from facerecon.api import choose_runtime
 
@@ -128,7 +129,7 @@ def _predict(
     first_size = _warm_up_size(job.photos[0], refuse=job.single)  # from the header, before the model loads
     t_load = time.perf_counter()
     rec = _reconstructor(
-        checkpoint, device, min_probability, first_size, all_faces=all_faces,
+        checkpoint, device, min_probability, first_size, all_faces=all_faces, min_face=min_face,
         batch_size=1 if job.single else batch_size, runtime=runtime,
     )
     t_load = time.perf_counter() - t_load

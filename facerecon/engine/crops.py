@@ -35,6 +35,7 @@ class CropOptions:
     device: str = "cpu"
     min_probability: float = 0.9
     max_detect_side: int = 1024
+    min_face: float = 32.0
 
 
 @dataclass
@@ -80,7 +81,9 @@ def crop_photos(
         InputError: the folder's records file is not a records file (it is left untouched).
     """
     old_records = read_records(records_path) if old_records is None else old_records
-    detector = make_detector(options.device, min_probability=options.min_probability, max_detect_side=options.max_detect_side)
+    detector = make_detector(
+        options.device, min_probability=options.min_probability, max_detect_side=options.max_detect_side, smallest_face=options.min_face
+    )
     new_records: list[dict[str, Any]] = []
     deferred: list[tuple[Path, str]] = []
     try:

@@ -62,7 +62,8 @@ def make_context(model_path: str | None, options: Any, model: FaceModel | None =
         model = load_face_model(model_path)
     detector = None
     if options.crop_from == "detector":
-        detector = FaceDetector(device=options.device, min_probability=options.min_probability)
+        # the whole pyramid (faces down to MTCNN's 20 px), as every cache was prepared
+        detector = FaceDetector(device=options.device, min_probability=options.min_probability, smallest_face=20)
     return SampleContext(model=model, options=options, detector=detector)
 
 

@@ -20,7 +20,7 @@ if "$VENV/bin/python" -c 'from facerecon.engine.results import default_checkpoin
   echo
   echo "demo outputs in $OUT/:"
   echo "  astronaut.obj          the mesh, in the photo's pixel frame (astronaut.json: box, landmarks, pose)"
-  echo "  astronaut.stage*.obj   the mesh after each block (141, 491, 1821, 7001 vertices)"
+  echo "  astronaut.stage*.obj   the mesh at each level (141, 491, 1821, 7001 vertices)"
   echo "  astronaut_overlay.png  the mesh and its 68 landmarks drawn over the photo"
   echo "  astronaut_view.png     an offscreen Open3D render of the mesh over the photo"
   echo "  astronaut_mesh.png     an offscreen Open3D render of the mesh alone"

@@ -14,7 +14,7 @@ exactly as ``facerecon predict`` runs them. Printed per angle:
 * its ratio to the same faces upright (the goal: within 1.3x at +-30 and +-45 degrees);
 * the faces with no detection (average crop), those whose detection is another face (its box
   misses the annotated face's landmark centre: a photo with several people), and how each face was found (the detector's
-  ``last_search``: fast, full, low-thresholds, rotated, equalised, none), and how many got their five points
+  ``last_search``: fast, rechecked, full, low-thresholds, rotated, equalised, none), and how many got their five points
   from a copy turned so that the eyes are level (``last_levelled``; ``--no-level`` turns it off);
 * the detector's median time per photo.
 
@@ -53,7 +53,7 @@ from facerecon.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "aflw2000-3d"
-SEARCHES = ("fast", "full", "low-thresholds", "rotated", "equalised", "none")
+SEARCHES = ("fast", "rechecked", "full", "low-thresholds", "rotated", "equalised", "none")
 #: The ground truth's five points from the 68: eye centres (mean of each eye's six contour
 #: points), nose tip, mouth corners; MTCNN's order (left = smaller x on an upright face).
 FIVE_FROM_68 = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
@@ -208,13 +208,13 @@ def summary(rows: list[Row], angles: list[float]) -> list[dict[str, Any]]:
 
 def print_summary(table: list[dict[str, Any]]) -> None:
     print(f"\n{'angle':>6} {'faces':>5} {'NME %':>7} {'median':>7} {'x upright':>9} {'found NME':>9} {'no det':>6} {'other':>5}   "
-          f"{'fast':>4} {'full':>4} {'low':>4} {'rot':>4} {'eq':>4} {'none':>4} {'lev':>4} {'detect ms':>9}")
+          f"{'fast':>4} {'rchk':>4} {'full':>4} {'low':>4} {'rot':>4} {'eq':>4} {'none':>4} {'lev':>4} {'detect ms':>9}")
     for t in table:
         s = t["searches"]
         ratio = "-" if t["ratio_to_upright"] is None else f"{t['ratio_to_upright']:.2f}x"
         found = "-" if t["nme_detected"] is None else f"{t['nme_detected']:.2f}"
         print(f"{t['angle']:>+6.0f} {t['faces']:>5} {t['nme_mean']:>7.2f} {t['nme_median']:>7.2f} {ratio:>9} {found:>9} "
-              f"{t['no_detection']:>6} {t['other_face']:>5}   {s['fast']:>4} {s['full']:>4} {s['low-thresholds']:>4} {s['rotated']:>4} "
+              f"{t['no_detection']:>6} {t['other_face']:>5}   {s['fast']:>4} {s['rechecked']:>4} {s['full']:>4} {s['low-thresholds']:>4} {s['rotated']:>4} "
               f"{s['equalised']:>4} {s['none']:>4} {t['levelled']:>4} {t['detect_ms_median']:>9.1f}")
 
 

@@ -43,7 +43,9 @@ class FaceDetector:
     * :meth:`crop` for the most confident face (``facerecon predict``'s default): the pyramid
       starts at faces of ``min_face_fraction`` of the image's shorter side, so the fine levels
       (the costly ones) are skipped; the levels kept are the same as the full search's, so a face
-      found there has the same box. When that finds nothing, a *second chance* before the
+      found there has the same box. A face found there below ``RECHECK_BELOW`` is searched for
+      again on copies turned by ``RECHECK_ROTATIONS`` (a face rolled by ~45 degrees comes with
+      an upright face's five points). When that finds nothing, a *second chance* before the
       average-crop fallback: the full search, then copies rotated by +-45, +-30 and +-60 degrees
       (strongly rolled faces; each angle both ways, the more confident face kept), then lower
       stage thresholds on the photo and on a copy with its contrast equalised (faces in shadow;
@@ -85,6 +87,12 @@ class FaceDetector:
     #: a face-like pattern that one turn happened to score (a hand, a fence) mostly is not.
     #: Measured with ``benchmarks/bench_rolled.py`` (docs/predict.md).
     CONFIRM_BELOW = 0.95
+    #: A face the fast search finds with a probability below this is searched for again on
+    #: copies turned by :attr:`RECHECK_ROTATIONS` (either way), and the copy's detection is taken
+    #: when it is more confident about the same face: MTCNN finds a face rolled by ~45 degrees
+    #: at p 0.90-0.99 with five points of an upright face, far off (``benchmarks/bench_rolled.py``).
+    RECHECK_BELOW = 0.995
+    RECHECK_ROTATIONS: tuple[float, ...] = (45.0,)
     #: The last chance searches a copy whose lightness is equalised tile by tile (CLAHE with this
     #: clip limit, :func:`equalise_contrast`): MTCNN misses faces in deep shadow or low contrast
     #: that it finds once their lightness is spread. Chosen on the AFLW2000-3D validation split
@@ -129,7 +137,7 @@ class FaceDetector:
         self._nets: Any = None
         self._lock = threading.Lock()
         self._warming: threading.Thread | None = None
-        #: How the last :meth:`crop` found its face: "fast", "full", "rotated", "low-thresholds",
+        #: How the last :meth:`crop` found its face: "fast", "rechecked", "full", "rotated", "low-thresholds",
         #: "equalised", "none" (fallback) or "all" (all faces).
         self.last_search = ""
         #: Whether the last :meth:`crop`'s five points come from a levelled copy (see ``level_roll``).
@@ -233,6 +241,11 @@ class FaceDetector:
         faces = self._to_crops(self._search(small, min_face, self.thresholds), sx, sy)
         if faces:
             self.last_search = "fast"
+            if self.second_chance and faces[0].probability < self.RECHECK_BELOW:
+                turned = self._turned_rival(small, faces[0], min_face, sx, sy)
+                if turned is not None:
+                    self.last_search = "rechecked"
+                    return [turned, *faces[1:]]
             return faces
         if not self.second_chance:
             self.last_search = "none"
@@ -243,6 +256,27 @@ class FaceDetector:
                 self.last_search = "full"
                 return faces
         return self._last_chances(small, min_face, sx, sy)
+
+    def _turned_rival(self, small: np.ndarray, face: FaceCrop, min_face: float, sx: float, sy: float) -> FaceCrop | None:
+        """The same face found more confidently on a copy turned by one of
+        :attr:`RECHECK_ROTATIONS` (either way; its box centre inside ``face``'s box), the most
+        confident of them, when its eye line is turned by ``level_roll`` degrees or more from
+        ``face``'s; else None."""
+        x0, y0, side = face.box
+        best: FaceCrop | None = None
+        for angle in self.RECHECK_ROTATIONS:
+            for turned in (-angle, angle):
+                for found in self._rotated_search(small, turned, min_face, sx, sy):
+                    cx, cy = found.box[0] + found.box[2] / 2, found.box[1] + found.box[2] / 2
+                    inside = x0 < cx < x0 + side and y0 < cy < y0 + side
+                    if inside and found.probability > (face.probability if best is None else best.probability):
+                        best = found
+        if best is None or face.landmarks5 is None or best.landmarks5 is None:
+            return best
+        # the copy must see the face rolled otherwise: on an upright face MTCNN's points from a
+        # turned copy are the less accurate ones
+        turn = abs((eye_line_angle(best.landmarks5) - eye_line_angle(face.landmarks5) + 180.0) % 360.0 - 180.0)
+        return best if turn >= self.level_roll else None
 
     def level(self, image: np.ndarray, face: FaceCrop) -> FaceCrop:
         """``face`` (found on ``image``) with the five points of a copy turned so that its eyes

@@ -262,14 +262,11 @@ class FaceDetector:
         :attr:`RECHECK_ROTATIONS` (either way; its box centre inside ``face``'s box), the most
         confident of them, when its eye line is turned by ``level_roll`` degrees or more from
         ``face``'s; else None."""
-        x0, y0, side = face.box
         best: FaceCrop | None = None
         for angle in self.RECHECK_ROTATIONS:
             for turned in (-angle, angle):
                 for found in self._rotated_search(small, turned, min_face, sx, sy):
-                    cx, cy = found.box[0] + found.box[2] / 2, found.box[1] + found.box[2] / 2
-                    inside = x0 < cx < x0 + side and y0 < cy < y0 + side
-                    if inside and found.probability > (face.probability if best is None else best.probability):
+                    if _centre_inside(found, face) and found.probability > (face.probability if best is None else best.probability):
                         best = found
         if best is None or face.landmarks5 is None or best.landmarks5 is None:
             return best
@@ -353,10 +350,8 @@ class FaceDetector:
         lies inside ``face``'s box (its five points turned back), or None."""
         if face.landmarks5 is None:
             return None
-        x0, y0, side = face.box
         for found in self._rotated_search(small, eye_line_angle(face.landmarks5), min_face, sx, sy):
-            cx, cy = found.box[0] + found.box[2] / 2, found.box[1] + found.box[2] / 2
-            if x0 < cx < x0 + side and y0 < cy < y0 + side:
+            if _centre_inside(found, face):
                 return found
         return None
 
@@ -538,6 +533,13 @@ def rotate_image(image: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarra
     forward = (shift @ np.vstack([rot, [0.0, 0.0, 1.0]]) @ unshift)[:2]
     rotated = cv2.warpAffine(image, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return rotated, forward
+
+
+def _centre_inside(found: FaceCrop, face: FaceCrop) -> bool:
+    """Whether ``found``'s box centre lies inside ``face``'s box (the same face, seen again)."""
+    x0, y0, side = face.box
+    cx, cy = found.box[0] + found.box[2] / 2, found.box[1] + found.box[2] / 2
+    return bool(x0 < cx < x0 + side and y0 < cy < y0 + side)
 
 
 def eye_line_angle(landmarks5: np.ndarray) -> float:

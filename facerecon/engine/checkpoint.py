@@ -253,13 +253,18 @@ def export_inference_checkpoint(src: str | os.PathLike[str], dst: str | os.PathL
     """A training checkpoint without what only training needs (optimizer, schedule, scaler, RNG):
     about a third of the size, still loadable by ``eval`` / ``predict`` and with
     ``torch.load(weights_only=True)``. Written atomically. Returns the written dict."""
-    ckpt = load_checkpoint(src)
-    keep = ("format", "version", "facerecon_version", "config", "epoch", "global_step", "best", "metrics",
-            "model", "landmark_reference")
+    slim = _inference_part(load_checkpoint(src))
+    save_checkpoint(Path(dst), slim)
+    return slim
+
+
+def _inference_part(ckpt: dict, drop: tuple[str, ...] = ()) -> dict:
+    """What an inference-only checkpoint keeps of ``ckpt``: no optimizer, schedule, scaler or RNG
+    state; its weights copied, less those whose names start with one of ``drop``."""
+    keep = ("format", "version", "facerecon_version", "config", "epoch", "global_step", "best", "metrics", "landmark_reference")
     slim = {k: ckpt[k] for k in keep if k in ckpt}
     slim["step_in_epoch"] = 0
-    slim["model"] = {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items()}
-    save_checkpoint(Path(dst), slim)
+    slim["model"] = {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items() if not (drop and k.startswith(drop))}
     return slim
 
 
@@ -278,12 +283,8 @@ def prune_refinement(src: str | os.PathLike[str], dst: str | os.PathLike[str], l
     block_ids = {int(m.group(1)) for k in ckpt["model"] for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
     if not 1 <= int(levels) <= len(block_ids):
         raise InputError(f"{src}: it has graph blocks on {len(block_ids)} levels; keep 1 to {len(block_ids)}, not {levels}")
-    keep = ("format", "version", "facerecon_version", "config", "epoch", "global_step", "best", "metrics", "landmark_reference")
-    out = {k: ckpt[k] for k in keep if k in ckpt}
-    out["step_in_epoch"] = 0
+    out = _inference_part(ckpt, drop=tuple(f"blocks.{l}." for l in range(int(levels), len(block_ids))))
     out["config"] = {**ckpt["config"], "model": {**model_cfg, "graph": {**model_cfg.get("graph", {}), "refined_levels": int(levels)}}}
-    dropped = tuple(f"blocks.{l}." for l in range(int(levels), len(block_ids)))
-    out["model"] = {k: v.detach().clone().contiguous() for k, v in ckpt["model"].items() if not k.startswith(dropped)}
     save_checkpoint(Path(dst), out)
     return out
 

@@ -269,12 +269,6 @@ class PriorFaceNet(MeshNetBase):
         shift = torch.cat([t0 + 0.1 * dt[:, :2], (0.1 * dt[:, 2] - lm_z)[:, None]], dim=1)
         return base + shift[:, None, :]
 
-    @property
-    def refined_levels(self) -> int:
-        """The levels with a graph block (``model.graph.refined_levels``); the finer ones carry the
-        last block's residual, unpooled."""
-        return len(self.blocks)
-
     def _graph_forward(self, base: Tensor, maps: list[Tensor], to_crop: Callable[[Tensor], Tensor]) -> MeshPrediction:
         """The graph blocks (``model.kind = "prior_graph"``): each refines the base face's first
         ``V_l`` vertices by a residual unpooled to the next level; aligned frame in, crop units out.

@@ -257,7 +257,7 @@ def test_shipped_checkpoint_config_loads() -> None:
     cfg = Config.from_dict(stored)
     assert cfg.model.kind == "prior_graph" and cfg.model.backbone == "mobilenet_v2" and cfg.model.image_size == 128
     assert cfg.model.graph.hidden_per_block == (64, 48, 32, 16) and cfg.model.graph.layers_per_block_list == (6, 4, 2, 2)
-    assert cfg.model.graph.refined_levels == 1  # v2.6: a graph block on the coarsest level only
+    assert cfg.model.graph.refined_levels == 1  # a graph block on the coarsest level only
     assert (cfg.model.prior.components, cfg.model.prior.head_hidden, cfg.model.prior.five_point) == (40, 256, True)
     assert cfg.train.augment.enabled and (cfg.train.augment.drop_five, cfg.train.augment.five_outlier) == (0.1, 0.15)
 

@@ -9,6 +9,9 @@ comparable):
 * MTCNN, warm, with facerecon's crop policy (the most confident face, and all faces) on
   JianzhuGuo.jpg and t1.jpg of ../shared/data/photos (the bundled astronaut when absent):
   PyTorch's networks against ONNX Runtime's, same cascade;
+* MTCNN's ONNX networks as shipped (PReLUs after convolutions in ONNX Runtime's blocked channel
+  layout) against an export with element-wise PReLUs: each network on the candidate batches of a
+  one-face and a group photo, and the crop policy on both photos;
 * fresh processes reconstructing one photo: ``facerecon predict photo -o face.obj`` on the ONNX
   runtime (the default; checked never to import torch) against ``--runtime torch``, wall time;
   the goal for the ONNX runtime is <= 1.5 s.
@@ -17,6 +20,7 @@ Both sides run on ``--threads`` threads (2: the project's machines); ONNX Runtim
 spin. Measurements alternate between the two sides, ``--rounds`` times, and the medians are printed.
 
     python benchmarks/bench_runtime.py [--threads 2] [--repeats 10] [--rounds 2] [--processes 3]
+        [--skip network,detection,layout,process]
 """
 
 from __future__ import annotations
@@ -117,6 +121,45 @@ def bench_detection(threads: int, repeats: int, rounds: int) -> None:
             print(f"{label:<28} {t_torch:>11.1f} {t_ort:>11.1f} {n:>16} {t_torch / t_ort:>8.2f}x")
 
 
+def bench_mtcnn_layout(threads: int, repeats: int, rounds: int) -> None:
+    """MTCNN's networks as shipped (PReLUs in ONNX Runtime's blocked layout) against the same
+    networks with element-wise PReLUs (``export_mtcnn(..., blocked=False)``): each network on
+    candidate batches of a one-face photo and of a group photo, and the crop policy on photos."""
+    import numpy as np
+
+    from facerecon.imageio import load_image
+    from facerecon.runtime.export import export_mtcnn
+    from facerecon.runtime.session import OnnxFaceDetector, OnnxMTCNN
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_mtcnn(tmp, blocked=False)
+        element, blocked = OnnxMTCNN(tmp, threads=threads), OnnxMTCNN(threads=threads)
+        print(f"\n{'MTCNN networks':<28} {'element-wise ms':>15} {'blocked ms':>11} {'ratio':>7}")
+        from facerecon.mtcnn_cascade import pack_levels, pyramid_scales
+
+        for label, (h, w) in (("P-Net, 413x551 photo", (551, 413)), ("P-Net, 1024x709 photo", (709, 1024))):
+            scales = pyramid_scales(h, w, 32.0)
+            mosaic = pack_levels([(int(h * k + 1), int(w * k + 1)) for k in scales])
+            canvas = rng.uniform(-1, 1, (1, *mosaic.shape, 3)).astype(np.float32)
+            a, b = _alternate(lambda: element.run_pnet(canvas, mosaic.outside), lambda: blocked.run_pnet(canvas, mosaic.outside), repeats, rounds)
+            print(f"{label:<28} {a:>15.2f} {b:>11.2f} {a / b:>6.2f}x")
+        for name, size, counts in (("R-Net", 24, (35, 364)), ("O-Net", 48, (7, 37))):
+            run = "run_rnet" if size == 24 else "run_onet"
+            for n in counts:
+                crops = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+                a, b = _alternate(lambda: getattr(element, run)(crops), lambda: getattr(blocked, run)(crops), repeats, rounds)
+                print(f"{f'{name}, {n} candidates':<28} {a:>15.2f} {b:>11.2f} {a / b:>6.2f}x")
+        photos = [PHOTOS / n for n in ("JianzhuGuo.jpg", "t1.jpg") if (PHOTOS / n).is_file()]
+        detectors = OnnxFaceDetector(mtcnn_folder=tmp), OnnxFaceDetector()
+        for photo in photos or [ROOT / "facerecon" / "assets" / "astronaut.png"]:
+            image = load_image(photo)
+            for all_faces in (False, True):
+                a, b = _alternate(lambda: detectors[0].crop(image, all_faces=all_faces), lambda: detectors[1].crop(image, all_faces=all_faces), repeats, rounds)
+                label = f"{photo.name} {'all' if all_faces else 'best'}"
+                print(f"{label:<28} {a:>15.2f} {b:>11.2f} {a / b:>6.2f}x")
+
+
 #: ``facerecon predict`` in the same process, checking at exit that torch was never imported.
 RUNTIME_SCRIPT = (
     "import os, sys\n"
@@ -158,7 +201,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma-separated: network, detection, process")
+    parser.add_argument("--skip", default="", help="comma-separated: network, detection, layout, process")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     import torch
@@ -169,6 +212,8 @@ def main() -> None:
         bench_network(args.threads, args.repeats, args.rounds)
     if "detection" not in skip:
         bench_detection(args.threads, args.repeats, args.rounds)
+    if "layout" not in skip:
+        bench_mtcnn_layout(args.threads, args.repeats, max(args.rounds, 4))
     if "process" not in skip:
         bench_processes(args.threads, args.processes)
     print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -209,6 +209,48 @@ def test_prelu_for_onnx_is_prelu_bit_for_bit(low: float, high: float) -> None:
         assert torch.equal(_prelu(prelu, x[:, :, 0, 0]), prelu(x[:, :, 0, 0]))  # dense layers' (N, C)
 
 
+@pytest.mark.parametrize("low, high", [(-1.3, 1.0), (-0.7, 1.3), (0.0, 0.5)])
+def test_blocked_prelu_is_prelu_within_float_rounding(low: float, high: float) -> None:
+    """The PReLU after MTCNN's convolutions as exported (``x + (1 - a) relu(-x)`` by depthwise
+    convolutions): ``x`` itself where ``x >= 0``, and ``a x`` within float32 rounding where
+    ``x < 0``, for slopes below 0, in (0, 1] and above 1."""
+    from facerecon.runtime.export import _BlockedPReLU
+
+    torch.manual_seed(0)
+    prelu = torch.nn.PReLU(16)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.linspace(low, high, 16))
+    x = torch.randn(3, 16, 7, 5) * 4
+    x[0, :, 0, 0] = 0.0
+    with torch.no_grad():
+        ours, ref = _BlockedPReLU(prelu)(x), prelu(x)
+    assert torch.equal(ours[x >= 0], x[x >= 0])
+    # rounding 1 - a, the product and the sum: each within half an ulp of its own size
+    eps = float(torch.finfo(torch.float32).eps)
+    a = prelu.weight.detach().reshape(1, -1, 1, 1)
+    assert bool(((ours - ref).abs() <= 1.5 * eps * x.abs() * (1 + (1 - a).abs())).all())
+
+
+def test_padded_channels_compute_the_same_function() -> None:
+    """A convolution padded with zero channels to a whole number of blocks, its PReLU and the
+    next convolution: the same outputs as the three layers as they were (R-Net's 28 channels)."""
+    from facerecon.runtime.export import _padded_channels
+
+    torch.manual_seed(0)
+    conv, prelu, following = torch.nn.Conv2d(3, 28, 3), torch.nn.PReLU(28), torch.nn.Conv2d(28, 48, 3)
+    with torch.no_grad():
+        prelu.weight.uniform_(-0.7, 1.3)
+    padded, slopes, after = _padded_channels(conv, prelu, following)
+    assert (padded.out_channels, after.in_channels, slopes.weight.numel()) == (32, 32, 32)
+    x = torch.randn(4, 3, 24, 24)
+    pool = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+    with torch.no_grad():
+        ref = following(pool(prelu(conv(x))))
+        ours = after(pool(slopes(padded(x))))
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    assert _padded_channels(following, torch.nn.PReLU(48), torch.nn.Conv2d(48, 8, 1))[0] is following  # 48: whole blocks
+
+
 def test_resize_matrix_is_pytorchs_antialiased_bilinear_resize() -> None:
     image = torch.rand(2, 3, 224, 224)
     m = resize_matrix(224, 128)

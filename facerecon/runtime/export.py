@@ -909,7 +909,8 @@ def export_onnx(checkpoint: str | os.PathLike[str] | None, path: str | os.PathLi
 
 # ------------------------------------------------------------------------------ MTCNN
 def _prelu(prelu: nn.PReLU, x: Tensor, general: str = "prelu") -> Tensor:
-    """``prelu(x)`` (channels on axis 1) bit for bit, in operations ONNX Runtime runs fast.
+    """``prelu(x)`` (channels on axis 1) bit for bit, in element-wise operations ONNX Runtime runs
+    fast (the dense layers' PReLUs; after a convolution, :class:`_BlockedPReLU` is faster still).
 
     Its ``PRelu`` kernel broadcasts the per-channel slope element by element: ~5x the time of a
     ``Mul`` and a ``Max``, which give ``max(x, a x)``, PReLU itself wherever every slope
@@ -924,68 +925,167 @@ def _prelu(prelu: nn.PReLU, x: Tensor, general: str = "prelu") -> Tensor:
     return prelu(x)
 
 
-class _PNetExport(nn.Module):
-    """P-Net on an NHWC mosaic with its outside mask (see ``facerecon.mtcnn.PNet``)."""
+class _BlockedPReLU(nn.Module):
+    """A PReLU after a convolution as ``x + (1 - a) relu(-x)``: the negation and the per-channel
+    scale as 1x1 depthwise convolutions, the sum an addition. ONNX Runtime keeps all of these in
+    its blocked channel layout (NCHWc, the layout of its fast convolutions), fusing the ``relu``
+    and the addition into the convolutions, where ``PRelu`` or :func:`_prelu`'s element-wise
+    operations make it reorder the tensor to plain NCHW and back around every layer: R-Net runs
+    in about 0.7 of the time, O-Net in 0.8 (``benchmarks/bench_runtime.py``). Equal to PReLU
+    within float32 rounding (``x`` itself where ``x >= 0``; ``x + (1 - a)(-x)`` where ``x < 0``),
+    for slopes of either sign and above 1."""
 
-    def __init__(self, pnet: PNet) -> None:
+    def __init__(self, prelu: nn.PReLU) -> None:
         super().__init__()
-        self.pnet = pnet
+        a = prelu.weight.detach().reshape(-1, 1, 1, 1)
+        self.register_buffer("negate", -torch.ones_like(a))
+        self.register_buffer("scale", 1.0 - a)
 
-    def forward(self, canvas: Tensor, outside: Tensor) -> tuple[Tensor, Tensor]:
-        p = self.pnet
-        x = _prelu(p.prelu1, p.conv1(canvas.permute(0, 3, 1, 2)))
-        x = torch.where(outside, torch.full_like(x[:1, :1, :1, :1], -1e9), x)
-        x = p.pool1(x)
-        x = _prelu(p.prelu3, p.conv3(_prelu(p.prelu2, p.conv2(x))))
-        return p.conv4_2(x), torch.softmax(p.conv4_1(x), dim=1)
+    negate: Tensor
+    scale: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        return x + F.conv2d(torch.relu(F.conv2d(x, self.negate, groups=c)), self.scale, groups=c)
+
+
+def _padded_channels(conv: nn.Conv2d, prelu: nn.PReLU, following: nn.Conv2d, multiple: int = 16) -> tuple[nn.Conv2d, nn.PReLU, nn.Conv2d]:
+    """``conv``, ``prelu`` and the ``following`` convolution with ``conv``'s outputs padded by
+    zero channels to a multiple of ``multiple`` (slope 0, zero weights into ``following``): the
+    same function, and ONNX Runtime's blocked layout covers the max-pool between them (it takes
+    channel counts in whole blocks of 8 or 16 only; R-Net's 28 channels are not)."""
+    extra = -conv.out_channels % multiple
+    if extra == 0:
+        return conv, prelu, following
+    n = conv.out_channels + extra
+    assert conv.bias is not None and following.bias is not None  # nn.Conv2d's default: with bias
+    # MTCNN's convolutions: square kernels, stride 1, no padding
+    padded = nn.Conv2d(conv.in_channels, n, conv.kernel_size[0])
+    after = nn.Conv2d(n, following.out_channels, following.kernel_size[0])
+    assert (conv.stride, conv.padding, following.stride, following.padding) == ((1, 1), (0, 0), (1, 1), (0, 0))
+    slopes = nn.PReLU(n)
+    with torch.no_grad():
+        padded.weight.zero_()
+        padded.bias.zero_()  # type: ignore[union-attr]
+        padded.weight[: conv.out_channels] = conv.weight
+        padded.bias[: conv.out_channels] = conv.bias  # type: ignore[index]
+        after.weight.zero_()
+        after.weight[:, : conv.out_channels] = following.weight
+        after.bias.copy_(following.bias)  # type: ignore[union-attr]
+        slopes.weight.zero_()
+        slopes.weight[: conv.out_channels] = prelu.weight
+    return padded, slopes, after
 
 
 class _PReLUExport(nn.Module):
-    """A trained ``nn.PReLU`` as :func:`_prelu` writes it (``general``: its form for a layer with a
-    slope above 1)."""
+    """A trained ``nn.PReLU`` as :func:`_prelu` writes it on a dense layer's ``(N, C)``, and after
+    a convolution as :class:`_BlockedPReLU` (with ``blocked``) or :func:`_prelu` (its ``general``
+    form)."""
 
-    def __init__(self, prelu: nn.PReLU, general: str = "prelu") -> None:
+    def __init__(self, prelu: nn.PReLU, blocked: bool = True, general: str = "prelu") -> None:
         super().__init__()
         self.prelu, self.general = prelu, general
+        self.blocked = _BlockedPReLU(prelu) if blocked else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return _prelu(self.prelu, x, self.general)
+        return self.blocked(x) if self.blocked is not None and x.dim() == 4 else _prelu(self.prelu, x, self.general)
+
+
+def _sign_folded(conv: nn.Conv2d, prelu: nn.PReLU) -> tuple[nn.Conv2d, Tensor, Tensor]:
+    """``conv`` with the channels whose PReLU slope exceeds 1 negated, their slopes and the signs:
+    ``prelu(conv(x)) = sign * max(y, a y)`` with ``y`` the folded convolution's output, bit for
+    bit (negating weights and bias negates every product and sum exactly; for a slope above 1,
+    ``max(-v, -a v)`` is ``-prelu(v)``). One ``Mul``, a ``Max`` and a ``Mul`` instead of ONNX
+    Runtime's ``PRelu`` kernel, which took 28 % of P-Net's time on a group photo's mosaic."""
+    a = prelu.weight.detach()
+    sign = torch.where(a > 1, -1.0, 1.0)
+    folded = copy.deepcopy(conv)
+    with torch.no_grad():
+        folded.weight.mul_(sign.reshape(-1, 1, 1, 1))
+        if folded.bias is not None:
+            folded.bias.mul_(sign)
+    return folded, a.reshape(1, -1, 1, 1), sign.reshape(1, -1, 1, 1)
+
+
+class _PNetExport(nn.Module):
+    """P-Net on an NHWC mosaic with its outside mask (see ``facerecon.mtcnn.PNet``).
+
+    With ``blocked``: the first PReLU as :func:`_sign_folded` writes it (the mask and the
+    ceil-mode pool after it run in plain NCHW anyway, and padding its 10 channels to 16 costs
+    those more than the blocked layout gains); the second as :func:`_prelu` (the second
+    convolution takes those 10 channels, so it runs in plain NCHW too); the third as
+    :class:`_BlockedPReLU`. Without: every PReLU as :func:`_prelu`. (The face probability stays
+    the softmax over two channels, 6 % of the time on a group photo: its sigmoid form rounds
+    otherwise, and P-Net's scores near 1 then tie and order otherwise in the non-maximum
+    suppression, which changed the face found on 6 of 1,809 photos.)"""
+
+    slope: Tensor
+    sign: Tensor
+
+    def __init__(self, pnet: PNet, blocked: bool = True) -> None:
+        super().__init__()
+        self.pnet, self.blocked = pnet, blocked
+        self.prelu2, self.prelu3 = _PReLUExport(pnet.prelu2, False), _PReLUExport(pnet.prelu3, blocked)
+        conv1, slope, sign = _sign_folded(pnet.conv1, pnet.prelu1)
+        self.conv1 = conv1
+        self.register_buffer("slope", slope)
+        self.register_buffer("sign", sign)
+
+    def forward(self, canvas: Tensor, outside: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.pnet
+        x = canvas.permute(0, 3, 1, 2)
+        if self.blocked:
+            x = self.conv1(x)
+            x = torch.maximum(x, x * self.slope) * self.sign
+        else:
+            x = _prelu(p.prelu1, p.conv1(x))
+        x = torch.where(outside, torch.full_like(x[:1, :1, :1, :1], -1e9), x)
+        x = p.pool1(x)
+        x = self.prelu3(p.conv3(self.prelu2(p.conv2(x))))
+        return p.conv4_2(x), torch.softmax(p.conv4_1(x), dim=1)
 
 
 class _CropNetExport(nn.Module):
-    """R-Net or O-Net on NHWC crops, their own ``forward`` with every PReLU as :func:`_prelu`
-    (a copy of the network; ``general``: the form per layer name where a slope exceeds 1)."""
+    """R-Net or O-Net on NHWC crops, their own ``forward`` with every PReLU as
+    :class:`_PReLUExport` (a copy of the network; with ``blocked``, a first convolution whose
+    channels are not in whole blocks of 16 padded, :func:`_padded_channels`; ``general``: the
+    element-wise form per layer name where a slope exceeds 1)."""
 
-    def __init__(self, net: nn.Module, general: dict[str, str] | None = None) -> None:
+    def __init__(self, net: nn.Module, blocked: bool = True, general: dict[str, str] | None = None) -> None:
         super().__init__()
         self.net = copy.deepcopy(net)
+        if blocked:
+            layers = cast("tuple[nn.Conv2d, nn.PReLU, nn.Conv2d]", (self.net.conv1, self.net.prelu1, self.net.conv2))
+            self.net.conv1, self.net.prelu1, self.net.conv2 = _padded_channels(*layers)
         for name, module in list(self.net.named_children()):
             if isinstance(module, nn.PReLU):
-                setattr(self.net, name, _PReLUExport(module, (general or {}).get(name, "prelu")))
+                setattr(self.net, name, _PReLUExport(module, blocked, (general or {}).get(name, "prelu")))
 
     def forward(self, crops: Tensor) -> tuple[Tensor, ...]:
         return self.net(crops.permute(0, 3, 1, 2))
 
 
-def export_mtcnn(folder: str | os.PathLike[str]) -> dict[str, Path]:
+def export_mtcnn(folder: str | os.PathLike[str], blocked: bool = True) -> dict[str, Path]:
     """MTCNN's three networks (facenet-pytorch's weights) as ``mtcnn_pnet.onnx``,
     ``mtcnn_rnet.onnx`` and ``mtcnn_onet.onnx`` in ``folder``
     (:data:`facerecon.runtime.session.MTCNN_FILES`): NHWC float32 inputs (MTCNN-normalised),
-    dynamic sizes."""
+    dynamic sizes. ``blocked``: PReLUs after convolutions in ONNX Runtime's blocked layout
+    (:class:`_BlockedPReLU`); False writes them element-wise (:func:`_prelu`), which
+    ``benchmarks/bench_runtime.py`` times beside them."""
     from facerecon.mtcnn import load_nets
 
     nets = load_nets("cpu")
     folder = Path(folder)
     out = {}
-    pnet = _PNetExport(nets.pnet)
+    pnet = _PNetExport(nets.pnet, blocked)
     canvas = torch.zeros(1, 40, 50, 3)
     out["pnet"] = export_module(
         pnet, (canvas, torch.zeros(1, 1, 38, 48, dtype=torch.bool)), folder / MTCNN_FILES["pnet"], ["canvas", "outside"], ["reg", "prob"],
         {"canvas": {1: "h", 2: "w"}, "outside": {2: "h2", 3: "w2"}, "reg": {2: "ch", 3: "cw"}, "prob": {2: "ch", 3: "cw"}},
     )
     for name, size, outputs, net in (
-        ("rnet", 24, ["reg", "prob"], _CropNetExport(nets.rnet, {"prelu1": "split"})),
-        ("onet", 48, ["reg", "points", "prob"], _CropNetExport(nets.onet)),
+        ("rnet", 24, ["reg", "prob"], _CropNetExport(nets.rnet, blocked, {"prelu1": "split"})),
+        ("onet", 48, ["reg", "points", "prob"], _CropNetExport(nets.onet, blocked)),
     ):
         dynamic = {k: {0: "n"} for k in ["crops", *outputs]}
         out[name] = export_module(net, (torch.zeros(2, size, size, 3),), folder / MTCNN_FILES[name], ["crops"], outputs, dynamic)

@@ -275,6 +275,23 @@ class FaceDetector:
         turn = abs((eye_line_angle(best.landmarks5) - eye_line_angle(face.landmarks5) + 180.0) % 360.0 - 180.0)
         return best if turn >= self.level_roll else None
 
+    def recheck(self, image: np.ndarray, face: FaceCrop) -> FaceCrop:
+        """``face`` (found on ``image`` by a search of the photo itself) checked as :meth:`crop`
+        checks its fast search's face: below :attr:`RECHECK_BELOW` (and with ``second_chance``),
+        the same face found more confidently on a turned copy that sees it rolled otherwise
+        replaces it (``last_search`` is then "rechecked"); else ``face`` as it is. ``prepare``
+        calls it for the face it picks, so the cache's crops follow ``predict``'s policy."""
+        _check_image(image)
+        if not self.second_chance or face.landmarks5 is None or not face.probability < self.RECHECK_BELOW:
+            return face
+        self.finish_warm_up()
+        small, sx, sy = self._downscale(image)
+        turned = self._turned_rival(small, face, self._fast_min_face(small.shape[1], small.shape[0]), sx, sy)
+        if turned is None:
+            return face
+        self.last_search = "rechecked"
+        return turned
+
     def level(self, image: np.ndarray, face: FaceCrop) -> FaceCrop:
         """``face`` (found on ``image``) with the five points of a copy turned so that its eyes
         are level, when they are tilted by ``level_roll`` degrees or more (what :meth:`crop` does

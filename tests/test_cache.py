@@ -304,6 +304,59 @@ def test_second_chance_face_is_used_before_the_average_crop(fixture_set: tuple[P
     np.testing.assert_allclose(row["landmarks5"], expect, atol=1e-5)
 
 
+@pytest.mark.parametrize("second_chance", [True, False])
+def test_a_doubtful_full_search_face_is_rechecked_as_predict_does(fixture_set: tuple[Path, Path], second_chance: bool) -> None:
+    """The full search finds the annotated face at p 0.95: with ``second_chance`` the detector's
+    recheck on turned copies is asked (``predict``'s policy for a doubtful find) and the face it
+    returns, with its own five points, makes the crop, before the levelling; without it the face
+    is taken as found. The last chances are not asked for a face already found."""
+    from facerecon.crop import FaceCrop, square_box
+    from facerecon.data.face_model import load_face_model
+    from facerecon.data.samples import SampleContext, compute_sample
+
+    data, model_dir = fixture_set
+    ref = list_samples(data, "aflw2000")[0]
+    five = np.array([[30, 35], [66, 35], [48, 50], [34, 68], [62, 68]], np.float32)
+    turned_five = np.array([[31, 40], [64, 30], [49, 50], [38, 70], [63, 62]], np.float32)
+    detection = np.array([10.0, 8.0, 86.0, 90.0], np.float32)
+    face = FaceCrop(square_box(detection), 0.95, five, detection, False)
+    turned = FaceCrop(square_box(detection + 1.0), 0.999, turned_five, detection + 1.0, False)
+
+    class Detector:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def detect(self, image: np.ndarray) -> list:
+            self.calls.append("full")
+            return [face]
+
+        def detect_second_chance(self, image: np.ndarray) -> list:
+            self.calls.append("second")
+            return []
+
+        def recheck(self, image: np.ndarray, found: FaceCrop) -> FaceCrop:
+            self.calls.append("recheck")
+            assert found is face
+            return turned
+
+        def level(self, image: np.ndarray, found: FaceCrop) -> FaceCrop:
+            self.calls.append("level")
+            return found
+
+    detector = Detector()
+    ctx = SampleContext(model=load_face_model(model_dir), options=PrepareOptions(second_chance=second_chance), detector=detector)
+    result = compute_sample(0, ref, ctx)
+    assert result.error is None and not result.needs_fallback
+    taken = turned if second_chance else face
+    assert detector.calls == (["full", "recheck", "level"] if second_chance else ["full", "level"])
+    row = result.row
+    assert row["probabilities"] == pytest.approx(taken.probability)
+    np.testing.assert_allclose(row["boxes"], taken.box)
+    x0, y0, side = taken.box
+    expect = (taken.landmarks5 - [x0 + side / 2, y0 + side / 2]) / (side / 2)
+    np.testing.assert_allclose(row["landmarks5"], expect, atol=1e-5)
+
+
 def test_the_annotated_face_is_the_detection_that_overlaps_its_landmarks() -> None:
     """``prepare`` takes the detection whose 1.1x square crop box overlaps the landmarks' one
     most, and none below IoU 0.3 (a face part, a face beside it). Hand-worked boxes: landmarks

@@ -334,11 +334,10 @@ def test_a_doubtful_fast_find_is_replaced_by_a_turned_copys_view_of_the_same_fac
     assert how == "fast" and tried == []
 
 
-@pytest.mark.parametrize("name", ["image03563", "image02608"])
-def test_rolled_aflw_faces_the_fast_search_gets_wrong_are_rechecked(name: str, shared_data: Path) -> None:
-    """Two AFLW2000-3D faces turned by -45 degrees, which MTCNN's fast search finds at p < 0.995
-    with the five points of an upright face (off by half the face): the recheck on turned copies
-    puts them within a tenth of the face of the ground truth's."""
+def _turned_aflw_face(shared_data: Path, name: str, angle: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """An AFLW2000-3D photo turned by ``angle`` degrees, its ground truth's five points turned
+    with it (eye centres, nose tip, mouth corners) and the landmark box's sqrt(w h); skips the
+    test when the shared data is absent."""
     from scipy.io import loadmat
 
     from facerecon.imageio import load_image
@@ -347,10 +346,18 @@ def test_rolled_aflw_faces_the_fast_search_gets_wrong_are_rechecked(name: str, s
     if not path.is_file():
         pytest.skip(f"{path} not found")
     gt = np.asarray(loadmat(path.with_suffix(".mat"))["pt3d_68"], dtype=np.float64)[:2].T
-    image, forward = rotate_image(load_image(path), -45.0)
+    image, forward = rotate_image(load_image(path), angle)
     gt = gt @ forward[:, :2].T + forward[:, 2]
     five = np.stack([gt[36:42].mean(0), gt[42:48].mean(0), gt[30], gt[48], gt[54]])
-    size = math.sqrt(float(np.prod(np.ptp(gt, axis=0))))
+    return image, five, math.sqrt(float(np.prod(np.ptp(gt, axis=0))))
+
+
+@pytest.mark.parametrize("name", ["image03563", "image02608"])
+def test_rolled_aflw_faces_the_fast_search_gets_wrong_are_rechecked(name: str, shared_data: Path) -> None:
+    """Two AFLW2000-3D faces turned by -45 degrees, which MTCNN's fast search finds at p < 0.995
+    with the five points of an upright face (off by half the face): the recheck on turned copies
+    puts them within a tenth of the face of the ground truth's."""
+    image, five, size = _turned_aflw_face(shared_data, name, -45.0)
 
     def error(detector: FaceDetector) -> float:
         (crop,) = detector.crop(image)
@@ -362,3 +369,33 @@ def test_rolled_aflw_faces_the_fast_search_gets_wrong_are_rechecked(name: str, s
     assert error(without) > 0.3 and without.last_search == "fast"
     detector = FaceDetector(device="cpu")
     assert error(detector) < 0.1 and detector.last_search == "rechecked"
+
+
+@pytest.mark.parametrize("name", ["image03563", "image02608"])
+def test_prepares_recheck_of_a_full_search_face_corrects_the_same_rolled_faces(name: str, shared_data: Path) -> None:
+    """``recheck``, which ``prepare`` applies to the face its full search picks: on the same two
+    rolled AFLW2000-3D faces, the full search's five points are off by a third of the face or
+    more, the rechecked ones within a tenth, as ``predict``'s."""
+    image, five, size = _turned_aflw_face(shared_data, name, -45.0)
+    detector = FaceDetector(device="cpu")
+    found = detector.detect(image)[0]
+    assert found.landmarks5 is not None and found.probability < detector.RECHECK_BELOW
+    assert float(np.linalg.norm(found.landmarks5 - five, axis=1).mean()) / size > 0.3
+    rechecked = detector.recheck(image, found)
+    assert rechecked.landmarks5 is not None and detector.last_search == "rechecked"
+    assert float(np.linalg.norm(rechecked.landmarks5 - five, axis=1).mean()) / size < 0.1
+    assert FaceDetector(device="cpu", second_chance=False).recheck(image, found) is found
+
+
+def test_a_confident_face_is_not_rechecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``recheck`` leaves a face at or above ``RECHECK_BELOW`` (or without five points) as it is,
+    without searching a turned copy."""
+    from facerecon.crop import FaceCrop, square_box
+
+    detector = FaceDetector(device="cpu")
+    monkeypatch.setattr(detector, "_rotated_search", lambda *args: pytest.fail("searched a turned copy"))
+    box = np.array([10.0, 10.0, 70.0, 80.0], np.float32)
+    points = np.array([[30.0, 40.0], [50.0, 40.0], [40.0, 50.0], [32.0, 60.0], [48.0, 60.0]], np.float32)
+    image = np.zeros((100, 100, 3), np.uint8)
+    for face in (FaceCrop(square_box(box), detector.RECHECK_BELOW, points, box, False), FaceCrop(square_box(box), 0.95, None, box, False)):
+        assert detector.recheck(image, face) is face

@@ -32,7 +32,7 @@ def prepare(
     workers: int = typer.Option(0, "--workers", "-j", min=0, help="Processes computing samples (0: in this process). The main process alone writes."),
     device: str = typer.Option("cpu", "--device", help="Torch device for MTCNN."),
     min_probability: float = typer.Option(0.9, "--min-probability", min=0.0, max=1.0, help="Ignore MTCNN faces below this probability."),
-    second_chance: bool = typer.Option(True, "--second-chance/--no-second-chance", help="When MTCNN's full search finds no face: try copies rotated by +-45, +-30 and +-60 degrees, then lower stage thresholds, before the average crop, as predict does."),
+    second_chance: bool = typer.Option(True, "--second-chance/--no-second-chance", help="As predict does: a face the full search finds below p 0.995 is checked on copies turned by +-45 degrees; when it finds no face, copies rotated by +-45, +-30 and +-60 degrees, then lower stage thresholds, are tried before the average crop."),
     compression: str = typer.Option("gzip", "--compression", help="Compression of the crop images: gzip, lzf or none (point arrays stay uncompressed for fast loading)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split (80/10/10 %: 1600/200/200 for AFLW2000-3D)."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="Text file of '<id> <train|val|test>' lines instead of the seeded split.", show_default=False),

@@ -53,6 +53,7 @@ from facerecon.data.samples import (
     run_jobs,
     sample_job,
 )
+from facerecon.detect import FaceDetector
 from facerecon.errors import FaceReconError, InputError
 from facerecon.io_utils import ensure_parent
 from facerecon.signals import Interrupted, Terminated
@@ -105,9 +106,10 @@ class PrepareOptions:
         workers: processes computing samples (0: in this process).
         device: torch device for MTCNN.
         min_probability: MTCNN faces below it are ignored.
-        second_chance: when MTCNN's full search finds no face, try rotated copies and
-            its lower thresholds (``FaceDetector.detect_second_chance``, as ``predict`` does) before the
-            average crop.
+        second_chance: as ``predict`` does, recheck a face the full search finds below
+            ``FaceDetector.RECHECK_BELOW`` on turned copies (``FaceDetector.recheck``), and when
+            it finds no face, try rotated copies and lower thresholds
+            (``FaceDetector.detect_second_chance``) before the average crop.
         compression: ``"gzip"`` (level 4), ``"lzf"`` or ``"none"`` for the crop images (point arrays are stored uncompressed).
         split_seed: seed of the deterministic train/val/test permutation.
         split_file: optional text file of ``<id> <train|val|test>`` lines instead.
@@ -137,6 +139,8 @@ class PrepareOptions:
             "crop_from": self.crop_from,
             "min_probability": self.min_probability if self.crop_from == "detector" else None,
             "second_chance": self.second_chance if self.crop_from == "detector" else None,
+            # a doubtful find is rechecked on turned copies below this probability (FaceDetector)
+            "recheck_below": FaceDetector.RECHECK_BELOW if self.crop_from == "detector" and self.second_chance else None,
             "compression": self.compression,
         }
         if self.profile_views:  # views are seeded by the split's seed

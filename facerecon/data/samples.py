@@ -188,7 +188,8 @@ def locate_face(
 ) -> tuple[tuple[float, float, float], float, bool, np.ndarray] | None:
     """The crop box of a sample's face as ``prepare`` finds it: the fallback box when given, the
     landmarks' box (``--crop-from landmarks``), or the detection of the annotated face (full
-    search, then the second chance).
+    search, a doubtful find rechecked on turned copies, or else the second chance; a rolled
+    face's five points from a levelled copy), ``predict``'s policy.
 
     Returns:
         ``(box, probability, fallback, five)`` (box image px; five ``(5, 2)`` float32 crop units,
@@ -207,8 +208,11 @@ def locate_face(
     detector = ctx.detector
     assert detector is not None, "crop_from='detector' makes a detector (make_context)"
     face = pick_face(detector.detect(sample.image), landmarks_px)
-    if face is None and ctx.options.second_chance:
-        face = pick_face(detector.detect_second_chance(sample.image), landmarks_px)
+    if ctx.options.second_chance:  # as predict: a doubtful find checked on turned copies, or the last chances
+        if face is not None:
+            face = detector.recheck(sample.image, face)
+        else:
+            face = pick_face(detector.detect_second_chance(sample.image), landmarks_px)
     if face is None:
         return None
     face = detector.level(sample.image, face)  # a rolled face's five points, as predict takes them

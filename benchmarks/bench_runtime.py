@@ -81,10 +81,11 @@ def bench_network(threads: int, repeats: int, rounds: int) -> None:
 
 
 def bench_sessions(runtime, threads: int, repeats: int, rounds: int) -> None:  # type: ignore[no-untyped-def]
-    """MeshRuntime's way of running the network (one session, one intra-op thread, batch axis
-    fixed to 1; several faces spread over ``threads`` workers running it at once) against one
-    session with ``threads`` intra-op threads and the dynamic batch axis, alternating: one face,
-    and 6 faces (a group photo)."""
+    """MeshRuntime's way of running the network (batch axis fixed to 1; one face on ``threads``
+    intra-op threads spinning within the run, several faces spread over ``threads`` workers
+    running a one-thread session at once) against one session with ``threads`` intra-op threads
+    and the dynamic batch axis, alternating: one face, and 6 faces (a group photo); and one face
+    against a one-thread session whose workers never spin."""
     import numpy as np
 
     from facerecon.runtime.session import make_session
@@ -92,13 +93,17 @@ def bench_sessions(runtime, threads: int, repeats: int, rounds: int) -> None:  #
     rng = np.random.default_rng(1)
     dynamic = make_session(runtime.path, threads)
     names = runtime.output_names
-    print(f"sessions: MeshRuntime (1 thread, batch fixed to 1, faces over {threads} workers) against one {threads}-thread session, dynamic batch")
+    print(f"sessions: MeshRuntime (batch fixed to 1; one face on {threads} spinning threads, several over {threads} workers) against one {threads}-thread session, dynamic batch")
     for batch in (1, 6):
         feeds = {"crops": rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)}
         if runtime.takes_landmarks5:
             feeds["landmarks5"] = np.repeat(np.array([[[82, 90], [142, 90], [112, 125], [88, 158], [136, 158]]], np.float32), batch, 0)
         ours, theirs = _alternate(lambda: runtime.run(**feeds), lambda: dynamic.run(names, feeds), repeats, max(rounds, 6))
         print(f"  {batch} face(s): {ours:.2f} ms against {theirs:.2f} ms ({theirs / ours:.2f}x)")
+        if batch == 1:
+            single = make_session(runtime.path, 1, batch=1)
+            ours, theirs = _alternate(lambda: runtime.run(**feeds), lambda: single.run(names, feeds), repeats, max(rounds, 6))
+            print(f"  1 face against a one-thread session: {ours:.2f} ms against {theirs:.2f} ms ({theirs / ours:.2f}x; spinning: {runtime.spin})")
 
 
 def bench_detection(threads: int, repeats: int, rounds: int) -> None:

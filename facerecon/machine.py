@@ -1,6 +1,7 @@
 """What compiled and optimised code depends on about this machine, without importing torch:
 the CPU's identity (``ops/build.py``'s extension cache and the ONNX runtime's optimised-model
-cache key on it) and the user's cache folder."""
+cache key on it), whether it is busy (threads then wait without spinning) and the user's cache
+folder."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_identity", "cpu_model", "user_cache_dir"]
+__all__ = ["cpu_identity", "cpu_model", "machine_busy", "user_cache_dir"]
 
 
 def cpu_identity() -> str:
@@ -38,6 +39,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def machine_busy() -> bool:
+    """Whether the 1-minute load average is at least the number of cores (False where unknown)."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except OSError:
+        return False
 
 
 def user_cache_dir() -> Path:

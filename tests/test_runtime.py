@@ -161,6 +161,29 @@ def test_mesh_runtime_takes_all_faces_in_one_batch() -> None:
     assert empty["vertices"].shape == (0, *together.shape[1:]) and empty["landmarks"].shape[0] == 0
 
 
+def test_one_face_runs_on_spinning_threads_only_on_an_idle_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One face: on an idle machine, a session on 2 threads that spin within a run; on a busy one,
+    the one-thread session. Both give the one-thread session's vertices (within float rounding:
+    the threads split the convolutions), and a batch after a single face takes the one-thread
+    session, face by face."""
+    import facerecon.machine
+    from facerecon.runtime.session import MeshRuntime, default_onnx_model
+
+    if default_onnx_model() is None:
+        pytest.skip("no shipped ONNX model")
+    rng = np.random.default_rng(5)
+    crops = rng.integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    five = np.full((3, 5, 2), np.nan, np.float32)
+    monkeypatch.setattr(facerecon.machine, "machine_busy", lambda: True)
+    busy = MeshRuntime(default_onnx_model())
+    monkeypatch.setattr(facerecon.machine, "machine_busy", lambda: False)
+    idle = MeshRuntime(default_onnx_model())
+    assert idle.spin and not busy.spin and not MeshRuntime(default_onnx_model(), threads=1).spin
+    reference = busy.run(crops[:1], five[:1])["vertices"]
+    np.testing.assert_allclose(idle.run(crops[:1], five[:1])["vertices"], reference, atol=1e-5)
+    np.testing.assert_array_equal(idle.run(crops, five)["vertices"], busy.run(crops, five)["vertices"])
+
+
 def test_runtime_reports_a_missing_model_in_one_line(tmp_path: Path) -> None:
     from facerecon.errors import InputError
     from facerecon.runtime.session import MeshRuntime

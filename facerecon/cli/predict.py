@@ -30,13 +30,11 @@ def _passive_openmp_when_busy() -> None:
     with sleeping ones (14 ms against 910 ms once warm). OpenMP reads the variable when torch
     loads it, which is after this (the predict command imports torch itself).
     """
+    from facerecon.machine import machine_busy
+
     if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
         return
-    try:
-        busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
-    except OSError:
-        return
-    if busy:
+    if machine_busy():
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 

@@ -86,7 +86,7 @@ def optimised_model_path(model: str | os.PathLike[str], batch: int | None = None
     return user_cache_dir() / "onnx" / f"{path.stem}-{digest}{suffix}.onnx"
 
 
-def _options(threads: int, batch: int | None = None) -> Any:
+def _options(threads: int, batch: int | None = None, spin: bool = False) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -94,15 +94,20 @@ def _options(threads: int, batch: int | None = None) -> Any:
         options.add_free_dimension_override_by_name("batch", int(batch))
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # spin: workers spin between the parallel loops of a run and stop when it ends (a sleeping
+    # worker woken for each of the network's ~550 small operations costs more than it saves)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3  # warnings (unused initialisers, hardware-specific copies) are not the user's concern
     return options
 
 
-def make_session(model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_THREADS, cache: bool = True, batch: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU with ``threads`` non-spinning intra-op
-    threads. With ``cache``, a model file's optimised graph is kept for this machine
+def make_session(
+    model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_THREADS, cache: bool = True, batch: int | None = None, spin: bool = False
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU with ``threads`` intra-op threads, which do
+    not spin (with ``spin``: spin within a run only, stopping when it ends). With ``cache``, a model file's optimised graph is kept for this machine
     (:func:`optimised_model_path`, written atomically) and loaded as is the next time. With
     ``batch``, the batch axis is fixed to that size, so ONNX Runtime folds the shape arithmetic
     that depends on it (the session then takes that batch size only).
@@ -116,16 +121,16 @@ def make_session(model: str | os.PathLike[str] | bytes, threads: int = DEFAULT_T
     except ImportError:
         raise DependencyError("the ONNX runtime needs onnxruntime: pip install onnxruntime") from None
     if isinstance(model, bytes):
-        return _session(model, _options(threads, batch), "model")
+        return _session(model, _options(threads, batch, spin), "model")
     if not Path(model).is_file():
         raise InputError(f"{model}: no such ONNX model (write one with 'facerecon export')")
     cached = optimised_model_path(model, batch) if cache else None
     if cached is not None and cached.is_file():
-        options = _options(threads, batch)
+        options = _options(threads, batch, spin)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         with contextlib.suppress(InputError):  # a damaged copy: optimise again and replace it
             return _session(os.fspath(cached), options, cached)
-    options = _options(threads, batch)
+    options = _options(threads, batch, spin)
     tmp: Path | None = None
     if cached is not None:
         with contextlib.suppress(OSError):
@@ -163,12 +168,14 @@ class MeshRuntime:
         template: the template's name; ``input_size``, ``takes_landmarks5``, ``device``: the rest
             of a network runner's interface (:class:`facerecon.engine.results.NetworkRunner`).
 
-    The network runs in one session with one intra-op thread and the batch axis fixed to 1; a
+    The network runs with the batch axis fixed to 1. One face runs in a session on ``threads``
+    intra-op threads that spin between the network's ~550 small operations and stop when the run
+    ends: 1.4x as fast as one thread (workers that sleep between operations gain nothing). A
     batch of several faces (all the faces of a photo) is spread face by face over ``threads``
-    worker threads that run the same session at once (ONNX Runtime's sessions take concurrent
-    runs). The network's operations are small: a second intra-op thread costs about what it
-    saves (one face: 1.05-1.19x faster on one thread), and two faces at a time on the two cores
-    beat ONNX Runtime's own 2-thread batch by 1.16-1.40x (6 faces; ``benchmarks/bench_runtime.py``,
+    worker threads that run a one-thread session at once (ONNX Runtime's sessions take concurrent
+    runs): two faces at a time on the two cores beat ONNX Runtime's own 2-thread batch by
+    1.16-1.40x (6 faces). On a busy machine (1-minute load >= cores, when the runtime is made)
+    nothing spins and one face runs on the one-thread session too (``benchmarks/bench_runtime.py``,
     "sessions", docs/runtime.md).
     """
 
@@ -176,8 +183,13 @@ class MeshRuntime:
 
     def __init__(self, path: str | os.PathLike[str], threads: int = DEFAULT_THREADS) -> None:
         self.path = Path(path)
+        from facerecon.machine import machine_busy
+
         self.threads = max(1, int(threads))
-        self.session = make_session(self.path, 1, batch=1)
+        #: Whether one face runs on all ``threads`` with spinning workers (an idle machine).
+        self.spin = self.threads > 1 and not machine_busy()
+        self.session = make_session(self.path, self.threads if self.spin else 1, batch=1, spin=self.spin)
+        self._batch_session: Any = None if self.spin else self.session  # one thread, made on the first batch
         self._pool: Any = None
         meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
         if meta is None:
@@ -248,7 +260,10 @@ class MeshRuntime:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="facerecon-network")
-            runs = [f.result() for f in [self._pool.submit(self.session.run, names, face) for face in faces]]
+            if self._batch_session is None:
+                self._batch_session = make_session(self.path, 1, batch=1)
+            session = self._batch_session
+            runs = [f.result() for f in [self._pool.submit(session.run, names, face) for face in faces]]
         if not runs:  # no crops: empty arrays of the outputs' shapes
             shapes = {o.name: o.shape for o in self.session.get_outputs()}
             return {n: np.zeros((0, *shapes[n][1:]), np.float32) for n in names}

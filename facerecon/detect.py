@@ -241,12 +241,7 @@ class FaceDetector:
         faces = self._to_crops(self._search(small, min_face, self.thresholds), sx, sy)
         if faces:
             self.last_search = "fast"
-            if self.second_chance and faces[0].probability < self.RECHECK_BELOW:
-                turned = self._turned_rival(small, faces[0], min_face, sx, sy)
-                if turned is not None:
-                    self.last_search = "rechecked"
-                    return [turned, *faces[1:]]
-            return faces
+            return [self._rechecked(small, faces[0], min_face, sx, sy), *faces[1:]]
         if not self.second_chance:
             self.last_search = "none"
             return []
@@ -256,6 +251,17 @@ class FaceDetector:
                 self.last_search = "full"
                 return faces
         return self._last_chances(small, min_face, sx, sy)
+
+    def _rechecked(self, small: np.ndarray, face: FaceCrop, min_face: float, sx: float, sy: float) -> FaceCrop:
+        """``face``, or with ``second_chance`` when it is below :attr:`RECHECK_BELOW` (with five
+        points), its :meth:`_turned_rival` where there is one (``last_search`` "rechecked")."""
+        if not self.second_chance or face.landmarks5 is None or not face.probability < self.RECHECK_BELOW:
+            return face
+        turned = self._turned_rival(small, face, min_face, sx, sy)
+        if turned is None:
+            return face
+        self.last_search = "rechecked"
+        return turned
 
     def _turned_rival(self, small: np.ndarray, face: FaceCrop, min_face: float, sx: float, sy: float) -> FaceCrop | None:
         """The same face found more confidently on a copy turned by one of
@@ -283,14 +289,10 @@ class FaceDetector:
         calls it for the face it picks, so the cache's crops follow ``predict``'s policy."""
         _check_image(image)
         if not self.second_chance or face.landmarks5 is None or not face.probability < self.RECHECK_BELOW:
-            return face
+            return face  # before the downscaled copy is made: most faces are not rechecked
         self.finish_warm_up()
         small, sx, sy = self._downscale(image)
-        turned = self._turned_rival(small, face, self._fast_min_face(small.shape[1], small.shape[0]), sx, sy)
-        if turned is None:
-            return face
-        self.last_search = "rechecked"
-        return turned
+        return self._rechecked(small, face, self._fast_min_face(small.shape[1], small.shape[0]), sx, sy)
 
     def level(self, image: np.ndarray, face: FaceCrop) -> FaceCrop:
         """``face`` (found on ``image``) with the five points of a copy turned so that its eyes

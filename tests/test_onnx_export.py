@@ -190,6 +190,18 @@ def test_mtcnn_networks_run_the_same_in_onnx_runtime(tmp_path: Path) -> None:
 # ---- export-time equivalents ------------------------------------------------------------------
 
 
+def _prelu_and_input(low: float, high: float) -> tuple[torch.nn.PReLU, torch.Tensor]:
+    """A 16-channel PReLU with slopes evenly from ``low`` to ``high``, and a (3, 16, 7, 5) input of
+    both signs with exact zeros at one pixel."""
+    torch.manual_seed(0)
+    prelu = torch.nn.PReLU(16)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.linspace(low, high, 16))
+    x = torch.randn(3, 16, 7, 5) * 4
+    x[0, :, 0, 0] = 0.0
+    return prelu, x
+
+
 @pytest.mark.parametrize("low, high", [(-1.3, 1.0), (-0.7, 1.3), (0.0, 0.5)])
 def test_prelu_for_onnx_is_prelu_bit_for_bit(low: float, high: float) -> None:
     """MTCNN's PReLUs as exported (``max(x, a x)``, or ``relu(x) + a min(x, 0)`` where a slope
@@ -197,12 +209,7 @@ def test_prelu_for_onnx_is_prelu_bit_for_bit(low: float, high: float) -> None:
     and above 1."""
     from facerecon.runtime.export import _prelu
 
-    torch.manual_seed(0)
-    prelu = torch.nn.PReLU(16)
-    with torch.no_grad():
-        prelu.weight.copy_(torch.linspace(low, high, 16))
-    x = torch.randn(3, 16, 7, 5) * 4
-    x[0, :, 0, 0] = 0.0
+    prelu, x = _prelu_and_input(low, high)
     with torch.no_grad():
         assert torch.equal(_prelu(prelu, x), prelu(x))
         assert torch.equal(_prelu(prelu, x, general="split"), prelu(x))
@@ -216,12 +223,7 @@ def test_blocked_prelu_is_prelu_within_float_rounding(low: float, high: float) -
     ``x < 0``, for slopes below 0, in (0, 1] and above 1."""
     from facerecon.runtime.export import _BlockedPReLU
 
-    torch.manual_seed(0)
-    prelu = torch.nn.PReLU(16)
-    with torch.no_grad():
-        prelu.weight.copy_(torch.linspace(low, high, 16))
-    x = torch.randn(3, 16, 7, 5) * 4
-    x[0, :, 0, 0] = 0.0
+    prelu, x = _prelu_and_input(low, high)
     with torch.no_grad():
         ours, ref = _BlockedPReLU(prelu)(x), prelu(x)
     assert torch.equal(ours[x >= 0], x[x >= 0])

@@ -1019,24 +1019,20 @@ class _PNetExport(nn.Module):
     otherwise, and P-Net's scores near 1 then tie and order otherwise in the non-maximum
     suppression, which changed the face found on 6 of 1,809 photos.)"""
 
-    slope: Tensor
-    sign: Tensor
-
     def __init__(self, pnet: PNet, blocked: bool = True) -> None:
         super().__init__()
-        self.pnet, self.blocked = pnet, blocked
+        self.pnet = pnet
         self.prelu2, self.prelu3 = _PReLUExport(pnet.prelu2, False), _PReLUExport(pnet.prelu3, blocked)
-        conv1, slope, sign = _sign_folded(pnet.conv1, pnet.prelu1)
-        self.conv1 = conv1
-        self.register_buffer("slope", slope)
-        self.register_buffer("sign", sign)
+        #: the first convolution with sign-folded channels, its slopes and signs (``blocked``)
+        self.folded = _sign_folded(pnet.conv1, pnet.prelu1) if blocked else None
 
     def forward(self, canvas: Tensor, outside: Tensor) -> tuple[Tensor, Tensor]:
         p = self.pnet
         x = canvas.permute(0, 3, 1, 2)
-        if self.blocked:
-            x = self.conv1(x)
-            x = torch.maximum(x, x * self.slope) * self.sign
+        if self.folded is not None:
+            conv1, slope, sign = self.folded
+            x = conv1(x)
+            x = torch.maximum(x, x * slope) * sign
         else:
             x = _prelu(p.prelu1, p.conv1(x))
         x = torch.where(outside, torch.full_like(x[:1, :1, :1, :1], -1e9), x)
